@@ -1,0 +1,1 @@
+"""Command-line front ends: parse, call corelib, format. Nothing else lives here."""

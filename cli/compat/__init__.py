@@ -1,0 +1,1 @@
+"""Thin front ends that keep the seed tools' verbs and flags."""

@@ -1,0 +1,1 @@
+"""Backends shipped with stowkit, each registered through a stevedore entry point."""
