@@ -29,6 +29,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "cli.schedule",
     "cli.plugin",
     "cli.blockstore",
+    "cli.nbdserve",
     "cli.image",
     "cli.catalog",
 )
@@ -65,6 +66,8 @@ def split_config_files(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 class StowkitApp(App):
+    NAME = "stowkit"
+
     def __init__(self, config_files: Sequence[str] = ()) -> None:
         manager = CommandManager("stowkit.cli")
         for module_name in BUILTIN_MODULES:
@@ -88,6 +91,7 @@ class StowkitApp(App):
         self._drivers: dict[str, Any] = {}
 
     def build_option_parser(self, description, version, argparse_kwargs=None):  # noqa: ANN001
+        argparse_kwargs = {**(argparse_kwargs or {}), "prog": self.NAME}
         parser = super().build_option_parser(description, version, argparse_kwargs)
         parser.add_argument(
             "--config-file",

@@ -11,9 +11,7 @@ class ListBackends(Lister):
 
     def get_parser(self, prog_name):  # noqa: ANN001, ANN201
         parser = super().get_parser(prog_name)
-        parser.add_argument(
-            "--namespace", choices=registry.NAMESPACES, help="Only this namespace."
-        )
+        parser.add_argument("--namespace", choices=registry.NAMESPACES, help="Only this namespace.")
         return parser
 
     def take_action(self, parsed_args):  # noqa: ANN001, ANN201

@@ -95,7 +95,6 @@ def rows(
     getters = getters or {}
     headers = tuple(c.replace("_", " ").title() for c in columns)
     data = [
-        tuple(getters[c](o) if c in getters else getattr(o, c) for c in columns)
-        for o in objects
+        tuple(getters[c](o) if c in getters else getattr(o, c) for c in columns) for o in objects
     ]
     return headers, data

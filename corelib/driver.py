@@ -18,7 +18,7 @@ from oslo_config import cfg
 from corelib.errors import InvalidArgument
 
 
-class Driver(abc.ABC):
+class Driver(abc.ABC):  # noqa: B024 - the interfaces add the abstract methods
     #: The oslo.config options of this backend, registered under ``group``.
     options: ClassVar[Sequence[cfg.Opt]] = ()
     #: What this backend can do; the interface module lists the known names.

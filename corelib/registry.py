@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any
 
 from oslo_config import cfg
@@ -47,7 +48,7 @@ def driver_class(namespace: str, name: str) -> type[Driver]:
             ns, name, invoke_on_load=False, on_load_failure_callback=_reraise
         )
     except sd_exception.NoMatches:
-        known = ", ".join(sorted(sd_extension.ExtensionManager.list_entry_points_names(ns)))
+        known = ", ".join(sorted({ep.name for ep in metadata.entry_points(group=ns)}))
         raise ConfigError(
             f"unknown {namespace} backend {name!r} (installed: {known or 'none'})"
         ) from None
@@ -57,14 +58,13 @@ def driver_class(namespace: str, name: str) -> type[Driver]:
     return cls
 
 
-def load(
-    namespace: str, conf: cfg.ConfigOpts, name: str | None = None, **overrides: Any
-) -> Driver:
+def load(namespace: str, conf: cfg.ConfigOpts, name: str | None = None, **overrides: Any) -> Driver:
     """Instantiate the backend of ``namespace`` that ``conf`` names (or ``name``).
 
     ``overrides`` set options of the backend's own group, e.g.
     ``load("volume", conf, root="/mnt/b")``.
     """
+    entry_point_namespace(namespace)  # an unknown namespace is a ConfigError, not a KeyError
     backend = name or conf[namespace].backend
     cls = driver_class(namespace, backend)
     group = group_name(namespace, backend)

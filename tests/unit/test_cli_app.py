@@ -1,0 +1,95 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cli.app import split_config_files
+from cli.common import parse_size
+from corelib.errors import InvalidArgument
+
+
+def stowkit(*args, check=False):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.app", *args], capture_output=True, text=True, timeout=60
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_help_lists_commands():
+    out = stowkit("--help", check=True).stdout
+    assert "usage: stowkit" in out
+    assert "backends" in out
+
+
+def test_backends_json_lists_every_namespace(tmp_path):
+    conf = tmp_path / "s.conf"
+    conf.write_text("[image]\nbackend = glance\n")
+    rows = json.loads(
+        stowkit("--config-file", str(conf), "backends", "-f", "json", check=True).stdout
+    )
+    by_key = {(r["Namespace"], r["Name"]): r for r in rows}
+    assert {ns for ns, _ in by_key} == {"volume", "image", "blockstore", "catalog"}
+    assert by_key[("image", "glance")]["Selected"] is True
+    assert by_key[("image", "local")]["Selected"] is False
+
+
+def test_config_file_may_follow_the_command(tmp_path):
+    conf = tmp_path / "s.conf"
+    conf.write_text("[catalog]\nbackend = other\n")
+    rows = json.loads(
+        stowkit(
+            "backends",
+            "--namespace",
+            "catalog",
+            "-f",
+            "json",
+            "--config-file",
+            str(conf),
+            check=True,
+        ).stdout
+    )
+    assert all(r["Selected"] is False for r in rows)
+
+
+@pytest.mark.parametrize(
+    "args,code,pattern",
+    [
+        (["--config-file", "/nonexistent/stowkit.conf", "backends"], 10, "config file not found"),
+        (["backends", "--bogus"], 2, "unrecognized arguments: --bogus"),
+        (["backends", "--namespace", "toaster"], 2, "invalid choice"),
+        (["--bogus"], 2, "Unknown command"),
+    ],
+)
+def test_user_mistakes_get_one_line_and_an_exit_code(args, code, pattern):
+    proc = stowkit(*args)
+    assert proc.returncode == code
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert pattern in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_split_config_files():
+    files, rest = split_config_files(
+        ["--config-file", "a", "volume", "list", "--config-file=b", "-f", "json"]
+    )
+    assert files == ["a", "b"]
+    assert rest == ["volume", "list", "-f", "json"]
+    assert split_config_files(["x", "--config-file"]) == ([], ["x", "--config-file"])
+
+
+@pytest.mark.parametrize(
+    "text,value",
+    [("4096", 4096), ("64K", 65536), ("1G", 1 << 30), ("1.5M", 3 << 19), ("2MiB", 2 << 20)],
+)
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-1K", "0", "1.3", "5X"])
+def test_parse_size_rejects(text):
+    with pytest.raises(InvalidArgument, match="invalid size"):
+        parse_size(text)

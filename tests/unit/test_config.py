@@ -1,0 +1,47 @@
+import pytest
+
+from corelib import config
+from corelib.errors import ConfigError
+
+
+def test_defaults_are_the_embedded_backends(tmp_path):
+    conf = config.load_conf([str(_write(tmp_path, ""))])
+    assert conf.volume.backend == "btrfs"
+    assert conf.image.backend == "local"
+    assert conf.blockstore.backend == "local"
+    assert conf.catalog.backend == "sql"
+    assert conf.state_dir == "/var/lib/stowkit"
+
+
+def test_file_values_and_overrides(tmp_path):
+    path = _write(tmp_path, "[DEFAULT]\nstate_dir = /srv/s\n[image]\nbackend = glance\n")
+    conf = config.load_conf([str(path)], overrides=[("blockstore", "backend", "swift")])
+    assert conf.state_dir == "/srv/s"
+    assert conf.image.backend == "glance"
+    assert conf.blockstore.backend == "swift"
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.conf"):
+        config.load_conf([str(tmp_path / "nope.conf")])
+
+
+def test_unparsable_file_is_a_config_error(tmp_path):
+    path = _write(tmp_path, "this is not ini\n[unterminated\n")
+    with pytest.raises(ConfigError, match="cannot parse config file"):
+        config.load_conf([str(path)])
+
+
+def test_list_opts_has_core_groups_and_installed_backend_groups():
+    groups = {group for group, _ in config.list_opts()}
+    assert {None, "volume", "image", "blockstore", "catalog"} <= groups
+    # Every backend group follows NAMESPACE_BACKEND.
+    for group in groups - {None, "volume", "image", "blockstore", "catalog"}:
+        namespace, _, backend = group.partition("_")
+        assert namespace in config.DEFAULT_BACKENDS and backend
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "stowkit.conf"
+    path.write_text(text)
+    return path
