@@ -91,7 +91,8 @@ class StowkitApp(App):
         self._drivers: dict[str, Any] = {}
 
     def build_option_parser(self, description, version, argparse_kwargs=None):  # noqa: ANN001
-        argparse_kwargs = {**(argparse_kwargs or {}), "prog": self.NAME}
+        # No abbreviations: `image sync --config k=v` must not become --config-file.
+        argparse_kwargs = {**(argparse_kwargs or {}), "prog": self.NAME, "allow_abbrev": False}
         parser = super().build_option_parser(description, version, argparse_kwargs)
         parser.add_argument(
             "--config-file",

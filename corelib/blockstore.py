@@ -1,12 +1,207 @@
-"""Block devices made of fixed-size objects: BlockDevice and BlockStore."""
+"""Block devices made of fixed-size objects: BlockDevice, LockInfo and BlockStore.
+
+A *device* is a named set of objects numbered from 0, each exactly
+``object_size`` bytes, plus its settings (size, object size, format version)
+stored with it.  Object ``i`` holds bytes ``[i * object_size, (i + 1) *
+object_size)`` of the device.  An object never written, or deleted, reads as
+zeros: :meth:`BlockStore.read_object` returns ``None`` for it (no allocation,
+and callers such as the NBD block status can tell holes from data), and
+:func:`zeros` gives the bytes when they are needed.
+
+Layout shared by every backend (a Swift container, or a directory):
+
+* ``disk.part/00000000`` ... ``disk.part/99999999``: the data objects, named
+  as swiftnbd named them (8 decimal digits, so listing order is index order
+  and a swiftnbd container is readable as is);
+* ``stowkit.lock``: the lock object (JSON), see below;
+* the settings: container metadata on Swift, ``device.json`` locally.
+
+Locks.  One writer per device: :meth:`BlockStore.lock` creates the lock
+object only if it does not exist (Swift ``If-None-Match: *``, ``O_EXCL``
+locally), so two writers can never both succeed.  The lock holds its owner
+(label, host, pid, a random token) and a lease expiry; the holder calls
+:meth:`BlockStore.renew` well within the lease.  An expired lock may be taken
+over: exactly one taker wins a per-token "takeover" marker created the same
+atomic way, re-checks that the stale lock is still the one it saw, replaces
+it, and re-reads it to confirm.  A lock with no lease (``lease_seconds=None``,
+what ``stowkit blockstore lock`` takes by hand) never goes stale.  Leases are
+compared with the wall clock of whoever reads them, so hosts sharing a device
+need roughly synchronised clocks (NTP), as with any lease.
+
+Thread safety: every backend must allow ``read_object``, ``write_object``,
+``delete_object`` and ``list_objects`` from many threads at once (the NBD
+cache uploads in parallel).  ``write_object`` returns only once the object is
+durably stored; that is what an NBD FLUSH waits for.
+"""
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Iterable, Sequence
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator, Sequence
 
+from corelib import names
 from corelib.driver import Driver
+from corelib.errors import InvalidArgument, Locked
+
+LOG = logging.getLogger(__name__)
+
+#: Version of the layout above, stored with each device.
+FORMAT_VERSION = 1
+#: Default object size: large enough that per-request overhead (one HTTP
+#: round trip and an account/container lookup on Swift) does not dominate.
+DEFAULT_OBJECT_SIZE = 1 << 20
+MIN_OBJECT_SIZE = 4 << 10
+MAX_OBJECT_SIZE = 64 << 20
+#: Object names have 8 digits; more objects would break listing order.
+MAX_OBJECTS = 10**8
+#: Lease of a server's lock when none is given; servers renew every third of it.
+DEFAULT_LEASE = 60.0
+#: renew() refuses a lease this close to its end (a taker may be at work).
+RENEW_MARGIN = 1.0
+
+OBJECT_PREFIX = "disk.part/"
+LOCK_KEY = "stowkit.lock"
+TAKEOVER_PREFIX = "stowkit.lock.takeover."
+
+#: Capability names a BlockStore may declare (``stowkit backends`` shows them).
+CAPABILITIES: dict[str, str] = {
+    "lock": "exclusive writer lock with a lease (lock/renew/unlock)",
+    "sparse": "objects never written are not stored and read as zeros",
+    "parallel": "object reads and writes may run from many threads at once",
+    "durable": "write_object returns only once the object is stored durably",
+}
+
+
+def object_name(index: int) -> str:
+    """The name of object ``index`` inside its device (container or directory)."""
+    return f"{OBJECT_PREFIX}{index:08d}"
+
+
+def object_index(name: str) -> int | None:
+    """The index of a data object's name, None for anything else (the lock, settings)."""
+    if not name.startswith(OBJECT_PREFIX):
+        return None
+    digits = name[len(OBJECT_PREFIX) :]
+    if len(digits) != 8 or not digits.isdigit():
+        return None
+    return int(digits)
+
+
+_ZEROS: dict[int, bytes] = {}
+
+
+def zeros(size: int) -> bytes:
+    """``size`` zero bytes, shared (bytes are immutable) so holes cost nothing."""
+    block = _ZEROS.get(size)
+    if block is None:
+        block = _ZEROS[size] = bytes(size)
+    return block
+
+
+def is_zeros(data: bytes | bytearray | memoryview) -> bool:
+    """True when every byte is zero (such objects are deleted, never stored)."""
+    return not any(data) if len(data) < 64 else data == zeros(len(data))
+
+
+def check_geometry(size: int, object_size: int) -> None:
+    """Raise InvalidArgument unless (size, object_size) make a valid device."""
+    if object_size < MIN_OBJECT_SIZE or object_size > MAX_OBJECT_SIZE:
+        raise InvalidArgument(
+            f"invalid object size {object_size}: must be between "
+            f"{MIN_OBJECT_SIZE // 1024} KiB and {MAX_OBJECT_SIZE >> 20} MiB"
+        )
+    if object_size & (object_size - 1):
+        raise InvalidArgument(f"invalid object size {object_size}: must be a power of two")
+    if size <= 0:
+        raise InvalidArgument(f"invalid device size {size}: must be positive")
+    if size % object_size:
+        lower = size // object_size * object_size
+        near = f"{lower} or {lower + object_size}" if lower else f"{object_size}"
+        raise InvalidArgument(
+            f"invalid device size {size}: must be a multiple of the object size "
+            f"{object_size} (e.g. {near})"
+        )
+    if size // object_size > MAX_OBJECTS:
+        raise InvalidArgument(
+            f"invalid device size {size}: more than {MAX_OBJECTS} objects; use a larger object size"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class LockInfo:
+    """Who holds a device's lock, and until when."""
+
+    owner: str  # what took it: "nbd-server", "stowkit blockstore lock", ...
+    host: str
+    pid: int
+    token: str  # random; identifies this very lock, e.g. for renew/unlock
+    acquired: float  # epoch seconds
+    expires: float | None  # epoch seconds; None: no lease, never stale
+    #: When this lock replaced a stale one: the lock it replaced.
+    taken_over: LockInfo | None = None
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires is not None and (now or time.time()) >= self.expires
+
+    def describe(self) -> str:
+        """One line for humans: 'nbd-server on host1 (pid 42) since ..., lease until ...'."""
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.acquired))
+        text = f"{self.owner or 'unknown'} on {self.host} (pid {self.pid}) since {since}"
+        if self.expires is None:
+            return text + ", no lease"
+        until = time.strftime("%H:%M:%S", time.localtime(self.expires))
+        if self.expired():
+            return text + f", lease expired at {until}"
+        return text + f", lease until {until}"
+
+    def to_json(self) -> bytes:
+        fields = dataclasses.asdict(self)
+        fields.pop("taken_over")
+        return json.dumps(fields, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> LockInfo:
+        """Parse a lock object; garbage gives an 'unknown' lock that never goes stale."""
+        try:
+            fields = json.loads(data)
+            return cls(
+                owner=str(fields["owner"]),
+                host=str(fields["host"]),
+                pid=int(fields["pid"]),
+                token=str(fields["token"]),
+                acquired=float(fields["acquired"]),
+                expires=None if fields["expires"] is None else float(fields["expires"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            # Someone wrote something else there; only a forced unlock removes it.
+            return cls("unreadable lock object", "?", 0, "?", 0.0, None)
+
+    @classmethod
+    def new(cls, owner: str, lease_seconds: float | None) -> LockInfo:
+        now = time.time()
+        return cls(
+            owner=owner,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            token=secrets.token_hex(16),
+            acquired=now,
+            expires=None if lease_seconds is None else now + lease_seconds,
+        )
+
+
+class DeviceLocked(Locked):
+    """The device is locked by someone else; ``holder`` says who."""
+
+    def __init__(self, message: str, holder: LockInfo | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,40 +209,258 @@ class BlockDevice:
     name: str
     size: int
     object_size: int
-    locked_by: str | None = None
+    format_version: int = FORMAT_VERSION
+    #: Who holds the lock, if anyone (always filled by get_device/list_devices).
+    lock: LockInfo | None = None
+    #: How many objects are stored (not holes); only with ``details=True``.
+    objects_stored: int | None = None
 
     @property
     def object_count(self) -> int:
         return -(-self.size // self.object_size)
 
+    @property
+    def locked_by(self) -> str | None:
+        return self.lock.describe() if self.lock else None
+
 
 class BlockStore(Driver):
     """A store of devices; each device is a set of objects numbered from 0.
 
-    An object never written (or deleted) reads as zeros.
+    Subclasses implement the device and object methods, plus four small
+    primitives on "control objects" (the lock and its takeover markers):
+    the lock protocol itself is written once, here.
     """
 
-    @abc.abstractmethod
-    def create_device(self, name: str, size: int, object_size: int) -> BlockDevice: ...
+    # -- devices -------------------------------------------------------------
 
     @abc.abstractmethod
-    def get_device(self, name: str) -> BlockDevice: ...
+    def create_device(
+        self, name: str, size: int, object_size: int = DEFAULT_OBJECT_SIZE
+    ) -> BlockDevice:
+        """Create an empty device (all zeros).  AlreadyExists when the name is taken."""
 
     @abc.abstractmethod
-    def list_devices(self) -> Sequence[BlockDevice]: ...
+    def get_device(self, name: str, details: bool = False) -> BlockDevice:
+        """The device with its lock; ``details`` also counts stored objects.  NotFound."""
 
     @abc.abstractmethod
-    def delete_device(self, name: str) -> None: ...
+    def list_devices(self, details: bool = False) -> Sequence[BlockDevice]:
+        """Every device, sorted by name."""
+
+    @abc.abstractmethod
+    def _destroy_device(self, name: str) -> None:
+        """Remove every object, the lock and the settings, then the device itself."""
+
+    def delete_device(self, name: str, force: bool = False) -> LockInfo | None:
+        """Delete a device: objects first, then the container/directory.
+
+        Refused with DeviceLocked while somebody holds the lock, unless
+        ``force``; returns the lock that was broken, if any.
+        """
+        self.get_device(name)
+        holder = self.get_lock(name)
+        if holder is not None and not force:
+            raise DeviceLocked(
+                f"device {name} is locked by {holder.describe()}; "
+                "unlock it first or delete with --force",
+                holder,
+            )
+        self._destroy_device(name)
+        return holder
+
+    # -- objects -------------------------------------------------------------
+    # These do not check that the device exists (that would cost a request
+    # per object); callers get_device() once first.
 
     @abc.abstractmethod
     def read_object(self, device: str, index: int) -> bytes | None:
-        """The object's bytes, or None when it does not exist (all zeros)."""
+        """The object's ``object_size`` bytes, or None when it is not stored (zeros)."""
 
     @abc.abstractmethod
-    def write_object(self, device: str, index: int, data: bytes) -> None: ...
+    def write_object(self, device: str, index: int, data: bytes) -> None:
+        """Store object ``index`` (exactly ``object_size`` bytes) durably, replacing it.
+
+        Callers delete all-zero objects instead of writing them (see is_zeros).
+        """
 
     @abc.abstractmethod
-    def delete_object(self, device: str, index: int) -> None: ...
+    def delete_object(self, device: str, index: int) -> None:
+        """Forget object ``index`` (it reads as zeros); no error when not stored."""
 
     @abc.abstractmethod
-    def list_objects(self, device: str) -> Iterable[int]: ...
+    def list_objects(self, device: str) -> Iterator[int]:
+        """Indexes of the stored objects, ascending."""
+
+    def _geometry(self, device: str) -> tuple[int, int]:
+        """(size, object_size) of ``device``, remembered: settings never change."""
+        cache: dict[str, tuple[int, int]] = self.__dict__.setdefault("_geometry_cache", {})
+        geometry = cache.get(device)
+        if geometry is None:
+            dev = self.get_device(device)
+            geometry = cache[device] = (dev.size, dev.object_size)
+        return geometry
+
+    def _forget_geometry(self, device: str) -> None:
+        self.__dict__.get("_geometry_cache", {}).pop(device, None)
+
+    def _check_object(self, device: str, index: int, data: bytes | None = None) -> None:
+        """Validate an object call: name, index in range, data of the object size."""
+        names.check_name(device, "device name")
+        if not isinstance(index, int) or index < 0:
+            raise InvalidArgument(f"invalid object index {index!r}")
+        size, object_size = self._geometry(device)
+        if index * object_size >= size:
+            raise InvalidArgument(f"object {index} is past the end of device {device}")
+        if data is not None and len(data) != object_size:
+            raise InvalidArgument(
+                f"object {index} of device {device}: {len(data)} bytes given, "
+                f"the object size is {object_size}"
+            )
+
+    # -- control objects (lock primitives) -------------------------------------
+
+    @abc.abstractmethod
+    def _control_get(self, device: str, key: str) -> bytes | None:
+        """Content of control object ``key``, None when absent."""
+
+    @abc.abstractmethod
+    def _control_create(self, device: str, key: str, data: bytes) -> bool:
+        """Atomically create ``key`` with ``data`` unless it exists; False if it did."""
+
+    @abc.abstractmethod
+    def _control_replace(self, device: str, key: str, data: bytes) -> None:
+        """Atomically replace ``key`` (readers see the old or the new content)."""
+
+    @abc.abstractmethod
+    def _control_delete(self, device: str, key: str) -> None:
+        """Delete ``key``; no error when absent."""
+
+    # -- locks ---------------------------------------------------------------
+
+    def get_lock(self, device: str) -> LockInfo | None:
+        """Who holds the device's lock now (possibly stale), or None."""
+        names.check_name(device, "device name")
+        data = self._control_get(device, LOCK_KEY)
+        return None if data is None else LockInfo.from_json(data)
+
+    def lock(
+        self, device: str, owner: str = "", lease_seconds: float | None = DEFAULT_LEASE
+    ) -> LockInfo:
+        """Take the device's exclusive lock; DeviceLocked (with ``holder``) when held.
+
+        A lock whose lease expired is taken over: a warning is logged and the
+        returned LockInfo's ``taken_over`` is the stale lock.
+        """
+        self.get_device(device)
+        mine = LockInfo.new(owner, lease_seconds)
+        for _attempt in range(5):
+            if self._control_create(device, LOCK_KEY, mine.to_json()):
+                return self._confirm(device, mine)
+            holder = self.get_lock(device)
+            if holder is None:
+                continue  # released in between: try again
+            if holder.token == mine.token:
+                # Our create went through but its answer was lost and the
+                # client retried: the lock is ours.
+                return self._confirm(device, mine)
+            if not holder.expired():
+                raise DeviceLocked(f"device {device} is locked by {holder.describe()}", holder)
+            taken = self._take_over(device, holder, mine)
+            if taken is not None:
+                return taken
+        raise DeviceLocked(f"device {device}: the lock keeps changing hands; try again")
+
+    def _take_over(self, device: str, stale: LockInfo, mine: LockInfo) -> LockInfo | None:
+        # Only the one taker that creates the marker for this stale token may
+        # remove the stale lock, so two takers cannot each delete the other's
+        # fresh lock.  The marker is left behind (it names a token that will
+        # never be used again) and removed with the device.
+        marker = TAKEOVER_PREFIX + stale.token
+        if not self._control_create(device, marker, mine.to_json()):
+            raise DeviceLocked(
+                f"device {device}: someone else is taking over the stale lock of "
+                f"{stale.describe()}",
+                stale,
+            )
+        current = self.get_lock(device)
+        if current is not None and (current.token, current.expires) != (stale.token, stale.expires):
+            return None  # renewed, or released and re-taken meanwhile: start again
+        self._control_delete(device, LOCK_KEY)
+        if not self._control_create(device, LOCK_KEY, mine.to_json()):
+            return None
+        self._control_delete(device, marker)
+        LOG.warning("device %s: took over the stale lock of %s", device, stale.describe())
+        return self._confirm(device, dataclasses.replace(mine, taken_over=stale))
+
+    def _confirm(self, device: str, mine: LockInfo) -> LockInfo:
+        current = self.get_lock(device)
+        if current is None or current.token != mine.token:
+            who = current.describe() if current else "nobody"
+            raise DeviceLocked(f"device {device}: lost the lock race to {who}", current)
+        return mine
+
+    def renew(
+        self, device: str, lock: LockInfo, lease_seconds: float | None = DEFAULT_LEASE
+    ) -> LockInfo:
+        """Extend ``lock``'s lease; DeviceLocked when it is no longer ours.
+
+        A server that gets DeviceLocked here has lost its lock (broken by hand
+        or taken over after its lease ran out) and must stop writing.
+        """
+        current = self.get_lock(device)
+        if current is None or current.token != lock.token:
+            who = current.describe() if current else "nobody (it was unlocked)"
+            raise DeviceLocked(f"device {device}: our lock is gone; it is now held by {who}")
+        now = time.time()
+        # Past (or about to pass) its lease, a taker may be replacing it right
+        # now: overwriting could clobber the taker's lock, so give up instead;
+        # the caller may lock() again, which takes over properly.
+        if current.expires is not None and current.expires - RENEW_MARGIN <= now:
+            raise DeviceLocked(f"device {device}: our lease expired before it was renewed", current)
+        renewed = dataclasses.replace(
+            lock,
+            expires=None if lease_seconds is None else now + lease_seconds,
+            taken_over=None,
+        )
+        self._control_replace(device, LOCK_KEY, renewed.to_json())
+        return renewed
+
+    def unlock(
+        self, device: str, lock: LockInfo | None = None, force: bool = False
+    ) -> LockInfo | None:
+        """Release ``lock`` (ours), or with ``force`` break whatever lock there is.
+
+        Returns the lock that was removed (None when there was none).  Without
+        ``force``, a lock held by someone else raises DeviceLocked.
+        """
+        current = self.get_lock(device)
+        if current is None:
+            self.get_device(device)  # NotFound beats "not locked"
+            return None
+        if not force and (lock is None or current.token != lock.token):
+            raise DeviceLocked(
+                f"device {device} is locked by {current.describe()}; use --force to break it",
+                current,
+            )
+        self._control_delete(device, LOCK_KEY)
+        if lock is None or current.token != lock.token:
+            LOG.info("device %s: broke the lock of %s", device, current.describe())
+        return current
+
+
+__all__ = [
+    "BlockDevice",
+    "BlockStore",
+    "CAPABILITIES",
+    "DEFAULT_LEASE",
+    "DEFAULT_OBJECT_SIZE",
+    "DeviceLocked",
+    "FORMAT_VERSION",
+    "LockInfo",
+    "check_geometry",
+    "is_zeros",
+    "object_index",
+    "object_name",
+    "zeros",
+]

@@ -9,6 +9,7 @@ for the catalog, all under ``state_dir``.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterable, Sequence
 
@@ -89,6 +90,15 @@ def load_conf(
     return conf
 
 
+#: Engines in corelib with option groups of their own: (module, group attr, opts attr).
+_ENGINE_OPTS: tuple[tuple[str, str, str], ...] = (
+    ("corelib.scheduler", "GROUP", "opts"),
+    ("corelib.dockerplugin", "GROUP", "opts"),
+    ("corelib.imagesync.config", "GROUP", "image_sync_opts"),
+    ("corelib.catalogapi.server", "GROUP", "api_opts"),
+)
+
+
 def list_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
     """For ``oslo-config-generator --namespace stowkit``.
 
@@ -101,6 +111,9 @@ def list_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
     result: list[tuple[str | None, list[cfg.Opt]]] = [(None, list(common_opts))]
     for namespace in DEFAULT_BACKENDS:
         result.append((namespace, _namespace_opts(namespace)))
+    for module_name, group_attr, opts_attr in _ENGINE_OPTS:
+        module = importlib.import_module(module_name)
+        result.append((getattr(module, group_attr), list(getattr(module, opts_attr))))
     for info in registry.installed():
         if info.options:
             result.append((info.group, list(info.options)))

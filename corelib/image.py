@@ -1,52 +1,222 @@
-"""Images of a region: the Image data class and the ImageStore interface."""
+"""Images of a region: the Image data class and the ImageStore interface.
+
+An :class:`ImageStore` holds the images of one or more *regions* reachable
+with one set of credentials (a Keystone with several Glance endpoints, or a
+directory per region on the embedded ``local`` backend).  The GlanceSync
+engine (:mod:`corelib.imagesync`) works only through this interface, so the
+same rules run against Glance and against local directories.
+
+Every method that takes a region checks it with :func:`corelib.names.check_name`
+first and raises :mod:`corelib.errors` classes only: ``NotFound`` for an
+unknown region or image, ``InvalidArgument`` for bad metadata,
+``BackendUnavailable`` when the service cannot be reached or refuses.
+"""
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
-from typing import BinaryIO
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, Protocol
 
 from corelib.driver import Driver
+
+#: Glance v2 visibilities; GlanceSync's ``is_public`` is ``visibility == "public"``.
+VISIBILITIES = ("public", "private", "shared", "community")
 
 
 @dataclasses.dataclass(frozen=True)
 class Image:
+    """One image in one region, as the sync engine sees it.
+
+    ``properties`` holds the *user* properties only (Glance's own bookkeeping
+    fields such as ``stores`` or ``os_hidden`` are left out by the backends);
+    ``kernel_id``/``ramdisk_id`` are kept apart because their values are
+    region-specific image ids that the engine rewrites.
+    """
+
     id: str
     name: str
     region: str
     owner: str | None = None
     size: int | None = None
-    checksum: str | None = None  # md5, as Glance reports it
-    os_hash_value: str | None = None  # sha512 multihash
+    checksum: str | None = None  # md5 hex, as Glance reports it
+    os_hash_value: str | None = None  # sha512 hex (Glance's multihash)
     status: str = "active"
     visibility: str = "private"
     properties: Mapping[str, str] = dataclasses.field(default_factory=dict)
     kernel_id: str | None = None
     ramdisk_id: str | None = None
+    disk_format: str | None = None
+    container_format: str | None = None
 
     @property
     def is_public(self) -> bool:
         return self.visibility == "public"
 
+    def user_properties(self) -> dict[str, str]:
+        """Properties as GlanceSync saw them: user properties plus kernel/ramdisk ids."""
+        props = dict(self.properties)
+        if self.kernel_id:
+            props["kernel_id"] = self.kernel_id
+        if self.ramdisk_id:
+            props["ramdisk_id"] = self.ramdisk_id
+        return props
+
+    def replace(self, **changes: Any) -> Image:
+        return dataclasses.replace(self, **changes)
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1) -> bytes: ...
+
+
+class ImageCapability:
+    """Names an ImageStore may put in ``capabilities``."""
+
+    REGIONS = "regions"  # more than one region behind one store
+    SET_OWNER = "set_owner"  # create_image(owner=...) is honoured
+    LOAD_BACKUP = "load_backup"  # can load GlanceSync metadata backups as a scenario
+    #: create_image() returns the size, md5 and sha512 the store computed over the
+    #: bytes it stored, so a copy can be verified without hashing it client-side
+    REPORTS_HASHES = "reports_hashes"
+
+
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    """How to reach another target's regions (GlanceSync's ``credential``)."""
+
+    user: str | None = None
+    password: str | None = None
+    auth_url: str | None = None
+    project: str | None = None
+    cloud: str | None = None  # a clouds.yaml entry instead of the four above
+    user_domain: str = "Default"
+    project_domain: str = "Default"
+
+    def __repr__(self) -> str:  # never print a password in a log or traceback
+        return (
+            f"Credentials(user={self.user!r}, auth_url={self.auth_url!r}, "
+            f"project={self.project!r}, cloud={self.cloud!r})"
+        )
+
 
 class ImageStore(Driver):
-    """Images in one or more regions."""
+    """Images in one or more regions reached with one set of credentials."""
 
     @abc.abstractmethod
-    def regions(self) -> Sequence[str]: ...
+    def regions(self) -> Sequence[str]:
+        """Region names, sorted."""
 
     @abc.abstractmethod
-    def list_images(self, region: str) -> Sequence[Image]: ...
+    def tenant_id(self) -> str | None:
+        """The project the credentials act for (owner of the images it creates)."""
+
+    @abc.abstractmethod
+    def list_images(self, region: str, timeout: float | None = None) -> Sequence[Image]:
+        """Every image visible in ``region``; ``timeout`` bounds the whole listing."""
 
     @abc.abstractmethod
     def get_image(self, region: str, image_id: str) -> Image: ...
 
     @abc.abstractmethod
-    def create_image(self, region: str, name: str, data: BinaryIO, **meta: object) -> Image: ...
+    def create_image(
+        self,
+        region: str,
+        name: str,
+        data: BinaryIO | Readable | None,
+        *,
+        visibility: str = "private",
+        properties: Mapping[str, str] | None = None,
+        kernel_id: str | None = None,
+        ramdisk_id: str | None = None,
+        disk_format: str | None = None,
+        container_format: str | None = None,
+        owner: str | None = None,
+        size: int | None = None,
+    ) -> Image:
+        """Create an image and upload ``data`` (a ``.read()`` object) to it.
+
+        The returned Image carries the size and checksums the store computed
+        so the caller can verify the copy.  ``data=None`` creates metadata only
+        (the image stays ``queued``).
+        """
 
     @abc.abstractmethod
-    def read_image(self, region: str, image_id: str) -> Iterator[bytes]: ...
+    def update_image(
+        self,
+        region: str,
+        image_id: str,
+        *,
+        name: str | None = None,
+        visibility: str | None = None,
+        set_properties: Mapping[str, str] | None = None,
+        remove_properties: Iterable[str] = (),
+        kernel_id: str | None = None,
+        ramdisk_id: str | None = None,
+        remove_kernel_id: bool = False,
+        remove_ramdisk_id: bool = False,
+    ) -> Image:
+        """Change metadata only; bytes are never touched."""
+
+    @abc.abstractmethod
+    def read_image(self, region: str, image_id: str) -> Iterator[bytes]:
+        """The image's bytes as an iterator of chunks."""
 
     @abc.abstractmethod
     def delete_image(self, region: str, image_id: str) -> None: ...
+
+    def for_credentials(self, credentials: Credentials | None) -> ImageStore:
+        """A store reaching the regions of another target.
+
+        The embedded store has no credentials and returns itself; a remote
+        backend returns a store logged in with ``credentials``.
+        """
+        return self
+
+
+class ChunkReader:
+    """Wrap an iterator of byte chunks as a file-like ``.read()`` object.
+
+    ``glanceclient``'s ``images.upload()`` wants something with ``read()``;
+    ``images.data()`` gives an iterator.  This joins the two without holding
+    more than one chunk, and feeds every byte to ``observers`` (hashers) on
+    the way through, so a copy is verified without reading it twice.
+    """
+
+    def __init__(self, chunks: Iterable[bytes], observers: Sequence[Any] = ()) -> None:
+        self._it = iter(chunks)
+        self._buf = b""
+        self._observers = observers
+        self.bytes_read = 0
+
+    def _feed(self, data: bytes) -> bytes:
+        if data:
+            self.bytes_read += len(data)
+            for obs in self._observers:
+                obs.update(data)
+        return data
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            parts = [self._buf, *self._it]
+            self._buf = b""
+            return self._feed(b"".join(parts))
+        while not self._buf:
+            try:
+                self._buf = next(self._it)
+            except StopIteration:
+                return b""
+        # Hand out whole chunks when they fit: no copying on the common path.
+        if len(self._buf) <= size:
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:size], self._buf[size:]
+        return self._feed(out)
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._buf:
+            out, self._buf = self._buf, b""
+            yield self._feed(out)
+        for chunk in self._it:
+            yield self._feed(chunk)

@@ -1,4 +1,30 @@
-"""Volumes and their snapshots: the data classes and the VolumeDriver interface."""
+"""Volumes and their snapshots: the data classes and the VolumeDriver interface.
+
+A *volume* is a writable tree a container mounts; a *snapshot* is a read-only
+point-in-time copy of one, named ``VOLUME@TIMESTAMP`` where TIMESTAMP is UTC
+in :data:`SNAPSHOT_TIME_FORMAT` (``2026-11-22T03-40-05.123456``: sortable as
+text, and free of ``:`` so it is a safe file name everywhere).
+
+Every method that takes a name checks it with :func:`corelib.names.check_name`
+(snapshot names with :func:`split_snapshot_name`) before it touches anything,
+and raises :mod:`corelib.errors` classes only:
+
+* ``InvalidName``/``InvalidArgument`` for a bad name, pattern or option,
+* ``NotFound`` for a missing volume or snapshot,
+* ``AlreadyExists`` when a target name is taken (create, clone, restore),
+* ``Conflict`` when the volume is mounted and the operation would pull data
+  from under a container (delete, restore without ``force``),
+* ``BackendUnavailable`` when a tool, the filesystem or a remote host fails.
+
+Mount accounting lives in the driver (:meth:`VolumeDriver.mount` /
+:meth:`VolumeDriver.unmount`), keyed by the caller's mount ID, and is
+persistent, so the Docker plugin, ``volume show`` and ``snapshot restore``
+all see the same counts, even across a plugin restart.  IDs recorded before
+the host last booted are stale (no container survives a reboot) and are not
+counted; :meth:`VolumeDriver.clear_mounts` forgets the others on request.
+
+Front ends (CLI, Docker plugin, scheduler) call only what is declared here.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +34,12 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 
 from corelib.driver import Driver
+from corelib.errors import InvalidArgument, InvalidName
+from corelib.names import check_name
+
+#: strftime format of the part after ``@`` in a snapshot name (always UTC).
+SNAPSHOT_TIME_FORMAT = "%Y-%m-%dT%H-%M-%S.%f"
+SNAPSHOT_SEPARATOR = "@"
 
 
 class VolumeCapability:
@@ -17,8 +49,54 @@ class VolumeCapability:
     CLONE = "clone"
     RESTORE = "restore"
     SEND = "send"  # incremental replication to another host
+    SYNC = "sync"  # pull a volume's newer files from peers
+    PURGE = "purge"
     COMPRESSION = "compression"
     NOCOW = "nocow"
+    MOUNT_COUNT = "mount_count"
+
+
+def snapshot_name(volume: str, when: dt.datetime) -> str:
+    """``VOLUME@TIMESTAMP`` for a snapshot of ``volume`` taken at ``when`` (made UTC)."""
+    check_name(volume, "volume name")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    stamp = when.astimezone(dt.UTC).strftime(SNAPSHOT_TIME_FORMAT)
+    return f"{volume}{SNAPSHOT_SEPARATOR}{stamp}"
+
+
+def split_snapshot_name(name: object) -> tuple[str, dt.datetime]:
+    """``VOLUME@TIMESTAMP`` -> (volume, aware UTC datetime), or :class:`InvalidName`."""
+    if not isinstance(name, str) or SNAPSHOT_SEPARATOR not in name:
+        check_name(name, "snapshot name")  # empty, too long, bad characters
+        raise InvalidName(f"invalid snapshot name {name!r}: expected VOLUME@TIMESTAMP")
+    volume, _, stamp = name.partition(SNAPSHOT_SEPARATOR)
+    check_name(volume, "volume name")
+    check_name(stamp, "snapshot timestamp")
+    try:
+        when = dt.datetime.strptime(stamp, SNAPSHOT_TIME_FORMAT).replace(tzinfo=dt.UTC)
+    except ValueError:
+        raise InvalidName(
+            f"invalid snapshot name {name!r}: the part after '@' must look like "
+            "2026-11-22T03-40-05.123456 (UTC)"
+        ) from None
+    return volume, when
+
+
+def parse_rate(text: object) -> int:
+    """A send bandwidth limit: '0', '500K', '10M' -> bytes per second (0 = no limit)."""
+    raw = str(text).strip().upper().removesuffix("/S").removesuffix("B")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    mult = 1
+    if raw and raw[-1] in units:
+        raw, mult = raw[:-1], units[raw[-1]]
+    try:
+        value = float(raw) * mult
+    except ValueError:
+        raise InvalidArgument(f"invalid bandwidth limit {text!r}: use e.g. 500K or 10M") from None
+    if value < 0:
+        raise InvalidArgument(f"invalid bandwidth limit {text!r}: must not be negative")
+    return int(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,9 +104,11 @@ class Volume:
     name: str
     path: str
     created: dt.datetime | None = None
+    #: bytes used, when the backend can tell cheaply (None otherwise, and in lists)
     size: int | None = None
     snapshot_count: int = 0
     mount_count: int = 0
+    #: what the volume was created with, e.g. {"copyonwrite": "false", "compression": "zstd"}
     options: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -43,28 +123,226 @@ class Snapshot:
     uuid: str | None = None
     received_uuid: str | None = None
     parent_uuid: str | None = None
+    #: True for a snapshot that another host sent here (kept apart from local ones)
+    received: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreResult:
+    volume: str  #: the volume that now holds the snapshot's data
+    snapshot: str  #: the snapshot restored
+    #: the snapshot taken of the volume's data before it was replaced (None if no volume was there)
+    backup: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SendResult:
+    snapshot: str
+    host: str  #: the peer as given (``[user@]host[:port]``)
+    parent: str | None  #: the local snapshot the stream was made against; None = full send
+    bytes_sent: int = 0  #: bytes on the wire (after compression)
+    already_there: bool = False  #: the peer held it already; nothing was sent
+
+    @property
+    def incremental(self) -> bool:
+        return self.parent is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncResult:
+    volume: str
+    backup: str  #: the local snapshot taken before pulling
+    #: peer -> "ok" or the one-line error of that peer; sync goes on past a failing peer
+    peers: Mapping[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return all(v == "ok" for v in self.peers.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class PurgeResult:
+    volume: str
+    pattern: str
+    dry_run: bool
+    #: snapshots deleted (or, on a dry run, that would be), oldest first
+    deleted: Sequence[str]
+    #: snapshots kept, oldest first
+    kept: Sequence[str]
+    #: snapshot -> why it was kept although the pattern condemns it
+    #: ("newest snapshot", "last sent to HOST")
+    protected: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 class VolumeDriver(Driver):
-    """A place holding volumes and snapshots of them."""
+    """A place holding volumes and read-only snapshots of them."""
+
+    # -- volumes ---------------------------------------------------------------
 
     @abc.abstractmethod
-    def create_volume(self, name: str, options: Mapping[str, str] | None = None) -> Volume: ...
+    def create_volume(self, name: str, options: Mapping[str, str] | None = None) -> Volume:
+        """Create an empty volume.  ``AlreadyExists`` if the name is taken.
+
+        Options known to the btrfs backend: ``copyonwrite`` (``true``/``false``,
+        default from config, ``false``) and ``compression``
+        (``zstd``/``lzo``/``zlib``/``none``).  Unknown options are ``InvalidArgument``.
+        """
 
     @abc.abstractmethod
-    def get_volume(self, name: str) -> Volume: ...
+    def get_volume(self, name: str, with_size: bool = False) -> Volume:
+        """One volume with its counts and options.  ``NotFound``.
+
+        ``with_size`` also adds up the bytes its files use (a walk of the
+        tree: what ``volume show`` wants, not what the Docker plugin's Get needs).
+        """
 
     @abc.abstractmethod
-    def list_volumes(self) -> Sequence[Volume]: ...
+    def list_volumes(self) -> Sequence[Volume]:
+        """Every volume, sorted by name.  Cheap: no process per volume, ``size`` is None.
+
+        ``created`` may be None in lists when the backend cannot tell it cheaply.
+        """
+
+    def volume_created(self, name: str) -> dt.datetime | None:
+        """When the volume was created (aware UTC), as cheaply as the backend can.
+
+        What the Docker plugin's Get reports.  ``NotFound``.
+        """
+        return self.get_volume(name).created
 
     @abc.abstractmethod
-    def delete_volume(self, name: str) -> None: ...
+    def volume_path(self, name: str) -> str:
+        """Where the volume's data lives (what a container bind-mounts).  ``NotFound``."""
 
     @abc.abstractmethod
-    def create_snapshot(self, volume: str) -> Snapshot: ...
+    def delete_volume(self, name: str, force: bool = False) -> None:
+        """Delete a volume (its snapshots stay).  ``Conflict`` while mounted unless ``force``."""
 
     @abc.abstractmethod
-    def list_snapshots(self, volume: str | None = None) -> Sequence[Snapshot]: ...
+    def clone_volume(self, source: str, target: str) -> Volume:
+        """New writable volume ``target`` with ``source``'s current data.
+
+        ``AlreadyExists`` if ``target`` exists (never nests one volume in another).
+        """
+
+    # -- mount accounting --------------------------------------------------------
 
     @abc.abstractmethod
-    def delete_snapshot(self, name: str) -> None: ...
+    def mount(self, name: str, mount_id: str) -> str:
+        """Record that ``mount_id`` uses the volume; return its path.
+
+        Idempotent per ``mount_id``: mounting twice with one ID counts once.
+        ``mount_id`` is any non-empty string up to 256 characters (Docker's is hex).
+        """
+
+    @abc.abstractmethod
+    def unmount(self, name: str, mount_id: str) -> None:
+        """Forget ``mount_id``'s use of the volume.  Unknown IDs are ignored."""
+
+    @abc.abstractmethod
+    def mounts(self, name: str) -> Sequence[str]:
+        """The mount IDs currently recorded for the volume (may be empty)."""
+
+    def clear_mounts(self, name: str) -> list[str]:
+        """Forget every mount ID recorded for the volume; return them.
+
+        For IDs a crash left behind (a container that is gone, a plugin that
+        died): it unmounts nothing, it only stops them blocking delete/restore.
+        """
+        ids = list(self.mounts(name))
+        for mount_id in ids:
+            self.unmount(name, mount_id)
+        return ids
+
+    def cleanup(self) -> list[tuple[str, str]]:
+        """Collect what crashed operations left behind; (item, what was done) pairs.
+
+        Must be safe while other processes use the driver.  Default: nothing to do.
+        """
+        return []
+
+    # -- snapshots ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_snapshot(self, volume: str) -> Snapshot:
+        """Read-only snapshot ``VOLUME@now``.  ``NotFound`` if there is no such volume."""
+
+    @abc.abstractmethod
+    def get_snapshot(self, name: str) -> Snapshot:
+        """One snapshot, local or received.  ``NotFound``."""
+
+    @abc.abstractmethod
+    def list_snapshots(self, volume: str | None = None) -> Sequence[Snapshot]:
+        """Snapshots (local and received), oldest first; only ``volume``'s when given.
+
+        A volume name with no snapshots gives an empty list, not ``NotFound``.
+        """
+
+    @abc.abstractmethod
+    def delete_snapshot(self, name: str) -> None:
+        """Delete one snapshot.  ``NotFound``."""
+
+    @abc.abstractmethod
+    def restore(self, name: str, target: str | None = None, force: bool = False) -> RestoreResult:
+        """Put a snapshot's data back into a volume.
+
+        ``name`` is a snapshot, or a volume name meaning that volume's newest
+        snapshot.  ``target`` defaults to the snapshot's own volume.  When the
+        target exists its current data is first snapshotted (``backup`` in the
+        result); a mounted target is ``Conflict`` unless ``force``, and even
+        then the directory a container has bind-mounted is never deleted from
+        under it (see doc/volumes.md for what a forced restore does).
+        """
+
+    # -- replication -------------------------------------------------------------
+
+    @abc.abstractmethod
+    def send_snapshot(
+        self,
+        name: str,
+        host: str,
+        *,
+        compress: bool | None = None,
+        bwlimit: int | None = None,
+    ) -> SendResult:
+        """Send a snapshot to ``host`` (``[user@]host[:port]``) over ssh.
+
+        Incremental from the newest snapshot both sides hold (found by UUIDs),
+        else full.  ``compress`` (zstd on both ends) and ``bwlimit`` (bytes per
+        second, 0 = none) default to the configuration.  A failed or interrupted
+        transfer leaves nothing on the peer.  ``BackendUnavailable`` on failure.
+        """
+
+    def replicate(self, volume: str, host: str) -> SendResult:
+        """Snapshot ``volume`` now and send that snapshot to ``host``.
+
+        This is the scheduler's ``replicate:HOST`` job; failures raise.
+        """
+        return self.send_snapshot(self.create_snapshot(volume).name, host)
+
+    @abc.abstractmethod
+    def sync_volume(self, volume: str, hosts: Sequence[str]) -> SyncResult:
+        """Pull newer data of ``volume`` from each peer's volume of the same name.
+
+        A local snapshot is taken first; files missing here or newer on a peer
+        are copied in; nothing is ever deleted.  Per-peer failures are reported
+        in the result (and the scheduler must count ``not result.ok`` as a failure).
+        """
+
+    # -- retention ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def purge(
+        self,
+        volume: str,
+        pattern: str,
+        dry_run: bool = False,
+        now: dt.datetime | None = None,
+    ) -> PurgeResult:
+        """Delete ``volume``'s local snapshots the retention ``pattern`` condemns.
+
+        Pattern language and meaning: :mod:`corelib.retention`.  Never deletes
+        the volume's newest snapshot nor the newest snapshot sent to each peer
+        (the parent of the next incremental send).  ``InvalidArgument`` for a
+        bad pattern.
+        """

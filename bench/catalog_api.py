@@ -1,0 +1,329 @@
+"""Catalog API benchmark: stowkit against freezer-api 19, with the same client.
+
+    python3 bench/catalog_api.py [--requests N] [--concurrency C] [--keepalive]
+                                 [--only stowkit|freezer-api] [--freezer-venv DIR]
+
+Starts both servers on SQLite in a scratch directory, each without Keystone
+(stowkit: ``catalog serve --no-auth``; freezer-api: its paste pipeline with a
+small filter of ours that sets the identity headers, the set-up freezer-api
+documents for running unauthenticated), then measures with the same client:
+
+* POST /v2/{project}/backups        (a new backup document each time)
+* GET  /v2/{project}/backups?limit=100  (after the POSTs, so 100 documents come back)
+
+Each request opens its own TCP connection, as the reference figures were
+measured (``--keepalive`` reuses one connection per client process instead).
+Prints requests/s, p50 and p99 latency and the stowkit/freezer-api ratios.
+freezer-api is installed with ``pip install freezer-api`` into
+``.stack/venvs/freezer-api`` when that venv is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PROJECT = "benchproject"
+USER = "benchuser"
+
+IDENTITY_FILTER = '''
+"""Sets the headers keystonemiddleware would set; for benchmarking only."""
+import re
+
+_PROJECT = re.compile(r"^/v2/([^/]+)/")
+
+
+def factory(global_conf, **local_conf):
+    def filter_(app):
+        def wrapped(environ, start_response):
+            match = _PROJECT.match(environ.get("PATH_INFO", ""))
+            environ["HTTP_X_USER_ID"] = "benchuser"
+            environ["HTTP_X_USER_NAME"] = "benchuser"
+            environ["HTTP_X_TENANT_ID"] = match.group(1) if match else "benchproject"
+            environ["HTTP_X_PROJECT_ID"] = environ["HTTP_X_TENANT_ID"]
+            environ["HTTP_X_ROLES"] = "admin"
+            environ["HTTP_X_IDENTITY_STATUS"] = "Confirmed"
+            return app(environ, start_response)
+        return wrapped
+    return filter_
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, log: pathlib.Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)  # noqa: S310 - loopback
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.2)
+    sys.exit(f"{url} not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def start_stowkit(work: pathlib.Path, port: int) -> subprocess.Popen:
+    conf = work / "stowkit.conf"
+    conf.write_text(f"[DEFAULT]\nstate_dir = {work / 'stowkit-state'}\n")
+    log = work / "stowkit.log"
+    stowkit = shutil.which("stowkit") or sys.exit("stowkit is not on PATH")
+    proc = subprocess.Popen(  # noqa: S603 - fixed argv
+        [stowkit, "--config-file", str(conf), "catalog", "serve", "--no-auth", "--port", str(port)],
+        stdout=open(log, "wb"),  # noqa: SIM115 - lives as long as the server
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    wait_ready(f"http://127.0.0.1:{port}/", proc, log)
+    return proc
+
+
+def ensure_freezer_api(venv: pathlib.Path) -> pathlib.Path:
+    if not (venv / "bin" / "freezer-api").exists():
+        print(f"installing freezer-api 19 into {venv} ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)  # noqa: S603
+        subprocess.run(  # noqa: S603
+            [str(venv / "bin" / "pip"), "install", "-q", "freezer-api==19.*"], check=True
+        )
+    return venv
+
+
+def start_freezer_api(work: pathlib.Path, port: int, venv: pathlib.Path) -> subprocess.Popen:
+    fdir = work / "freezer-api"
+    fdir.mkdir()
+    (fdir / "stowkit_bench_identity.py").write_text(IDENTITY_FILTER)
+    (fdir / "policy.yaml").write_text('"project_member": "@"\n"project_reader": "@"\n')
+    (fdir / "paste.ini").write_text(
+        textwrap.dedent(
+            """\
+            [app:api_versions]
+            paste.app_factory = freezer_api.api.versions:api_versions
+
+            [app:appv2]
+            paste.app_factory = freezer_api.service:freezer_appv2_factory
+
+            [filter:identity]
+            paste.filter_factory = stowkit_bench_identity:factory
+
+            [filter:versionsNegotiator]
+            paste.filter_factory = freezer_api.api.versions:VersionNegotiator.factory
+
+            [filter:http_proxy_to_wsgi]
+            paste.filter_factory = oslo_middleware:HTTPProxyToWSGI.factory
+
+            [composite:backupapp]
+            paste.composite_factory = freezer_api.service:root_app_factory
+            /: api_versions
+            /v2: appv2
+
+            [pipeline:main]
+            pipeline = http_proxy_to_wsgi identity versionsNegotiator backupapp
+            """
+        )
+    )
+    conf = fdir / "freezer-api.conf"
+    conf.write_text(
+        textwrap.dedent(
+            f"""\
+            [DEFAULT]
+            bind_host = 127.0.0.1
+            bind_port = {port}
+            [storage]
+            backend = sqlalchemy
+            driver = sqlalchemy
+            [database]
+            connection = sqlite:///{fdir / "freezer.sqlite"}
+            [paste_deploy]
+            config_file = {fdir / "paste.ini"}
+            [oslo_policy]
+            policy_file = {fdir / "policy.yaml"}
+            [centralized_scheduler]
+            enabled = false
+            """
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=str(fdir))
+    subprocess.run(  # noqa: S603 - fixed argv
+        [str(venv / "bin" / "freezer-manage"), "--config-file", str(conf), "db", "sync"],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    log = fdir / "server.log"
+    proc = subprocess.Popen(  # noqa: S603 - fixed argv
+        [str(venv / "bin" / "freezer-api"), "--config-file", str(conf)],
+        stdout=open(log, "wb"),  # noqa: SIM115 - lives as long as the server
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=fdir,
+        start_new_session=True,
+    )
+    wait_ready(f"http://127.0.0.1:{port}/", proc, log)
+    return proc
+
+
+# -- the client ---------------------------------------------------------------------------
+def _worker(args: tuple) -> list[tuple[float, int]]:
+    port, method, n, first, keepalive, tag = args
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    headers["X-User-Id"] = USER
+    out = []
+    conn = None
+    for i in range(n):
+        if method == "POST":
+            path = f"/v2/{PROJECT}/backups"
+            body = json.dumps(
+                {
+                    "container": "bench",
+                    "hostname": "host-1.example.org",
+                    "backup_name": f"{tag}-{first + i}",
+                    "time_stamp": 1_700_000_000 + first + i,
+                    "curr_backup_level": 0,
+                    "max_level": 5,
+                    "mode": "fs",
+                    "path_to_backup": "/srv/data",
+                    "storage": "swift",
+                    "fs_real_path": "/srv/data",
+                    "client_os": "linux",
+                }
+            )
+        else:
+            path, body = f"/v2/{PROJECT}/backups?limit=100", None
+        t0 = time.perf_counter()
+        if conn is None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        if not keepalive or resp.will_close:
+            conn.close()
+            conn = None
+        out.append((time.perf_counter() - t0, resp.status))
+    if conn is not None:
+        conn.close()
+    return out
+
+
+def measure(port: int, method: str, total: int, conc: int, keepalive: bool, tag: str) -> dict:
+    per = total // conc
+    jobs = [(port, method, per, w * per, keepalive, tag) for w in range(conc)]
+    with multiprocessing.Pool(conc) as pool:
+        t0 = time.perf_counter()
+        results = pool.map(_worker, jobs)
+        elapsed = time.perf_counter() - t0
+    lat = sorted(x[0] for r in results for x in r)
+    statuses = {x[1] for r in results for x in r}
+    expected = 201 if method == "POST" else 200
+    if statuses != {expected}:
+        sys.exit(f"{method}: unexpected statuses {sorted(statuses)}")
+    return {
+        "rps": len(lat) / elapsed,
+        "p50": lat[len(lat) // 2] * 1000,
+        "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+        "n": len(lat),
+    }
+
+
+def run_one(name: str, port: int, args: argparse.Namespace) -> dict:
+    results = {}
+    tag = f"{name}-{os.getpid()}"
+    results["POST /backups"] = measure(
+        port, "POST", args.requests, args.concurrency, args.keepalive, tag
+    )
+    results["GET list limit=100"] = measure(
+        port, "GET", args.list_requests, args.concurrency, args.keepalive, tag
+    )
+    return results
+
+
+def stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000, help="POSTs per server")
+    parser.add_argument("--list-requests", type=int, default=1000, help="list GETs per server")
+    parser.add_argument("--concurrency", type=int, default=4, help="client processes")
+    parser.add_argument("--keepalive", action="store_true", help="reuse connections")
+    parser.add_argument("--only", choices=["stowkit", "freezer-api"])
+    parser.add_argument(
+        "--stowkit-port",
+        type=int,
+        help="measure a stowkit catalog already serving (no-auth) on this port instead",
+    )
+    parser.add_argument(
+        "--freezer-venv", type=pathlib.Path, default=REPO / ".stack" / "venvs" / "freezer-api"
+    )
+    args = parser.parse_args()
+    work = pathlib.Path(tempfile.mkdtemp(prefix="stowkit-bench-catalog-"))
+    table: dict[str, dict] = {}
+    try:
+        for name in ("stowkit", "freezer-api"):
+            if args.only and args.only != name:
+                continue
+            port = free_port()
+            if name == "stowkit" and args.stowkit_port:
+                table[name] = run_one(name, args.stowkit_port, args)
+                continue
+            if name == "stowkit":
+                proc = start_stowkit(work, port)
+            else:
+                proc = start_freezer_api(work, port, ensure_freezer_api(args.freezer_venv))
+            try:
+                table[name] = run_one(name, port, args)
+            finally:
+                stop(proc)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    mode = "keep-alive" if args.keepalive else "one connection per request"
+    print(
+        f"catalog API, {args.concurrency} client processes, {mode}, SQLite, {os.cpu_count()} CPUs"
+    )
+    print(f"{'server':<12} {'operation':<20} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'n':>6}")
+    for name, rows in table.items():
+        for op, r in rows.items():
+            print(
+                f"{name:<12} {op:<20} {r['rps']:9.1f} {r['p50']:8.2f} {r['p99']:8.2f} {r['n']:6d}"
+            )
+    if len(table) == 2:
+        for op in table["stowkit"]:
+            s, f = table["stowkit"][op], table["freezer-api"][op]
+            print(
+                f"ratio {op:<20} throughput x{s['rps'] / f['rps']:.1f}, "
+                f"p99 latency x{f['p99'] / s['p99']:.1f} lower"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,371 @@
+"""``stowkit blockstore ...``: set up, inspect, lock, copy and delete block devices.
+
+The NBD server (``stowkit blockstore serve``) lives in cli/nbdserve.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+from cli.common import Command, Lister, ShowOne, parse_size
+from corelib import blockcopy
+from corelib.blockstore import DEFAULT_OBJECT_SIZE, BlockDevice, DeviceLocked, LockInfo
+from corelib.errors import InvalidArgument, NotFound
+
+UPLOAD_OWNER = "stowkit blockstore upload"
+MANUAL_OWNER = "stowkit blockstore lock"
+
+
+def human(size: int) -> str:
+    """1073741824 -> '1 GiB'; exact multiples stay exact, others get one decimal."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift:
+            value = size / (1 << shift)
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{size} B"
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def lock_fields(lock: LockInfo | None) -> dict[str, Any]:
+    if lock is None:
+        return {"locked_by": None}
+    return {
+        "locked_by": lock.describe(),
+        "lock_owner": lock.owner,
+        "lock_host": lock.host,
+        "lock_pid": lock.pid,
+        "lock_token": lock.token,
+        "lock_acquired": _when(lock.acquired),
+        "lock_expires": _when(lock.expires),
+        "lock_stale": lock.expired(),
+    }
+
+
+def device_fields(dev: BlockDevice) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "name": dev.name,
+        "size": dev.size,
+        "size_human": human(dev.size),
+        "object_size": dev.object_size,
+        "objects": dev.object_count,
+        "format": dev.format_version,
+    }
+    if dev.objects_stored is not None:
+        fields["objects_stored"] = dev.objects_stored
+        fields["bytes_stored"] = dev.objects_stored * dev.object_size
+    fields.update(lock_fields(dev.lock))
+    return fields
+
+
+def _show(fields: dict[str, Any]) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    return tuple(fields), tuple(fields.values())
+
+
+class ProgressLine:
+    """A one-line progress meter on stderr, only when stderr is a terminal."""
+
+    def __init__(self, label: str, stream: Any = None, enabled: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.label = label
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < 0.2 and done < total:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-6)
+        pct = 100 * done / total if total else 100
+        self.stream.write(
+            f"\r{self.label}: {pct:5.1f}% {human(done)} of {human(total)} ({human(int(rate))}/s)   "
+        )
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class Setup(ShowOne):
+    """Create a block device: an empty (all zeros) device of the given size."""
+
+    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name", help="Device name.")
+        parser.add_argument(
+            "--size",
+            required=True,
+            help="Device size, e.g. 1G, 512M (a multiple of the object size).",
+        )
+        parser.add_argument(
+            "--object-size",
+            default=None,
+            help="Object size, a power of two from 4K to 64M "
+            f"(default {human(DEFAULT_OBJECT_SIZE)}).",
+        )
+        return parser
+
+    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+        size = parse_size(parsed_args.size)
+        object_size = (
+            parse_size(parsed_args.object_size) if parsed_args.object_size else DEFAULT_OBJECT_SIZE
+        )
+        dev = self.driver("blockstore").create_device(parsed_args.name, size, object_size)
+        return _show(device_fields(dev))
+
+
+class ListDevices(Lister):
+    """List block devices with their size, object size, objects stored and lock."""
+
+    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+        parser = super().get_parser(prog_name)
+        parser.add_argument(
+            "--quick",
+            action="store_true",
+            help="Do not count stored objects (one listing per device).",
+        )
+        return parser
+
+    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+        devices = self.driver("blockstore").list_devices(details=not parsed_args.quick)
+        columns = ("Name", "Size", "Object Size", "Objects", "Objects Stored", "Locked By")
+        data = [
+            (
+                d.name,
+                human(d.size),
+                human(d.object_size),
+                d.object_count,
+                "" if d.objects_stored is None else d.objects_stored,
+                d.locked_by or "",
+            )
+            for d in devices
+        ]
+        return columns, data
+
+
+class ShowDevice(ShowOne):
+    """Show one block device: settings, objects stored, lock."""
+
+    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name", help="Device name.")
+        return parser
+
+    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+        dev = self.driver("blockstore").get_device(parsed_args.name, details=True)
+        return _show(device_fields(dev))
+
+
+class LockDevice(ShowOne):
+    """Lock a device by hand, so no server may write to it until `unlock`."""
+
+    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name", help="Device name.")
+        parser.add_argument(
+            "--lease",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="Let the lock go stale after this long (default: never).",
+        )
+        parser.add_argument("--owner", default=MANUAL_OWNER, help="Who the lock names.")
+        return parser
+
+    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+        if parsed_args.lease is not None and parsed_args.lease <= 0:
+            raise InvalidArgument("--lease must be a positive number of seconds")
+        lock = self.driver("blockstore").lock(
+            parsed_args.name, parsed_args.owner, parsed_args.lease
+        )
+        return _show({"name": parsed_args.name, **lock_fields(lock)})
+
+
+class UnlockDevice(Command):
+    """Break a device's lock, whoever holds it, and say whose it was."""
+
+    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name", help="Device name.")
+        return parser
+
+    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+        broken = self.driver("blockstore").unlock(parsed_args.name, force=True)
+        if broken is None:
+            self.app.stdout.write(f"device {parsed_args.name} was not locked\n")
+        else:
+            self.app.stdout.write(
+                f"unlocked device {parsed_args.name}: broke the lock of {broken.describe()}\n"
+            )
+        return 0
+
+
+class DeleteDevice(Command):
+    """Delete a device: its objects, then the device itself.  Refused while locked."""
+
+    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name", help="Device name.")
+        parser.add_argument(
+            "--force", action="store_true", help="Delete even while a lock is held."
+        )
+        return parser
+
+    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+        broken = self.driver("blockstore").delete_device(parsed_args.name, force=parsed_args.force)
+        message = f"deleted device {parsed_args.name}"
+        if broken is not None:
+            message += f" (it was locked by {broken.describe()})"
+        self.app.stdout.write(message + "\n")
+        return 0
+
+
+def _threads(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 256:
+        raise InvalidArgument(f"invalid --threads {value!r}: use 1 to 256")
+    return number
+
+
+class _Copy(Command):
+    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+        parser = super().get_parser(prog_name)
+        parser.add_argument(
+            "--threads", default="8", help="Objects transferred in parallel (default 8)."
+        )
+        parser.add_argument(
+            "--progress",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="Show progress on stderr (default: when stderr is a terminal).",
+        )
+        return parser
+
+    def _report(self, verb: str, name: str, stats: blockcopy.CopyStats, start: float) -> None:
+        seconds = max(time.monotonic() - start, 1e-6)
+        line = (
+            f"{verb} {name}: {human(stats.bytes)} in {seconds:.1f} s "
+            f"({human(int(stats.bytes / seconds))}/s), {stats.stored} objects, "
+            f"{stats.holes} holes"
+        )
+        if stats.deleted:
+            line += f", {stats.deleted} zeroed objects deleted"
+        self.app.stdout.write(line + "\n")
+
+
+class Download(_Copy):
+    """Copy a whole device into a local file (holes stay holes)."""
+
+    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name", help="Device name.")
+        parser.add_argument("file", help="Local file (or block device) to write.")
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="Download even while a writer holds the lock (the copy may be inconsistent).",
+        )
+        return parser
+
+    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+        threads = _threads(parsed_args.threads)
+        store = self.driver("blockstore")
+        dev = store.get_device(parsed_args.name)
+        if dev.lock is not None and not dev.lock.expired() and not parsed_args.force:
+            raise DeviceLocked(
+                f"device {dev.name} is locked by {dev.lock.describe()}: a copy taken while "
+                "it is written may be inconsistent (use --force to copy anyway)",
+                dev.lock,
+            )
+        progress = ProgressLine(f"download {dev.name}", self.app.stderr, parsed_args.progress)
+        start = time.monotonic()
+        try:
+            stats = blockcopy.download(store, dev.name, parsed_args.file, threads, progress)
+        finally:
+            progress.finish()
+        self._report("downloaded", dev.name, stats, start)
+        return 0
+
+
+class Upload(_Copy):
+    """Copy a local file onto a device (which then holds exactly the file, zero-padded)."""
+
+    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+        parser = super().get_parser(prog_name)
+        parser.add_argument("file", help="Local file (or block device) to read.")
+        parser.add_argument("name", help="Device name.")
+        parser.add_argument(
+            "--create",
+            action="store_true",
+            help="Create the device when missing, as large as the file (rounded up to "
+            "the object size).",
+        )
+        parser.add_argument(
+            "--object-size",
+            default=None,
+            help="Object size of a device made by --create "
+            f"(default {human(DEFAULT_OBJECT_SIZE)}).",
+        )
+        return parser
+
+    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+        threads = _threads(parsed_args.threads)
+        store = self.driver("blockstore")
+        path = parsed_args.file
+        try:
+            with open(path, "rb") as f:
+                file_size = f.seek(0, os.SEEK_END)
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            store.get_device(parsed_args.name)
+        except NotFound:
+            if not parsed_args.create:
+                raise NotFound(
+                    f"device {parsed_args.name} not found (use --create to make it)"
+                ) from None
+            object_size = (
+                parse_size(parsed_args.object_size)
+                if parsed_args.object_size
+                else DEFAULT_OBJECT_SIZE
+            )
+            size = max(-(-file_size // object_size), 1) * object_size
+            store.create_device(parsed_args.name, size, object_size)
+        progress = ProgressLine(f"upload {parsed_args.name}", self.app.stderr, parsed_args.progress)
+        start = time.monotonic()
+        with blockcopy.held_lock(store, parsed_args.name, UPLOAD_OWNER):
+            try:
+                stats = blockcopy.upload(store, parsed_args.name, path, threads, progress)
+            finally:
+                progress.finish()
+        self._report("uploaded", parsed_args.name, stats, start)
+        return 0
+
+
+COMMANDS = {
+    "blockstore setup": Setup,
+    "blockstore list": ListDevices,
+    "blockstore show": ShowDevice,
+    "blockstore lock": LockDevice,
+    "blockstore unlock": UnlockDevice,
+    "blockstore download": Download,
+    "blockstore upload": Upload,
+    "blockstore delete": DeleteDevice,
+}

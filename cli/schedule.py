@@ -1,0 +1,160 @@
+"""``stowkit schedule add|remove|list|pause|resume|import``: periodic jobs per volume.
+
+The commands edit the schedule file the running ``stowkit plugin serve``
+reads on every tick, so changes apply without a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from cli.common import Command, Lister, ShowOne
+from corelib import scheduler
+from corelib.errors import InvalidArgument
+
+COLUMNS = (
+    "volume",
+    "action",
+    "minutes",
+    "state",
+    "last_run",
+    "last_result",
+    "last_message",
+    "next_run",
+    "runs",
+    "failures",
+)
+
+ACTION_HELP = "snapshot, replicate:HOST, purge:PATTERN or synchronize:HOST1,HOST2"
+
+
+def store(app: Any) -> scheduler.ScheduleStore:
+    scheduler.register_opts(app.conf)
+    return scheduler.ScheduleStore(app.conf[scheduler.GROUP].schedule_file)
+
+
+def _headers() -> tuple[str, ...]:
+    return tuple(c.replace("_", " ").title() for c in COLUMNS)
+
+
+class AddJob(ShowOne):
+    """Schedule an action on a volume every MINUTES (replaces the interval if already there)."""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("volume", help="Volume name.")
+        parser.add_argument("action", help=ACTION_HELP + ".")
+        parser.add_argument("minutes", help="Interval in minutes (fractions allowed).")
+        parser.add_argument("--paused", action="store_true", help="Add the job paused.")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
+        s = store(self.app)
+        job = s.add(
+            parsed_args.volume, parsed_args.action, parsed_args.minutes, not parsed_args.paused
+        )
+        row = scheduler.job_rows([job], s.load().paused)[0]
+        return _headers(), tuple(row[c] for c in COLUMNS)
+
+
+class RemoveJob(Command):
+    """Unschedule one job."""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("volume", help="Volume name.")
+        parser.add_argument("action", help=ACTION_HELP + ".")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> None:
+        store(self.app).remove(parsed_args.volume, parsed_args.action)
+
+
+class ListJobs(Lister):
+    """Scheduled jobs with their last run, last result and next run (UTC)."""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("--volume", help="Only this volume's jobs.")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
+        schedule = store(self.app).load()
+        jobs = [j for j in schedule.jobs if parsed_args.volume in (None, j.volume)]
+        rows = scheduler.job_rows(jobs, schedule.paused)
+        return _headers(), [tuple(r[c] for c in COLUMNS) for r in rows]
+
+
+class _Switch(Command):
+    active: bool
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("volume", nargs="?", help="Volume name (all its jobs without ACTION).")
+        parser.add_argument("action", nargs="?", help=ACTION_HELP + ".")
+        parser.add_argument(
+            "--all", action="store_true", help="The whole schedule (the global switch)."
+        )
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> None:
+        if parsed_args.all == bool(parsed_args.volume):
+            raise InvalidArgument("name a VOLUME [ACTION], or give --all")
+        s = store(self.app)
+        if parsed_args.all:
+            s.set_active(self.active)
+        else:
+            s.set_active(self.active, parsed_args.volume, parsed_args.action)
+
+
+class PauseJobs(_Switch):
+    """Pause one job, a volume's jobs, or everything (--all)."""
+
+    active = False
+
+
+class ResumeJobs(_Switch):
+    """Resume one job, a volume's jobs, or everything (--all)."""
+
+    active = True
+
+
+class ImportJobs(Lister):
+    """Import a buttervolume schedule.csv (volume,action,minutes[,active] lines)."""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("file", help="buttervolume schedule file (- for stdin).")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
+        text = _read(parsed_args.file, self.app.stdin)
+        s = store(self.app)
+        jobs = s.import_csv(text)
+        rows = scheduler.job_rows(jobs, s.load().paused)
+        return _headers(), [tuple(r[c] for c in COLUMNS) for r in rows]
+
+
+def _read(path: str, stdin: Any) -> str:
+    if path == "-":
+        return stdin.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        from corelib.errors import NotFound
+
+        raise NotFound(f"schedule file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"cannot read {path}: {exc}") from None
+
+
+COMMANDS = {
+    "schedule add": AddJob,
+    "schedule remove": RemoveJob,
+    "schedule list": ListJobs,
+    "schedule pause": PauseJobs,
+    "schedule resume": ResumeJobs,
+    "schedule import": ImportJobs,
+}

@@ -1,0 +1,217 @@
+"""``stowkit volume create|list|show|delete|clone|sync``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from cli.common import Command, Lister, ShowOne
+from corelib.errors import BackendUnavailable, InvalidArgument
+from corelib.volume import Volume
+
+VOLUME_COLUMNS = ("name", "path", "created", "size", "snapshot_count", "mount_count", "options")
+
+
+def parse_options(pairs: Sequence[str] | None) -> dict[str, str]:
+    """``["copyonwrite=false", "compression=zstd"]`` -> dict; KEY=VALUE only."""
+    options: dict[str, str] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"invalid option {pair!r}: use KEY=VALUE")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def show_volume(volume: Volume) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    values = []
+    for column in VOLUME_COLUMNS:
+        value = getattr(volume, column)
+        if column == "created" and value is not None:
+            value = value.isoformat()
+        elif column == "options":
+            value = ",".join(f"{k}={v}" for k, v in sorted(value.items()))
+        values.append(value)
+    return VOLUME_COLUMNS, tuple(values)
+
+
+COMPRESSION_NOTE = (
+    "note: copyonwrite=true because compression needs copy-on-write "
+    "(btrfs never compresses no-copy-on-write files)\n"
+)
+
+
+class CreateVolume(ShowOne):
+    """Create a volume (a btrfs subvolume)."""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name", help="Volume name: letters, digits, '_', '.', '-'.")
+        parser.add_argument(
+            "-o",
+            "--opt",
+            action="append",
+            metavar="KEY=VALUE",
+            help="copyonwrite=true|false, compression=zstd|lzo|zlib|none (repeatable). "
+            "Compression implies copyonwrite=true (btrfs never compresses no-copy-on-write "
+            "files); compression with copyonwrite=false is refused.",
+        )
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace):  # noqa: ANN201
+        driver = self.driver("volume")
+        options = parse_options(parsed_args.opt)
+        volume = driver.create_volume(parsed_args.name, options)
+        shown = driver.get_volume(volume.name)
+        if (
+            "copyonwrite" not in options
+            and shown.options.get("copyonwrite") == "true"
+            and shown.options.get("compression", "none") != "none"
+        ):
+            # Not the default (copyonwrite=false) on purpose: say why.
+            self.app.stderr.write(COMPRESSION_NOTE)
+        return show_volume(shown)
+
+
+class ListVolumes(Lister):
+    """List volumes with their snapshot and mount counts."""
+
+    def take_action(self, parsed_args: argparse.Namespace):  # noqa: ANN201
+        columns = ("Name", "Created", "Snapshots", "Mounts", "Path")
+        rows = [
+            (
+                v.name,
+                v.created.isoformat() if v.created else None,
+                v.snapshot_count,
+                v.mount_count,
+                v.path,
+            )
+            for v in self.driver("volume").list_volumes()
+        ]
+        return columns, rows
+
+
+class ShowVolume(ShowOne):
+    """Show one volume: path, created time, size, snapshot and mount counts, options."""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name")
+        parser.add_argument(
+            "--no-size", action="store_true", help="Skip adding up the size (a walk of the tree)."
+        )
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace):  # noqa: ANN201
+        volume = self.driver("volume").get_volume(
+            parsed_args.name, with_size=not parsed_args.no_size
+        )
+        return show_volume(volume)
+
+
+class DeleteVolume(Command):
+    """Delete a volume (its snapshots are kept)."""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name")
+        parser.add_argument(
+            "--force", action="store_true", help="Delete even while containers mount it."
+        )
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> None:
+        self.driver("volume").delete_volume(parsed_args.name, force=parsed_args.force)
+
+
+class CloneVolume(ShowOne):
+    """Clone a volume as a new volume (refused if the new name exists)."""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("source")
+        parser.add_argument("target")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace):  # noqa: ANN201
+        return show_volume(
+            self.driver("volume").clone_volume(parsed_args.source, parsed_args.target)
+        )
+
+
+class SyncVolume(Lister):
+    """Snapshot a volume, then pull newer files of the same volume from peers."""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name")
+        parser.add_argument("hosts", nargs="+", metavar="HOST", help="[user@]host[:port]")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace):  # noqa: ANN201
+        result = self.driver("volume").sync_volume(parsed_args.name, parsed_args.hosts)
+        self.app.stdout.write(f"snapshot taken first: {result.backup}\n")
+        rows = [(peer, status) for peer, status in result.peers.items()]
+        if not result.ok:
+            # Print the table, then fail: a partial sync is not a success.
+            self.produce_output(parsed_args, ("Host", "Result"), rows)
+            failed = sum(1 for _, status in rows if status != "ok")
+            raise BackendUnavailable(f"sync of {result.volume} failed from {failed} host(s)")
+        return ("Host", "Result"), rows
+
+
+class UnmountVolume(Lister):
+    """Forget mount IDs recorded for a volume (stale ones a crash left).
+
+    Unmounts nothing: it only stops IDs of containers that are gone from
+    blocking delete and restore.  IDs recorded before the host last booted are
+    already ignored.  Docker sends Unmount itself when a container stops.
+    """
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("name")
+        which = parser.add_mutually_exclusive_group(required=True)
+        which.add_argument(
+            "--id", action="append", metavar="MOUNT_ID", help="One mount ID (repeatable)."
+        )
+        which.add_argument("--all", action="store_true", help="Every recorded mount ID.")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace):  # noqa: ANN201
+        driver = self.driver("volume")
+        if parsed_args.all:
+            cleared = driver.clear_mounts(parsed_args.name)
+        else:
+            held = set(driver.mounts(parsed_args.name))
+            cleared = []
+            for mount_id in parsed_args.id:
+                driver.unmount(parsed_args.name, mount_id)
+                if mount_id in held:
+                    cleared.append(mount_id)
+        return ("Mount ID",), [(i,) for i in cleared]
+
+
+class CleanupVolumes(Lister):
+    """Collect hidden temporary volumes a crashed create or restore left behind.
+
+    Only those no live process holds; a restore's leftover may hold data and
+    is kept as a snapshot, never deleted.  `stowkit plugin serve` does this
+    at start too.
+    """
+
+    def take_action(self, parsed_args: argparse.Namespace):  # noqa: ANN201
+        return ("Item", "Result"), list(self.driver("volume").cleanup())
+
+
+COMMANDS = {
+    "volume create": CreateVolume,
+    "volume list": ListVolumes,
+    "volume show": ShowVolume,
+    "volume delete": DeleteVolume,
+    "volume clone": CloneVolume,
+    "volume sync": SyncVolume,
+    "volume unmount": UnmountVolume,
+    "volume cleanup": CleanupVolumes,
+}

@@ -1,0 +1,286 @@
+"""Whole-device copies between a BlockStore and a local file, and a held lock.
+
+Both directions move objects in parallel from a thread pool (each worker
+reads or writes its own slice of the file with pread/pwrite) and are sparse
+aware: an all-zero object is never stored on upload (and a stored one is
+deleted, so the device ends up equal to the file), and a missing object is
+left as a hole on download.  Any BlockStore works; backends only have to
+allow parallel object calls, which the interface requires.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import stat
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+
+from corelib.blockstore import DEFAULT_LEASE, BlockStore, DeviceLocked, LockInfo, is_zeros
+from corelib.errors import BackendUnavailable, InvalidArgument
+
+LOG = logging.getLogger(__name__)
+
+#: progress(done_bytes, total_bytes), called from the calling thread.
+Progress = Callable[[int, int], None]
+
+
+@dataclasses.dataclass
+class CopyStats:
+    bytes: int = 0  # device bytes covered
+    stored: int = 0  # objects written (upload) or read (download)
+    holes: int = 0  # all-zero objects skipped
+    deleted: int = 0  # objects deleted because the file has zeros there
+
+
+def _data_extents(fd: int, size: int) -> list[tuple[int, int]] | None:
+    """[(start, end)] of the file's data (not holes), or None if unknown."""
+    extents = []
+    pos = 0
+    try:
+        while pos < size:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            extents.append((start, end))
+            pos = end
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # no data after pos: the rest is a hole
+            return extents
+        return None  # SEEK_DATA unsupported here: read everything
+    return extents
+
+
+def _may_hold_data(extents: list[tuple[int, int]] | None, start: int, end: int) -> bool:
+    if extents is None:
+        return True
+    return any(s < end and start < e for s, e in extents)
+
+
+def _run(
+    jobs: Iterator[Callable[[], int]], threads: int, total: int, progress: Progress | None
+) -> None:
+    """Run jobs (each returns bytes covered) with at most 2*threads in flight."""
+    done = 0
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        pending: set[concurrent.futures.Future[int]] = set()
+        try:
+            for job in jobs:
+                pending.add(pool.submit(job))
+                if len(pending) >= threads * 2:
+                    finished, pending = concurrent.futures.wait(
+                        pending, return_when=concurrent.futures.FIRST_COMPLETED
+                    )
+                    for fut in finished:
+                        done += fut.result()
+                    if progress:
+                        progress(done, total)
+            for fut in concurrent.futures.as_completed(pending):
+                done += fut.result()
+                if progress:
+                    progress(done, total)
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+
+
+def upload(
+    store: BlockStore,
+    device: str,
+    path: str,
+    threads: int = 8,
+    progress: Progress | None = None,
+) -> CopyStats:
+    """Make ``device`` hold the bytes of file ``path`` (zeros past its end).
+
+    The caller holds the device's lock (see held_lock).
+    """
+    dev = store.get_device(device)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        file_size = os.lseek(fd, 0, os.SEEK_END)
+        if file_size > dev.size:
+            raise InvalidArgument(
+                f"{path} holds {file_size} bytes, more than device {device} ({dev.size} bytes)"
+            )
+        extents = _data_extents(fd, file_size)
+        stored = set(store.list_objects(device))
+        stats = CopyStats()
+        lock = threading.Lock()
+        osize = dev.object_size
+
+        def one(index: int) -> int:
+            start = index * osize
+            data = b""
+            if start < file_size and _may_hold_data(extents, start, start + osize):
+                data = os.pread(fd, osize, start)
+            if len(data) < osize:
+                data += bytes(osize - len(data))
+            if is_zeros(data):
+                if index in stored:
+                    store.delete_object(device, index)
+                    with lock:
+                        stats.deleted += 1
+                else:
+                    with lock:
+                        stats.holes += 1
+            else:
+                store.write_object(device, index, data)
+                with lock:
+                    stats.stored += 1
+            return osize
+
+        jobs = (lambda i=i: one(i) for i in range(dev.object_count))
+        _run(jobs, threads, dev.size, progress)
+        stats.bytes = dev.size
+        return stats
+    finally:
+        os.close(fd)
+
+
+def download(
+    store: BlockStore,
+    device: str,
+    path: str,
+    threads: int = 8,
+    progress: Progress | None = None,
+) -> CopyStats:
+    """Write the whole of ``device`` into ``path`` (a file, or an existing block device).
+
+    A regular file is written aside and renamed into place once complete,
+    so ``path`` never holds half an image; holes stay holes.
+    """
+    dev = store.get_device(device)
+    try:
+        st: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise InvalidArgument(f"cannot write {path}: {exc.strerror}") from None
+    regular = st is None or stat.S_ISREG(st.st_mode)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise InvalidArgument(f"cannot write {path}: it is a directory")
+    stored = set(store.list_objects(device))
+    stats = CopyStats()
+    counter = threading.Lock()
+    osize = dev.object_size
+    target = path
+    if regular:
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            fd, target = tempfile.mkstemp(prefix=".stowkit-download-", dir=directory)
+        except OSError as exc:
+            raise InvalidArgument(f"cannot write in {directory}: {exc.strerror}") from None
+    else:
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except OSError as exc:
+            raise InvalidArgument(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        if regular:
+            os.ftruncate(fd, dev.size)  # all holes to begin with
+
+        def one(index: int) -> int:
+            data = store.read_object(device, index) if index in stored else None
+            if data is not None and len(data) != osize:
+                raise BackendUnavailable(
+                    f"device {device}: object {index} has {len(data)} bytes, expected {osize}"
+                )
+            if data is None or is_zeros(data):
+                with counter:
+                    stats.holes += 1
+                if regular:
+                    return osize
+                data = bytes(osize)
+            else:
+                with counter:
+                    stats.stored += 1
+            view = memoryview(data)
+            offset = index * osize
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
+            return osize
+
+        jobs = (lambda i=i: one(i) for i in range(dev.object_count))
+        _run(jobs, threads, dev.size, progress)
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            if regular or exc.errno != errno.EINVAL:  # character devices cannot sync
+                raise
+    except BaseException:
+        os.close(fd)
+        if regular:
+            os.unlink(target)
+        raise
+    os.close(fd)
+    if regular:
+        if st is not None:
+            os.chmod(target, stat.S_IMODE(st.st_mode))
+        else:
+            os.chmod(target, 0o666 & ~_umask())
+        os.replace(target, path)
+    stats.bytes = dev.size
+    return stats
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def held_lock(
+    store: BlockStore, device: str, owner: str, lease_seconds: float = DEFAULT_LEASE
+) -> Iterator[LockInfo]:
+    """Hold ``device``'s lock for the ``with`` block, renewing it in the background.
+
+    If the lock is lost (broken by hand), the block's work cannot be stopped
+    from here: DeviceLocked is raised when the block ends.
+    """
+    lock = store.lock(device, owner, lease_seconds)
+    if lock.taken_over is not None:
+        LOG.warning("device %s: took over the stale lock of %s", device, lock.taken_over.describe())
+    stop = threading.Event()
+    state: dict[str, object] = {"lock": lock, "error": None}
+
+    def renew() -> None:
+        while not stop.wait(lease_seconds / 3):
+            try:
+                state["lock"] = store.renew(device, state["lock"], lease_seconds)  # type: ignore[arg-type]
+            except DeviceLocked as exc:
+                state["error"] = exc
+                return
+            except Exception as exc:  # noqa: BLE001 - keep trying until the lease runs out
+                LOG.warning("device %s: cannot renew the lock: %s", device, exc)
+
+    thread = threading.Thread(target=renew, name=f"renew-{device}", daemon=True)
+    thread.start()
+    try:
+        yield lock
+    finally:
+        stop.set()
+        thread.join()
+        if state["error"] is None:
+            held: LockInfo = state["lock"]  # type: ignore[assignment]
+            current = store.get_lock(device)
+            if current is None or current.token != held.token:
+                who = current.describe() if current else "nobody (it was unlocked)"
+                state["error"] = DeviceLocked(
+                    f"device {device}: our lock was lost during the work; it is now held by {who}",
+                    current,
+                )
+            else:
+                store.unlock(device, held)
+    if state["error"] is not None:
+        raise state["error"]  # type: ignore[misc]

@@ -1,0 +1,365 @@
+"""The catalog's WSGI application: plain WSGI and a table of routes, no framework.
+
+Routes (``{kind}`` is backups, clients, jobs, actions or sessions)::
+
+    GET  /                                     versions (300)
+    GET  /v1, /v2                              version document, or JSON-home
+    /v2/{project_id}/{kind}                    GET list, POST create
+    /v2/{project_id}/{kind}/{id}               GET, POST (replace), PATCH (merge), DELETE
+    /v2/{project_id}/jobs/{id}/event           POST {"start"|"stop"|"abort"|"remove": null}
+    /v2/{project_id}/sessions/{id}/action      POST {"start"|"end": {...}}
+    /v2/{project_id}/sessions/{id}/jobs/{job}  PUT (add), DELETE (remove)
+    /v1/...                                    the same without the project segment;
+                                               the project comes from the token
+
+Bodies are JSON.  Errors are ``{"title", "description", "code"}`` with a 4xx
+status for anything the client got wrong; a 500 only ever means a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from corelib.catalog import ID_FIELDS, KINDS
+from corelib.catalogapi.schemas import check_id
+from corelib.catalogapi.service import CatalogService, Identity
+from corelib.errors import InvalidArgument, StowkitError
+
+LOG = logging.getLogger(__name__)
+
+StartResponse = Callable[..., Any]
+
+_REASONS = {
+    200: "200 OK",
+    201: "201 Created",
+    202: "202 Accepted",
+    204: "204 No Content",
+    300: "300 Multiple Choices",
+    400: "400 Bad Request",
+    401: "401 Unauthorized",
+    403: "403 Forbidden",
+    404: "404 Not Found",
+    405: "405 Method Not Allowed",
+    409: "409 Conflict",
+    411: "411 Length Required",
+    413: "413 Request Entity Too Large",
+    415: "415 Unsupported Media Type",
+    423: "423 Locked",
+    500: "500 Internal Server Error",
+    503: "503 Service Unavailable",
+}
+_JSON = [("Content-Type", "application/json")]
+MAX_LIMIT = 1000
+#: Beyond this an offset cannot be a real position (and overflows SQL integers).
+MAX_OFFSET = 2**53
+KIND_SET = frozenset(KINDS)
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON: stored, they would be served back unreadable.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, headers: Iterable[tuple[str, str]] = ()):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = list(headers)
+
+
+def _title(status: int) -> str:
+    return _REASONS.get(status, str(status)).split(" ", 1)[1]
+
+
+def error_body(status: int, message: str) -> bytes:
+    return json.dumps({"title": _title(status), "description": message, "code": status}).encode()
+
+
+def versions_document(base: str) -> dict[str, Any]:
+    return {
+        "versions": [
+            {
+                "id": "v1",
+                "status": "SUPPORTED",
+                "updated": "2026-11-01T00:00:00Z",
+                "links": [{"rel": "self", "href": f"{base}/v1/"}],
+            },
+            {
+                "id": "v2",
+                "status": "CURRENT",
+                "updated": "2026-11-01T00:00:00Z",
+                "links": [{"rel": "self", "href": f"{base}/v2/"}],
+            },
+        ]
+    }
+
+
+def json_home(version: str) -> dict[str, Any]:
+    """The JSON-home document of a version (draft-nottingham-json-home)."""
+    prefix = "/v2/{project_id}" if version == "v2" else "/v1"
+    project_var = {"project_id": "https://stowkit.invalid/catalog/param/project_id"}
+    resources: dict[str, Any] = {}
+
+    def add(rel: str, template: str, allow: list[str], **variables: str) -> None:
+        href_vars = dict(project_var) if version == "v2" else {}
+        href_vars.update(
+            {k: f"https://stowkit.invalid/catalog/param/{k}" for k in variables.values()}
+        )
+        resources[f"https://stowkit.invalid/catalog/rel/{rel}"] = {
+            "href-template": prefix + template,
+            "href-vars": href_vars,
+            "hints": {
+                "allow": allow,
+                "formats": {"application/json": {}},
+                **({"accept-post": ["application/json"]} if "POST" in allow else {}),
+            },
+        }
+
+    for kind in KINDS:
+        id_field = ID_FIELDS[kind]
+        add(kind, f"/{kind}", ["GET", "POST"])
+        item_allow = ["GET", "DELETE"]
+        if kind in ("jobs", "actions", "sessions"):
+            item_allow = ["GET", "POST", "PATCH", "DELETE"]
+        elif kind == "backups":
+            item_allow = ["GET", "PATCH", "DELETE"]
+        add(kind[:-1], f"/{kind}/{{{id_field}}}", item_allow, id=id_field)
+    add("job_event", "/jobs/{job_id}/event", ["POST"], id="job_id")
+    add("session_action", "/sessions/{session_id}/action", ["POST"], id="session_id")
+    add(
+        "session_job",
+        "/sessions/{session_id}/jobs/{job_id}",
+        ["PUT", "DELETE"],
+        s="session_id",
+        j="job_id",
+    )
+    return {"resources": resources}
+
+
+class CatalogApp:
+    """The WSGI callable.
+
+    ``auth`` is ``"keystone"`` (identity from the headers keystonemiddleware
+    sets, which this app must sit behind) or ``"noauth"`` (project from the
+    URL or ``default_project``, user from ``X-User-Id``).
+    """
+
+    def __init__(
+        self,
+        service: CatalogService,
+        auth: str = "keystone",
+        default_project: str = "default",
+        max_body: int = 1 << 20,
+        default_limit: int = 10,
+    ) -> None:
+        if auth not in ("keystone", "noauth"):
+            raise InvalidArgument(f"unknown auth strategy {auth!r} (keystone or noauth)")
+        self.service = service
+        self.auth = auth
+        self.default_project = default_project
+        self.max_body = max_body
+        self.default_limit = default_limit
+
+    # -- WSGI entry ------------------------------------------------------------------
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        try:
+            status, body, headers = self.dispatch(environ)
+        except HTTPError as err:
+            status, body, headers = err.status, error_body(err.status, err.message), err.headers
+        except StowkitError as err:
+            status = err.http_status if err.http_status < 500 or err.http_status == 503 else 500
+            body = error_body(status, err.message)
+            headers = []
+        except Exception:  # a bug: log it, never show internals to the client
+            LOG.error("catalog request failed:\n%s", traceback.format_exc())
+            status, body, headers = 500, error_body(500, "internal error (logged)"), []
+        if status == 204:
+            start_response(_REASONS[204], headers)
+            return []
+        start_response(
+            _REASONS.get(status) or f"{status} Error",
+            [*_JSON, ("Content-Length", str(len(body))), *headers],
+        )
+        return [body]
+
+    # -- request helpers ---------------------------------------------------------------
+    def _read_body(self, environ: dict[str, Any], required: bool) -> Any:
+        length_text = environ.get("CONTENT_LENGTH") or ""
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if length_text:
+            try:
+                length = int(length_text)
+            except ValueError:
+                raise HTTPError(400, "Content-Length is not a number") from None
+            if length > self.max_body:
+                raise HTTPError(413, f"body too large: {length} bytes (limit {self.max_body})")
+            raw = environ["wsgi.input"].read(length) if length else b""
+        elif chunked:
+            raw = environ["wsgi.input"].read(self.max_body + 1)
+            if len(raw) > self.max_body:
+                raise HTTPError(413, f"body too large (limit {self.max_body} bytes)")
+        else:
+            raw = b""
+        if not raw.strip():
+            if required:
+                raise HTTPError(400, "a JSON body is required")
+            return None
+        try:
+            return json.loads(raw, parse_constant=_no_constant)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HTTPError(400, f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise HTTPError(400, "body is not acceptable JSON: nested too deeply") from None
+
+    def _identity(self, environ: dict[str, Any], url_project: str | None) -> Identity:
+        if self.auth == "noauth":
+            project = url_project or environ.get("HTTP_X_PROJECT_ID") or self.default_project
+            user = environ.get("HTTP_X_USER_ID") or "anonymous"
+            return Identity(project, user, environ.get("HTTP_X_USER_NAME", ""))
+        if environ.get("HTTP_X_IDENTITY_STATUS") != "Confirmed":
+            raise HTTPError(401, "authentication required", [("WWW-Authenticate", "Keystone")])
+        project = environ.get("HTTP_X_PROJECT_ID") or environ.get("HTTP_X_TENANT_ID")
+        user = environ.get("HTTP_X_USER_ID")
+        if not project or not user:
+            raise HTTPError(403, "the token is not scoped to a project")
+        if url_project is not None and url_project != project:
+            # Never reveal whether another project's documents exist.
+            raise HTTPError(403, f"the token is not valid for project {url_project!r}")
+        return Identity(project, user, environ.get("HTTP_X_USER_NAME", ""))
+
+    def _paging(self, environ: dict[str, Any]) -> tuple[int, int]:
+        limit, offset = self.default_limit, 0
+        query = environ.get("QUERY_STRING")
+        if query:
+            from urllib.parse import parse_qsl
+
+            for key, value in parse_qsl(query, keep_blank_values=True):
+                if key in ("limit", "offset"):
+                    try:
+                        number = int(value)
+                    except ValueError:
+                        raise HTTPError(
+                            400, f"{key} must be a whole number, not {value!r}"
+                        ) from None
+                    if number < 0:
+                        raise HTTPError(400, f"{key} must not be negative")
+                    if number > MAX_OFFSET:
+                        raise HTTPError(400, f"{key} is too large (at most {MAX_OFFSET})")
+                    if key == "limit":
+                        limit = min(number, MAX_LIMIT)
+                    else:
+                        offset = number
+        return limit, offset
+
+    # -- routing -------------------------------------------------------------------------
+    def dispatch(self, environ: dict[str, Any]) -> tuple[int, bytes, list[tuple[str, str]]]:
+        method = environ["REQUEST_METHOD"]
+        path = environ.get("PATH_INFO", "") or "/"
+        parts = [p for p in path.split("/") if p]
+        if not parts:
+            return self._root(environ, method)
+        version = parts[0]
+        if version not in ("v1", "v2"):
+            raise HTTPError(404, f"no such resource: {path[:200]}")
+        if len(parts) == 1:
+            return self._version(environ, method, version)
+        if version == "v2":
+            project = parts[1]
+            rest = parts[2:]
+            check_id(project, "project id")
+            if not rest:
+                raise HTTPError(404, f"no such resource: {path[:200]}")
+        else:
+            project, rest = None, parts[1:]
+        kind = rest[0]
+        if kind not in KIND_SET:
+            raise HTTPError(404, f"no such resource: {kind[:80]!r} (known: {', '.join(KINDS)})")
+        who = self._identity(environ, project)
+        if len(rest) == 1:
+            return self._collection(environ, method, who, kind)
+        doc_id = check_id(rest[1], f"{kind[:-1]} id")
+        if len(rest) == 2:
+            return self._item(environ, method, who, kind, doc_id)
+        tail = rest[2:]
+        if kind == "jobs" and tail == ["event"]:
+            self._allow(method, "POST")
+            result = self.service.job_event(who, doc_id, self._read_body(environ, True))
+            return 202, json.dumps({"result": result}).encode(), []
+        if kind == "sessions" and tail == ["action"]:
+            self._allow(method, "POST")
+            answer = self.service.session_action(who, doc_id, self._read_body(environ, True))
+            return 202, json.dumps(answer).encode(), []
+        if kind == "sessions" and len(tail) == 2 and tail[0] == "jobs":
+            job_id = check_id(tail[1], "job id")
+            self._allow(method, "PUT", "DELETE")
+            if method == "PUT":
+                self.service.session_add_job(who, doc_id, job_id)
+            else:
+                self.service.session_remove_job(who, doc_id, job_id)
+            return 204, b"", []
+        raise HTTPError(404, f"no such resource: {path[:200]}")
+
+    @staticmethod
+    def _allow(method: str, *allowed: str) -> None:
+        if method not in allowed:
+            raise HTTPError(
+                405,
+                f"method {method} not allowed here (allowed: {', '.join(allowed)})",
+                [("Allow", ", ".join(allowed))],
+            )
+
+    def _root(self, environ: dict[str, Any], method: str) -> tuple[int, bytes, list]:
+        self._allow(method, "GET", "HEAD")
+        base = self._base_url(environ)
+        return 300, json.dumps(versions_document(base)).encode(), []
+
+    def _version(self, environ: dict[str, Any], method: str, version: str) -> tuple:
+        self._allow(method, "GET", "HEAD")
+        if "application/json-home" in environ.get("HTTP_ACCEPT", ""):
+            body = json.dumps(json_home(version)).encode()
+            return 200, body, [("Vary", "Accept")]
+        base = self._base_url(environ)
+        doc = next(v for v in versions_document(base)["versions"] if v["id"] == version)
+        return 200, json.dumps({"version": doc}).encode(), [("Vary", "Accept")]
+
+    @staticmethod
+    def _base_url(environ: dict[str, Any]) -> str:
+        host = environ.get("HTTP_HOST") or (
+            f"{environ.get('SERVER_NAME', 'localhost')}:{environ.get('SERVER_PORT', '80')}"
+        )
+        return f"{environ.get('wsgi.url_scheme', 'http')}://{host}{environ.get('SCRIPT_NAME', '')}"
+
+    def _collection(self, environ: dict[str, Any], method: str, who: Identity, kind: str):
+        if method == "GET":
+            limit, offset = self._paging(environ)
+            search = self._read_body(environ, False)
+            found = self.service.list_json(who, kind, limit, offset, search)
+            body = f'{{"{kind}":[{",".join(found)}]}}'.encode()
+            return 200, body, []
+        self._allow(method, "GET", "POST")
+        new_id = self.service.create(who, kind, self._read_body(environ, True))
+        return 201, json.dumps({ID_FIELDS[kind]: new_id}).encode(), []
+
+    def _item(self, environ: dict[str, Any], method: str, who: Identity, kind: str, doc_id: str):
+        if method == "GET":
+            return 200, self.service.get_json(who, kind, doc_id).encode(), []
+        if method == "DELETE":
+            self.service.delete(who, kind, doc_id)
+            return 204, b"", []
+        if method == "PATCH":
+            version = self.service.patch(who, kind, doc_id, self._read_body(environ, True))
+            return 200, json.dumps({ID_FIELDS[kind]: doc_id, "version": version}).encode(), []
+        if method == "POST":
+            body = self._read_body(environ, True)
+            if kind == "clients":
+                new_id = self.service.create(who, kind, body, doc_id)
+                return 201, json.dumps({"client_id": new_id}).encode(), []
+            version = self.service.replace(who, kind, doc_id, body)
+            return 201, json.dumps({ID_FIELDS[kind]: doc_id, "version": version}).encode(), []
+        self._allow(method, "GET", "POST", "PATCH", "DELETE")
+        raise AssertionError("unreachable")

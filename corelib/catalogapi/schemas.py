@@ -1,0 +1,317 @@
+"""JSON schemas of catalog documents, checked with ``jsonschema``.
+
+Field names and types follow what freezer clients send (freezer-api's
+documented documents); the checks are stricter where the reference let bad
+data through: schedule dates, intervals and cron-like fields are validated,
+jobs and sessions reject fields they do not know.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jsonschema
+
+from corelib.errors import InvalidArgument
+
+ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,255}$"
+_ID = re.compile(ID_PATTERN)
+_WORD = r"^[\w-]+$"
+_FQDN = r"([a-zA-Z\d]|[a-zA-Z\d][a-zA-Z\d-]{0,61}[a-zA-Z\d])(\.([a-zA-Z\d]|[a-zA-Z\d][a-zA-Z\d-]{0,61}[a-zA-Z\d]))*"  # noqa: E501
+CLIENT_ID = rf"^(?:[\w-]+_)?{_FQDN}$"
+_ISO = (
+    r"^-?\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d"
+    r"(\.\d+)?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)?$"
+)
+_INTERVAL = r"^(continuous|\d+ +(weeks|days|hours|minutes|seconds))$"
+_CRON = r"^[A-Za-z0-9*/,\- ]{1,64}$"
+
+_int = {"type": "integer"}
+_str = {"type": "string"}
+_id = {"type": "string", "pattern": ID_PATTERN}
+
+SCHEDULE: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "time_created": _int,
+        "time_started": _int,
+        "time_ended": _int,
+        "event": {"enum": ["", "start", "stop", "abort", "remove"]},
+        "status": {"enum": ["completed", "stop", "scheduled", "running", "aborting", "removed"]},
+        "result": {"enum": ["", "success", "fail", "aborted"]},
+        "schedule_date": {"type": "string", "pattern": _ISO},
+        "schedule_interval": {"type": "string", "pattern": _INTERVAL},
+        "schedule_start_date": {"type": "string", "pattern": _ISO},
+        "schedule_end_date": {"type": "string", "pattern": _ISO},
+        "schedule_year": {"type": "string", "pattern": r"^\d{4}$"},
+        **{
+            f"schedule_{name}": {"type": "string", "pattern": _CRON}
+            for name in ("month", "day", "week", "day_of_week", "hour", "minute", "second")
+        },
+        "current_pid": _int,
+    },
+}
+
+FREEZER_ACTION: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": True,
+    "properties": {
+        "action": {"type": "string", "pattern": _WORD},
+        "mode": {"type": "string", "pattern": _WORD},
+        "src_file": _str,
+        "backup_name": _str,
+        "container": _str,
+        "restore_abs_path": _str,
+    },
+}
+
+JOB_ACTION: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": True,
+    "properties": {
+        "freezer_action": FREEZER_ACTION,
+        "max_retries": {"type": "integer", "minimum": 0},
+        "max_retries_interval": {"type": "integer", "minimum": 0},
+        "mandatory": {"type": "boolean"},
+        "action_id": _id,
+    },
+}
+
+_JOB_PROPS: dict[str, Any] = {
+    "job_id": _id,
+    "client_id": {"type": "string", "pattern": CLIENT_ID, "maxLength": 255},
+    "user_id": _str,
+    "project_id": _str,
+    "description": _str,
+    "job_actions": {"type": "array", "items": JOB_ACTION},
+    "job_schedule": SCHEDULE,
+    "action_defaults": FREEZER_ACTION,
+    "session_id": {"type": "string", "pattern": r"^[\w.\-]*$"},
+    "session_tag": _int,
+    "session_name": _str,
+    "_version": _int,
+}
+
+JOB = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": _JOB_PROPS,
+    "required": ["job_actions", "client_id"],
+}
+JOB_PATCH = {"type": "object", "additionalProperties": False, "properties": _JOB_PROPS}
+
+_SESSION_PROPS: dict[str, Any] = {
+    "session_id": _id,
+    "session_tag": {"type": "integer", "minimum": 0},
+    "description": _str,
+    "hold_off": {"type": "integer", "minimum": 0},
+    "schedule": SCHEDULE,
+    "jobs": {"type": "object"},
+    "status": {"enum": ["active", "running", "completed", ""]},
+    "result": {"enum": ["", "success", "fail", "aborted"]},
+    "time_start": _int,
+    "time_end": _int,
+    "time_started": _int,
+    "time_ended": _int,
+    "last_start": _int,
+    "user_id": _str,
+    "project_id": _str,
+    "_version": _int,
+}
+SESSION = {"type": "object", "additionalProperties": False, "properties": _SESSION_PROPS}
+SESSION_PATCH = SESSION
+
+ACTION = {
+    "type": "object",
+    "additionalProperties": True,
+    "properties": {
+        "action_id": _id,
+        "user_id": _str,
+        "project_id": _str,
+        "freezer_action": FREEZER_ACTION,
+        "max_retries": {"type": "integer", "minimum": 0},
+        "max_retries_interval": {"type": "integer", "minimum": 0},
+        "mandatory": {"type": "boolean"},
+        "action": {"type": "string", "pattern": _WORD},
+        "mode": {"type": "string", "pattern": _WORD},
+    },
+}
+ACTION_PATCH = ACTION
+
+CLIENT = {
+    "type": "object",
+    "additionalProperties": True,
+    "required": ["client_id"],
+    "properties": {
+        "client_id": {"type": "string", "pattern": CLIENT_ID, "maxLength": 255},
+        "hostname": {"type": "string", "pattern": f"^{_FQDN}$"},
+        "description": _str,
+        "uuid": _str,
+        "config_id": _str,
+    },
+}
+
+#: A backup's metadata as a freezer agent posts it.  Free-form beyond the
+#: fields the id is made of, as agents add fields release after release.
+BACKUP = {
+    "type": "object",
+    "additionalProperties": True,
+    "required": ["container", "hostname", "backup_name", "time_stamp"],
+    "properties": {
+        "container": {"type": "string", "minLength": 1},
+        "hostname": {"type": "string", "minLength": 1},
+        "backup_name": {"type": "string", "minLength": 1},
+        "time_stamp": {"type": "integer", "minimum": 0},
+        "curr_backup_level": {"type": "integer", "minimum": 0},
+        "level": {"type": "integer", "minimum": 0},
+        "max_level": {"type": "integer", "minimum": 0},
+        "backup_id": {"not": {}},
+        "backup_metadata": {"not": {}},
+    },
+}
+BACKUP_PATCH = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"status": _str, "backup_metadata": {"type": "object"}},
+}
+
+_TERMS = {"type": "array", "items": {"type": "object", "minProperties": 1}}
+SEARCH = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "match": _TERMS,
+        "match_not": _TERMS,
+    },
+}
+
+SESSION_ACTION = {
+    "type": "object",
+    "minProperties": 1,
+    "maxProperties": 1,
+    "additionalProperties": False,
+    "properties": {
+        action: {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["job_id", "current_tag"],
+            "properties": {
+                "job_id": _id,
+                # freezer's CLI sends the tag as it was typed: a string of digits.
+                "current_tag": {
+                    "anyOf": [
+                        {"type": "integer", "minimum": 0},
+                        {"type": "string", "pattern": r"^\d{1,12}$"},
+                    ]
+                },
+                "result": {"enum": ["success", "fail", "aborted", ""]},
+            },
+        }
+        for action in ("start", "end")
+    },
+}
+
+JOB_EVENT = {
+    "type": "object",
+    "minProperties": 1,
+    "maxProperties": 1,
+    "additionalProperties": False,
+    "properties": {event: {} for event in ("start", "stop", "abort", "remove")},
+}
+
+_validators: dict[int, jsonschema.protocols.Validator] = {}
+
+
+def _validator(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
+    key = id(schema)
+    if key not in _validators:
+        jsonschema.Draft7Validator.check_schema(schema)
+        _validators[key] = jsonschema.Draft7Validator(schema)
+    return _validators[key]
+
+
+def _where(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "the document"
+
+
+def validate(schema: Mapping[str, Any], doc: Any, what: str = "document") -> None:
+    """Raise :class:`InvalidArgument` naming the first offending field."""
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"the {what} must be a JSON object, not {type(doc).__name__}")
+    error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(doc))
+    if error is None:
+        return
+    where = _where(error)
+    if error.validator == "additionalProperties":
+        known = error.schema.get("properties", {})
+        extra = sorted(k for k in error.instance if k not in known)
+        raise InvalidArgument(f"{what}: unknown field(s) {', '.join(map(repr, extra))} in {where}")
+    if error.validator == "pattern":
+        raise InvalidArgument(f"{what}: {where} has an invalid value {error.instance!r}")
+    if error.validator == "not":
+        raise InvalidArgument(f"{what}: {where} is set by the server and may not be given")
+    if not error.absolute_path:
+        raise InvalidArgument(f"{what}: {error.message}")
+    raise InvalidArgument(f"{what}: {where}: {error.message}")
+
+
+def check_id(value: str, what: str = "id") -> str:
+    if not _ID.match(value):
+        raise InvalidArgument(
+            f"invalid {what} {value[:80]!r}: use 1 to 255 letters, digits, '_', '-' or '.'"
+        )
+    return value
+
+
+# -- schedules: what a pattern cannot say --------------------------------------------
+_RANGES = {
+    "schedule_month": (1, 12),
+    "schedule_day": (1, 31),
+    "schedule_week": (1, 53),
+    "schedule_day_of_week": (0, 6),
+    "schedule_hour": (0, 23),
+    "schedule_minute": (0, 59),
+    "schedule_second": (0, 59),
+}
+
+
+def _parse_iso(text: str) -> datetime.datetime:
+    value = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.UTC)
+    return value
+
+
+def check_schedule(schedule: Mapping[str, Any], what: str = "job_schedule") -> None:
+    """Dates real and ordered, a date or an interval not both, cron numbers in range."""
+    for key in ("schedule_date", "schedule_start_date", "schedule_end_date"):
+        if key in schedule:
+            try:
+                _parse_iso(schedule[key])
+            except ValueError:
+                raise InvalidArgument(f"{what}.{key}: {schedule[key]!r} is not a date") from None
+    if "schedule_date" in schedule and "schedule_interval" in schedule:
+        raise InvalidArgument(
+            f"{what}: schedule_date (run once) and schedule_interval (repeat) exclude each other"
+        )
+    start, end = schedule.get("schedule_start_date"), schedule.get("schedule_end_date")
+    if start and end and _parse_iso(end) <= _parse_iso(start):
+        raise InvalidArgument(f"{what}: schedule_end_date must be after schedule_start_date")
+    for key, (low, high) in _RANGES.items():
+        text = schedule.get(key)
+        if text is None:
+            continue
+        for number in re.findall(r"\d+", text):
+            # After a '/' comes a step, which may exceed the range ("*/90" seconds is odd
+            # but harmless); every other number must fall inside the field's range.
+            if f"/{number}" in text:
+                continue
+            if not low <= int(number) <= high:
+                raise InvalidArgument(
+                    f"{what}.{key}: {number} is outside {low}..{high} in {text!r}"
+                )

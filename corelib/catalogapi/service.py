@@ -1,0 +1,410 @@
+"""What the catalog's documents mean: ids, defaults, job events, session runs.
+
+Every method takes the caller's project (and user where it matters); a
+document of another project is simply not found.  Read-modify-write steps use
+the backend's versioned ``put`` and retry when another writer got there
+first, so concurrent job events or session starts never lose an update.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from corelib.catalog import ID_FIELDS, Catalog, Document, VersionConflict, check_kind
+from corelib.catalogapi import schemas
+from corelib.errors import Conflict, InvalidArgument, NotFound
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+#: How long (seconds) after a session started other jobs may still join that run.
+DEFAULT_HOLD_OFF = 30
+_RETRIES = 50
+
+
+@dataclass(frozen=True)
+class Identity:
+    project: str
+    user_id: str
+    user_name: str = ""
+
+
+def backup_id(meta: Mapping[str, Any]) -> str:
+    """``container_hostname_backupname_timestamp_level``, usable in a URL."""
+    level = meta.get("curr_backup_level", meta.get("level", 0))
+    parts = [meta["container"], meta["hostname"], meta["backup_name"], meta["time_stamp"], level]
+    return "_".join(_UNSAFE.sub("-", str(p)) for p in parts)[:255]
+
+
+def merge_defaults(job: Document) -> None:
+    """Fold ``action_defaults`` into each action's ``freezer_action`` (the action wins)."""
+    defaults = job.pop("action_defaults", None) or {}
+    for action in job.get("job_actions", []):
+        action["freezer_action"] = {**defaults, **(action.get("freezer_action") or {})}
+
+
+def parse_search(body: Any) -> tuple[list[dict], list[dict]]:
+    """The ``match``/``match_not`` lists of a list request's search body."""
+    if body is None:
+        return [], []
+    schemas.validate(schemas.SEARCH, body, "search")
+    match = list(body.get("match", []))
+    match_not = list(body.get("match_not", []))
+    return match, match_not
+
+
+class CatalogService:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    # -- generic ----------------------------------------------------------------
+    def list_json(
+        self, who: Identity, kind: str, limit: int, offset: int, search: Any = None
+    ) -> list[str]:
+        check_kind(kind)
+        match, match_not = parse_search(search)
+        return self.catalog.search_json(who.project, kind, limit, offset, match, match_not)
+
+    def get_json(self, who: Identity, kind: str, doc_id: str) -> str:
+        schemas.check_id(doc_id, f"{kind[:-1]} id")
+        getter = getattr(self.catalog, "get_json", None)
+        if getter is not None:
+            return getter(who.project, kind, doc_id)
+        return json.dumps(self.catalog.get(who.project, kind, doc_id))
+
+    def get(self, who: Identity, kind: str, doc_id: str) -> Document:
+        schemas.check_id(doc_id, f"{kind[:-1]} id")
+        return self.catalog.get(who.project, kind, doc_id)
+
+    def delete(self, who: Identity, kind: str, doc_id: str) -> None:
+        schemas.check_id(doc_id, f"{kind[:-1]} id")
+        if kind == "jobs":
+            self._detach_job_from_sessions(who, doc_id)
+        self.catalog.delete(who.project, kind, doc_id)
+
+    def _modify(
+        self, who: Identity, kind: str, doc_id: str, change: Callable[[Document], Any]
+    ) -> tuple[Document, int, Any]:
+        """Read, ``change`` in place, write back if the version did not move; retry."""
+        for _ in range(_RETRIES):
+            stored = self.catalog.get_versioned(who.project, kind, doc_id)
+            doc = stored.doc
+            outcome = change(doc)
+            try:
+                version = self.catalog.put(who.project, kind, doc_id, doc, stored.version)
+            except VersionConflict:
+                continue
+            return doc, version, outcome
+        raise Conflict(f"{kind[:-1]} {doc_id!r} is being changed by others; try again")
+
+    def _stamp(self, who: Identity, doc: Document) -> None:
+        doc["project_id"] = who.project
+        doc["user_id"] = who.user_id
+
+    # -- create -----------------------------------------------------------------
+    def create(self, who: Identity, kind: str, body: Any, doc_id: str | None = None) -> str:
+        check_kind(kind)
+        return getattr(self, f"_create_{kind}")(who, body, doc_id)
+
+    def _create_backups(self, who: Identity, body: Any, doc_id: str | None) -> str:
+        if doc_id is not None:
+            raise InvalidArgument("a backup's id is made from its metadata; POST to backups/")
+        schemas.validate(schemas.BACKUP, body, "backup")
+        new_id = backup_id(body)
+        doc = {
+            "backup_id": new_id,
+            "backup_uuid": uuid.uuid4().hex,
+            "project_id": who.project,
+            "user_id": who.user_id,
+            "user_name": who.user_name,
+            "backup_metadata": body,
+        }
+        self.catalog.create(who.project, "backups", new_id, doc)
+        return new_id
+
+    def _create_clients(self, who: Identity, body: Any, doc_id: str | None) -> str:
+        if isinstance(body, dict) and isinstance(body.get("client"), dict):
+            body = body["client"]  # a document read back from the API, re-posted
+        schemas.validate(schemas.CLIENT, body, "client")
+        client_id = body["client_id"]
+        if doc_id is not None and doc_id != client_id:
+            raise InvalidArgument(f"client_id {client_id!r} differs from the URL's {doc_id!r}")
+        doc = {
+            "client": body,
+            "client_id": client_id,
+            "uuid": body.get("uuid") or uuid.uuid4().hex,
+            "project_id": who.project,
+            "user_id": who.user_id,
+        }
+        self.catalog.create(who.project, "clients", client_id, doc)
+        return client_id
+
+    def _prepare_job(self, who: Identity, body: Any, doc_id: str | None) -> Document:
+        schemas.validate(schemas.JOB, body, "job")
+        doc = copy.deepcopy(body)
+        job_id = self._pick_id(doc, "job_id", doc_id)
+        schedule = doc.setdefault("job_schedule", {})
+        schemas.check_schedule(schedule)
+        schedule.setdefault("status", "stop")
+        schedule.setdefault("event", "")
+        schedule.setdefault("result", "")
+        schedule.setdefault("time_created", int(time.time()))
+        schedule.setdefault("time_started", -1)
+        schedule.setdefault("time_ended", -1)
+        merge_defaults(doc)
+        doc.setdefault("description", "")
+        doc.setdefault("session_id", "")
+        doc["job_id"] = job_id
+        self._stamp(who, doc)
+        doc.pop("_version", None)
+        return doc
+
+    def _create_jobs(self, who: Identity, body: Any, doc_id: str | None) -> str:
+        doc = self._prepare_job(who, body, doc_id)
+        self.catalog.create(who.project, "jobs", doc["job_id"], doc)
+        return doc["job_id"]
+
+    def _prepare_action(self, who: Identity, body: Any, doc_id: str | None) -> Document:
+        schemas.validate(schemas.ACTION, body, "action")
+        doc = copy.deepcopy(body)
+        doc["action_id"] = self._pick_id(doc, "action_id", doc_id)
+        doc.setdefault("freezer_action", {})
+        self._stamp(who, doc)
+        return doc
+
+    def _create_actions(self, who: Identity, body: Any, doc_id: str | None) -> str:
+        doc = self._prepare_action(who, body, doc_id)
+        self.catalog.create(who.project, "actions", doc["action_id"], doc)
+        return doc["action_id"]
+
+    def _prepare_session(self, who: Identity, body: Any, doc_id: str | None) -> Document:
+        schemas.validate(schemas.SESSION, body, "session")
+        doc = copy.deepcopy(body)
+        doc["session_id"] = self._pick_id(doc, "session_id", doc_id)
+        schemas.check_schedule(doc.get("schedule", {}), "schedule")
+        doc.setdefault("session_tag", 0)
+        doc.setdefault("description", "")
+        doc.setdefault("hold_off", DEFAULT_HOLD_OFF)
+        doc.setdefault("schedule", {})
+        doc.setdefault("jobs", {})
+        doc.setdefault("status", "active")
+        doc.setdefault("result", "")
+        doc.setdefault("time_start", -1)
+        doc.setdefault("time_end", -1)
+        doc.setdefault("last_start", -1)
+        self._stamp(who, doc)
+        doc.pop("_version", None)
+        return doc
+
+    def _create_sessions(self, who: Identity, body: Any, doc_id: str | None) -> str:
+        doc = self._prepare_session(who, body, doc_id)
+        self.catalog.create(who.project, "sessions", doc["session_id"], doc)
+        return doc["session_id"]
+
+    @staticmethod
+    def _pick_id(doc: Document, field: str, url_id: str | None) -> str:
+        given = doc.get(field)
+        if url_id is not None and given and given != url_id:
+            raise InvalidArgument(f"{field} {given!r} differs from the URL's {url_id!r}")
+        return url_id or given or uuid.uuid4().hex
+
+    # -- replace (POST to an item) ------------------------------------------------
+    def replace(self, who: Identity, kind: str, doc_id: str, body: Any) -> int:
+        """Create or replace the whole document (freezer's POST to ``kind/{id}``)."""
+        schemas.check_id(doc_id, f"{kind[:-1]} id")
+        if kind not in ("jobs", "actions", "sessions"):
+            raise InvalidArgument(f"{kind} cannot be replaced; delete and create instead")
+        doc = getattr(self, f"_prepare_{kind[:-1]}")(who, body, doc_id)
+        try:
+            return self.catalog.put(who.project, kind, doc_id, doc)
+        except NotFound:
+            self.catalog.create(who.project, kind, doc_id, doc)
+            return 1
+
+    # -- patch --------------------------------------------------------------------
+    def patch(self, who: Identity, kind: str, doc_id: str, body: Any) -> int:
+        """Merge ``body`` into the document; fields not given are kept."""
+        schemas.check_id(doc_id, f"{kind[:-1]} id")
+        schema = {
+            "jobs": schemas.JOB_PATCH,
+            "sessions": schemas.SESSION_PATCH,
+            "actions": schemas.ACTION_PATCH,
+            "backups": schemas.BACKUP_PATCH,
+        }.get(kind)
+        if schema is None:
+            raise InvalidArgument(f"{kind} cannot be changed; delete and register again")
+        schemas.validate(schema, body, f"{kind[:-1]} update")
+        id_field = ID_FIELDS[kind]
+        if body.get(id_field, doc_id) != doc_id:
+            raise InvalidArgument(f"{id_field} cannot be changed")
+        patch = {k: v for k, v in body.items() if k not in ("project_id", "user_id", "_version")}
+
+        def change(doc: Document) -> None:
+            for key, value in patch.items():
+                if key in ("job_schedule", "schedule", "backup_metadata", "freezer_action"):
+                    # Nested objects merge too: a PATCH of the schedule's status
+                    # keeps its dates (the reference replaced the whole object).
+                    merged = {**(doc.get(key) or {}), **value}
+                    if key in ("job_schedule", "schedule"):
+                        schemas.check_schedule(merged, key)
+                    doc[key] = merged
+                elif key != "action_defaults":
+                    doc[key] = value
+            if "action_defaults" in patch:
+                merge_defaults(
+                    {"action_defaults": patch["action_defaults"], "job_actions": doc["job_actions"]}
+                )
+
+        _, version, _ = self._modify(who, kind, doc_id, change)
+        return version
+
+    # -- job events -----------------------------------------------------------------
+    def job_event(self, who: Identity, job_id: str, body: Any) -> str:
+        """start/stop/abort/remove: record the request for the job's scheduler."""
+        schemas.check_id(job_id, "job id")
+        schemas.validate(schemas.JOB_EVENT, body, "job event")
+        (event,) = body
+
+        def change(doc: Document) -> str:
+            schedule = doc.setdefault("job_schedule", {})
+            status = schedule.get("status", "stop")
+            if schedule.get("event") == event:
+                return f"{event} already requested"
+            if status == "removed":
+                raise Conflict(f"job {job_id!r} was removed")
+            if event == "start":
+                if status in ("running", "scheduled"):
+                    return f"job already {status}"
+                schedule.update(event="start", status="scheduled", result="")
+            elif event == "stop":
+                schedule["event"] = "stop"
+            elif event == "abort":
+                if status != "running":
+                    return "job is not running"
+                schedule.update(event="abort", status="aborting")
+            else:  # remove
+                schedule["event"] = "remove"
+            return "success"
+
+        _, _, result = self._modify(who, "jobs", job_id, change)
+        return result
+
+    # -- sessions -----------------------------------------------------------------
+    def session_add_job(self, who: Identity, session_id: str, job_id: str) -> None:
+        schemas.check_id(session_id, "session id")
+        schemas.check_id(job_id, "job id")
+        self.catalog.get(who.project, "sessions", session_id)  # 404 before touching the job
+        job = self.catalog.get(who.project, "jobs", job_id)
+
+        def join(doc: Document) -> None:
+            doc["jobs"][job_id] = {
+                "client_id": job.get("client_id", ""),
+                "status": job.get("job_schedule", {}).get("status", "stop"),
+                "result": job.get("job_schedule", {}).get("result", ""),
+                "time_started": -1,
+                "time_ended": -1,
+            }
+
+        session, _, _ = self._modify(who, "sessions", session_id, join)
+
+        def tag(doc: Document) -> None:
+            doc["session_id"] = session_id
+            doc["session_tag"] = session.get("session_tag", 0)
+
+        self._modify(who, "jobs", job_id, tag)
+
+    def session_remove_job(self, who: Identity, session_id: str, job_id: str) -> None:
+        schemas.check_id(session_id, "session id")
+        schemas.check_id(job_id, "job id")
+
+        def leave(doc: Document) -> None:
+            if job_id not in doc.get("jobs", {}):
+                raise NotFound(f"job {job_id!r} is not in session {session_id!r}")
+            del doc["jobs"][job_id]
+
+        self._modify(who, "sessions", session_id, leave)
+
+        def untag(doc: Document) -> None:
+            if doc.get("session_id") == session_id:
+                doc["session_id"] = ""
+
+        try:
+            self._modify(who, "jobs", job_id, untag)
+        except NotFound:
+            pass
+
+    def _detach_job_from_sessions(self, who: Identity, job_id: str) -> None:
+        try:
+            job = self.catalog.get(who.project, "jobs", job_id)
+        except NotFound:
+            return
+        session_id = job.get("session_id")
+        if not session_id:
+            return
+
+        def leave(doc: Document) -> None:
+            doc.get("jobs", {}).pop(job_id, None)
+
+        try:
+            self._modify(who, "sessions", session_id, leave)
+        except NotFound:
+            pass
+
+    def session_action(self, who: Identity, session_id: str, body: Any) -> dict[str, Any]:
+        """``start`` opens a run (or joins the current one); ``end`` reports a job's result."""
+        schemas.check_id(session_id, "session id")
+        schemas.validate(schemas.SESSION_ACTION, body, "session action")
+        ((action, args),) = body.items()
+        job_id, tag = args["job_id"], int(args["current_tag"])
+        now = int(time.time())
+
+        def start(doc: Document) -> str:
+            jobs = doc.get("jobs", {})
+            if job_id not in jobs:
+                raise NotFound(f"job {job_id!r} is not in session {session_id!r}")
+            current = doc.get("session_tag", 0)
+            if tag > current:
+                raise InvalidArgument(f"current_tag {tag} is ahead of the session's tag {current}")
+            running = doc.get("status") == "running"
+            if running and now - doc.get("time_start", 0) < doc.get("hold_off", 0):
+                result = "success"  # join the run that just started
+            elif tag == current:
+                doc["session_tag"] = current + 1
+                doc.update(status="running", result="", time_start=now, time_end=-1)
+                doc["last_start"] = now
+                for entry in jobs.values():
+                    entry.update(status="scheduled", result="", time_ended=-1)
+                result = "success"
+            else:
+                return "out of sync"  # another node started this run before us
+            jobs[job_id].update(status="running", result="", time_started=now, time_ended=-1)
+            return result
+
+        def end(doc: Document) -> str:
+            jobs = doc.get("jobs", {})
+            if job_id not in jobs:
+                raise NotFound(f"job {job_id!r} is not in session {session_id!r}")
+            jobs[job_id].update(
+                status="completed", result=args.get("result") or "success", time_ended=now
+            )
+            if all(j.get("status") == "completed" for j in jobs.values()):
+                results = {j.get("result") for j in jobs.values()}
+                doc["result"] = "success" if results <= {"success"} else "fail"
+                doc.update(status="completed", time_end=now)
+            return "success"
+
+        doc, _, result = self._modify(
+            who, "sessions", session_id, start if action == "start" else end
+        )
+        return {"result": result, "session_tag": doc.get("session_tag", 0)}
+
+    # -- for the CLI ------------------------------------------------------------------
+    def list_docs(
+        self, who: Identity, kind: str, limit: int = 100, offset: int = 0, match: Sequence = ()
+    ) -> list[Document]:
+        return self.catalog.search(who.project, kind, limit, offset, list(match))

@@ -1,0 +1,311 @@
+"""The GlanceSync engine: regions per target, status, sync and backups.
+
+``ImageSync(config, store)`` takes the parsed GlanceSync configuration and
+the configured :class:`corelib.image.ImageStore` (the master target's); other
+targets get their own store from ``store.for_credentials(...)``.  Region
+names are GlanceSync's: ``REGION`` for the master target, ``TARGET:REGION``
+for the others, ``TARGET:`` for every region of a target.
+
+One region's failure never stops the others: each region's work is wrapped
+and its error kept in its :class:`RegionResult`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+
+from corelib.errors import InvalidArgument, NotFound, StowkitError
+from corelib.image import Image, ImageStore
+from corelib.imagesync import apply as A
+from corelib.imagesync import plan as P
+from corelib.imagesync import report
+from corelib.imagesync.config import (
+    MASTER,
+    SyncConfig,
+    Target,
+    full_region_name,
+    order_regions,
+    region_parts,
+)
+from corelib.imagesync.select import MasterImages, images_to_sync, visible_region_images
+from corelib.names import check_name
+
+LOG = logging.getLogger("stowkit.imagesync")
+
+
+@dataclasses.dataclass
+class RegionResult:
+    region: str
+    plan: P.RegionPlan | None = None
+    done: list[A.Done] = dataclasses.field(default_factory=list)
+    error: str | None = None
+    error_type: type[StowkitError] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclasses.dataclass
+class SyncReport:
+    results: list[RegionResult]
+    dry_run: bool = False
+
+    @property
+    def failed(self) -> list[RegionResult]:
+        return [r for r in self.results if not r.ok]
+
+    def summary(self) -> str:
+        failed = self.failed
+        verb = "to make (dry run)" if self.dry_run else "made"
+        changes = sum(len(r.done) for r in self.results)
+        text = f"{len(self.results)} region(s), {changes} change(s) {verb}"
+        if failed:
+            names = "; ".join(f"{r.region}: {r.error}" for r in failed)
+            text += f"; FAILED in {len(failed)}: {names}"
+        return text
+
+
+class ImageSync:
+    def __init__(self, config: SyncConfig, store: ImageStore) -> None:
+        self.config = config
+        self.base_store = store
+        self._stores: dict[str, ImageStore] = {}
+        self._lock = threading.Lock()
+        self._master: MasterImages | None = None
+        self._tenants: dict[str, str | None] = {}
+        self._to_sync: dict[str, dict[str, Image]] = {}
+        #: target -> error, for targets whose regions could not be listed by resolve()
+        self.unreachable: dict[str, StowkitError] = {}
+
+    # -- targets and regions -------------------------------------------------
+
+    def store(self, target_name: str) -> ImageStore:
+        with self._lock:
+            if target_name not in self._stores:
+                target = self.config.target(target_name)
+                creds = target.credentials
+                if target_name == MASTER and creds is None:
+                    self._stores[target_name] = self.base_store
+                else:
+                    self._stores[target_name] = self.base_store.for_credentials(creds)
+            return self._stores[target_name]
+
+    def tenant_id(self, target_name: str) -> str | None:
+        if target_name not in self._tenants:
+            target = self.config.target(target_name)
+            self._tenants[target_name] = target.tenant_id or self.store(target_name).tenant_id()
+        return self._tenants[target_name]
+
+    def _store_regions(self, target_name: str) -> list[str]:
+        """The store-side names of a target's regions (ignore_regions not applied)."""
+        target = self.config.target(target_name)
+        store = self.store(target_name)
+        available = list(store.regions())
+        if target.regions is not None:
+            missing = [r for r in target.regions if r not in available]
+            if missing:
+                raise NotFound(f"target {target_name}: unknown region {missing[0]!r}")
+            return list(target.regions)
+        # Regions another target claims explicitly on the same store are theirs.
+        claimed: set[str] = set()
+        for other in self.config.targets.values():
+            if other.name != target_name and other.regions and self.store(other.name) is store:
+                claimed.update(other.regions)
+        return [r for r in available if r not in claimed]
+
+    def target_regions(self, target_name: str, *, omit_master: bool = True) -> list[str]:
+        """Full names of a target's regions, less ignore_regions (and the master region)."""
+        target = self.config.target(target_name)
+        names = []
+        for region in self._store_regions(target_name):
+            if target_name == MASTER and omit_master and region == self.config.master_region:
+                continue
+            if region in target.ignore_regions:
+                continue
+            names.append(full_region_name(target_name, region))
+        return order_regions(names, self.config.preferable_order)
+
+    def all_regions(self) -> dict[str, list[str]]:
+        """target -> its regions (full names), the master region excluded."""
+        return {t: self.target_regions(t) for t in sorted(self.config.targets, key=_master_first)}
+
+    def resolve(self, names: Sequence[str] = ()) -> list[str]:
+        """Expand ``TARGET:`` and check every name; no names means every target's regions."""
+        if not names:
+            # Every target; one whose Keystone fails is reported, not fatal
+            # (see :attr:`unreachable`), so the other targets still sync.
+            out: list[str] = []
+            self.unreachable = {}
+            for target in sorted(self.config.targets, key=_master_first):
+                try:
+                    out.extend(self.target_regions(target))
+                except StowkitError as exc:
+                    if target == MASTER:
+                        raise
+                    LOG.error("target %s: %s", target, exc)
+                    self.unreachable[target] = exc
+            return out
+        result: list[str] = []
+        for name in names:
+            target_name, region = region_parts(name)
+            self.config.target(target_name)
+            if not region:
+                result.extend(self.target_regions(target_name))
+                continue
+            check_name(region, "region name")
+            if region not in self._store_regions(target_name):
+                raise NotFound(f"unknown region {name!r}")
+            if target_name == MASTER and region == self.config.master_region:
+                raise InvalidArgument(f"{region} is the master region; it is never synchronised")
+            result.append(full_region_name(target_name, region))
+        return list(dict.fromkeys(result))
+
+    # -- images ----------------------------------------------------------------
+
+    def master_images(self) -> MasterImages:
+        if self._master is None:
+            region = self.config.master_region
+            if region not in self.store(MASTER).regions():
+                raise NotFound(f"master region {region!r} not found in target master")
+            images = self.store(MASTER).list_images(
+                region, timeout=self.config.master.list_images_timeout
+            )
+            self._master = MasterImages(images, self.tenant_id(MASTER))
+            for warning in self._master.warnings:
+                LOG.warning("%s: %s", region, warning)
+        return self._master
+
+    def plan(self, region: str, *, with_obsolete: bool = True) -> P.RegionPlan:
+        target_name, store_region = region_parts(region)
+        target = self.config.target(target_name)
+        master = self.master_images()
+        tenant = self.tenant_id(target_name)
+        images = self.store(target_name).list_images(
+            store_region, timeout=target.list_images_timeout
+        )
+        images = visible_region_images(images, tenant, target.only_tenant_images)
+        with self._lock:
+            to_sync = self._to_sync.get(target_name)
+            if to_sync is None:
+                warnings: list[str] = []
+                to_sync = self._to_sync[target_name] = images_to_sync(master, target, warnings)
+                for warning in warnings:
+                    LOG.warning("%s", warning)
+        result = P.plan_region(
+            master,
+            images,
+            tenant,
+            target,
+            region,
+            store_region,
+            with_obsolete=with_obsolete,
+            to_sync=to_sync,
+        )
+        for warning in result.warnings:
+            LOG.warning("%s", warning)
+        return result
+
+    def status(self, regions: Sequence[str] = ()) -> list[RegionResult]:
+        """Each region's plan (GlanceSync's status ignores obsolete images, so do we)."""
+        names = self.resolve(regions)
+        self.master_images()
+        results = [
+            self._guarded(name, lambda n: RegionResult(n, self.plan(n, with_obsolete=False)))
+            for name in names
+        ]
+        return results + self._unreachable_results()
+
+    def sync(
+        self,
+        regions: Sequence[str] = (),
+        *,
+        dry_run: bool = False,
+        parallel: bool = False,
+        progress: Callable[[str, A.Done], None] | None = None,
+        before_apply: Callable[[str, P.RegionPlan], None] | None = None,
+    ) -> SyncReport:
+        """Synchronise ``regions`` (default: all) from the master region."""
+        names = self.resolve(regions)
+        self.master_images()  # a master that cannot be read stops everything, once
+
+        def one(name: str) -> RegionResult:
+            plan = self.plan(name)
+            if before_apply:
+                before_apply(name, plan)
+            target_name, _ = region_parts(name)
+            done = A.apply_plan(
+                plan,
+                self.master_images(),
+                self.config.target(target_name),
+                self.store(MASTER),
+                self.config.master_region,
+                self.store(target_name),
+                dry_run=dry_run,
+                images_dir=self.config.images_dir,
+                progress=progress,
+            )
+            return RegionResult(name, plan, done)
+
+        workers = 1
+        if parallel and len(names) > 1:
+            workers = self.config.max_children if self.config.max_children > 1 else len(names)
+            workers = min(workers, len(names))
+        if workers == 1:
+            results = [self._guarded(n, one) for n in names]
+        else:
+            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(lambda n: self._guarded(n, one), names))
+        return SyncReport(results + self._unreachable_results(), dry_run)
+
+    def _unreachable_results(self) -> list[RegionResult]:
+        return [
+            RegionResult(f"{target}:", error=str(exc), error_type=type(exc))
+            for target, exc in self.unreachable.items()
+        ]
+
+    @staticmethod
+    def _guarded(name: str, func: Callable[[str], RegionResult]) -> RegionResult:
+        try:
+            return func(name)
+        except StowkitError as exc:
+            LOG.error("%s: %s", name, exc)
+            return RegionResult(name, error=str(exc), error_type=type(exc))
+        except Exception as exc:  # noqa: BLE001 - a backend bug must not stop other regions
+            LOG.exception("%s: unexpected error", name)
+            return RegionResult(name, error=f"{type(exc).__name__}: {exc}", error_type=StowkitError)
+
+    def backup(
+        self, directory: str, regions: Sequence[str] = (), *, include_master: bool = True
+    ) -> list[tuple[str, str | None, str | None]]:
+        """``backup_REGION.csv`` per region into ``directory``; (region, path, error) rows."""
+        os.makedirs(directory, exist_ok=True)
+        names = self.resolve(regions)
+        if include_master and not regions:
+            names = [self.config.master_region, *names]
+        out: list[tuple[str, str | None, str | None]] = []
+        for name in names:
+            target_name, store_region = region_parts(name)
+            path = os.path.join(directory, report.backup_file_name(name))
+            try:
+                images: Sequence[Image] = self.store(target_name).list_images(
+                    store_region, timeout=self.config.target(target_name).list_images_timeout
+                )
+                report.write_backup(path, images, name)
+                out.append((name, path, None))
+            except StowkitError as exc:
+                out.append((name, None, str(exc)))
+        return out
+
+
+def _master_first(name: str) -> tuple[bool, str]:
+    return (name != MASTER, name)
+
+
+def target_of(config: SyncConfig, region: str) -> Target:
+    return config.target(region_parts(region)[0])

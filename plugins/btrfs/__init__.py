@@ -1,0 +1,1 @@
+"""The btrfs VolumeDriver: subvolumes, snapshots, send/receive over ssh."""

@@ -1,0 +1,122 @@
+"""Small persistent records under the btrfs root, shared by every process.
+
+* ``.locks/NAME``   - an flock per volume, so the CLI, the plugin and the
+  scheduler never restore, delete or send one volume at the same time;
+* ``.mounts/NAME``  - JSON ``{"boot_id": ..., "ids": [...]}``: the mount IDs
+  using the volume and the kernel boot they were recorded in (the Docker
+  plugin writes it through ``mount``/``unmount``; ``volume show``, ``delete``
+  and ``restore`` read it).  IDs of an earlier boot are stale: no container
+  survives a reboot.  A bare JSON list (older records) counts as this boot;
+* ``.locks/tmp/NAME`` - held (flock) by the process that owns the hidden
+  temporary subvolume ``volumes/NAME`` while it exists, so a cleanup can tell
+  a crash's leftover from another process's work in progress;
+* ``.sent/NAME``    - JSON ``{host: {"snapshot": ..., "uuid": ..., "at": ...}}``,
+  the last snapshot sent to each peer, which purge must keep;
+* ``.detached/``    - volumes a forced restore swapped out while a container
+  still had them mounted (see doc/volumes.md).
+
+Every file is replaced atomically (write to a temp file, then rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+
+def write_json(path: str, data: Any) -> None:
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path: str, default: Any) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return default
+    except (OSError, ValueError):
+        # A damaged record must not block the volume; it is rewritten on next change.
+        return default
+
+
+_BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id() -> str:
+    """The running kernel's boot ID (changes at every boot; "" if unknown)."""
+    try:
+        with open(_BOOT_ID_FILE) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def read_mounts(path: str, boot: str) -> list[str]:
+    """The mount IDs recorded in ``path`` during boot ``boot`` (older boots' are stale)."""
+    record = read_json(path, [])
+    if isinstance(record, list):  # written before boot IDs were recorded
+        return [i for i in record if isinstance(i, str)]
+    if not isinstance(record, dict) or record.get("boot_id") != boot:
+        return []
+    return [i for i in record.get("ids", []) if isinstance(i, str)]
+
+
+def write_mounts(path: str, boot: str, ids: list[str]) -> None:
+    write_json(path, {"boot_id": boot, "ids": ids})
+
+
+@contextlib.contextmanager
+def held(path: str) -> Iterator[None]:
+    """Create ``path`` and hold an exclusive flock on it; remove it when done."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def abandoned(path: str) -> bool:
+    """True if no live process holds the flock on ``path`` (taken, then released, here).
+
+    A missing file is abandoned too: its owner removes it only after its work
+    is done.  flock is released by the kernel when a process dies, crash or not.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+@contextlib.contextmanager
+def locked(path: str) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created if needed)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

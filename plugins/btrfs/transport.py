@@ -1,0 +1,284 @@
+"""Talking to peers: ssh command lines, the remote scripts, the send pipe.
+
+Locally nothing goes through a shell: every process gets an argument list.
+On the peer, ssh hands its command to the remote user's shell, which cannot
+be avoided; so the remote command is a *fixed* ``sh -c`` script whose
+inputs arrive as positional arguments, each quoted with :func:`shlex.join`,
+and every name in them has passed :func:`corelib.names.check_name` first.
+
+A receive that fails or loses its stream (sender killed, connection cut)
+deletes the partial subvolume itself, on the peer, so nothing half-received
+is left there; a receive in progress is writable and has no received UUID,
+which is how every reader (here and on the peer) tells it from a snapshot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import IO
+
+from corelib.errors import BackendUnavailable, InvalidArgument
+
+_HOST = re.compile(
+    r"(?:(?P<user>[A-Za-z_][A-Za-z0-9_.-]{0,31})@)?"
+    r"(?P<host>[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\])"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    spec: str  #: as the user gave it
+    user: str
+    host: str
+    port: int
+
+    @property
+    def destination(self) -> str:
+        return f"{self.user}@{self.host.strip('[]')}"
+
+
+def parse_peer(spec: object, default_user: str, default_port: int) -> Peer:
+    """``[user@]host[:port]`` -> Peer; anything else (spaces, ';', a leading '-') is refused."""
+    if not isinstance(spec, str) or not _HOST.fullmatch(spec):
+        raise InvalidArgument(
+            f"invalid host {spec!r}: expected [user@]host[:port] with a plain host name or address"
+        )
+    match = _HOST.fullmatch(spec)
+    assert match is not None
+    port = int(match.group("port") or default_port)
+    if not 0 < port < 65536:
+        raise InvalidArgument(f"invalid host {spec!r}: port out of range")
+    return Peer(spec, match.group("user") or default_user, match.group("host"), port)
+
+
+@dataclasses.dataclass(frozen=True)
+class SshConfig:
+    command: str = "ssh"
+    key: str | None = None
+    options: Sequence[str] = ()
+
+    def argv(self, peer: Peer) -> list[str]:
+        """ssh's arguments up to and including the destination."""
+        args = [self.command, "-p", str(peer.port)]
+        if self.key:
+            args += ["-i", self.key]
+        for opt in self.options:
+            args += ["-o", opt]
+        return [*args, "--", peer.destination]
+
+    def rsync_rsh(self, peer: Peer) -> str:
+        """The ``rsync -e`` value (rsync splits it itself, honouring quotes)."""
+        return shlex.join(self.argv(peer)[:-2])
+
+
+# -- remote scripts: fixed text, inputs only as "$1" "$2" ... ------------------
+
+#: $1 = the peer's received/ directory.  Prints `btrfs subvolume list -R -u`.
+LIST_SCRIPT = 'mkdir -p -- "$1" && exec btrfs subvolume list -R -u -- "$1"'
+
+#: $1 = received/ dir, $2 = snapshot name, $3 = "zstd" to decompress.
+#: A received subvolume is read-only and a read-only subvolume cannot move to
+#: another directory, so it is received in place and *deleted* unless the
+#: receive completed (exit 0 and the subvolume marked read-only, which btrfs
+#: receive does last).  HUP/PIPE are ignored so a cut connection still gets
+#: its clean-up.  A writable leftover of the same name (a receive that died
+#: with its host) is deleted first; a complete one is never touched.
+RECEIVE_SCRIPT = r"""
+trap '' HUP PIPE
+dest=$1; name=$2
+mkdir -p -- "$dest" || exit 1
+if [ -e "$dest/$name" ]; then
+    if [ "$(btrfs property get -ts -- "$dest/$name" ro 2>/dev/null)" = ro=false ]; then
+        btrfs subvolume delete -- "$dest/$name" >/dev/null 2>&1
+    else
+        echo "$name already exists on the peer" >&2; exit 1
+    fi
+fi
+err=$(mktemp) || exit 1
+if [ "$3" = zstd ]; then
+    zstd -d -q -c | btrfs receive -e -- "$dest" >/dev/null 2>"$err"
+else
+    btrfs receive -e -- "$dest" >/dev/null 2>"$err"
+fi
+if [ $? -eq 0 ]; then
+    if [ "$(btrfs property get -ts -- "$dest/$name" ro 2>/dev/null)" = ro=true ]; then
+        rm -f -- "$err"; exit 0
+    fi
+    echo "the stream did not end with a complete $name" >>"$err"
+fi
+[ -e "$dest/$name" ] && btrfs subvolume delete -- "$dest/$name" >/dev/null 2>&1
+grep -v '^At subvol' "$err" >&2; rm -f -- "$err"
+exit 1
+"""
+
+
+def remote_command(script: str, *args: str) -> str:
+    """The command string ssh sends: ``sh -c SCRIPT stowkit ARGS...``, quoted."""
+    return shlex.join(["sh", "-c", script, "stowkit", *args])
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteSubvolume:
+    path: str
+    uuid: str | None
+    received_uuid: str | None
+
+
+_LIST_LINE = re.compile(r"received_uuid (\S+) uuid (\S+) path (.+)$")
+
+
+def parse_subvolume_list(output: str) -> list[RemoteSubvolume]:
+    result = []
+    for line in output.splitlines():
+        m = _LIST_LINE.search(line)
+        if not m:
+            continue
+        received, uuid, path = m.groups()
+        result.append(
+            RemoteSubvolume(
+                path.strip(),
+                None if uuid == "-" else uuid,
+                None if received == "-" else received,
+            )
+        )
+    return result
+
+
+def last_line(data: bytes | str, default: str = "") -> str:
+    text = data.decode(errors="replace") if isinstance(data, bytes) else data
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else default
+
+
+def run(argv: Sequence[str], timeout: float | None = 120, what: str = "") -> str:
+    """Run ``argv`` (no shell); its stdout, or BackendUnavailable with stderr's last line."""
+    try:
+        proc = subprocess.run(  # noqa: S603 - argument list built from checked names
+            list(argv), capture_output=True, timeout=timeout, check=False
+        )
+    except FileNotFoundError:
+        raise BackendUnavailable(f"{what or argv[0]}: {argv[0]} is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise BackendUnavailable(f"{what or argv[0]}: timed out after {timeout} s") from None
+    if proc.returncode != 0:
+        reason = last_line(proc.stderr, f"exit status {proc.returncode}")
+        raise BackendUnavailable(f"{what or argv[0]} failed: {reason}")
+    return proc.stdout.decode(errors="replace")
+
+
+class RateLimiter:
+    """Token bucket in bytes per second; ``rate`` 0 means no limit."""
+
+    def __init__(self, rate: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.clock = clock
+        self.start = clock()
+        self.sent = 0
+
+    def delay_for(self, nbytes: int) -> float:
+        """Seconds to wait before ``nbytes`` more may go (and count them)."""
+        self.sent += nbytes
+        if not self.rate:
+            return 0.0
+        due = self.start + self.sent / self.rate
+        return max(0.0, due - self.clock())
+
+
+CHUNK = 64 * 1024
+
+
+def pump(
+    source: IO[bytes],
+    sink: IO[bytes],
+    rate: int,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Copy ``source`` to ``sink`` at most ``rate`` bytes/s; return the bytes copied."""
+    limiter = RateLimiter(rate, clock)
+    # Small chunks under a limit keep the flow smooth rather than bursty.
+    size = min(CHUNK, max(4096, rate // 8)) if rate else CHUNK
+    total = 0
+    while True:
+        chunk = source.read1(size) if hasattr(source, "read1") else source.read(size)
+        if not chunk:
+            return total
+        wait = limiter.delay_for(len(chunk))
+        if wait:
+            sleep(wait)
+        sink.write(chunk)
+        total += len(chunk)
+
+
+def send_stream(
+    send_argv: Sequence[str],
+    ssh_argv: Sequence[str],
+    compress: bool,
+    rate: int,
+) -> int:
+    """``send_argv | [zstd] | (rate limit) | ssh_argv``; bytes on the wire.
+
+    Raises BackendUnavailable naming the stage that failed.  Every process is
+    waited for; none is left behind on failure.
+    """
+    errs = [tempfile.TemporaryFile() for _ in range(3)]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        sender = subprocess.Popen(  # noqa: S603
+            list(send_argv), stdout=subprocess.PIPE, stderr=errs[0]
+        )
+        procs.append(sender)
+        stream = sender.stdout
+        if compress:
+            zstd = subprocess.Popen(  # noqa: S603
+                ["zstd", "-q", "-c", "-3"], stdin=stream, stdout=subprocess.PIPE, stderr=errs[1]
+            )
+            procs.append(zstd)
+            assert sender.stdout is not None
+            sender.stdout.close()  # zstd holds it now; send sees SIGPIPE if zstd dies
+            stream = zstd.stdout
+        ssh = subprocess.Popen(  # noqa: S603
+            list(ssh_argv), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errs[2]
+        )
+        procs.append(ssh)
+    except FileNotFoundError as exc:
+        for p in procs:
+            p.kill()
+            p.wait()
+        raise BackendUnavailable(f"send: {exc.filename} is not installed") from None
+    assert stream is not None and ssh.stdin is not None
+    total = 0
+    broken = False
+    try:
+        total = pump(stream, ssh.stdin, rate)
+    except BrokenPipeError:
+        broken = True
+    finally:
+        for f in (stream, ssh.stdin):
+            try:
+                f.close()
+            except BrokenPipeError:
+                broken = True
+    if broken:
+        for p in procs[:-1]:
+            p.kill()
+    codes = [p.wait() for p in procs]
+    texts = []
+    for f in errs:
+        f.seek(0)
+        texts.append(f.read())
+        f.close()
+    names = ["btrfs send", "zstd", "ssh/receive"] if compress else ["btrfs send", "ssh/receive"]
+    texts = texts if compress else [texts[0], texts[2]]
+    # The receiving side's complaint is the useful one when both fail.
+    for name, code, text in reversed(list(zip(names, codes, texts, strict=True))):
+        if code != 0:
+            raise BackendUnavailable(f"{name} failed: {last_line(text, f'exit status {code}')}")
+    return total

@@ -1,0 +1,1 @@
+"""Glance v2 backend: ImageStore on python-glanceclient and keystoneauth1."""

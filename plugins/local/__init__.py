@@ -1,0 +1,1 @@
+"""Embedded default backends on plain directories (block devices, images)."""

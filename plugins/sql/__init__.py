@@ -1,0 +1,1 @@
+"""The catalog on SQL (SQLAlchemy 2): SQLite embedded, PostgreSQL shared."""

@@ -1,0 +1,418 @@
+"""Catalog backend on SQLAlchemy 2: SQLite (embedded default) or PostgreSQL (shared).
+
+Searches run in the database: every ``match``/``match_not`` term becomes a
+JSON-path comparison in the WHERE clause (``json_extract`` on SQLite, ``#>``
+on PostgreSQL's jsonb), and lists page by the creation sequence, so a page is
+stable and never needs the whole table in Python.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from oslo_config import cfg
+from sqlalchemy.dialects import postgresql
+
+from corelib.catalog import Catalog, Stored, Term, VersionConflict, check_kind
+from corelib.errors import AlreadyExists, BackendUnavailable, ConfigError, InvalidArgument, NotFound
+from plugins.sql.tables import documents as T
+
+MIGRATIONS = pathlib.Path(__file__).resolve().parent / "migrations"
+
+_FIELD = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+#: Search fields meaning "anywhere in the document" (freezerclient sends ``_all``).
+FULL_TEXT = frozenset({"_all", "*"})
+#: Top-level fields of a backup document; other backup search fields are looked
+#: up inside ``backup_metadata`` too, as freezer clients expect.
+BACKUP_TOP = frozenset({"backup_id", "backup_uuid", "user_id", "user_name", "project_id", "status"})
+
+
+def normalise_url(url: str) -> str:
+    """Pick the psycopg (v3) driver for a bare postgresql:// URL."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+class SqlCatalog(Catalog):
+    options = [
+        cfg.StrOpt(
+            "connection",
+            default="sqlite:///$state_dir/catalog.sqlite",
+            secret=True,
+            help="SQLAlchemy URL of the catalog database: sqlite:///PATH (embedded) or "
+            "postgresql+psycopg://USER:PASSWORD@HOST/DB (shared by several servers).",
+        ),
+        cfg.IntOpt("pool_size", default=5, min=1, help="Connections kept open per process."),
+        cfg.IntOpt(
+            "busy_timeout",
+            default=15000,
+            min=0,
+            help="SQLite only: milliseconds a writer waits for another writer's lock.",
+        ),
+    ]
+
+    def __init__(self, conf: cfg.ConfigOpts, group: str) -> None:
+        super().__init__(conf, group)
+        self._engine: sa.Engine | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    # -- engine -----------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return normalise_url(self.opts.connection)
+
+    @property
+    def engine(self) -> sa.Engine:
+        # One engine per process: a server forks its workers after loading the
+        # app, and a pooled connection must never cross a fork.
+        if self._engine is None or self._pid != os.getpid():
+            with self._lock:
+                if self._engine is None or self._pid != os.getpid():
+                    self._engine = self._make_engine()
+                    self._pid = os.getpid()
+        return self._engine
+
+    def _make_engine(self) -> sa.Engine:
+        url = self.url
+        try:
+            parsed = sa.make_url(url)
+        except sa.exc.ArgumentError as exc:
+            raise ConfigError(f"[{self.group}] connection is not a database URL: {exc}") from None
+        if parsed.get_backend_name() == "sqlite":
+            return self._sqlite_engine(parsed)
+        try:
+            return sa.create_engine(
+                parsed, pool_size=self.opts.pool_size, pool_pre_ping=True, max_overflow=10
+            )
+        except (sa.exc.NoSuchModuleError, ImportError) as exc:
+            raise ConfigError(f"[{self.group}] connection: no driver for {url!r}: {exc}") from None
+
+    def _sqlite_engine(self, parsed: sa.URL) -> sa.Engine:
+        if parsed.database and parsed.database != ":memory:":
+            pathlib.Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            parsed,
+            connect_args={"check_same_thread": False, "timeout": self.opts.busy_timeout / 1000},
+            pool_size=self.opts.pool_size,
+        )
+        busy = int(self.opts.busy_timeout)
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # WAL lets readers run during a write; NORMAL sync is durable at
+            # every checkpoint and an order of magnitude faster than FULL.
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA busy_timeout={busy}")
+            cur.close()
+
+        return engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def _unavailable(self, exc: Exception) -> BackendUnavailable:
+        orig = getattr(exc, "orig", exc)
+        return BackendUnavailable(f"catalog database error: {orig}")
+
+    # -- raw DBAPI fast path ----------------------------------------------------
+    # The three statements every request runs (insert, fetch one, fetch a page)
+    # skip SQLAlchemy's statement building: plain SQL on a pooled DBAPI
+    # connection costs a fraction of a millisecond, compiled Core a few.
+    def _sql(self, text: str) -> str:
+        return text if self.dialect == "sqlite" else text.replace("?", "%s")
+
+    def _raw(self, text: str, params: tuple, fetch: str | None, commit: bool = False) -> Any:
+        try:
+            conn = self.engine.raw_connection()
+        except sa.exc.OperationalError as exc:
+            raise self._unavailable(exc) from None
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute(self._sql(text), params)
+                if fetch == "one":
+                    result = cur.fetchone()
+                elif fetch == "all":
+                    result = cur.fetchall()
+                else:
+                    result = cur.rowcount
+            finally:
+                cur.close()
+            if commit:
+                conn.commit()
+            else:
+                conn.rollback()
+            return result
+        except Exception as exc:
+            try:
+                conn.rollback()
+            except Exception:  # noqa: S110 - the first error is the one to report
+                pass
+            if _is_integrity(exc):
+                raise AlreadyExists("duplicate") from None
+            if _is_operational(exc):
+                raise self._unavailable(exc) from None
+            raise
+        finally:
+            conn.close()
+
+    # -- schema -----------------------------------------------------------------
+    def alembic_config(self, connection: sa.Connection) -> Any:
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = connection
+        return config
+
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            ctx = MigrationContext.configure(
+                conn, opts={"version_table": "catalog_alembic_version"}
+            )
+            return ctx.get_current_revision()
+
+    def sync(self) -> str:
+        # Quiet before the import: alembic logs its plugin set-up while loading.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        from alembic import command
+        from alembic.script import ScriptDirectory
+
+        try:
+            before = self.current_revision()
+            with self.engine.begin() as conn:
+                config = self.alembic_config(conn)
+                head = ScriptDirectory.from_config(config).get_current_head()
+                command.upgrade(config, "head")
+        except sa.exc.OperationalError as exc:
+            raise self._unavailable(exc) from None
+        where = self.engine.url.render_as_string(hide_password=True)
+        if before == head:
+            return f"catalog database {where} is up to date (revision {head})"
+        return f"catalog database {where} upgraded from {before or 'empty'} to {head}"
+
+    # -- documents --------------------------------------------------------------
+    def create(self, project: str, kind: str, doc_id: str, doc: Mapping[str, Any]) -> None:
+        check_kind(kind)
+        now = time.time()
+        try:
+            self._raw(
+                "INSERT INTO catalog_documents "
+                "(project_id, kind, doc_id, version, created_at, updated_at, body) "
+                "VALUES (?, ?, ?, 1, ?, ?, ?)",
+                (project, kind, doc_id, now, now, json.dumps(doc, separators=(",", ":"))),
+                None,
+                commit=True,
+            )
+        except AlreadyExists:
+            raise AlreadyExists(f"{kind[:-1]} {doc_id!r} already exists") from None
+
+    def get_versioned(self, project: str, kind: str, doc_id: str) -> Stored:
+        check_kind(kind)
+        stmt = sa.select(T.c.body, T.c.version).where(
+            T.c.project_id == project, T.c.kind == kind, T.c.doc_id == doc_id
+        )
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(stmt).first()
+        except sa.exc.OperationalError as exc:
+            raise self._unavailable(exc) from None
+        if row is None:
+            raise NotFound(f"{kind[:-1]} {doc_id!r} not found")
+        return Stored(json.loads(row.body), row.version)
+
+    def get_json(self, project: str, kind: str, doc_id: str) -> str:
+        """The stored JSON text of one document (served without re-encoding)."""
+        check_kind(kind)
+        row = self._raw(
+            "SELECT body FROM catalog_documents WHERE project_id = ? AND kind = ? AND doc_id = ?",
+            (project, kind, doc_id),
+            "one",
+        )
+        if row is None:
+            raise NotFound(f"{kind[:-1]} {doc_id!r} not found")
+        return row[0]
+
+    def put(
+        self,
+        project: str,
+        kind: str,
+        doc_id: str,
+        doc: Mapping[str, Any],
+        version: int | None = None,
+    ) -> int:
+        check_kind(kind)
+        where = [T.c.project_id == project, T.c.kind == kind, T.c.doc_id == doc_id]
+        if version is not None:
+            where.append(T.c.version == version)
+        stmt = (
+            T.update()
+            .where(*where)
+            .values(
+                body=json.dumps(doc, separators=(",", ":")),
+                version=T.c.version + 1,
+                updated_at=time.time(),
+            )
+            .returning(T.c.version)
+        )
+        try:
+            with self.engine.begin() as conn:
+                new = conn.execute(stmt).scalar()
+        except sa.exc.OperationalError as exc:
+            raise self._unavailable(exc) from None
+        if new is None:
+            if version is not None and self._exists(project, kind, doc_id):
+                raise VersionConflict(f"{kind[:-1]} {doc_id!r} was changed concurrently")
+            raise NotFound(f"{kind[:-1]} {doc_id!r} not found")
+        return int(new)
+
+    def _exists(self, project: str, kind: str, doc_id: str) -> bool:
+        stmt = sa.select(T.c.seq).where(
+            T.c.project_id == project, T.c.kind == kind, T.c.doc_id == doc_id
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).first() is not None
+
+    def delete(self, project: str, kind: str, doc_id: str) -> None:
+        check_kind(kind)
+        stmt = T.delete().where(T.c.project_id == project, T.c.kind == kind, T.c.doc_id == doc_id)
+        try:
+            with self.engine.begin() as conn:
+                count = conn.execute(stmt).rowcount
+        except sa.exc.OperationalError as exc:
+            raise self._unavailable(exc) from None
+        if not count:
+            raise NotFound(f"{kind[:-1]} {doc_id!r} not found")
+
+    # -- search -----------------------------------------------------------------
+    def _path_value(self, path: list[str], value: Any) -> sa.ColumnElement[bool]:
+        if self.dialect == "postgresql":
+            doc = sa.cast(T.c.body, postgresql.JSONB)
+            return doc.op("#>")(sa.literal(path, postgresql.ARRAY(sa.Text))) == sa.cast(
+                sa.literal(json.dumps(value)), postgresql.JSONB
+            )
+        jpath = "$" + "".join(f'."{p}"' for p in path)
+        extracted = sa.func.json_extract(T.c.body, jpath)
+        if isinstance(value, bool):
+            return sa.and_(
+                extracted == int(value), sa.func.json_type(T.c.body, jpath) == str(value).lower()
+            )
+        if isinstance(value, dict | list):
+            return extracted == json.dumps(value, separators=(",", ":"))
+        if value is None:
+            return sa.func.json_type(T.c.body, jpath) == "null"
+        return extracted == value
+
+    def _term(self, kind: str, term: Term) -> sa.ColumnElement[bool]:
+        if not isinstance(term, Mapping) or not term:
+            raise InvalidArgument('each search term must be an object like {"field": value}')
+        clauses = []
+        for field, value in term.items():
+            if field in FULL_TEXT:
+                text = value if isinstance(value, str) else json.dumps(value)
+                escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                clauses.append(T.c.body.ilike(f"%{escaped}%", escape="\\"))
+                continue
+            if not isinstance(field, str) or not _FIELD.match(field):
+                raise InvalidArgument(
+                    f"invalid search field {field!r}: use letters, digits, _ and - "
+                    "(dots reach into nested objects)"
+                )
+            path = field.split(".")
+            clause = self._path_value(path, value)
+            if kind == "backups" and len(path) == 1 and field not in BACKUP_TOP:
+                clause = sa.or_(clause, self._path_value(["backup_metadata", field], value))
+            clauses.append(clause)
+        return sa.and_(*clauses)
+
+    def _select(
+        self,
+        project: str,
+        kind: str,
+        limit: int,
+        offset: int,
+        match: Sequence[Term],
+        match_not: Sequence[Term],
+    ) -> sa.Select:
+        check_kind(kind)
+        if limit < 0 or offset < 0:
+            raise InvalidArgument("limit and offset must not be negative")
+        stmt = sa.select(T.c.body).where(T.c.project_id == project, T.c.kind == kind)
+        for term in match:
+            stmt = stmt.where(self._term(kind, term))
+        for term in match_not:
+            # A field missing from a document compares as NULL: without the
+            # COALESCE, NOT(NULL) would drop that document from the result.
+            stmt = stmt.where(sa.not_(sa.func.coalesce(self._term(kind, term), sa.false())))
+        return stmt.order_by(T.c.seq).limit(limit).offset(offset)
+
+    def search_json(
+        self,
+        project: str,
+        kind: str,
+        limit: int = 10,
+        offset: int = 0,
+        match: Sequence[Term] = (),
+        match_not: Sequence[Term] = (),
+    ) -> list[str]:
+        if not match and not match_not:
+            check_kind(kind)
+            if limit < 0 or offset < 0:
+                raise InvalidArgument("limit and offset must not be negative")
+            rows = self._raw(
+                "SELECT body FROM catalog_documents WHERE project_id = ? AND kind = ? "
+                "ORDER BY seq LIMIT ? OFFSET ?",
+                (project, kind, limit, offset),
+                "all",
+            )
+            return [r[0] for r in rows]
+        stmt = self._select(project, kind, limit, offset, match, match_not)
+        try:
+            with self.engine.connect() as conn:
+                return list(conn.execute(stmt).scalars())
+        except sa.exc.OperationalError as exc:
+            raise self._unavailable(exc) from None
+        except (sa.exc.DataError, OverflowError) as exc:
+            raise InvalidArgument(f"invalid search: {getattr(exc, 'orig', exc)}") from None
+
+    def search(
+        self,
+        project: str,
+        kind: str,
+        limit: int = 10,
+        offset: int = 0,
+        match: Sequence[Term] = (),
+        match_not: Sequence[Term] = (),
+    ) -> list[dict[str, Any]]:
+        found = self.search_json(project, kind, limit, offset, match, match_not)
+        return [json.loads(b) for b in found]
+
+
+def _is_integrity(exc: BaseException) -> bool:
+    return type(exc).__name__ in ("IntegrityError", "UniqueViolation")
+
+
+def _is_operational(exc: BaseException) -> bool:
+    return type(exc).__name__ in ("OperationalError", "InterfaceError")

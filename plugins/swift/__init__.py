@@ -1,0 +1,1 @@
+"""BlockStore on OpenStack Swift (python-swiftclient; Keystone v3 or tempauth)."""

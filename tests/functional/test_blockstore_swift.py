@@ -1,0 +1,414 @@
+"""The Swift BlockStore, the control commands and swiftnbd-ctl against a real Swift.
+
+Every test works in containers named with a random prefix, and removes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from swiftclient import client as swift_client
+
+from corelib import blockcopy, config, registry
+from corelib.blockstore import DeviceLocked, object_name
+from corelib.errors import AlreadyExists, BackendUnavailable, InvalidName, NotFound
+from plugins.swift.store import SwiftBlockStore
+from tests.functional.conftest import missing
+
+OS = 64 << 10
+SIZE = 32 * OS
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def swift(service):
+    return service("swift")
+
+
+@pytest.fixture
+def prefix():
+    return f"t{secrets.token_hex(3)}-"
+
+
+@pytest.fixture
+def raw(swift):
+    """A plain swiftclient connection, to look behind the backend's back."""
+    conn = swift_client.Connection(swift["auth_url"], swift["user"], swift["key"])
+    yield conn
+    conn.close()
+
+
+def make_store(swift, prefix, **extra) -> SwiftBlockStore:
+    conf = config.load_conf()
+    options = dict(
+        auth_url=swift["auth_url"],
+        user=swift["user"],
+        key=swift["key"],
+        container_prefix=prefix,
+        retries=2,
+        timeout=20,
+    )
+    options.update(extra)
+    store = registry.load("blockstore", conf, "swift", **options)
+    assert isinstance(store, SwiftBlockStore)
+    return store
+
+
+@pytest.fixture
+def store(swift, prefix, raw):
+    drv = make_store(swift, prefix)
+    yield drv
+    # Clean up whatever a test left (devices or bare containers).
+    _, containers = raw.get_account(prefix=prefix, full_listing=True)
+    for c in containers:
+        _, objs = raw.get_container(c["name"], full_listing=True)
+        for o in objs:
+            raw.delete_object(c["name"], o["name"])
+        raw.delete_container(c["name"])
+    drv.close()
+
+
+def test_settings_are_container_metadata(store, prefix, raw):
+    store.create_device("d", SIZE, OS)
+    headers = raw.head_container(prefix + "d")
+    assert headers["x-container-meta-stowkit-size"] == str(SIZE)
+    assert headers["x-container-meta-stowkit-object-size"] == str(OS)
+    assert headers["x-container-meta-stowkit-format"] == "1"
+    dev = store.get_device("d", details=True)
+    assert (dev.size, dev.object_size, dev.objects_stored, dev.lock) == (SIZE, OS, 0, None)
+    with pytest.raises(AlreadyExists):
+        store.create_device("d", SIZE, OS)
+    assert [d.name for d in store.list_devices()] == ["d"]
+
+
+def test_objects_and_zeros(store, prefix, raw):
+    store.create_device("d", SIZE, OS)
+    assert store.read_object("d", 5) is None  # never written: zeros, from one GET 404
+    data = os.urandom(OS)
+    store.write_object("d", 5, data)
+    assert store.read_object("d", 5) == data
+    _, body = raw.get_object(prefix + "d", "disk.part/00000005")
+    assert body == data
+    store.delete_object("d", 5)
+    assert store.read_object("d", 5) is None
+    store.delete_object("d", 5)
+    assert list(store.list_objects("d")) == []
+
+
+def test_parallel_writes_from_threads(store):
+    store.create_device("d", SIZE, OS)
+    blocks = {i: os.urandom(OS) for i in range(SIZE // OS)}
+    errors = []
+
+    def put(i):
+        try:
+            store.write_object("d", i, blocks[i])
+        except Exception as exc:  # pragma: no cover - asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in blocks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert list(store.list_objects("d")) == sorted(blocks)
+    assert all(store.read_object("d", i) == blocks[i] for i in blocks)
+
+
+def test_upload_download_round_trip_sparse(store, prefix, raw, tmp_path):
+    store.create_device("d", SIZE, OS)
+    src = tmp_path / "src.img"
+    with open(src, "wb") as f:
+        f.write(os.urandom(3 * OS))  # objects 0-2
+        f.seek(10 * OS + 100)
+        f.write(b"tail")  # object 10
+        f.truncate(20 * OS)  # shorter than the device: the rest reads as zeros
+    with blockcopy.held_lock(store, "d", "test upload"):
+        stats = blockcopy.upload(store, "d", str(src), threads=4)
+    assert (stats.stored, stats.holes, stats.deleted) == (4, 28, 0)
+    _, objs = raw.get_container(prefix + "d", full_listing=True)
+    assert sorted(o["name"] for o in objs) == [object_name(i) for i in (0, 1, 2, 10)]
+    dst = tmp_path / "dst.img"
+    stats = blockcopy.download(store, "d", str(dst), threads=4)
+    assert os.path.getsize(dst) == SIZE
+    with open(dst, "rb") as f:
+        back = f.read()
+    assert back[: 20 * OS] == src.read_bytes()
+    assert back[20 * OS :] == bytes(SIZE - 20 * OS)
+    # Zeros uploaded over data delete the objects instead of storing zeros.
+    zero = tmp_path / "zero.img"
+    zero.write_bytes(bytes(SIZE))
+    with blockcopy.held_lock(store, "d", "test upload"):
+        stats = blockcopy.upload(store, "d", str(zero))
+    assert stats.deleted == 4 and stats.stored == 0
+    assert list(store.list_objects("d")) == []
+
+
+def test_lock_is_exclusive_between_clients(swift, store, prefix):
+    store.create_device("d", SIZE, OS)
+    other = make_store(swift, prefix)  # a second client, own connections
+    try:
+        mine = store.lock("d", "server-one", lease_seconds=60)
+        with pytest.raises(DeviceLocked) as err:
+            other.lock("d", "server-two")
+        assert err.value.holder.token == mine.token
+        assert "server-one" in str(err.value) and f"pid {os.getpid()}" in str(err.value)
+        assert other.get_device("d").lock.owner == "server-one"
+        renewed = store.renew("d", mine, 120)
+        assert renewed.expires > mine.expires
+        store.unlock("d", renewed)
+        assert other.lock("d", "server-two").owner == "server-two"
+    finally:
+        other.close()
+
+
+def test_concurrent_lockers_one_winner(swift, store, prefix):
+    store.create_device("d", SIZE, OS)
+    clients = [make_store(swift, prefix) for _ in range(6)]
+    winners, losers = [], []
+    barrier = threading.Barrier(len(clients))
+
+    def contend(i):
+        barrier.wait()
+        try:
+            winners.append(clients[i].lock("d", f"c{i}"))
+        except DeviceLocked as exc:
+            losers.append(exc)
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(len(clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in clients:
+        c.close()
+    assert len(winners) == 1 and len(losers) == len(clients) - 1
+    assert store.get_lock("d").token == winners[0].token
+
+
+def test_stale_lock_taken_over_only_after_lease(swift, store, prefix):
+    store.create_device("d", SIZE, OS)
+    crashed = store.lock("d", "crashed-server", lease_seconds=120)
+    other = make_store(swift, prefix)
+    try:
+        with pytest.raises(DeviceLocked, match="crashed-server"):
+            other.lock("d", "new-server")
+        # Its last renewal asked for a short lease, then the server "died".
+        crashed = store.renew("d", crashed, lease_seconds=1.5)
+        while not other.get_lock("d").expired():
+            time.sleep(0.2)
+        new = other.lock("d", "new-server")
+        assert new.taken_over is not None and new.taken_over.token == crashed.token
+        assert store.get_lock("d").token == new.token
+        with pytest.raises(DeviceLocked, match="new-server"):
+            store.renew("d", crashed)
+    finally:
+        other.close()
+
+
+def test_delete_refused_while_locked_then_objects_and_container_gone(store, prefix, raw):
+    store.create_device("d", SIZE, OS)
+    store.write_object("d", 1, os.urandom(OS))
+    store.lock("d", "server")
+    with pytest.raises(DeviceLocked):
+        store.delete_device("d")
+    assert store.delete_device("d", force=True).owner == "server"
+    with pytest.raises(swift_client.ClientException) as err:
+        raw.head_container(prefix + "d")
+    assert err.value.http_status == 404
+    with pytest.raises(NotFound):
+        store.get_device("d")
+
+
+def test_swiftnbd_container_is_readable(store, prefix, raw):
+    container = prefix + "legacy"
+    raw.put_container(
+        container,
+        headers={
+            "X-Container-Meta-Swiftnbd-Version": "1",
+            "X-Container-Meta-Swiftnbd-Objects": "16",
+            "X-Container-Meta-Swiftnbd-Object-Size": str(OS),
+        },
+    )
+    data = os.urandom(OS)
+    raw.put_object(container, "disk.part/00000003", data)
+    dev = store.get_device("legacy", details=True)
+    assert (dev.size, dev.object_size, dev.objects_stored) == (16 * OS, OS, 1)
+    assert store.read_object("legacy", 3) == data
+    assert store.read_object("legacy", 4) is None
+
+
+def test_plain_container_is_not_a_device(store, prefix, raw):
+    raw.put_container(prefix + "plain")
+    with pytest.raises(NotFound, match="not a stowkit device"):
+        store.get_device("plain")
+    with pytest.raises(AlreadyExists):
+        store.create_device("plain", SIZE, OS)
+    assert store.list_devices() == []
+
+
+def test_bad_credentials_and_names(swift, prefix):
+    bad = make_store(swift, prefix, key="wrong", retries=0)
+    with pytest.raises(BackendUnavailable, match="authentication failed"):
+        bad.list_devices()
+    with pytest.raises(InvalidName):
+        bad.get_device("../../x")
+
+
+def test_keystone_v3(service, prefix):
+    rec = service("swift")
+    if "keystone" not in rec:
+        missing("swift was started without keystone (start keystone, then swift)")
+    ks = service("keystone")
+    member = ks["member"]
+    store = make_store(
+        rec,
+        prefix,
+        auth_version="3",
+        auth_url=member["auth_url"],
+        username=member["username"],
+        password=member["password"],
+        project_name=member["project_name"],
+        region_name=rec["keystone"]["region"],
+    )
+    try:
+        store.create_device("k", SIZE, OS)
+        data = os.urandom(OS)
+        store.write_object("k", 0, data)
+        assert store.read_object("k", 0) == data
+        lock = store.lock("k", "ks")
+        store.unlock("k", lock)
+        store.delete_device("k")
+        assert store.list_devices() == []
+    finally:
+        store.close()
+
+
+# -- the command line ----------------------------------------------------------
+
+
+@pytest.fixture
+def cli(swift, prefix, store, tmp_path):
+    conf = tmp_path / "stowkit.conf"
+    conf.write_text(
+        "[DEFAULT]\n"
+        f"state_dir = {tmp_path / 'state'}\n"
+        "[blockstore]\nbackend = swift\n"
+        "[blockstore_swift]\n"
+        f"auth_url = {swift['auth_url']}\nuser = {swift['user']}\nkey = {swift['key']}\n"
+        f"container_prefix = {prefix}\n"
+    )
+
+    def run(*args, ok=True):
+        proc = subprocess.run(
+            [sys.executable, "-m", "cli.app", "--config-file", str(conf), "blockstore", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert "Traceback" not in proc.stderr
+        if ok:
+            assert proc.returncode == 0, proc.stderr
+        return proc
+
+    return run
+
+
+def test_cli_round_trip(cli, tmp_path):
+    src = tmp_path / "src.img"
+    with open(src, "wb") as f:
+        f.write(os.urandom(2 * OS))
+        f.seek(SIZE - OS)
+        f.write(os.urandom(OS))
+    cli("setup", "dev1", "--size", "2M", "--object-size", "64K")
+    cli("upload", str(src), "dev1")
+    out = cli("list", "-f", "value").stdout.split()
+    assert out[:5] == ["dev1", "2", "MiB", "64", "KiB"] and "3" in out
+    show = cli("show", "dev1", "-f", "value", "-c", "objects_stored").stdout.strip()
+    assert show == "3"
+    dst = tmp_path / "dst.img"
+    cli("download", "dev1", str(dst))
+    assert sha256(dst) == sha256(src)
+    cli("delete", "dev1")
+    assert cli("list", "-f", "value").stdout.strip() == ""
+
+
+def test_cli_lock_unlock_reports_holder(cli):
+    cli("setup", "dev2", "--size", "1M")
+    cli("lock", "dev2")
+    second = cli("lock", "dev2", ok=False)
+    assert second.returncode == 8
+    assert second.stderr.count("\n") == 1 and "locked by stowkit blockstore lock" in second.stderr
+    refused = cli("delete", "dev2", ok=False)
+    assert refused.returncode == 8 and "unlock it first" in refused.stderr
+    out = cli("unlock", "dev2").stdout
+    assert "broke the lock of stowkit blockstore lock" in out and "pid" in out
+    assert "was not locked" in cli("unlock", "dev2").stdout
+    cli("delete", "dev2")
+
+
+@pytest.mark.parametrize(
+    "args, code, fragment",
+    [
+        (("setup", "x", "--size", "1Q"), 3, "invalid size"),
+        (("setup", "x", "--size", "1000"), 3, "multiple of the object size"),
+        (("setup", "../etc", "--size", "1M"), 4, "invalid device name"),
+        (("setup", "a;rm -rf", "--size", "1M"), 4, "invalid device name"),
+        (("show", "missing"), 5, "not found"),
+        (("download", "missing", "/tmp/never"), 5, "not found"),
+        (("upload", "/nonexistent/file", "missing"), 3, "cannot read"),
+        (("unlock", "missing"), 5, "not found"),
+    ],
+)
+def test_cli_bad_input_one_line(cli, args, code, fragment):
+    proc = cli(*args, ok=False)
+    assert proc.returncode == code
+    assert fragment in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_swiftnbd_ctl(swift, store, prefix, tmp_path):
+    container = prefix + "nbd0"
+    secrets_file = tmp_path / "secrets.conf"
+    secrets_file.write_text(
+        f"[{container}]\nusername = {swift['user']}\npassword = {swift['key']}\n"
+    )
+    secrets_file.chmod(0o600)
+
+    def ctl(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "cli.compat.swiftnbd_ctl", "--secrets", str(secrets_file),
+             "-a", swift["auth_url"], *args],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    assert ctl("setup", container, "16").returncode == 0
+    dev = store.get_device("nbd0")  # the same device through the stowkit backend
+    assert (dev.object_count, dev.object_size) == (16, 64 << 10)
+    listed = ctl("list", "-s")
+    assert listed.stdout == f"{container} objects=16 size=65536 (version=1, unlocked)\n"
+    assert ctl("lock", container).returncode == 0
+    assert store.get_lock("nbd0").owner == "swiftnbd-ctl"
+    assert "locked by swiftnbd-ctl" in ctl("list", "-s").stdout
+    assert ctl("delete", container).returncode != 0
+    unlocked = ctl("unlock", container)
+    assert unlocked.returncode == 0 and "lock is: swiftnbd-ctl" in unlocked.stderr
+    assert ctl("unlock", container).returncode == 1  # nothing to do, as swiftnbd says
+    image = tmp_path / "img"
+    assert ctl("download", container, str(image), "-q").returncode == 0
+    assert image.read_bytes() == bytes(16 << 16)
+    assert ctl("delete", container).returncode == 0
+    with pytest.raises(NotFound):
+        store.get_device("nbd0")
+    for proc in (ctl("setup", "x", "16"), ctl("bogus")):
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr

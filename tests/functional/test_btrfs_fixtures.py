@@ -1,0 +1,121 @@
+"""Shared fixtures of the btrfs functional tests (no tests here).
+
+Each test gets fresh roots on the harness's two loop-image btrfs filesystems
+(``service("btrfs")["mounts"]``: host a and host b) and deletes them after.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import btrfsutil
+import pytest
+
+from corelib import config, registry
+from plugins.btrfs.driver import BtrfsVolumeDriver
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def wipe(root: pathlib.Path) -> None:
+    """Delete every subvolume under ``root`` (deepest first), then the tree."""
+    if not root.exists():
+        return
+    for dirpath, dirnames, _ in os.walk(root, topdown=False):
+        for d in dirnames:
+            path = os.path.join(dirpath, d)
+            if not os.path.islink(path) and os.lstat(path).st_ino == 256:
+                btrfsutil.set_subvolume_read_only(path, False)
+                btrfsutil.delete_subvolume(path, recursive=True)
+    shutil.rmtree(root)
+
+
+def ssh_settings(sshd: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "ssh_key": sshd["key"],
+        "ssh_port": int(sshd["port"]),
+        "ssh_user": sshd["user"],
+        "ssh_options": [
+            "BatchMode=yes",
+            "IdentitiesOnly=yes",
+            "StrictHostKeyChecking=no",
+            "UserKnownHostsFile=/dev/null",
+            "GlobalKnownHostsFile=/dev/null",
+            "LogLevel=ERROR",
+            "ConnectTimeout=10",
+        ],
+    }
+
+
+class Host:
+    """One side: its root, a driver on it, and the CLI configured for it."""
+
+    def __init__(self, root: pathlib.Path, remote_root: pathlib.Path, ssh: dict[str, Any]):
+        self.root = root
+        self.settings = {"root": str(root), "remote_root": str(remote_root), **ssh}
+        self.config_file = root.parent / f"{root.name}.conf"
+        lines = ["[volume_btrfs]"]
+        for key, value in self.settings.items():
+            text = ",".join(value) if isinstance(value, list) else str(value)
+            lines.append(f"{key} = {text}")
+        self.config_file.write_text("\n".join(lines) + "\n")
+        self.driver = self.make_driver()
+
+    def make_driver(self, **extra: Any) -> BtrfsVolumeDriver:
+        conf = config.load_conf()
+        return registry.load("volume", conf, "btrfs", **{**self.settings, **extra})
+
+    def stowkit(self, *args: str, **kw: Any) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "cli.app", "--config-file", str(self.config_file), *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            **kw,
+        )
+
+    def path(self, *parts: str) -> pathlib.Path:
+        return self.root.joinpath(*parts)
+
+
+@pytest.fixture
+def hosts(service) -> Iterator[tuple[Host, Host]]:
+    """(a, b): a's peer root is b's root and the reverse; ssh settings when sshd runs."""
+    mounts = service("btrfs")["mounts"]
+    tag = f"stowkit-test-{uuid.uuid4().hex[:8]}"
+    root_a = pathlib.Path(mounts[0]) / tag
+    root_b = pathlib.Path(mounts[1]) / tag
+    a, b = Host(root_a, root_b, {}), Host(root_b, root_a, {})
+    try:
+        yield a, b
+    finally:
+        for h in (a, b):
+            wipe(h.root)
+            h.config_file.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def peers(service) -> Iterator[tuple[Host, Host, str]]:
+    """Like ``hosts`` with ssh between them: (a, b, "host b as seen from a")."""
+    sshd = service("sshd")
+    mounts = service("btrfs")["mounts"]
+    tag = f"stowkit-test-{uuid.uuid4().hex[:8]}"
+    root_a = pathlib.Path(mounts[0]) / tag
+    root_b = pathlib.Path(mounts[1]) / tag
+    ssh = ssh_settings(sshd)
+    a, b = Host(root_a, root_b, ssh), Host(root_b, root_a, ssh)
+    try:
+        yield a, b, sshd["host"]
+    finally:
+        for h in (a, b):
+            wipe(h.root)
+            h.config_file.unlink(missing_ok=True)

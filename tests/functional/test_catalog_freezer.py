@@ -1,0 +1,412 @@
+"""The catalog served for real, behind keystonemiddleware, on SQLite and PostgreSQL.
+
+The unmodified ``freezer`` CLI (python-freezerclient from PyPI, in its own
+venv) logs in to the harness Keystone and drives stowkit's server; raw HTTP
+with real tokens checks project isolation and bad input.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from typing import Any
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+BACKUP = {
+    "container": "freezer_backups",
+    "hostname": "web-1.example.org",
+    "backup_name": "etc",
+    "time_stamp": 1_700_000_000,
+    "curr_backup_level": 0,
+    "path_to_backup": "/etc",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database(request, service, tmp_path_factory) -> str:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('catalog-sqlite')}/catalog.sqlite"
+        return
+    import psycopg
+
+    pg = service("postgres")
+    name = f"stowkit_catalog_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg["url"], autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield pg["url"].rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(pg["url"], autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
+def keystone(service) -> dict[str, Any]:
+    return service("keystone")
+
+
+@pytest.fixture(scope="module")
+def catalog_url(database, keystone, tmp_path_factory) -> str:
+    """stowkit's catalog on ``database``, validating tokens with the harness Keystone."""
+    work = tmp_path_factory.mktemp("catalog-server")
+    svc = keystone["service"]
+    port = _free_port()
+    conf = work / "stowkit.conf"
+    conf.write_text(
+        f"""[DEFAULT]
+state_dir = {work}
+[catalog_sql]
+connection = {database}
+[catalog_api]
+auth_strategy = keystone
+max_body_size = 65536
+[keystone_authtoken]
+www_authenticate_uri = {keystone["auth_url"]}
+auth_url = {keystone["auth_url"]}
+auth_type = password
+username = {svc["username"]}
+password = {svc["password"]}
+project_name = {svc["project_name"]}
+user_domain_name = {svc["user_domain_name"]}
+project_domain_name = {svc["project_domain_name"]}
+"""
+    )
+    stowkit = shutil.which("stowkit") or str(pathlib.Path(sys.executable).with_name("stowkit"))
+    sync = subprocess.run(  # noqa: S603 - fixed argv
+        [stowkit, "--config-file", str(conf), "catalog", "db-sync"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert sync.returncode == 0, sync.stderr
+    log = open(work / "server.log", "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(  # noqa: S603 - fixed argv
+        [
+            stowkit,
+            "--config-file",
+            str(conf),
+            "catalog",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/", timeout=2)  # noqa: S310 - loopback
+        except urllib.error.HTTPError:
+            break  # 300 Multiple Choices: it answers
+        except OSError:
+            assert proc.poll() is None, (work / "server.log").read_text()
+            assert time.monotonic() < deadline, "catalog server not ready"
+            time.sleep(0.2)
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+    log.close()
+
+
+def _token(user: dict[str, Any]) -> str:
+    from keystoneauth1 import session
+    from keystoneauth1.identity import v3
+
+    auth = v3.Password(
+        auth_url=user["auth_url"],
+        username=user["username"],
+        password=user["password"],
+        project_name=user["project_name"],
+        user_domain_name=user["user_domain_name"],
+        project_domain_name=user["project_domain_name"],
+    )
+    return session.Session(auth=auth).get_token()
+
+
+class Api:
+    """Raw HTTP as one Keystone user."""
+
+    def __init__(self, url: str, user: dict[str, Any]) -> None:
+        self.url = url
+        self.project = user["project_id"]
+        self.token = _token(user)
+
+    def call(
+        self, method: str, path: str, body: Any = None, raw: bytes | None = None
+    ) -> tuple[int, Any]:
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("X-Auth-Token", self.token)
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback
+                status, payload = resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            status, payload = err.code, err.read()
+        try:
+            return status, json.loads(payload) if payload else None
+        except ValueError:
+            return status, payload.decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def freezer(service, keystone, catalog_url):
+    """Run the real ``freezer`` CLI as the member user; returns parsed JSON output."""
+    binary = service("freezerclient")["bin"]
+    user = keystone["member"]
+    env = dict(
+        os.environ,
+        OS_AUTH_URL=user["auth_url"],
+        OS_USERNAME=user["username"],
+        OS_PASSWORD=user["password"],
+        OS_PROJECT_NAME=user["project_name"],
+        OS_USER_DOMAIN_NAME=user["user_domain_name"],
+        OS_PROJECT_DOMAIN_NAME=user["project_domain_name"],
+        OS_BACKUP_URL=catalog_url,
+        OS_IDENTITY_API_VERSION="3",
+    )
+
+    def run(*args: str, fmt: bool = True) -> Any:
+        argv = [binary, *args] + (["-f", "json"] if fmt else [])
+        proc = subprocess.run(  # noqa: S603 - fixed argv
+            argv, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, f"{' '.join(args)}: {proc.stderr[-2000:]}"
+        return json.loads(proc.stdout) if fmt and proc.stdout.strip() else proc.stdout
+
+    run.env = env  # type: ignore[attr-defined]
+    run.python = str(pathlib.Path(binary).with_name("python"))  # type: ignore[attr-defined]
+    return run
+
+
+def test_freezer_cli_against_stowkit(freezer, keystone, catalog_url, tmp_path):
+    member = keystone["member"]
+    host = f"host-{uuid.uuid4().hex[:8]}.example.org"
+    client_id = f"{member['project_id']}_{host}"
+    (tmp_path / "client.json").write_text(json.dumps({"client_id": client_id, "hostname": host}))
+    shown = freezer("client-register", "--file", str(tmp_path / "client.json"))
+    assert client_id in json.dumps(shown)
+
+    job = {
+        "description": "nightly etc",
+        "job_actions": [{"freezer_action": {"action": "backup", "path_to_backup": "/etc"}}],
+        "action_defaults": {"container": "freezer_backups", "mode": "fs"},
+        "job_schedule": {"schedule_interval": "1 days"},
+    }
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    created = freezer("job-create", "--file", str(tmp_path / "job.json"), "--client", client_id)
+    job_id = created["Job ID"]
+    listed = freezer("job-list")
+    assert job_id in [row["Job ID"] for row in listed]
+    # --client sends a search body with the GET: the filter runs in the server.
+    assert [row["Job ID"] for row in freezer("job-list", "--client", client_id)] == [job_id]
+    nobody = freezer("job-list", "--client", f"{member['project_id']}_nobody.example")
+    assert [row["Job ID"] for row in nobody if row["Job ID"]] == []  # it prints one empty row
+    shown = freezer("job-show", job_id)
+    assert shown["Client ID"] == client_id
+    assert shown["Interval"] == "1 days" or "1 days" in json.dumps(shown)
+    assert "freezer_backups" in shown["Actions"]  # action_defaults merged
+
+    assert freezer("job-start", job_id, fmt=False) is not None
+    shown = freezer("job-show", job_id)
+    assert shown["Event"] == "start" and shown["Status"] == "scheduled"
+    freezer("job-stop", job_id, fmt=False)
+    assert freezer("job-show", job_id)["Event"] == "stop"
+
+    api = Api(catalog_url, member)
+    assert (
+        api.call("POST", f"/v2/{api.project}/actions", {"freezer_action": {"action": "info"}})[0]
+        == 201
+    )
+    assert any(row["Action"] == "info" for row in freezer("action-list"))
+
+    (tmp_path / "session.json").write_text(json.dumps({"description": "s1", "hold_off": 0}))
+    session = freezer("session-create", "--file", str(tmp_path / "session.json"))
+    session_id = session["Session ID"]
+    freezer("session-add-job", "--session-id", session_id, "--job-id", job_id, fmt=False)
+    freezer(
+        "session-start", "--session-id", session_id, "--job-id", job_id, "--job-tag", "0", fmt=False
+    )
+    shown = freezer("session-show", session_id)
+    assert shown["Session tag"] == 1 and shown["Status"] == "running"
+    # freezer's CLI has no session-end command: its library call is what the agent uses.
+    end = subprocess.run(  # noqa: S603 - fixed argv
+        [
+            freezer.python,
+            "-c",
+            "import os, json, sys\n"
+            "from keystoneauth1 import session, identity\n"
+            "from freezerclient.v2 import client\n"
+            "auth = identity.v3.Password(auth_url=os.environ['OS_AUTH_URL'],"
+            " username=os.environ['OS_USERNAME'], password=os.environ['OS_PASSWORD'],"
+            " project_name=os.environ['OS_PROJECT_NAME'], user_domain_name='Default',"
+            " project_domain_name='Default')\n"
+            "c = client.Client(session=session.Session(auth=auth),"
+            " endpoint=os.environ['OS_BACKUP_URL'])\n"
+            "print(json.dumps(c.sessions.end_session(sys.argv[1], sys.argv[2], 1, 'success')))\n",
+            session_id,
+            job_id,
+        ],
+        env=freezer.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert end.returncode == 0, end.stderr
+    assert json.loads(end.stdout) == {"result": "success", "session_tag": 1}
+    shown = freezer("session-show", session_id)
+    assert (shown["Status"], shown["Result"]) == ("completed", "success")
+
+    status, body = api.call("POST", f"/v2/{api.project}/backups", {**BACKUP, "hostname": host})
+    assert status == 201
+    # backup-list cannot print JSON (the client puts a datetime in it): read its CSV.
+    text = freezer("backup-list", "--limit", "100", "-f", "csv", fmt=False)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert body["backup_id"] in [row["Backup ID"] for row in rows]
+    assert host in [row["Hostname"] for row in rows]
+
+
+def test_projects_cannot_touch_each_other(keystone, catalog_url):
+    mine = Api(catalog_url, keystone["member"])
+    theirs = Api(catalog_url, keystone["other"])
+    p = mine.project
+    tag = uuid.uuid4().hex[:8]
+    backup_id = mine.call("POST", f"/v2/{p}/backups", {**BACKUP, "backup_name": tag})[1][
+        "backup_id"
+    ]
+    job = {"job_actions": [], "client_id": f"h-{tag}", "description": "mine"}
+    job_id = mine.call("POST", f"/v2/{p}/jobs", job)[1]["job_id"]
+    session_id = mine.call("POST", f"/v2/{p}/sessions", {"description": "mine"})[1]["session_id"]
+    client_id = mine.call("POST", f"/v2/{p}/clients", {"client_id": f"c-{tag}"})[1]["client_id"]
+    action_id = mine.call("POST", f"/v2/{p}/actions", {"mode": "fs"})[1]["action_id"]
+    docs = {
+        "backups": backup_id,
+        "jobs": job_id,
+        "sessions": session_id,
+        "clients": client_id,
+        "actions": action_id,
+    }
+    q = theirs.project
+    for kind, doc_id in docs.items():
+        # Through their own project (v2 and v1): the documents do not exist.
+        for prefix in (f"/v2/{q}", "/v1"):
+            status, body = theirs.call("GET", f"{prefix}/{kind}?limit=1000")
+            assert status == 200 and doc_id not in json.dumps(body), (kind, prefix)
+            assert theirs.call("GET", f"{prefix}/{kind}/{doc_id}")[0] == 404
+            assert theirs.call("DELETE", f"{prefix}/{kind}/{doc_id}")[0] == 404
+            assert theirs.call("PATCH", f"{prefix}/{kind}/{doc_id}", {"description": "x"})[0] in (
+                400,
+                404,
+            )
+        # Naming the other project in the URL is refused outright.
+        for method, body in (("GET", None), ("DELETE", None), ("PATCH", {"description": "x"})):
+            assert theirs.call(method, f"/v2/{p}/{kind}/{doc_id}", body)[0] == 403
+        assert theirs.call("GET", f"/v2/{p}/{kind}")[0] == 403
+        assert theirs.call("POST", f"/v2/{p}/{kind}", {})[0] == 403
+    assert theirs.call("POST", f"/v2/{q}/jobs/{job_id}/event", {"start": None})[0] == 404
+    assert theirs.call("POST", f"/v2/{p}/jobs/{job_id}/event", {"start": None})[0] == 403
+    assert theirs.call("POST", f"/v2/{q}/jobs/{job_id}", job)[0] == 201  # their own, separate
+    start = {"start": {"job_id": job_id, "current_tag": 0}}
+    assert theirs.call("POST", f"/v2/{q}/sessions/{session_id}/action", start)[0] == 404
+    assert theirs.call("PUT", f"/v2/{q}/sessions/{session_id}/jobs/{job_id}")[0] == 404
+    assert theirs.call("PUT", f"/v2/{p}/sessions/{session_id}/jobs/{job_id}")[0] == 403
+    # Everything of ours is intact.
+    for kind, doc_id in docs.items():
+        status, body = mine.call("GET", f"/v2/{p}/{kind}/{doc_id}")
+        assert status == 200, kind
+    mine_job = mine.call("GET", f"/v2/{p}/jobs/{job_id}")[1]
+    assert mine_job["description"] == "mine" and mine_job["job_schedule"]["event"] == ""
+    assert theirs.call("GET", f"/v2/{q}/jobs/{job_id}")[1]["project_id"] == q
+
+
+def test_requests_without_a_valid_token_are_401(catalog_url):
+    req = urllib.request.Request(catalog_url + "/v1/backups")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)  # noqa: S310 - loopback
+    assert err.value.code == 401
+    req = urllib.request.Request(catalog_url + "/v1/backups", headers={"X-Auth-Token": "bogus"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)  # noqa: S310 - loopback
+    assert err.value.code == 401
+
+
+def test_bad_input_is_4xx_never_500(keystone, catalog_url):
+    api = Api(catalog_url, keystone["member"])
+    p = api.project
+    job = {"job_actions": [], "client_id": "h1"}
+    cases = [
+        ("POST", f"/v2/{p}/jobs", None, b"{nope", 400),
+        ("POST", f"/v2/{p}/jobs", None, b"\x00\xff", 400),
+        ("POST", f"/v2/{p}/jobs", {**job, "surprise": True}, None, 400),
+        ("POST", f"/v2/{p}/jobs", {**job, "job_schedule": {"schedule_hour": "99"}}, None, 400),
+        ("POST", f"/v2/{p}/jobs", {**job, "job_actions": "all"}, None, 400),
+        ("POST", f"/v2/{p}/sessions", {"session_tag": "one"}, None, 400),
+        ("POST", f"/v2/{p}/backups", {"container": "c"}, None, 400),
+        ("POST", f"/v2/{p}/backups", None, b"[" * 70000, 413),
+        ("GET", f"/v2/{p}/backups/..%2F..", None, None, 400),
+        ("GET", f"/v2/{p}/backups/{'x' * 400}", None, None, 400),
+        ("GET", f"/v2/{p}/backups?limit=many", None, None, 400),
+        ("DELETE", f"/v2/{p}/backups/missing-backup", None, None, 404),
+        ("POST", f"/v2/{p}/jobs/missing/event", {"start": None}, None, 404),
+        ("POST", f"/v2/{p}/jobs/missing/event", {"launch": None}, None, 400),
+        ("POST", f"/v2/{p}/sessions/missing/action", {"start": {"job_id": "j"}}, None, 400),
+        ("PUT", f"/v2/{p}/backups", None, None, 405),
+        ("GET", f"/v2/{p}/widgets", None, None, 404),
+    ]
+    for method, path, body, raw, want in cases:
+        status, answer = api.call(method, path, body, raw)
+        assert status == want, (method, path, status, answer)
+        assert isinstance(answer, dict) and answer.get("description"), answer
+
+
+def test_concurrent_session_starts_open_one_run(keystone, catalog_url):
+    """Several nodes start the same session at once: one run, one tag increment."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    api = Api(catalog_url, keystone["member"])
+    p = api.project
+    jobs = [
+        api.call("POST", f"/v2/{p}/jobs", {"job_actions": [], "client_id": f"node{i}"})[1]["job_id"]
+        for i in range(6)
+    ]
+    sid = api.call("POST", f"/v2/{p}/sessions", {"hold_off": 0})[1]["session_id"]
+    for job_id in jobs:
+        assert api.call("PUT", f"/v2/{p}/sessions/{sid}/jobs/{job_id}")[0] == 204
+
+    def start(job_id: str) -> tuple[int, Any]:
+        return api.call(
+            "POST",
+            f"/v2/{p}/sessions/{sid}/action",
+            {"start": {"job_id": job_id, "current_tag": 0}},
+        )
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        answers = list(pool.map(start, jobs))
+    assert {status for status, _ in answers} == {202}
+    results = sorted(body["result"] for _, body in answers)
+    assert results == ["out of sync"] * (len(jobs) - 1) + ["success"]
+    assert api.call("GET", f"/v2/{p}/sessions/{sid}")[1]["session_tag"] == 1

@@ -1,0 +1,79 @@
+"""``stowkit catalog ...`` commands on a SQLite catalog in a temporary state dir."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cli.app import main
+from corelib import config, registry
+from corelib.catalogapi.service import CatalogService, Identity
+
+
+@pytest.fixture()
+def conf_file(tmp_path):
+    path = tmp_path / "stowkit.conf"
+    path.write_text(f"[DEFAULT]\nstate_dir = {tmp_path}\n[catalog_api]\ndefault_project = proj\n")
+    return path
+
+
+@pytest.fixture()
+def seeded(conf_file, tmp_path):
+    assert main(["--config-file", str(conf_file), "catalog", "db-sync"]) == 0
+    conf = config.load_conf([str(conf_file)])
+    catalog = registry.load("catalog", conf)
+    service = CatalogService(catalog)
+    who = Identity("proj", "u1")
+    backup = service.create(
+        who,
+        "backups",
+        {
+            "container": "c",
+            "hostname": "h1",
+            "backup_name": "etc",
+            "time_stamp": 7,
+            "curr_backup_level": 1,
+        },
+    )
+    job = service.create(who, "jobs", {"job_actions": [], "client_id": "h1", "description": "d"})
+    session = service.create(who, "sessions", {"description": "s"})
+    catalog.close()
+    return {"backup": backup, "job": job, "session": session}
+
+
+def run(conf_file, capsys, *args):
+    code = main(["--config-file", str(conf_file), "catalog", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_db_sync_is_idempotent(conf_file, capsys):
+    code, out, _ = run(conf_file, capsys, "db-sync")
+    assert code == 0 and "upgraded from empty to 0001" in out
+    code, out, _ = run(conf_file, capsys, "db-sync")
+    assert code == 0 and "up to date" in out
+
+
+def test_list_show_delete(conf_file, seeded, capsys):
+    code, out, _ = run(conf_file, capsys, "backup", "list", "-f", "json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["Backup ID"] for r in rows] == [seeded["backup"]]
+    assert rows[0]["Level"] == 1
+    code, out, _ = run(
+        conf_file, capsys, "backup", "list", "--match", "hostname=nope", "-f", "json"
+    )
+    assert json.loads(out) == []
+    code, out, _ = run(conf_file, capsys, "job", "show", seeded["job"], "-f", "json")
+    assert code == 0 and json.loads(out)["description"] == "d"
+    code, out, _ = run(conf_file, capsys, "session", "list", "-f", "json")
+    assert [r["Session ID"] for r in json.loads(out)] == [seeded["session"]]
+    # Another project sees nothing.
+    code, out, _ = run(conf_file, capsys, "job", "list", "--project", "other", "-f", "json")
+    assert json.loads(out) == []
+    assert run(conf_file, capsys, "backup", "delete", seeded["backup"])[0] == 0
+    code, _, err = run(conf_file, capsys, "backup", "delete", seeded["backup"])
+    assert code == 5 and "not found" in err and "Traceback" not in err
+    code, _, err = run(conf_file, capsys, "job", "show", "bad id!")
+    assert code == 3 and "invalid job id" in err

@@ -1,0 +1,140 @@
+"""The safe metadata_condition evaluator: GlanceSync's documented forms, and nothing more."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from corelib.imagesync.condition import Condition, ConditionError, compile_condition
+
+
+def image(**kw):
+    base = dict(
+        name="img",
+        id="1",
+        is_public=True,
+        user_properties={},
+        size=10,
+        owner="t",
+        checksum="c",
+        status="active",
+        region="R",
+        visibility="public",
+        os_hash_value=None,
+        disk_format="raw",
+        container_format="bare",
+    )
+    base.update(kw)
+    return types.SimpleNamespace(**base)
+
+
+@pytest.mark.parametrize(
+    ("source", "img", "mset", "expected"),
+    [
+        ("image.is_public", image(), set(), True),
+        ("image.is_public", image(is_public=False), set(), False),
+        # GlanceSync's documented default condition
+        (
+            "image.is_public and (not metadata_set or metadata_set.intersection("
+            "image.user_properties))",
+            image(user_properties={"nid": "1"}),
+            {"nid"},
+            True,
+        ),
+        (
+            "image.is_public and (not metadata_set or metadata_set.intersection("
+            "image.user_properties))",
+            image(user_properties={"x": "1"}),
+            {"nid"},
+            False,
+        ),
+        (
+            "image.is_public and (not metadata_set or metadata_set.intersection("
+            "image.user_properties))",
+            image(),
+            set(),
+            True,
+        ),
+        # the sample configuration's forms, with a continuation line
+        (
+            "image.is_public and\\\n  ('nid' in image.user_properties or 'type' in "
+            "image.user_properties)",
+            image(user_properties={"type": "x"}),
+            set(),
+            True,
+        ),
+        (
+            "image.is_public and image.user_properties.get('type', None) == 'baseimages'",
+            image(user_properties={"type": "baseimages"}),
+            set(),
+            True,
+        ),
+        ("image.user_properties.get('type') == 'baseimages'", image(), set(), False),
+        ("image.user_properties['nid'] == '3'", image(user_properties={"nid": "3"}), set(), True),
+        ("image.user_properties['nid'] == '3'", image(), set(), False),
+        ("image.name.startswith('base') or image.size > 5", image(), set(), True),
+        ("not image.is_public", image(), set(), False),
+        ("image.name in ('a', 'img')", image(), set(), True),
+        ("image.name not in ['a', 'img']", image(), set(), False),
+        ("1 < image.size <= 10", image(), set(), True),
+        ("image.owner is None", image(), set(), False),
+        ("len(image.user_properties) == 0", image(), set(), True),
+        (
+            "int(image.user_properties.get('nid', '0')) + 1 >= 2",
+            image(user_properties={"nid": "1"}),
+            set(),
+            True,
+        ),
+        ("'yes' if image.is_public else ''", image(), set(), True),
+        ("False", image(), set(), False),
+    ],
+)
+def test_documented_forms(source, img, mset, expected):
+    assert Condition(source).evaluate(img, mset) is expected
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "__import__('os').system('true')",
+        "image.__class__",
+        "image.__dict__",
+        "open('/etc/passwd')",
+        "(lambda: 1)()",
+        "[x for x in metadata_set]",
+        "image.user_properties.pop('nid')",
+        "image.name.format(image)",
+        "os",
+        "image.is_public and",
+        "image.is_public = True",
+        "image.name[0:2]",
+        "metadata_set.get(1, key=2)",
+        "b'x'",
+        "image.size * 2",
+        "getattr(image, 'name')",
+    ],
+)
+def test_rejected_at_load(source):
+    with pytest.raises(ConditionError):
+        Condition(source)
+
+
+def test_runtime_type_error_is_a_condition_error():
+    cond = Condition("image.size.startswith('x')")
+    with pytest.raises(ConditionError, match="failed on image"):
+        cond.evaluate(image(), set())
+
+
+def test_empty_condition_means_none():
+    assert compile_condition("") is None
+    assert compile_condition("   ") is None
+    assert compile_condition(None) is None
+
+
+def test_error_is_one_line_config_error():
+    from corelib.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        Condition("image.is_public and (")
+    assert "\n" not in str(err.value)

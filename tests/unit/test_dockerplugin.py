@@ -1,0 +1,450 @@
+"""The Docker plugin protocol over an in-memory VolumeDriver, through a real unix socket."""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import json
+import os
+import re
+import socket
+import threading
+
+import pytest
+
+from corelib.dockerplugin.app import CONTENT_TYPE, PluginApp
+from corelib.dockerplugin.server import PluginServer
+from corelib.errors import AlreadyExists, BackendUnavailable, Conflict, InvalidArgument, NotFound
+from corelib.names import check_name
+from corelib.volume import (
+    PurgeResult,
+    RestoreResult,
+    SendResult,
+    Snapshot,
+    SyncResult,
+    Volume,
+    VolumeDriver,
+    snapshot_name,
+    split_snapshot_name,
+)
+
+
+class FakeDriver(VolumeDriver):
+    """A VolumeDriver in memory: enough behaviour for front-end tests.
+
+    Subclassing the real ABC keeps it honest: a method added to the interface
+    and not here makes every test that builds one fail.
+    """
+
+    capabilities = frozenset({"snapshot", "clone", "restore", "send", "sync", "purge"})
+
+    def __init__(self, root: str = "/fake") -> None:  # no oslo conf needed
+        self.root = root
+        self.volumes: dict[str, dict] = {}
+        self.snaps: dict[str, Snapshot] = {}
+        self.ids: dict[str, set[str]] = {}
+        self.calls: list[tuple] = []
+        self.unreachable: set[str] = set()
+        self.lock = threading.Lock()
+        self._tick = 0
+
+    def _now(self) -> dt.datetime:
+        # strictly increasing fake time so snapshot names never clash
+        self._tick += 1
+        return dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=self._tick)
+
+    def _need(self, name: str) -> None:
+        check_name(name, "volume name")
+        if name not in self.volumes:
+            raise NotFound(f"volume {name!r} not found")
+
+    def _vol(self, name: str) -> Volume:
+        return Volume(
+            name=name,
+            path=f"{self.root}/volumes/{name}",
+            created=self.volumes[name].get("created"),
+            snapshot_count=sum(s.volume == name for s in self.snaps.values()),
+            mount_count=len(self.ids.get(name, ())),
+            options=self.volumes[name]["options"],
+        )
+
+    def create_volume(self, name, options=None):
+        check_name(name, "volume name")
+        with self.lock:
+            self.calls.append(("create", name, dict(options or {})))
+            for key in options or {}:
+                if key not in ("copyonwrite", "compression"):
+                    raise InvalidArgument(f"unknown volume option {key!r}")
+            if name in self.volumes:
+                raise AlreadyExists(f"volume {name!r} already exists")
+            self.volumes[name] = {
+                "options": dict(options or {}),
+                "files": {},
+                "created": dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC),
+            }
+            return self._vol(name)
+
+    def get_volume(self, name):
+        self._need(name)
+        return self._vol(name)
+
+    def list_volumes(self):
+        return [self._vol(n) for n in sorted(self.volumes)]
+
+    def volume_created(self, name):
+        self._need(name)
+        return self.volumes[name].get("created")
+
+    def volume_path(self, name):
+        self._need(name)
+        return f"{self.root}/volumes/{name}"
+
+    def delete_volume(self, name, force=False):
+        self._need(name)
+        if self.ids.get(name) and not force:
+            raise Conflict(f"volume {name!r} is mounted by {len(self.ids[name])} container(s)")
+        del self.volumes[name]
+
+    def clone_volume(self, source, target):
+        self._need(source)
+        check_name(target, "volume name")
+        if target in self.volumes:
+            raise AlreadyExists(f"volume {target!r} already exists")
+        self.volumes[target] = {"options": {}, "files": dict(self.volumes[source]["files"])}
+        return self._vol(target)
+
+    def mount(self, name, mount_id):
+        self._need(name)
+        if not mount_id:
+            raise InvalidArgument("empty mount ID")
+        self.ids.setdefault(name, set()).add(mount_id)
+        return self.volume_path(name)
+
+    def unmount(self, name, mount_id):
+        self._need(name)
+        self.ids.get(name, set()).discard(mount_id)
+
+    def mounts(self, name):
+        self._need(name)
+        return sorted(self.ids.get(name, ()))
+
+    def create_snapshot(self, volume):
+        with self.lock:
+            self._need(volume)
+            self.calls.append(("snapshot", volume))
+            name = snapshot_name(volume, self._now())
+            _, when = split_snapshot_name(name)
+            snap = Snapshot(name=name, volume=volume, created=when, path=f"{self.root}/s/{name}")
+            self.snaps[name] = snap
+            return snap
+
+    def get_snapshot(self, name):
+        split_snapshot_name(name)
+        if name not in self.snaps:
+            raise NotFound(f"snapshot {name!r} not found")
+        return self.snaps[name]
+
+    def list_snapshots(self, volume=None):
+        if volume is not None:
+            check_name(volume, "volume name")
+        return sorted(
+            (s for s in self.snaps.values() if volume in (None, s.volume)), key=lambda s: s.name
+        )
+
+    def delete_snapshot(self, name):
+        self.get_snapshot(name)
+        del self.snaps[name]
+
+    def restore(self, name, target=None, force=False):
+        if "@" in name:
+            snap = self.get_snapshot(name)
+        else:
+            snaps = self.list_snapshots(name)
+            if not snaps:
+                raise NotFound(f"volume {name!r} has no snapshot")
+            snap = snaps[-1]
+        target = target or snap.volume
+        check_name(target, "volume name")
+        backup = None
+        if target in self.volumes:
+            if self.ids.get(target) and not force:
+                raise Conflict(f"volume {target!r} is mounted")
+            backup = self.create_snapshot(target).name
+        self.volumes[target] = {"options": {}, "files": {}}
+        return RestoreResult(volume=target, snapshot=snap.name, backup=backup)
+
+    def send_snapshot(self, name, host, *, compress=None, bwlimit=None):
+        self.get_snapshot(name)
+        with self.lock:
+            self.calls.append(("send", name, host))
+        if host in self.unreachable:
+            raise BackendUnavailable(f"ssh to {host} failed: connection refused")
+        return SendResult(snapshot=name, host=host, parent=None)
+
+    def sync_volume(self, volume, hosts):
+        self._need(volume)
+        backup = self.create_snapshot(volume).name
+        with self.lock:
+            self.calls.append(("sync", volume, tuple(hosts)))
+        peers = {h: ("unreachable" if h in self.unreachable else "ok") for h in hosts}
+        return SyncResult(volume=volume, backup=backup, peers=peers)
+
+    def purge(self, volume, pattern, dry_run=False, now=None):
+        self._need(volume)
+        with self.lock:
+            self.calls.append(("purge", volume, pattern, dry_run))
+        snaps = [s.name for s in self.list_snapshots(volume)]
+        doomed = snaps[:-1]
+        if not dry_run:
+            for name in doomed:
+                del self.snaps[name]
+        return PurgeResult(
+            volume=volume, pattern=pattern, dry_run=dry_run, deleted=doomed, kept=snaps[-1:]
+        )
+
+
+# -- the app, called directly -------------------------------------------------------
+
+
+def call(app: PluginApp, path: str, body: dict | None = None) -> dict:
+    status, payload = app.handle(path, json.dumps(body or {}).encode())
+    assert status == 200, payload
+    return payload
+
+
+@pytest.fixture
+def app():
+    return PluginApp(FakeDriver())
+
+
+def test_activate_and_capabilities(app):
+    assert call(app, "/Plugin.Activate") == {"Implements": ["VolumeDriver"]}
+    assert call(app, "/VolumeDriver.Capabilities") == {"Capabilities": {"Scope": "local"}}
+
+
+def test_create_get_list_path_remove(app):
+    assert call(app, "/VolumeDriver.Create", {"Name": "v1", "Opts": {}}) == {"Err": ""}
+    got = call(app, "/VolumeDriver.Get", {"Name": "v1"})
+    assert got["Err"] == ""
+    assert got["Volume"]["Name"] == "v1"
+    assert got["Volume"]["Mountpoint"] == "/fake/volumes/v1"
+    listed = call(app, "/VolumeDriver.List")
+    assert listed == {
+        "Volumes": [
+            {"Name": "v1", "Mountpoint": "/fake/volumes/v1", "CreatedAt": STAMP},
+        ],
+        "Err": "",
+    }
+    assert call(app, "/VolumeDriver.Path", {"Name": "v1"})["Mountpoint"] == "/fake/volumes/v1"
+    assert call(app, "/VolumeDriver.Remove", {"Name": "v1"}) == {"Err": ""}
+    assert call(app, "/VolumeDriver.List")["Volumes"] == []
+
+
+STAMP = "2026-01-02T03:04:05.678000Z"
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
+
+
+def test_get_reports_created_at_in_rfc3339_cheaply(app):
+    call(app, "/VolumeDriver.Create", {"Name": "v1"})
+
+    def expensive(*args, **kwargs):
+        raise AssertionError("Get must not count snapshots or measure sizes")
+
+    app.driver.get_volume = expensive  # Get asks volume_created, not get_volume
+    got = call(app, "/VolumeDriver.Get", {"Name": "v1"})["Volume"]
+    # what `docker volume inspect` shows; Go parses it as time.Time (RFC 3339)
+    assert got["CreatedAt"] == STAMP and RFC3339.fullmatch(got["CreatedAt"])
+    assert dt.datetime.fromisoformat(got["CreatedAt"]) == dt.datetime(
+        2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC
+    )
+
+
+def test_created_at_left_out_when_unknown(app):
+    # Docker fails a Get whose CreatedAt is "" (not a time): omit it instead.
+    call(app, "/VolumeDriver.Create", {"Name": "v1"})
+    app.driver.volumes["v1"]["created"] = None
+    assert "CreatedAt" not in call(app, "/VolumeDriver.Get", {"Name": "v1"})["Volume"]
+    assert "CreatedAt" not in call(app, "/VolumeDriver.List")["Volumes"][0]
+
+
+def test_rfc3339_is_utc_with_z():
+    from corelib.dockerplugin.app import rfc3339
+
+    paris = dt.timezone(dt.timedelta(hours=1))
+    assert rfc3339(dt.datetime(2026, 5, 1, 12, 0, 0, tzinfo=paris)) == "2026-05-01T11:00:00Z"
+
+
+def test_create_passes_opts_as_strings(app):
+    call(
+        app,
+        "/VolumeDriver.Create",
+        {"Name": "v1", "Opts": {"compression": "zstd", "copyonwrite": True}},
+    )
+    assert app.driver.calls[-1] == ("create", "v1", {"compression": "zstd", "copyonwrite": "True"})
+
+
+def test_errors_are_err_strings(app):
+    assert "not found" in call(app, "/VolumeDriver.Get", {"Name": "nope"})["Err"]
+    call(app, "/VolumeDriver.Create", {"Name": "v1"})
+    assert "already exists" in call(app, "/VolumeDriver.Create", {"Name": "v1"})["Err"]
+    assert (
+        "unknown volume option"
+        in call(app, "/VolumeDriver.Create", {"Name": "v2", "Opts": {"size": "1G"}})["Err"]
+    )
+    assert (
+        "must be a JSON object"
+        in call(app, "/VolumeDriver.Create", {"Name": "v3", "Opts": []})["Err"]
+    )
+
+
+@pytest.mark.parametrize("name", ["../x", "x;touch /tmp/p", "", "a b", "/abs", "x" * 300, None, 5])
+@pytest.mark.parametrize(
+    "path",
+    ["/VolumeDriver.Create", "/VolumeDriver.Get", "/VolumeDriver.Mount", "/VolumeDriver.Remove"],
+)
+def test_hostile_names_refused_before_the_driver(app, path, name):
+    payload = call(app, path, {"Name": name, "ID": "abc"})
+    assert payload["Err"].startswith("invalid volume name")
+    assert app.driver.calls == []
+
+
+def test_mount_counts_per_id(app):
+    call(app, "/VolumeDriver.Create", {"Name": "v1"})
+    m = call(app, "/VolumeDriver.Mount", {"Name": "v1", "ID": "a"})
+    assert m == {"Mountpoint": "/fake/volumes/v1", "Err": ""}
+    call(app, "/VolumeDriver.Mount", {"Name": "v1", "ID": "a"})  # same ID: counts once
+    call(app, "/VolumeDriver.Mount", {"Name": "v1", "ID": "b"})
+    assert call(app, "/VolumeDriver.Get", {"Name": "v1"})["Volume"]["Status"] == {"mounts": 2}
+    call(app, "/VolumeDriver.Unmount", {"Name": "v1", "ID": "a"})
+    assert "mounted" in call(app, "/VolumeDriver.Remove", {"Name": "v1"})["Err"]
+    call(app, "/VolumeDriver.Unmount", {"Name": "v1", "ID": "b"})
+    assert call(app, "/VolumeDriver.Remove", {"Name": "v1"}) == {"Err": ""}
+
+
+def test_mount_needs_an_id(app):
+    call(app, "/VolumeDriver.Create", {"Name": "v1"})
+    assert "needs an ID" in call(app, "/VolumeDriver.Mount", {"Name": "v1"})["Err"]
+
+
+def test_unknown_endpoint_and_bad_json(app):
+    status, payload = app.handle("/VolumeDriver.Explode", b"{}")
+    assert status == 404 and "unknown endpoint" in payload["Err"]
+    status, payload = app.handle("/VolumeDriver.Get", b"{not json")
+    assert status == 200 and payload["Err"].startswith("invalid JSON")
+    status, payload = app.handle("/VolumeDriver.Get", b"[1]")
+    assert "JSON object" in payload["Err"]
+
+
+def test_a_bug_in_the_driver_is_an_err_not_a_crash(app):
+    def boom(name):
+        raise RuntimeError("disk on fire")
+
+    app.driver.volume_path = boom
+    payload = call(app, "/VolumeDriver.Path", {"Name": "v1"})
+    assert "internal error" in payload["Err"] and "disk on fire" in payload["Err"]
+
+
+def test_buttervolume_snapshot_extensions(app):
+    call(app, "/VolumeDriver.Create", {"Name": "v1"})
+    snap = call(app, "/VolumeDriver.Snapshot", {"Name": "v1"})["Snapshot"]
+    assert snap.startswith("v1@")
+    assert call(app, "/VolumeDriver.Snapshot.List", {"Name": "v1"})["Snapshots"] == [snap]
+    assert call(app, "/VolumeDriver.Snapshot.List")["Snapshots"] == [snap]
+    assert call(app, "/VolumeDriver.Snapshot.List/v1")["Snapshots"] == [snap]
+    assert call(app, "/VolumeDriver.Snapshot.List/v2")["Snapshots"] == []
+    assert "invalid volume name" in call(app, "/VolumeDriver.Snapshot.List/..%2Fx")["Err"]
+
+
+# -- through the unix socket ------------------------------------------------------------
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=10)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(self.unix_path)
+
+
+@pytest.fixture
+def served(tmp_path):
+    path = str(tmp_path / "plugins" / "test.sock")
+    server = PluginServer(path, PluginApp(FakeDriver()))
+    server.start()
+    yield path, server
+    server.stop()
+
+
+def post(conn, path, body=None):
+    conn.request("POST", path, body=json.dumps(body or {}), headers={"Accept": CONTENT_TYPE})
+    resp = conn.getresponse()
+    return resp.status, resp.getheader("Content-Type"), json.loads(resp.read())
+
+
+def test_socket_keeps_the_connection_alive(served):
+    path, _ = served
+    assert oct(os.stat(path).st_mode & 0o777) == "0o660"
+    conn = UnixHTTPConnection(path)
+    status, ctype, body = post(conn, "/Plugin.Activate")
+    assert (status, ctype, body) == (200, CONTENT_TYPE, {"Implements": ["VolumeDriver"]})
+    for i in range(5):  # several requests on one connection, as dockerd does
+        assert post(conn, "/VolumeDriver.Create", {"Name": f"v{i}"})[2] == {"Err": ""}
+    assert len(post(conn, "/VolumeDriver.List")[2]["Volumes"]) == 5
+    conn.close()
+
+
+def test_concurrent_clients(served):
+    path, _ = served
+    errors = []
+
+    def worker(n):
+        try:
+            conn = UnixHTTPConnection(path)
+            for i in range(10):
+                assert post(conn, "/VolumeDriver.Create", {"Name": f"w{n}-{i}"})[2] == {"Err": ""}
+            conn.close()
+        except Exception as exc:  # collected, asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    conn = UnixHTTPConnection(path)
+    assert len(post(conn, "/VolumeDriver.List")[2]["Volumes"]) == 40
+
+
+def test_stop_removes_the_socket_and_a_live_socket_is_not_stolen(tmp_path):
+    path = str(tmp_path / "p.sock")
+    server = PluginServer(path, PluginApp(FakeDriver()))
+    server.start()
+    with pytest.raises(BackendUnavailable, match="already serves"):
+        PluginServer(path, PluginApp(FakeDriver()))
+    server.stop()
+    assert not os.path.exists(path)
+
+
+def test_stale_socket_is_replaced(tmp_path):
+    path = str(tmp_path / "p.sock")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)
+    stale.close()  # the file stays, nobody listens
+    server = PluginServer(path, PluginApp(FakeDriver()))
+    server.start()
+    conn = UnixHTTPConnection(path)
+    assert post(conn, "/Plugin.Activate")[0] == 200
+    conn.close()
+    server.stop()
+
+
+def test_a_regular_file_is_never_removed(tmp_path):
+    path = tmp_path / "p.sock"
+    path.write_text("precious")
+    with pytest.raises(InvalidArgument, match="not a socket"):
+        PluginServer(str(path), PluginApp(FakeDriver()))
+    assert path.read_text() == "precious"
