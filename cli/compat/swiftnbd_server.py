@@ -1,0 +1,153 @@
+"""``stowkit-swiftnbd-server``: swiftnbd-server's flags and secrets file, on stowkit's server.
+
+    stowkit-swiftnbd-server [--secrets FILE] [-a AUTH_URL] [-k ...] [-b ADDR] [-p PORT]
+                            [-c MB] [-l LOG_FILE] [--syslog] [-f] [--pid-file F] [-v]
+
+Every container of the secrets file is served (its ``read-only`` key is
+honoured), each with its own credentials.  Differences from swiftnbd 0.11,
+all for safety: the device lock is an atomic lock object with a lease, taken
+when the first client connects and released on the last disconnect (not at
+start), and the cache is write-back with FLUSH/FUA honoured (see doc/nbd.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from cli.common import one_line_errors
+from cli.compat.swiftnbd_ctl import DEFAULT_AUTH_URL, DEFAULT_SECRETS, Ctl, Secrets
+from corelib.errors import StowkitError
+from corelib.nbd.export import ExportSettings
+
+PROG = "swiftnbd-server"
+LOG = logging.getLogger("swiftnbd")
+DEFAULT_PIDFILE = os.path.join(tempfile.gettempdir(), "swiftnbd.pid")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Network Block Device server over OpenStack Object Storage (stowkit).",
+        epilog="stowkit's own command is `stowkit blockstore serve`.",
+    )
+    from cli.compat.swiftnbd_ctl import VERSION
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
+    secrets_help = f"filename containing user/password (default: {DEFAULT_SECRETS})"
+    parser.add_argument("--secrets", dest="secrets_file", default=DEFAULT_SECRETS,
+                        help=secrets_help)  # fmt: skip
+    auth_help = f"default authentication URL (default: {DEFAULT_AUTH_URL})"
+    parser.add_argument("-a", "--auth-url", dest="authurl", default=DEFAULT_AUTH_URL,
+                        help=auth_help)  # fmt: skip
+    parser.add_argument("-k", "--keystone-auth", dest="keystone", action="store_true",
+                        help="use Keystone (v3 here; swiftnbd used 2.0)")  # fmt: skip
+    parser.add_argument("--keystone-separator", default=".",
+                        help="project separator in the user name (default: .)")  # fmt: skip
+    parser.add_argument("--keystone-service", default="object-store",
+                        help="service type (default: object-store)")  # fmt: skip
+    parser.add_argument("--keystone-endpoint", default="publicURL",
+                        help="endpoint type (default: publicURL)")  # fmt: skip
+    parser.add_argument("--keystone-region", default=None, help="region (optional)")
+    parser.add_argument("-b", "--bind-address", dest="bind_address", default="127.0.0.1",
+                        help="bind address (default: 127.0.0.1)")  # fmt: skip
+    parser.add_argument("-p", "--bind-port", dest="bind_port", type=int, default=10809,
+                        help="bind port (default: 10809)")  # fmt: skip
+    parser.add_argument("-c", "--cache-limit", dest="cache_limit", type=int, default=64,
+                        help="cache memory limit in MB, per container (default: 64)")  # fmt: skip
+    parser.add_argument("-l", "--log-file", dest="log_file", default=None,
+                        help="log into the provided file")  # fmt: skip
+    parser.add_argument("--syslog", action="store_true", help="log to system logger (local0)")
+    parser.add_argument("-f", "--foreground", action="store_true",
+                        help="don't detach from terminal (foreground mode)")  # fmt: skip
+    parser.add_argument("--pid-file", dest="pidfile", default=DEFAULT_PIDFILE,
+                        help=f"filename to store the PID (default: {DEFAULT_PIDFILE})")  # fmt: skip
+    parser.add_argument("-v", "--verbose", action="store_true", help="enable verbose logging")
+    one_line_errors(parser, PROG)
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    handlers: list[logging.Handler] = []
+    if args.log_file:
+        handlers.append(logging.FileHandler(args.log_file))
+    if args.syslog:
+        handlers.append(
+            logging.handlers.SysLogHandler("/dev/log", logging.handlers.SysLogHandler.LOG_LOCAL0)
+        )
+    if not handlers:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s")
+    root = logging.getLogger()
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logging.getLogger("swiftclient").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cache_limit < 1:
+        parser.error("Cache limit can't be less than 1MB")
+    _setup_logging(args)
+    try:
+        secrets = Secrets(args.secrets_file)
+    except OSError as exc:
+        parser.error(f"Failed to load secrets: {exc}")
+    if os.path.isfile(args.pidfile):
+        LOG.error("%s found: is the server already running?", args.pidfile)
+        return 1
+    ctl = Ctl(args, secrets)
+    entries = []
+    for container in secrets.containers():
+        try:
+            store = ctl.store(container)
+            store.get_device(container)
+        except StowkitError as err:
+            LOG.warning("%s: %s, skipping", container, err)
+            continue
+        read_only = secrets.get(container)["read-only"].lower() in ("1", "yes", "true", "on")
+        entries.append((store, container, read_only))
+    if not entries:
+        LOG.error("no container to serve")
+        return 1
+    if not args.foreground:
+        if os.fork() != 0:
+            os._exit(0)
+        os.setsid()
+        fd = os.open(os.devnull, os.O_RDWR)
+        for stream in (sys.stdin, sys.stdout, sys.stderr):
+            os.dup2(fd, stream.fileno())
+    try:
+        fd = os.open(args.pidfile, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except OSError as exc:
+        LOG.error("Failed to create the pidfile: %s", exc)
+        return 1
+    with os.fdopen(fd, "w") as pid_handle:
+        pid_handle.write(f"{os.getpid()}\n")
+    from corelib.nbd.server import serve_many
+
+    def ready(server) -> None:  # noqa: ANN001
+        LOG.info("Starting to serve on %s:%s", server.bind, server.port)
+
+    settings = ExportSettings(cache_size=args.cache_limit << 20)
+    try:
+        serve_many(entries, args.bind_address, args.bind_port, settings, ready)
+    except OSError as exc:
+        LOG.error("cannot serve: %s", exc)
+        return 1
+    finally:
+        os.remove(args.pidfile)
+    LOG.info("Exiting...")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

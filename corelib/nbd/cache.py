@@ -1,0 +1,445 @@
+"""A bounded write-back cache of one device's objects, over any BlockStore.
+
+The cache lives on the asyncio loop; every backend call runs in a thread
+pool because the backends (python-swiftclient, plain files) block.
+
+Rules it keeps:
+
+* A partial write reads the object first (read-modify-write); a write that
+  covers a whole object does not.
+* Dirty objects are written back in parallel; an object written many times
+  between two write-backs is uploaded once (coalescing).  At most one upload
+  of a given object is in flight, so an older copy can never land after a
+  newer one.
+* :meth:`flush` returns only once every object dirty at the time of the call
+  is stored in the backend; a FUA write flushes the objects it touched.
+* An object that is all zeros when it is written back is deleted instead of
+  stored (objects that do not exist read as zeros), unless the client asked
+  for allocated zeros (WRITE_ZEROES with NO_HOLE).
+* When the cache is over its size, clean objects are dropped least recently
+  used first; dirty ones are written back before they may be dropped, and a
+  writer waits (backpressure) while the cache is full of dirty data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+from collections.abc import Iterable
+
+from corelib.blockstore import BlockDevice, BlockStore
+from corelib.errors import NotFound
+
+LOG = logging.getLogger(__name__)
+
+#: Bytes an entry without data (a known hole) is charged, so that a huge run
+#: of holes cannot grow the index without bound.
+_HOLE_COST = 128
+
+
+class _Entry:
+    __slots__ = ("data", "dirty", "version", "upload", "pins", "keep")
+
+    def __init__(self, data: bytearray | None) -> None:
+        self.data = data  # None: all zeros (the object need not exist)
+        self.dirty = False
+        self.version = 0
+        self.upload: asyncio.Task | None = None
+        self.pins = 0  # requests using this entry right now; never evicted while > 0
+        self.keep = False  # store zeros as a real object (NO_HOLE)
+
+
+class CacheStats:
+    def __init__(self) -> None:
+        self.hits = 0
+        self.misses = 0
+        self.uploads = 0
+        self.deletes = 0
+        self.prefetched = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+class ObjectCache:
+    """Write-back cache of ``device``'s objects held in ``store``.
+
+    ``capacity`` is in bytes.  ``trust_listing`` lets the cache believe the
+    object listing taken at start (true while this process holds the device
+    lock: nobody else writes), which spares a backend round trip for every
+    object that does not exist.
+    """
+
+    def __init__(
+        self,
+        store: BlockStore,
+        device: BlockDevice,
+        capacity: int = 64 << 20,
+        workers: int = 16,
+        readahead: int = 4 << 20,
+        trust_listing: bool = True,
+        executor: concurrent.futures.Executor | None = None,
+    ) -> None:
+        self.store = store
+        self.device = device
+        self.osize = device.object_size
+        self.capacity = max(capacity, 2 * self.osize)
+        self.workers = max(1, workers)
+        self.readahead = max(0, readahead // self.osize)
+        self.trust_listing = trust_listing
+        self._own_executor = executor is None
+        self._executor = executor or concurrent.futures.ThreadPoolExecutor(
+            self.workers, thread_name_prefix=f"nbd-{device.name}"
+        )
+        self._entries: collections.OrderedDict[int, _Entry] = collections.OrderedDict()
+        self._loading: dict[int, asyncio.Future] = {}
+        self._bytes = 0
+        self._dirty_bytes = 0
+        self._background: set[asyncio.Task] = set()
+        self._changed = asyncio.Event()
+        self._last_read = -2
+        self._zero = bytes(self.osize)
+        self.exists: set[int] = set()
+        self.stats = CacheStats()
+        self.failures = 0  # background write-backs that failed (the data stays dirty)
+
+    # -- bookkeeping --------------------------------------------------------------
+    def object_length(self, index: int) -> int:
+        return min(self.osize, self.device.size - index * self.osize)
+
+    def _cost(self, entry: _Entry, index: int) -> int:
+        return _HOLE_COST if entry.data is None else self.object_length(index)
+
+    def _set_data(self, index: int, entry: _Entry, data: bytearray | None) -> None:
+        self._bytes -= self._cost(entry, index)
+        entry.data = data
+        self._bytes += self._cost(entry, index)
+
+    def _mark_dirty(self, index: int, entry: _Entry) -> None:
+        entry.version += 1
+        if not entry.dirty:
+            entry.dirty = True
+            self._dirty_bytes += self.object_length(index)
+
+    @property
+    def dirty_bytes(self) -> int:
+        return self._dirty_bytes
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._bytes
+
+    async def _call(self, fn, *args):  # noqa: ANN001, ANN202
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def start(self) -> None:
+        """Learn which objects exist (for block status and to skip loading holes)."""
+        names = await self._call(lambda: set(self.store.list_objects(self.device.name)))
+        self.exists = {i for i in names if 0 <= i < self.device.object_count}
+
+    # -- loading ------------------------------------------------------------------
+    async def _load(self, index: int) -> None:
+        try:
+            if self.trust_listing and index not in self.exists:
+                data = None
+            else:
+                raw = await self._call(self.store.read_object, self.device.name, index)
+                if raw is None:
+                    data = None
+                else:
+                    length = self.object_length(index)
+                    data = bytearray(raw[:length])
+                    if len(data) < length:  # a short object reads as zero-padded
+                        data.extend(bytes(length - len(data)))
+            if index not in self._entries:  # a whole-object write may have won the race
+                entry = _Entry(data)
+                self._entries[index] = entry
+                self._bytes += self._cost(entry, index)
+        finally:
+            del self._loading[index]
+
+    async def _acquire(self, index: int, load: bool = True) -> _Entry:
+        """The pinned entry of ``index``; the caller must :meth:`_release` it."""
+        while True:
+            entry = self._entries.get(index)
+            if entry is not None:
+                self._entries.move_to_end(index)
+                entry.pins += 1
+                self.stats.hits += 1
+                return entry
+            if not load:
+                entry = _Entry(None)
+                self._entries[index] = entry
+                self._bytes += _HOLE_COST
+                entry.pins += 1
+                return entry
+            task = self._loading.get(index)
+            if task is None:
+                self.stats.misses += 1
+                task = asyncio.ensure_future(self._load(index))
+                self._loading[index] = task
+            await asyncio.shield(task)
+
+    def _release(self, entry: _Entry) -> None:
+        entry.pins -= 1
+
+    def _prefetch(self, first: int, count: int) -> None:
+        last = min(first + count, self.device.object_count)
+        for index in range(first, last):
+            if index in self._entries or index in self._loading:
+                continue
+            if self.trust_listing and index not in self.exists:
+                continue
+            if self._bytes + self.osize > self.capacity:
+                break
+            self.stats.prefetched += 1
+            task = asyncio.ensure_future(self._load(index))
+            self._loading[index] = task
+            task.add_done_callback(_ignore_result)
+
+    # -- the operations ---------------------------------------------------------------
+    def _span(self, offset: int, length: int) -> Iterable[tuple[int, int, int, int]]:
+        """(index, start in object, end in object, position in request) over a range."""
+        pos = 0
+        while pos < length:
+            index, start = divmod(offset + pos, self.osize)
+            end = min(self.object_length(index), start + length - pos)
+            yield index, start, end, pos
+            pos += end - start
+
+    async def read(self, offset: int, length: int) -> bytes:
+        spans = list(self._span(offset, length))
+        if not spans:
+            return b""
+        first, last = spans[0][0], spans[-1][0]
+        if self.readahead and first in (self._last_read, self._last_read + 1):
+            self._prefetch(last + 1, self.readahead)
+        self._last_read = last
+        entries = await asyncio.gather(*(self._acquire(s[0]) for s in spans))
+        out = bytearray(length)
+        try:
+            for (_, start, end, pos), entry in zip(spans, entries, strict=True):
+                if entry.data is not None:
+                    out[pos : pos + end - start] = entry.data[start:end]
+        finally:
+            for entry in entries:
+                self._release(entry)
+        await self._make_room()
+        return bytes(out)
+
+    async def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
+        view = memoryview(data)
+        touched = []
+        for index, start, end, pos in self._span(offset, len(view)):
+            whole = start == 0 and end == self.object_length(index)
+            entry = await self._acquire(index, load=not whole)
+            try:
+                if entry.data is None:
+                    self._set_data(index, entry, bytearray(self.object_length(index)))
+                entry.data[start:end] = view[pos : pos + end - start]
+                entry.keep = False
+                self._mark_dirty(index, entry)
+            finally:
+                self._release(entry)
+            touched.append(index)
+        await self._after_write(touched, fua)
+
+    async def zero(self, offset: int, length: int, punch: bool = True, fua: bool = False) -> None:
+        """Make a range read as zeros: TRIM and WRITE_ZEROES.
+
+        Whole objects become holes (deleted on write-back) unless ``punch`` is
+        false (NO_HOLE), in which case they are stored as real zero objects.
+        """
+        touched = []
+        for index, start, end, _ in self._span(offset, length):
+            olen = self.object_length(index)
+            whole = start == 0 and end == olen
+            if whole and punch and self.trust_listing:
+                entry = self._entries.get(index)
+                if index not in self.exists and (entry is None or entry.data is None):
+                    continue  # already a hole, nothing to store
+            entry = await self._acquire(index, load=not whole)
+            try:
+                if whole and punch:
+                    self._set_data(index, entry, None)
+                    entry.keep = False
+                elif not punch:
+                    if entry.data is None:
+                        self._set_data(index, entry, bytearray(olen))
+                    else:
+                        entry.data[start:end] = self._zero[: end - start]
+                    entry.keep = True
+                elif entry.data is not None:
+                    entry.data[start:end] = self._zero[: end - start]
+                else:
+                    continue  # zeros already
+                self._mark_dirty(index, entry)
+            finally:
+                self._release(entry)
+            touched.append(index)
+        await self._after_write(touched, fua)
+
+    async def _after_write(self, touched: list[int], fua: bool) -> None:
+        if fua:
+            await self.flush(touched)
+        self._background_writeback()
+        await self._make_room()
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """base:allocation extents (length, HOLE|ZERO flags) from what exists."""
+        from corelib.nbd.protocol import STATE_HOLE, STATE_ZERO
+
+        runs: list[list[int]] = []
+        for index, start, end, _ in self._span(offset, length):
+            entry = self._entries.get(index)
+            if entry is not None and (entry.dirty or not self.trust_listing):
+                hole = entry.data is None
+            else:
+                hole = index not in self.exists
+            state = STATE_HOLE | STATE_ZERO if hole else 0
+            if runs and runs[-1][1] == state:
+                runs[-1][0] += end - start
+            else:
+                runs.append([end - start, state])
+        return [(n, s) for n, s in runs]
+
+    # -- write-back -------------------------------------------------------------------
+    async def _store(self, index: int, entry: _Entry) -> None:
+        version = entry.version
+        data = entry.data
+        keep = entry.keep
+        name = self.device.name
+        if data is None or (not keep and data == self._zero[: len(data)]):
+            try:
+                await self._call(self.store.delete_object, name, index)
+            except NotFound:
+                pass
+            self.exists.discard(index)
+            self.stats.deletes += 1
+            stored_hole = True
+        else:
+            await self._call(self.store.write_object, name, index, bytes(data))
+            self.exists.add(index)
+            self.stats.uploads += 1
+            stored_hole = False
+        if entry.version == version and entry.dirty:
+            entry.dirty = False
+            self._dirty_bytes -= self.object_length(index)
+            if stored_hole and entry.data is not None:
+                self._set_data(index, entry, None)  # free the zeros
+
+    async def _upload(self, index: int, entry: _Entry) -> None:
+        """Write ``entry`` back if dirty, after any upload of it already in flight."""
+        while True:
+            while entry.upload is not None:
+                # Its error belongs to its own waiter; we check ``dirty`` after.
+                await asyncio.wait([entry.upload])
+            if not entry.dirty:
+                return
+            task = asyncio.ensure_future(self._store_then_clear(index, entry))
+            entry.upload = task
+            await asyncio.shield(task)
+            return
+
+    async def _store_then_clear(self, index: int, entry: _Entry) -> None:
+        try:
+            await self._store(index, entry)
+        finally:
+            # Cleared by the task itself, so nobody can ever wait on a
+            # finished upload (that would spin without yielding).
+            entry.upload = None
+            self._changed.set()
+
+    def _upload_in_background(self, index: int, entry: _Entry) -> None:
+        task = asyncio.ensure_future(self._upload(index, entry))
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        self._changed.set()
+        if not task.cancelled() and task.exception() is not None:
+            self.failures += 1
+            LOG.warning("write-back of %s failed: %s", self.device.name, task.exception())
+
+    def _background_writeback(self) -> None:
+        """Start writing back the oldest dirty objects once a quarter of the cache is dirty."""
+        if self._dirty_bytes * 4 < self.capacity:
+            return
+        room = self.workers * 2 - len(self._background)
+        if room <= 0:
+            return
+        for index, entry in self._entries.items():
+            if entry.dirty and entry.upload is None and entry.pins == 0:
+                self._upload_in_background(index, entry)
+                room -= 1
+                if room <= 0:
+                    break
+
+    async def _make_room(self) -> None:
+        """Evict clean objects; while only dirty ones are left, write back and wait."""
+        while self._bytes > self.capacity:
+            # Cleared before looking, so a write-back finishing after the
+            # look wakes us up rather than being missed.
+            self._changed.clear()
+            for index in list(self._entries):
+                if self._bytes <= self.capacity:
+                    return
+                entry = self._entries[index]
+                if not entry.dirty and entry.pins == 0 and entry.upload is None:
+                    del self._entries[index]
+                    self._bytes -= self._cost(entry, index)
+            if self._bytes <= self.capacity:
+                return
+            self._background_writeback_all()
+            if not self._background and not any(
+                e.upload is not None for e in self._entries.values()
+            ):
+                return  # everything left is pinned by running requests: let it overflow
+            failures = self.failures
+            await self._changed.wait()
+            if self.failures != failures:
+                await asyncio.sleep(0.5)  # the backend is failing: do not hammer it
+
+    def _background_writeback_all(self) -> None:
+        room = self.workers * 2 - len(self._background)
+        for index, entry in self._entries.items():
+            if room <= 0:
+                break
+            if entry.dirty and entry.upload is None:
+                self._upload_in_background(index, entry)
+                room -= 1
+
+    async def flush(self, indices: Iterable[int] | None = None) -> None:
+        """Return once every object dirty now is stored; raise the first failure."""
+        if indices is None:
+            targets = [(i, e) for i, e in self._entries.items() if e.dirty or e.upload]
+        else:
+            targets = []
+            for i in set(indices):
+                entry = self._entries.get(i)
+                if entry is not None and (entry.dirty or entry.upload):
+                    targets.append((i, entry))
+        if not targets:
+            return
+        results = await asyncio.gather(
+            *(self._upload(i, e) for i, e in targets), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def close(self) -> None:
+        """Flush everything and stop the worker threads."""
+        try:
+            await self.flush()
+        finally:
+            if self._own_executor:
+                self._executor.shutdown(wait=False)
+
+
+def _ignore_result(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()

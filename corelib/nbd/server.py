@@ -1,0 +1,473 @@
+"""The asyncio NBD server: fixed newstyle handshake, options, transmission.
+
+One task reads a connection's requests in order; each request then runs in a
+task of its own, so a slow READ of a cold object does not hold up the ones
+behind it (requests are pipelined and answered out of order, as the protocol
+allows).  Replies are written whole under a per-connection lock.  Anything
+a client sends that breaks the framing (wrong magic, truncation, a payload too
+large to read) ends that one connection; it never reaches other clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import signal
+from collections.abc import Callable, Iterable
+
+from corelib.blockstore import BlockStore, DeviceLocked
+from corelib.errors import StowkitError
+from corelib.nbd import protocol as p
+from corelib.nbd.cache import ObjectCache
+from corelib.nbd.export import Export, ExportSettings
+
+LOG = logging.getLogger(__name__)
+
+#: Requests of one connection being served at once; reading the next request
+#: waits beyond that, which bounds the memory one client can make us hold.
+MAX_IN_FLIGHT = 64
+META_CONTEXT_ID = 1
+
+
+class _Abort(Exception):
+    """End this connection now (framing lost, client gone or asked to stop)."""
+
+
+class RequestError(Exception):
+    def __init__(self, errno: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class Connection:
+    def __init__(
+        self, server: NbdServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.peer = writer.get_extra_info("peername")
+        self.structured = False
+        self.no_zeroes = False
+        self.meta_export: str | None = None  # export the base:allocation context was set for
+        self.export: Export | None = None
+        self.cache: ObjectCache | None = None
+        self._write_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    # -- io ---------------------------------------------------------------------
+    async def _read(self, n: int) -> bytes:
+        try:
+            return await self.reader.readexactly(n)
+        except (asyncio.IncompleteReadError, ConnectionError) as err:
+            raise _Abort("client went away") from err
+
+    async def _send(self, *parts: bytes) -> None:
+        async with self._write_lock:
+            self.writer.writelines(parts)
+            await self.writer.drain()
+
+    async def _opt_reply(self, option: int, reply_type: int, data: bytes = b"") -> None:
+        await self._send(p.option_reply(option, reply_type, data))
+
+    async def _opt_error(self, option: int, reply_type: int, message: str) -> None:
+        await self._opt_reply(option, reply_type, message.encode()[:4096])
+
+    # -- handshake --------------------------------------------------------------------
+    async def handshake(self) -> bool:
+        """Negotiate options; True when transmission starts."""
+        await self._send(
+            p.HANDSHAKE.pack(p.NBDMAGIC, p.IHAVEOPT, p.FLAG_FIXED_NEWSTYLE | p.FLAG_NO_ZEROES)
+        )
+        (client_flags,) = p.CLIENT_FLAGS.unpack(await self._read(4))
+        if client_flags & ~(p.FLAG_C_FIXED_NEWSTYLE | p.FLAG_C_NO_ZEROES):
+            raise _Abort(f"unknown client flags {client_flags:#x}")
+        if not client_flags & p.FLAG_C_FIXED_NEWSTYLE:
+            raise _Abort("client does not speak fixed newstyle")
+        self.no_zeroes = bool(client_flags & p.FLAG_C_NO_ZEROES)
+        while True:
+            magic, option, length = p.OPTION_HEADER.unpack(await self._read(p.OPTION_HEADER.size))
+            if magic != p.IHAVEOPT:
+                raise _Abort(f"bad option magic {magic:#x}")
+            if length > p.MAX_OPTION_LENGTH:
+                # Reading it would let one client make us buffer gigabytes.
+                raise _Abort(f"option {option} of {length} bytes")
+            data = await self._read(length)
+            if await self._option(option, data):
+                return True
+
+    async def _option(self, option: int, data: bytes) -> bool:
+        if option == p.OPT_EXPORT_NAME:
+            export = self.server.find_export(data.decode("utf-8", "replace"))
+            if export is None:
+                raise _Abort("unknown export")  # the protocol allows nothing else here
+            try:
+                await self._attach(export)
+            except DeviceLocked as err:
+                raise _Abort(str(err)) from err
+            reply = p.EXPORT_NAME_REPLY.pack(export.size, export.transmission_flags)
+            await self._send(reply if self.no_zeroes else reply + bytes(124))
+            return True
+        if option == p.OPT_ABORT:
+            try:
+                await self._opt_reply(option, p.REP_ACK)
+            except ConnectionError:
+                pass
+            raise _Abort("client aborted")
+        if option == p.OPT_LIST:
+            if data:
+                await self._opt_error(option, p.REP_ERR_INVALID, "LIST takes no data")
+                return False
+            for export in self.server.exports.values():
+                name = export.name.encode()
+                await self._opt_reply(option, p.REP_SERVER, p.U32.pack(len(name)) + name)
+            await self._opt_reply(option, p.REP_ACK)
+            return False
+        if option == p.OPT_STRUCTURED_REPLY:
+            if data:
+                await self._opt_error(option, p.REP_ERR_INVALID, "STRUCTURED_REPLY takes no data")
+                return False
+            self.structured = True
+            await self._opt_reply(option, p.REP_ACK)
+            return False
+        if option in (p.OPT_INFO, p.OPT_GO):
+            return await self._info_go(option, data)
+        if option in (p.OPT_LIST_META_CONTEXT, p.OPT_SET_META_CONTEXT):
+            await self._meta_context(option, data)
+            return False
+        await self._opt_error(option, p.REP_ERR_UNSUP, f"option {option} is not supported")
+        return False
+
+    async def _info_go(self, option: int, data: bytes) -> bool:
+        try:
+            name, rest = _take_string(data)
+            (count,) = p.U16.unpack_from(rest)
+            if len(rest) != 2 + 2 * count:
+                raise ValueError
+            requests = {p.U16.unpack_from(rest, 2 + 2 * i)[0] for i in range(count)}
+        except Exception:  # noqa: BLE001 - any malformation
+            await self._opt_error(option, p.REP_ERR_INVALID, "malformed INFO/GO request")
+            return False
+        export = self.server.find_export(name)
+        if export is None:
+            await self._opt_error(option, p.REP_ERR_UNKNOWN, f"no export named {name!r}")
+            return False
+        if option == p.OPT_GO:
+            try:
+                await self._attach(export)
+            except DeviceLocked as err:
+                await self._opt_error(option, p.REP_ERR_POLICY, str(err))
+                return False
+            except StowkitError as err:
+                await self._opt_error(option, p.REP_ERR_SHUTDOWN, str(err))
+                return False
+        infos = [p.INFO_EXPORT_STRUCT.pack(p.INFO_EXPORT, export.size, export.transmission_flags)]
+        infos.append(p.INFO_BLOCK_SIZE_STRUCT.pack(p.INFO_BLOCK_SIZE, *export.block_sizes))
+        if p.INFO_NAME in requests:
+            infos.append(p.U16.pack(p.INFO_NAME) + export.name.encode())
+        if p.INFO_DESCRIPTION in requests:
+            infos.append(p.U16.pack(p.INFO_DESCRIPTION) + export.description.encode())
+        for info in infos:
+            await self._opt_reply(option, p.REP_INFO, info)
+        await self._opt_reply(option, p.REP_ACK)
+        if option == p.OPT_GO:
+            if self.meta_export is not None and self.meta_export != export.name:
+                self.meta_export = None  # contexts were set for another export
+            return True
+        return False
+
+    async def _meta_context(self, option: int, data: bytes) -> None:
+        if option == p.OPT_SET_META_CONTEXT and not self.structured:
+            await self._opt_error(option, p.REP_ERR_INVALID, "negotiate structured replies first")
+            return
+        try:
+            name, rest = _take_string(data)
+            (count,) = p.U32.unpack_from(rest)
+            rest = rest[4:]
+            queries = []
+            for _ in range(count):
+                query, rest = _take_string(rest)
+                queries.append(query)
+            if rest:
+                raise ValueError
+        except Exception:  # noqa: BLE001 - any malformation
+            await self._opt_error(option, p.REP_ERR_INVALID, "malformed meta context request")
+            return
+        export = self.server.find_export(name)
+        if export is None:
+            await self._opt_error(option, p.REP_ERR_UNKNOWN, f"no export named {name!r}")
+            return
+        if option == p.OPT_LIST_META_CONTEXT:
+            wanted = not queries or any(q in ("base:", p.BASE_ALLOCATION) for q in queries)
+        else:
+            wanted = p.BASE_ALLOCATION in queries
+            self.meta_export = export.name if wanted else None
+        if wanted:
+            body = p.U32.pack(META_CONTEXT_ID) + p.BASE_ALLOCATION.encode()
+            await self._opt_reply(option, p.REP_META_CONTEXT, body)
+        await self._opt_reply(option, p.REP_ACK)
+
+    async def _attach(self, export: Export) -> None:
+        self.cache = await export.attach()
+        self.export = export
+
+    # -- transmission -------------------------------------------------------------------
+    async def transmission(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                header = await self._read(p.REQUEST.size)
+            except _Abort:
+                self._slots.release()
+                raise
+            magic, flags, cmd, cookie, offset, length = p.REQUEST.unpack(header)
+            if magic != p.REQUEST_MAGIC:
+                self._slots.release()
+                raise _Abort(f"bad request magic {magic:#x}")
+            payload = b""
+            if cmd == p.CMD_WRITE:
+                if length > p.MAX_PAYLOAD:
+                    self._slots.release()
+                    raise _Abort(f"write of {length} bytes")  # too big to read: hang up
+                payload = await self._read(length)
+            if cmd == p.CMD_DISC:
+                self._slots.release()
+                return
+            task = asyncio.ensure_future(self._serve(flags, cmd, cookie, offset, length, payload))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            if not isinstance(exc, (_Abort, ConnectionError)):
+                LOG.error("request failed on %s: %r", self.peer, exc)
+
+    async def drain_requests(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _serve(
+        self, flags: int, cmd: int, cookie: int, offset: int, length: int, payload: bytes
+    ) -> None:
+        try:
+            data = await self._execute(flags, cmd, offset, length, payload)
+        except RequestError as err:
+            await self._error(cookie, err.errno, str(err))
+            return
+        except Exception as err:  # noqa: BLE001 - the backend failed: tell the client EIO
+            LOG.error("%s on %s: %s", p.COMMAND_NAMES.get(cmd, cmd), self.export.name, err)
+            await self._error(cookie, p.EIO, f"backend error: {err}")
+            return
+        if cmd == p.CMD_READ:
+            if self.structured:
+                chunk = p.U64.pack(offset)
+                header = p.STRUCTURED_REPLY.pack(
+                    p.STRUCTURED_REPLY_MAGIC,
+                    p.REPLY_FLAG_DONE,
+                    p.REPLY_TYPE_OFFSET_DATA,
+                    cookie,
+                    len(chunk) + len(data),
+                )
+                await self._send(header, chunk, data)
+            else:
+                await self._send(p.simple_reply(cookie), data)
+        elif cmd == p.CMD_BLOCK_STATUS:
+            body = [p.U32.pack(META_CONTEXT_ID)]
+            body += [p.U32.pack(n) + p.U32.pack(s) for n, s in data]
+            await self._send(p.structured_reply(cookie, p.REPLY_TYPE_BLOCK_STATUS, b"".join(body)))
+        elif self.structured:
+            await self._send(p.structured_reply(cookie, p.REPLY_TYPE_NONE))
+        else:
+            await self._send(p.simple_reply(cookie))
+
+    async def _error(self, cookie: int, errno: int, message: str) -> None:
+        if self.structured:
+            await self._send(p.structured_error(cookie, errno, message))
+        else:
+            await self._send(p.simple_reply(cookie, errno))
+
+    async def _execute(self, flags: int, cmd: int, offset: int, length: int, payload: bytes):  # noqa: ANN202
+        export, cache = self.export, self.cache
+        assert export is not None and cache is not None
+        allowed = _ALLOWED_FLAGS.get(cmd)
+        if allowed is None:
+            raise RequestError(p.EINVAL, f"unknown command {cmd}")
+        if flags & ~allowed:
+            raise RequestError(p.EINVAL, f"flags {flags:#x} not valid for command {cmd}")
+        end = offset + length
+        fua = bool(flags & p.CMD_FLAG_FUA)
+        if cmd == p.CMD_READ:
+            if end > export.size:
+                raise RequestError(p.EINVAL, "read past the end of the export")
+            if length > p.MAX_PAYLOAD:
+                raise RequestError(p.EINVAL, f"read of {length} bytes is over the maximum")
+            return await cache.read(offset, length)
+        if cmd == p.CMD_FLUSH:
+            await cache.flush()
+            return None
+        if cmd == p.CMD_BLOCK_STATUS:
+            if self.meta_export != export.name:
+                raise RequestError(p.EINVAL, "no metadata context was negotiated")
+            if length == 0 or end > export.size:
+                raise RequestError(p.EINVAL, "block status range outside the export")
+            extents = cache.extents(offset, length)
+            return extents[:1] if flags & p.CMD_FLAG_REQ_ONE else extents
+        # WRITE, TRIM, WRITE_ZEROES change data
+        if export.read_only:
+            raise RequestError(p.EPERM, "the export is read-only")
+        if export.lost_lock:
+            raise RequestError(p.EIO, f"the device lock was lost: {export.lost_lock}")
+        if end > export.size:
+            errno = p.EINVAL if cmd == p.CMD_TRIM else p.ENOSPC
+            raise RequestError(errno, "request goes past the end of the export")
+        if cmd == p.CMD_WRITE:
+            await cache.write(offset, payload, fua=fua)
+        elif cmd == p.CMD_TRIM:
+            await cache.zero(offset, length, punch=True, fua=fua)
+        else:
+            punch = not flags & p.CMD_FLAG_NO_HOLE
+            await cache.zero(offset, length, punch=punch, fua=fua)
+        return None
+
+
+_ALLOWED_FLAGS = {
+    p.CMD_READ: p.CMD_FLAG_FUA,
+    p.CMD_WRITE: p.CMD_FLAG_FUA,
+    p.CMD_FLUSH: p.CMD_FLAG_FUA,
+    p.CMD_TRIM: p.CMD_FLAG_FUA,
+    p.CMD_WRITE_ZEROES: p.CMD_FLAG_FUA | p.CMD_FLAG_NO_HOLE,
+    p.CMD_BLOCK_STATUS: p.CMD_FLAG_FUA | p.CMD_FLAG_REQ_ONE,
+}
+
+
+def _take_string(data: bytes) -> tuple[str, bytes]:
+    """A u32-length-prefixed UTF-8 string from the front of ``data``, and the rest."""
+    (n,) = p.U32.unpack_from(data)
+    if n > 4096 or len(data) < 4 + n:
+        raise ValueError("bad string length")
+    return data[4 : 4 + n].decode("utf-8"), data[4 + n :]
+
+
+class NbdServer:
+    """Serve ``exports`` (name -> Export) on ``bind:port``."""
+
+    def __init__(self, exports: Iterable[Export], bind: str = "127.0.0.1", port: int = 10809):
+        self.exports = {e.name: e for e in exports}
+        self.bind = bind
+        self.port = port
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[Connection] = set()
+        self._handlers: set[asyncio.Task] = set()
+
+    def find_export(self, name: str) -> Export | None:
+        if name == "" and len(self.exports) == 1:
+            return next(iter(self.exports.values()))  # the default export
+        return self.exports.get(name)
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, self.bind, self.port, reuse_address=True, limit=1 << 20
+        )
+        sock = self._server.sockets[0]
+        self.port = sock.getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        conn = Connection(self, reader, writer)
+        self._connections.add(conn)
+        try:
+            if await conn.handshake():
+                await conn.transmission()
+        except _Abort as err:
+            LOG.debug("closing %s: %s", conn.peer, err)
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # noqa: BLE001 - one connection's bug must not stop the server
+            LOG.exception("connection %s failed", conn.peer)
+        finally:
+            try:
+                await conn.drain_requests()
+            finally:
+                self._connections.discard(conn)
+                if conn.export is not None:
+                    try:
+                        await conn.export.detach()
+                    except Exception as err:  # noqa: BLE001
+                        LOG.error(
+                            "export %s: write-back on disconnect failed: %s", conn.export.name, err
+                        )
+                writer.close()
+                if task is not None:
+                    self._handlers.discard(task)
+
+    async def serve_until(self, stop: asyncio.Event) -> None:
+        await self.start()
+        await stop.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let running requests finish, write back and unlock."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            # The read loop sees end of file; requests already read complete.
+            conn.writer.transport.pause_reading()
+            conn.reader.feed_eof()
+        if self._handlers:
+            await asyncio.gather(*list(self._handlers), return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+def serve(
+    store: BlockStore,
+    names: Iterable[str],
+    bind: str = "127.0.0.1",
+    port: int = 10809,
+    read_only: bool = False,
+    settings: ExportSettings | None = None,
+    ready: Callable[[NbdServer], None] | None = None,
+) -> None:
+    """Serve devices of one store until SIGTERM or SIGINT, then write everything back."""
+    serve_many([(store, name, read_only) for name in names], bind, port, settings, ready)
+
+
+def serve_many(
+    entries: Iterable[tuple[BlockStore, str, bool]],
+    bind: str = "127.0.0.1",
+    port: int = 10809,
+    settings: ExportSettings | None = None,
+    ready: Callable[[NbdServer], None] | None = None,
+) -> None:
+    """Serve (store, device name, read-only) entries; each device may have its own store."""
+    settings = settings or ExportSettings()
+    executor = concurrent.futures.ThreadPoolExecutor(settings.workers + 4, "nbd-io")
+    exports = [
+        Export(store, store.get_device(name), read_only, settings, executor)
+        for store, name, read_only in entries
+    ]
+
+    async def main() -> None:
+        server = NbdServer(exports, bind, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await server.start()
+        if ready is not None:
+            ready(server)
+        await stop.wait()
+        LOG.info("stopping: writing back dirty data")
+        await server.shutdown()
+
+    try:
+        asyncio.run(main())
+    finally:
+        executor.shutdown(wait=True)

@@ -1,0 +1,203 @@
+"""The write-back object cache over an in-memory BlockStore."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from corelib.nbd.cache import ObjectCache  # noqa: E402
+from corelib.nbd.protocol import STATE_HOLE, STATE_ZERO  # noqa: E402
+from tests.unit.nbd_fakes import MemoryBlockStore  # noqa: E402
+
+OSIZE = 4096
+
+
+def make(capacity: int = 64 * OSIZE, size: int = 256 * OSIZE, **kw):  # noqa: ANN201
+    store = MemoryBlockStore()
+    device = store.create_device("dev", size, OSIZE)
+    return store, ObjectCache(store, device, capacity=capacity, workers=4, **kw)
+
+
+def run(coro):  # noqa: ANN001, ANN201
+    return asyncio.run(coro)
+
+
+def test_partial_write_reads_modifies_writes():
+    store, cache = make()
+    store.objects["dev"][1] = b"\x01" * OSIZE
+
+    async def go() -> bytes:
+        await cache.start()
+        await cache.write(OSIZE + 10, b"\xff" * 5)
+        await cache.flush()
+        return await cache.read(OSIZE, 20)
+
+    assert run(go()) == b"\x01" * 10 + b"\xff" * 5 + b"\x01" * 5
+    assert store.objects["dev"][1][:20] == b"\x01" * 10 + b"\xff" * 5 + b"\x01" * 5
+    assert store.reads == [("dev", 1)]
+
+
+def test_whole_object_write_does_not_read():
+    store, cache = make(trust_listing=False)
+
+    async def go() -> None:
+        await cache.start()
+        await cache.write(2 * OSIZE, b"a" * OSIZE)
+        await cache.flush()
+
+    run(go())
+    assert store.reads == []
+    assert store.objects["dev"][2] == b"a" * OSIZE
+
+
+def test_hot_object_is_uploaded_once_per_flush():
+    store, cache = make()
+
+    async def go() -> None:
+        await cache.start()
+        for i in range(100):
+            await cache.write(i, b"x")
+        await cache.flush()
+        await cache.flush()
+
+    run(go())
+    assert store.writes == [("dev", 0)]
+
+
+def test_flush_returns_only_after_the_backend_stored_the_data():
+    store, cache = make()
+    gate = threading.Event()
+    store.write_gate = gate
+
+    async def go() -> None:
+        await cache.start()
+        await cache.write(0, b"z" * 100)
+        flush = asyncio.ensure_future(cache.flush())
+        await asyncio.sleep(0.2)
+        assert not flush.done()
+        assert 0 not in store.objects["dev"]
+        gate.set()
+        await flush
+        assert store.objects["dev"][0][:100] == b"z" * 100
+
+    run(go())
+
+
+def test_fua_write_is_stored_before_it_returns():
+    store, cache = make()
+
+    async def go() -> None:
+        await cache.start()
+        await cache.write(5 * OSIZE, b"f" * 10, fua=True)
+        assert store.objects["dev"][5][:10] == b"f" * 10
+        await cache.write(6 * OSIZE, b"g" * 10)
+        assert 6 not in store.objects["dev"]
+
+    run(go())
+
+
+def test_object_that_becomes_zero_is_deleted_not_stored():
+    store, cache = make()
+    store.objects["dev"][3] = b"\x07" * OSIZE
+
+    async def go() -> None:
+        await cache.start()
+        await cache.write(3 * OSIZE, bytes(OSIZE))
+        await cache.flush()
+
+    run(go())
+    assert 3 not in store.objects["dev"]
+    assert store.deletes == [("dev", 3)]
+    assert store.writes == []
+
+
+def test_trim_whole_objects_deletes_and_partial_zeroes():
+    store, cache = make()
+    for i in range(4):
+        store.objects["dev"][i] = b"\x09" * OSIZE
+
+    async def go() -> bytes:
+        await cache.start()
+        await cache.zero(OSIZE // 2, 2 * OSIZE, punch=True)
+        await cache.flush()
+        return await cache.read(0, 4 * OSIZE)
+
+    data = run(go())
+    assert data == b"\x09" * (OSIZE // 2) + bytes(2 * OSIZE) + b"\x09" * (OSIZE + OSIZE // 2)
+    assert 1 not in store.objects["dev"]
+    assert store.objects["dev"][0] == b"\x09" * (OSIZE // 2) + bytes(OSIZE // 2)
+
+
+def test_write_zeroes_no_hole_stores_real_zeros():
+    store, cache = make()
+
+    async def go() -> None:
+        await cache.start()
+        await cache.zero(0, OSIZE, punch=False)
+        await cache.flush()
+
+    run(go())
+    assert store.objects["dev"][0] == bytes(OSIZE)
+
+
+def test_extents_follow_objects_and_dirty_state():
+    store, cache = make()
+    store.objects["dev"][1] = b"\x01" * OSIZE
+
+    async def go() -> list:
+        await cache.start()
+        await cache.write(3 * OSIZE, b"x")
+        return cache.extents(0, 5 * OSIZE)
+
+    hz = STATE_HOLE | STATE_ZERO
+    assert run(go()) == [(OSIZE, hz), (OSIZE, 0), (OSIZE, hz), (OSIZE, 0), (OSIZE, hz)]
+
+
+def test_cache_stays_bounded_and_writes_back_before_evicting():
+    store, cache = make(capacity=8 * OSIZE)
+
+    async def go() -> bytes:
+        await cache.start()
+        for i in range(64):
+            await cache.write(i * OSIZE, bytes([i + 1]) * OSIZE)
+            assert cache.cached_bytes <= 8 * OSIZE + OSIZE
+        await cache.flush()
+        return await cache.read(0, 64 * OSIZE)
+
+    data = run(go())
+    assert data == b"".join(bytes([i + 1]) * OSIZE for i in range(64))
+    assert len(store.objects["dev"]) == 64
+
+
+def test_backend_failure_keeps_data_dirty_until_it_is_stored():
+    store, cache = make()
+    store.fail_writes = True
+
+    async def go() -> None:
+        await cache.start()
+        await cache.write(0, b"keep")
+        with pytest.raises(OSError):
+            await cache.flush()
+        assert cache.dirty_bytes == OSIZE
+        store.fail_writes = False
+        await cache.flush()
+        assert cache.dirty_bytes == 0
+
+    run(go())
+    assert store.objects["dev"][0][:4] == b"keep"
+
+
+def test_sequential_reads_prefetch_ahead():
+    store, cache = make(readahead=8 * OSIZE, trust_listing=False)
+
+    async def go() -> None:
+        await cache.start()
+        await cache.read(0, OSIZE)
+        await cache.read(OSIZE, OSIZE)
+        await asyncio.sleep(0.2)
+
+    run(go())
+    assert cache.stats.prefetched >= 8
+    assert {("dev", i) for i in range(2, 10)} <= set(store.reads)

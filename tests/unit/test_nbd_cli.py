@@ -1,0 +1,81 @@
+"""`stowkit blockstore serve` and `stowkit-swiftnbd-server`: arguments and errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from cli.compat import swiftnbd_server
+
+
+@pytest.fixture
+def conf(tmp_path):  # noqa: ANN001, ANN201
+    path = tmp_path / "stowkit.conf"
+    path.write_text(f"[DEFAULT]\nstate_dir = {tmp_path}/state\n[blockstore]\nbackend = local\n")
+    return str(path)
+
+
+def stowkit(conf: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["timeout", "60", "stowkit", "--config-file", conf, *args],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_serve_unknown_device_is_one_line_not_found(conf):  # noqa: ANN001
+    out = stowkit(conf, "blockstore", "serve", "--port", "0", "nope")
+    assert out.returncode == 5 and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_serve_bad_cache_size_and_no_devices(conf):  # noqa: ANN001
+    out = stowkit(conf, "blockstore", "serve", "--cache-size", "lots")
+    assert out.returncode == 3 and "invalid size" in out.stderr
+    out = stowkit(conf, "blockstore", "serve", "--port", "0")
+    assert out.returncode == 3 and "no device to serve" in out.stderr
+
+
+def test_serve_prints_uri_and_stops_cleanly_on_sigterm(conf):  # noqa: ANN001
+    assert (
+        stowkit(conf, "blockstore", "setup", "d", "--size", "1M", "--object-size", "64K").returncode
+        == 0
+    )
+    proc = subprocess.Popen(
+        ["timeout", "60", "stowkit", "--config-file", conf, "blockstore", "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    assert line.startswith("serving nbd://127.0.0.1:") and line.rstrip().endswith("/d")
+    os.kill(proc.pid, signal.SIGTERM)  # timeout forwards it to stowkit
+    assert proc.wait(30) == 0
+
+
+def test_swiftnbd_server_flags_match_the_seed():
+    parser = swiftnbd_server.build_parser()
+    args = parser.parse_args(
+        ["--secrets", "S", "-a", "http://x/auth/v1.0", "-b", "0.0.0.0", "-p", "10811", "-c", "8",
+         "-l", "L", "--syslog", "-f", "--pid-file", "P", "-v", "-k", "--keystone-region", "R"]
+    )  # fmt: skip
+    assert (args.secrets_file, args.authurl, args.bind_address, args.bind_port) == (
+        "S", "http://x/auth/v1.0", "0.0.0.0", 10811,
+    )  # fmt: skip
+    assert (args.cache_limit, args.log_file, args.syslog, args.foreground) == (8, "L", True, True)
+    assert (args.pidfile, args.verbose, args.keystone, args.keystone_region) == (
+        "P",
+        True,
+        True,
+        "R",
+    )
+
+
+def test_swiftnbd_server_refuses_a_tiny_cache_and_missing_secrets(tmp_path, capsys):  # noqa: ANN001
+    with pytest.raises(SystemExit) as exc:
+        swiftnbd_server.main(["-c", "0", "--secrets", str(tmp_path / "none")])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        swiftnbd_server.main(["--secrets", str(tmp_path / "none")])
+    assert exc.value.code == 2 and "Failed to load secrets" in capsys.readouterr().err

@@ -1,0 +1,316 @@
+"""The NBD server's handshake and transmission, spoken raw over loopback."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+from corelib.blockstore import DEFAULT_LEASE  # noqa: E402
+from corelib.nbd import protocol as p  # noqa: E402
+from tests.unit.nbd_fakes import MemoryBlockStore, RawClient, ServerThread, _string  # noqa: E402
+
+OSIZE = 4096
+SIZE = 64 * OSIZE
+
+
+@pytest.fixture
+def store():  # noqa: ANN201
+    s = MemoryBlockStore()
+    s.create_device("one", SIZE, OSIZE)
+    s.create_device("two", 8 * OSIZE, OSIZE)
+    return s
+
+
+@pytest.fixture
+def server(store):  # noqa: ANN001, ANN201
+    t = ServerThread(store, ["one", "two"], cache_size=16 * OSIZE, lease=30)
+    yield t
+    t.stop()
+
+
+def client(server, name: str = "one", **kw) -> RawClient:  # noqa: ANN001
+    c = RawClient(server.port)
+    c.greet()
+    c.go(name, **kw)
+    return c
+
+
+def test_handshake_flags(server):  # noqa: ANN001
+    c = RawClient(server.port)
+    assert c.greet() == p.FLAG_FIXED_NEWSTYLE | p.FLAG_NO_ZEROES
+
+
+def test_list_exports(server):  # noqa: ANN001
+    c = RawClient(server.port)
+    c.greet()
+    c.option(p.OPT_LIST)
+    replies = c.replies_until_final()
+    names = sorted(d[4:].decode() for t, d in replies if t == p.REP_SERVER)
+    assert names == ["one", "two"] and replies[-1][0] == p.REP_ACK
+
+
+def test_info_gives_size_flags_block_size_name_description(server):  # noqa: ANN001
+    c = RawClient(server.port)
+    c.greet()
+    c.option(p.OPT_INFO, _string("one") + p.U16.pack(2) + p.U16.pack(1) + p.U16.pack(2))
+    infos = {p.U16.unpack_from(d)[0]: d for t, d in c.replies_until_final() if t == p.REP_INFO}
+    _, size, flags = p.INFO_EXPORT_STRUCT.unpack(infos[p.INFO_EXPORT])
+    assert size == SIZE
+    for bit in (p.TFLAG_HAS_FLAGS, p.TFLAG_SEND_FLUSH, p.TFLAG_SEND_FUA, p.TFLAG_SEND_TRIM,
+                p.TFLAG_SEND_WRITE_ZEROES, p.TFLAG_CAN_MULTI_CONN):  # fmt: skip
+        assert flags & bit
+    assert not flags & p.TFLAG_READ_ONLY
+    assert p.INFO_BLOCK_SIZE_STRUCT.unpack(infos[p.INFO_BLOCK_SIZE])[1:] == (1, OSIZE, 32 << 20)
+    assert infos[p.INFO_NAME][2:] == b"one"
+    assert b"one" in infos[p.INFO_DESCRIPTION]
+    # INFO leaves the client in negotiation: GO still works afterwards.
+    assert c.go("one")[0] == SIZE
+
+
+def test_unknown_option_and_unknown_export(server):  # noqa: ANN001
+    c = RawClient(server.port)
+    c.greet()
+    c.option(999, b"payload")
+    assert c.option_reply()[1] == p.REP_ERR_UNSUP
+    c.option(p.OPT_GO, _string("nope") + p.U16.pack(0))
+    assert c.option_reply()[1] == p.REP_ERR_UNKNOWN
+    c.option(p.OPT_GO, b"\x00\x00")  # malformed
+    assert c.option_reply()[1] == p.REP_ERR_INVALID
+    assert c.go("two")[0] == 8 * OSIZE
+
+
+def test_export_name_unknown_closes_known_works(server):  # noqa: ANN001
+    c = RawClient(server.port)
+    c.greet()
+    c.option(p.OPT_EXPORT_NAME, b"nope")
+    assert c.closed()
+    c = RawClient(server.port)
+    c.greet(p.FLAG_C_FIXED_NEWSTYLE)  # without NO_ZEROES: 124 zero bytes follow
+    c.option(p.OPT_EXPORT_NAME, b"two")
+    size, flags = p.EXPORT_NAME_REPLY.unpack(c.recv(10))
+    assert size == 8 * OSIZE and flags & p.TFLAG_HAS_FLAGS
+    assert c.recv(124) == bytes(124)
+    c.request(p.CMD_WRITE, 0, 3, data=b"abc", cookie=7)
+    assert c.reply()[:2] == (7, 0)  # simple replies: no structured negotiated
+    c.request(p.CMD_READ, 0, 3, cookie=8)
+    assert c.reply(3)[:3] == (8, 0, b"abc")
+
+
+def test_abort(server):  # noqa: ANN001
+    c = RawClient(server.port)
+    c.greet()
+    c.option(p.OPT_ABORT)
+    assert c.option_reply()[1] == p.REP_ACK
+    assert c.closed()
+
+
+def test_meta_context_list_and_set(server):  # noqa: ANN001
+    c = RawClient(server.port)
+    c.greet()
+    c.option(p.OPT_LIST_META_CONTEXT, _string("one") + p.U32.pack(0))
+    replies = c.replies_until_final()
+    assert replies[0] == (p.REP_META_CONTEXT, p.U32.pack(1) + b"base:allocation")
+    c.option(p.OPT_SET_META_CONTEXT, _string("one") + p.U32.pack(1) + _string(p.BASE_ALLOCATION))
+    assert c.option_reply()[1] == p.REP_ERR_INVALID  # structured replies come first
+    c.option(p.OPT_LIST_META_CONTEXT, _string("one") + p.U32.pack(1) + _string("qemu:dirty"))
+    assert c.replies_until_final() == [(p.REP_ACK, b"")]
+
+
+def test_read_write_roundtrip_unaligned_and_pipelined(server, store):  # noqa: ANN001
+    c = client(server)
+    payload = os.urandom(3 * OSIZE + 123)
+    c.request(p.CMD_WRITE, 777, len(payload), data=payload, cookie=1)
+    c.request(p.CMD_READ, 0, 1, cookie=2)
+    c.request(p.CMD_READ, OSIZE, 1, cookie=3)
+    got = {}
+    for _ in range(3):
+        cookie, err, data, _ = c.reply()
+        got[cookie] = (err, data)
+    assert got[1] == (0, b"") and got[2][0] == 0 and got[3][0] == 0
+    # a flush covers the writes whose replies came before it was sent
+    c.request(p.CMD_FLUSH, cookie=4)
+    assert c.reply()[:2] == (4, 0)
+    c.request(p.CMD_READ, 777, len(payload), cookie=5)
+    assert c.reply()[:3] == (5, 0, payload)
+    assert store.content("one")[777 : 777 + len(payload)] == payload
+
+
+def test_errors_keep_the_connection(server):  # noqa: ANN001
+    c = client(server)
+    c.request(p.CMD_WRITE, SIZE - 2, 4, data=b"abcd", cookie=1)
+    assert c.reply()[1] == p.ENOSPC
+    c.request(p.CMD_READ, SIZE - 2, 4, cookie=2)
+    assert c.reply()[1] == p.EINVAL
+    c.request(42, 0, 10, cookie=3)  # unknown command: no payload assumed
+    assert c.reply()[1] == p.EINVAL
+    c.request(p.CMD_READ, 0, 10, flags=p.CMD_FLAG_DF, cookie=4)  # DF not offered
+    assert c.reply()[1] == p.EINVAL
+    c.request(p.CMD_WRITE_ZEROES, 0, 10, flags=p.CMD_FLAG_FAST_ZERO, cookie=5)
+    assert c.reply()[1] == p.EINVAL
+    c.request(p.CMD_READ, 0, (32 << 20) + 1, cookie=6)
+    assert c.reply()[1] == p.EINVAL
+    c.request(p.CMD_BLOCK_STATUS, 0, 10, cookie=7)  # no context negotiated
+    assert c.reply()[1] == p.EINVAL
+    c.request(p.CMD_READ, 0, 4, cookie=8)
+    assert c.reply()[:3] == (8, 0, bytes(4))
+
+
+def test_error_chunk_carries_a_message(server):  # noqa: ANN001
+    c = client(server)
+    c.request(p.CMD_READ, SIZE, 1)
+    _, err, _, chunks = c.reply()
+    assert err == p.EINVAL and chunks[0][0] == p.REPLY_TYPE_ERROR
+    (length,) = struct.unpack_from(">H", chunks[0][1], 4)
+    assert b"past the end" in chunks[0][1][6 : 6 + length]
+
+
+def test_read_only_export_refuses_writes_and_takes_no_lock(store):  # noqa: ANN001
+    t = ServerThread(store, ["one"], read_only=True)
+    try:
+        c = client(t)
+        for cmd in (p.CMD_WRITE, p.CMD_TRIM, p.CMD_WRITE_ZEROES):
+            c.request(cmd, 0, 1, data=b"x" if cmd == p.CMD_WRITE else b"")
+            assert c.reply()[1] == p.EPERM
+        assert store.get_lock("one") is None
+        c.sock.close()
+    finally:
+        t.stop()
+
+
+def test_block_status_extents(server, store):  # noqa: ANN001
+    store.objects["one"][2] = b"\x01" * OSIZE
+    c = client(server, meta=True)
+    c.request(p.CMD_BLOCK_STATUS, 0, 4 * OSIZE)
+    _, err, _, chunks = c.reply()
+    assert err == 0 and chunks[0][0] == p.REPLY_TYPE_BLOCK_STATUS
+    body = chunks[0][1]
+    assert p.U32.unpack_from(body)[0] == 1
+    extents = [struct.unpack_from(">II", body, 4 + 8 * i) for i in range((len(body) - 4) // 8)]
+    assert extents == [(2 * OSIZE, 3), (OSIZE, 0), (OSIZE, 3)]
+    c.request(p.CMD_BLOCK_STATUS, 0, 4 * OSIZE, flags=p.CMD_FLAG_REQ_ONE)
+    assert len(c.reply()[3][0][1]) == 12
+
+
+def test_trim_and_write_zeroes(server, store):  # noqa: ANN001
+    c = client(server)
+    c.request(p.CMD_WRITE, 0, 2 * OSIZE, data=b"\x05" * 2 * OSIZE, flags=p.CMD_FLAG_FUA)
+    assert c.reply()[1] == 0
+    assert set(store.objects["one"]) == {0, 1}
+    c.request(p.CMD_TRIM, 0, OSIZE, flags=p.CMD_FLAG_FUA)
+    assert c.reply()[1] == 0
+    assert set(store.objects["one"]) == {1}
+    c.request(p.CMD_WRITE_ZEROES, OSIZE, OSIZE, flags=p.CMD_FLAG_FUA | p.CMD_FLAG_NO_HOLE)
+    assert c.reply()[1] == 0
+    assert store.objects["one"][1] == bytes(OSIZE)
+    c.request(p.CMD_WRITE_ZEROES, OSIZE, OSIZE, flags=p.CMD_FLAG_FUA)
+    assert c.reply()[1] == 0
+    assert store.objects["one"] == {}
+
+
+def test_malformed_clients_do_not_disturb_a_good_one(server):  # noqa: ANN001
+    good = client(server)
+    bad = []
+    # wrong magic in the option header
+    c = RawClient(server.port)
+    c.greet()
+    c.sock.sendall(b"\x00" * 16)
+    bad.append(c)
+    # unknown client flags
+    c = RawClient(server.port)
+    c.greet(0xFF)
+    bad.append(c)
+    # huge option length
+    c = RawClient(server.port)
+    c.greet()
+    c.sock.sendall(p.OPTION_HEADER.pack(p.IHAVEOPT, p.OPT_GO, 0xFFFFFFFF))
+    bad.append(c)
+    # truncated handshake, then gone
+    c = RawClient(server.port)
+    c.recv(18)
+    c.sock.sendall(b"\x00\x00")
+    c.sock.close()
+    # bad request magic, and a write too large to read
+    c = client(server)
+    c.sock.sendall(b"\xde\xad\xbe\xef" + bytes(24))
+    bad.append(c)
+    c = client(server)
+    c.request(p.CMD_WRITE, 0, 0xFFFFFFFF)
+    bad.append(c)
+    for c in bad:
+        assert c.closed()
+    good.request(p.CMD_WRITE, 0, 5, data=b"hello", cookie=11)
+    assert good.reply()[:2] == (11, 0)
+    good.request(p.CMD_READ, 0, 5, cookie=12)
+    assert good.reply()[:3] == (12, 0, b"hello")
+
+
+def test_disconnect_writes_back_and_unlocks(server, store):  # noqa: ANN001
+    c = client(server)
+    c.request(p.CMD_WRITE, 0, 4, data=b"data")
+    assert c.reply()[1] == 0
+    assert store.get_lock("one") is not None
+    c.request(p.CMD_DISC)
+    assert c.closed()
+    server.call(_settle())
+    assert store.objects["one"][0][:4] == b"data"
+    assert store.get_lock("one") is None
+
+
+async def _settle() -> None:
+    import asyncio
+
+    await asyncio.sleep(0.3)
+
+
+def test_second_server_refused_while_first_connected(store):  # noqa: ANN001
+    first = ServerThread(store, ["one"], lease=DEFAULT_LEASE)
+    second = ServerThread(store, ["one"], lease=DEFAULT_LEASE)
+    try:
+        c1 = client(first)
+        c2 = RawClient(second.port)
+        c2.greet()
+        c2.option(p.OPT_GO, _string("one") + p.U16.pack(0))
+        rtype, message = c2.option_reply()[1:]
+        assert rtype == p.REP_ERR_POLICY and b"locked" in message
+        # a second connection to the *same* server shares its cache: allowed
+        c3 = client(first)
+        c3.request(p.CMD_READ, 0, 1)
+        assert c3.reply()[1] == 0
+        c1.request(p.CMD_DISC)
+        c3.request(p.CMD_DISC)
+        assert c1.closed() and c3.closed()
+        first.call(_settle())
+        assert client(second).go is not None
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_lock_of_a_dead_server_on_this_host_is_broken(store):  # noqa: ANN001
+    import dataclasses
+
+    from corelib.blockstore import LockInfo
+    from corelib.nbd.export import LOCK_OWNER
+
+    dead = dataclasses.replace(LockInfo.new(LOCK_OWNER, 600), pid=2**22 + 12345)
+    store.control["one"]["stowkit.lock"] = dead.to_json()
+    t = ServerThread(store, ["one"])
+    try:
+        c = client(t)
+        c.request(p.CMD_READ, 0, 1)
+        assert c.reply()[1] == 0
+        assert store.get_lock("one").pid == os.getpid()
+    finally:
+        t.stop()
+
+
+def test_shutdown_writes_back_dirty_data(store):  # noqa: ANN001
+    t = ServerThread(store, ["one"])
+    c = client(t)
+    c.request(p.CMD_WRITE, OSIZE, 3, data=b"bye")
+    assert c.reply()[1] == 0
+    t.stop()
+    assert store.objects["one"][1][:3] == b"bye"
+    assert store.get_lock("one") is None
