@@ -58,7 +58,8 @@ sk schedule list -c volume -c action -c minutes -c state -c "next run"
 
 echo "-- the Docker volume plugin on $sock (Docker would use /run/docker/plugins/NAME.sock)"
 sk schedule pause --all  # the demo's plugin need not run the jobs
-sk plugin serve --socket "$sock" >"$demo_dir/plugin.log" 2>&1 &
+# exec, not the sk function: $! must be the server itself, or cleanup kills a subshell.
+stowkit --config-file "$conf" plugin serve --socket "$sock" >"$demo_dir/plugin.log" 2>&1 &
 plugin_pid=$!
 for _ in $(seq 1 100); do [[ -S "$sock" ]] && break; sleep 0.1; done
 curl -s --unix-socket "$sock" -X POST http://plugin/Plugin.Activate; echo
