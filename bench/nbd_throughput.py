@@ -3,9 +3,9 @@
     python3 bench/nbd_throughput.py [--size-mib 256] [--object-size 1M] [--skip-s3]
         [--s3-size-mib N] [--boto3-path VENV/lib/python3.11/site-packages]
 
-boto3 for nbdkit's embedded Python: Debian's python3-boto3 may not import here;
-a venv of the system Python works: ``/usr/bin/python3 -m venv V && V/bin/pip
-install boto3`` then ``--boto3-path V/lib/python3.11/site-packages``.
+boto3 for nbdkit's embedded Python (Debian's, not this interpreter): unless
+``--boto3-path`` names a site-packages, a venv of the system Python is made
+once under .stack/venvs/nbdkit-s3 with boto3 in it.
 
 Swift credentials come from the harness state file (.stack/state.json, service
 "swift"; start it with ``python3 -m tools.stack start swift``).  Measured:
@@ -199,6 +199,15 @@ def bench_s3(rec, src, dst, size, workdir, bench_count, boto3_path):  # noqa: AN
     return write, read, bench_count / iops_time
 
 
+def boto3_site_packages() -> str:
+    """A venv of the system Python (the one nbdkit embeds) holding boto3."""
+    venv = pathlib.Path(__file__).resolve().parents[1] / ".stack" / "venvs" / "nbdkit-s3"
+    if not (venv / "bin" / "python").exists():
+        subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "boto3"], check=True)
+    return str(next((venv / "lib").glob("python3*/site-packages")))
+
+
 def _parse(text: str) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     return int(text[:-1]) * units[text[-1].upper()] if text[-1].upper() in units else int(text)
@@ -218,7 +227,7 @@ def main() -> None:
         help="Bytes copied through nbdkit's S3 plugin (default: --size-mib); it moves 64 KiB "
         "objects one request at a time, so a smaller size keeps the run short.",
     )
-    parser.add_argument("--boto3-path", default="/usr/lib/python3/dist-packages")
+    parser.add_argument("--boto3-path", help="site-packages with boto3 for nbdkit's Python")
     args = parser.parse_args()
     rec = swift_record()
     size = args.size_mib * MiB
@@ -242,9 +251,8 @@ def main() -> None:
                 s3_src, s3_dst = work / "s3src.raw", work / "s3dst.raw"
                 with open(src, "rb") as f:
                     s3_src.write_bytes(f.read(s3_mib * MiB))
-                w3, r3, iops3 = bench_s3(
-                    rec, s3_src, s3_dst, s3_mib * MiB, work, count, args.boto3_path
-                )
+                boto3_path = args.boto3_path or boto3_site_packages()
+                w3, r3, iops3 = bench_s3(rec, s3_src, s3_dst, s3_mib * MiB, work, count, boto3_path)
                 rows.append((f"nbdkit S3 plugin (64k obj, {s3_mib} MiB)", s3_mib / w3,
                              s3_mib / r3, iops3))  # fmt: skip
             except Exception as err:  # noqa: BLE001 - report and go on

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -17,7 +18,7 @@ from typing import Any
 from cliff.app import App
 from cliff.commandmanager import CommandManager
 
-from cli.common import one_line_errors, report
+from cli.common import install_log_handlers, one_line_errors, report
 from corelib import config, registry
 from corelib.errors import StowkitError
 
@@ -113,6 +114,17 @@ class StowkitApp(App):
         if namespace not in self._drivers:
             self._drivers[namespace] = registry.load(namespace, self.conf)
         return self._drivers[namespace]
+
+    def configure_logging(self) -> None:
+        # cliff adds a console handler to the root logger on every run; keep
+        # only this run's (see install_log_handlers).
+        root = logging.getLogger()
+        before = set(root.handlers)
+        super().configure_logging()
+        added = [h for h in root.handlers if h not in before]
+        for handler in added:
+            root.removeHandler(handler)
+        install_log_handlers(added, root.level)
 
     def get_fuzzy_matches(self, cmd: str) -> list[str]:
         # An unknown *option* is not a misspelt command: say so in one line.

@@ -8,6 +8,7 @@ line too, so no user mistake ever prints a traceback or a page of usage.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NoReturn
@@ -25,6 +26,24 @@ def one_line_errors(parser: argparse.ArgumentParser, prog: str | None = None) ->
         parser.exit(2, f"{name}: error: {message} (see --help)\n")
 
     parser.error = error  # type: ignore[method-assign]
+
+
+def install_log_handlers(
+    handlers: Iterable[logging.Handler], level: int, logger: logging.Logger | None = None
+) -> None:
+    """Give ``logger`` (root by default) these handlers, replacing ours from an earlier call.
+
+    Front ends may run many times in one process (tests, scripts embedding
+    them); handlers left from an earlier run would write to streams that are
+    closed by now, or twice.  Handlers of others are left alone.
+    """
+    logger = logger or logging.getLogger()
+    for old in [h for h in logger.handlers if getattr(h, "_stowkit", False)]:
+        logger.removeHandler(old)
+    for handler in handlers:
+        handler._stowkit = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(level)
 
 
 def report(err: StowkitError, prog: str = "stowkit", stream: Any = None) -> int:

@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cli.common import one_line_errors, report
+from cli.common import install_log_handlers, one_line_errors, report
 from corelib import config, imagesync, registry
 from corelib.errors import EXIT_CODES, StowkitError
 from corelib.imagesync import config as sync_config
@@ -121,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    install_log_handlers([console], logging.WARNING)
     try:
         return run(args)
     except StowkitError as err:

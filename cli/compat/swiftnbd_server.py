@@ -20,7 +20,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from cli.common import one_line_errors
+from cli.common import install_log_handlers, one_line_errors
 from cli.compat.swiftnbd_ctl import DEFAULT_AUTH_URL, DEFAULT_SECRETS, Ctl, Secrets
 from corelib.errors import StowkitError
 from corelib.nbd.export import ExportSettings
@@ -83,11 +83,9 @@ def _setup_logging(args: argparse.Namespace) -> None:
     if not handlers:
         handlers.append(logging.StreamHandler(sys.stderr))
     fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s")
-    root = logging.getLogger()
     for handler in handlers:
         handler.setFormatter(fmt)
-        root.addHandler(handler)
-    root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    install_log_handlers(handlers, logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("swiftclient").setLevel(logging.WARNING)
 
 
