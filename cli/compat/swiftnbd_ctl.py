@@ -79,6 +79,26 @@ class Secrets:
         return values
 
 
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags swiftnbd's control tool and server share: version, secrets, auth."""
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
+    secrets_help = f"filename containing user/password (default: {DEFAULT_SECRETS})"
+    parser.add_argument("--secrets", dest="secrets_file", default=DEFAULT_SECRETS,
+                        help=secrets_help)  # fmt: skip
+    auth_help = f"default authentication URL (default: {DEFAULT_AUTH_URL})"
+    parser.add_argument("-a", "--auth-url", dest="authurl", default=DEFAULT_AUTH_URL,
+                        help=auth_help)  # fmt: skip
+    parser.add_argument("-k", "--keystone-auth", dest="keystone", action="store_true",
+                        help="use Keystone (v3 here; swiftnbd used 2.0)")  # fmt: skip
+    parser.add_argument("--keystone-separator", default=".",
+                        help="project separator in the user name (default: .)")  # fmt: skip
+    parser.add_argument("--keystone-service", default="object-store",
+                        help="service type (default: object-store)")  # fmt: skip
+    parser.add_argument("--keystone-endpoint", default="publicURL",
+                        help="endpoint type (default: publicURL)")  # fmt: skip
+    parser.add_argument("--keystone-region", default=None, help="region (optional)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -110,22 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = subp.add_parser("delete", help="delete a container")
     p.add_argument("container", help="container to delete")
 
-    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
-    secrets_help = f"filename containing user/password (default: {DEFAULT_SECRETS})"
-    parser.add_argument("--secrets", dest="secrets_file", default=DEFAULT_SECRETS,
-                        help=secrets_help)  # fmt: skip
-    auth_help = f"default authentication URL (default: {DEFAULT_AUTH_URL})"
-    parser.add_argument("-a", "--auth-url", dest="authurl", default=DEFAULT_AUTH_URL,
-                        help=auth_help)  # fmt: skip
-    parser.add_argument("-k", "--keystone-auth", dest="keystone", action="store_true",
-                        help="use Keystone (v3 here; swiftnbd used 2.0)")  # fmt: skip
-    parser.add_argument("--keystone-separator", default=".",
-                        help="project separator in the user name (default: .)")  # fmt: skip
-    parser.add_argument("--keystone-service", default="object-store",
-                        help="service type (default: object-store)")  # fmt: skip
-    parser.add_argument("--keystone-endpoint", default="publicURL",
-                        help="endpoint type (default: publicURL)")  # fmt: skip
-    parser.add_argument("--keystone-region", default=None, help="region (optional)")
+    add_common_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="enable verbose logging")
     for sub in subp.choices.values():
         one_line_errors(sub, PROG)

@@ -21,7 +21,11 @@ import tempfile
 from collections.abc import Sequence
 
 from cli.common import install_log_handlers, one_line_errors
-from cli.compat.swiftnbd_ctl import DEFAULT_AUTH_URL, DEFAULT_SECRETS, Ctl, Secrets
+from cli.compat.swiftnbd_ctl import (
+    Ctl,
+    Secrets,
+    add_common_arguments,
+)
 from corelib.errors import StowkitError
 from corelib.nbd.export import ExportSettings
 
@@ -36,24 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Network Block Device server over OpenStack Object Storage (stowkit).",
         epilog="stowkit's own command is `stowkit blockstore serve`.",
     )
-    from cli.compat.swiftnbd_ctl import VERSION
-
-    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
-    secrets_help = f"filename containing user/password (default: {DEFAULT_SECRETS})"
-    parser.add_argument("--secrets", dest="secrets_file", default=DEFAULT_SECRETS,
-                        help=secrets_help)  # fmt: skip
-    auth_help = f"default authentication URL (default: {DEFAULT_AUTH_URL})"
-    parser.add_argument("-a", "--auth-url", dest="authurl", default=DEFAULT_AUTH_URL,
-                        help=auth_help)  # fmt: skip
-    parser.add_argument("-k", "--keystone-auth", dest="keystone", action="store_true",
-                        help="use Keystone (v3 here; swiftnbd used 2.0)")  # fmt: skip
-    parser.add_argument("--keystone-separator", default=".",
-                        help="project separator in the user name (default: .)")  # fmt: skip
-    parser.add_argument("--keystone-service", default="object-store",
-                        help="service type (default: object-store)")  # fmt: skip
-    parser.add_argument("--keystone-endpoint", default="publicURL",
-                        help="endpoint type (default: publicURL)")  # fmt: skip
-    parser.add_argument("--keystone-region", default=None, help="region (optional)")
+    add_common_arguments(parser)
     parser.add_argument("-b", "--bind-address", dest="bind_address", default="127.0.0.1",
                         help="bind address (default: 127.0.0.1)")  # fmt: skip
     parser.add_argument("-p", "--bind-port", dest="bind_port", type=int, default=10809,

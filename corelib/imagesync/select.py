@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 
 from corelib.image import Image
-from corelib.imagesync.condition import ConditionError
+from corelib.imagesync.condition import IMAGE_ATTRIBUTES, ConditionError
 from corelib.imagesync.config import Target
 
 LOG = logging.getLogger("stowkit.imagesync")
@@ -37,21 +37,8 @@ class ConditionView:
     of the master's kernel and ramdisk images, as GlanceSync's did.
     """
 
-    __slots__ = (
-        "id",
-        "name",
-        "region",
-        "owner",
-        "size",
-        "checksum",
-        "status",
-        "is_public",
-        "visibility",
-        "user_properties",
-        "os_hash_value",
-        "disk_format",
-        "container_format",
-    )
+    # Exactly the attributes the condition evaluator lets a condition read.
+    __slots__ = tuple(sorted(IMAGE_ATTRIBUTES))
 
     def __init__(self, image: Image, user_properties: dict[str, str]) -> None:
         self.id = image.id

@@ -50,6 +50,19 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _replace(path: str, data: bytes, device: str, what: str) -> None:
+    """Durably replace ``path`` with ``data``: temp file, fsync, rename, fsync the directory."""
+    directory = os.path.dirname(path)
+    try:
+        tmp = _write_temp(directory, data)
+        os.rename(tmp, path)
+        _fsync_dir(directory)
+    except FileNotFoundError:
+        raise NotFound(f"device {device} not found") from None
+    except OSError as exc:
+        raise _os_error(exc, f"{what} of {device}") from None
+
+
 def _write_temp(directory: str, data: bytes) -> str:
     """Write ``data`` durably to a new temporary file in ``directory``; its path."""
     tmp = os.path.join(directory, f"{_TMP}{secrets.token_hex(8)}")
@@ -213,16 +226,7 @@ class LocalBlockStore(BlockStore):
 
     def write_object(self, device: str, index: int, data: bytes) -> None:
         self._check_object(device, index, data)
-        path = self._object_path(device, index)
-        directory = os.path.dirname(path)
-        try:
-            tmp = _write_temp(directory, data)
-            os.rename(tmp, path)
-            _fsync_dir(directory)
-        except FileNotFoundError:
-            raise NotFound(f"device {device} not found") from None
-        except OSError as exc:
-            raise _os_error(exc, f"write object {index} of {device}") from None
+        _replace(self._object_path(device, index), data, device, f"write object {index}")
 
     def delete_object(self, device: str, index: int) -> None:
         self._check_object(device, index)
@@ -283,16 +287,7 @@ class LocalBlockStore(BlockStore):
             os.unlink(tmp)
 
     def _control_replace(self, device: str, key: str, data: bytes) -> None:
-        path = self._control_path(device, key)
-        directory = os.path.dirname(path)
-        try:
-            tmp = _write_temp(directory, data)
-            os.rename(tmp, path)
-            _fsync_dir(directory)
-        except FileNotFoundError:
-            raise NotFound(f"device {device} not found") from None
-        except OSError as exc:
-            raise _os_error(exc, f"write {key} of {device}") from None
+        _replace(self._control_path(device, key), data, device, f"write {key}")
 
     def _control_delete(self, device: str, key: str) -> None:
         path = self._control_path(device, key)
