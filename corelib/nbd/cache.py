@@ -42,8 +42,10 @@ _HOLE_COST = 128
 class _Entry:
     __slots__ = ("data", "dirty", "version", "upload", "pins", "keep")
 
-    def __init__(self, data: bytearray | None) -> None:
-        self.data = data  # None: all zeros (the object need not exist)
+    def __init__(self, data: bytes | bytearray | None) -> None:
+        # None: all zeros (the object need not exist).  bytes as loaded, made a
+        # bytearray by the first write (copy on write: reads never copy twice).
+        self.data = data
         self.dirty = False
         self.version = 0
         self.upload: asyncio.Task | None = None
@@ -101,6 +103,7 @@ class ObjectCache:
         self._changed = asyncio.Event()
         self._last_read = -2
         self._zero = bytes(self.osize)
+        self._zeros = memoryview(self._zero)
         self.exists: set[int] = set()
         self.stats = CacheStats()
         self.failures = 0  # background write-backs that failed (the data stays dirty)
@@ -112,10 +115,18 @@ class ObjectCache:
     def _cost(self, entry: _Entry, index: int) -> int:
         return _HOLE_COST if entry.data is None else self.object_length(index)
 
-    def _set_data(self, index: int, entry: _Entry, data: bytearray | None) -> None:
+    def _set_data(self, index: int, entry: _Entry, data: bytes | bytearray | None) -> None:
         self._bytes -= self._cost(entry, index)
         entry.data = data
         self._bytes += self._cost(entry, index)
+
+    def _writable(self, index: int, entry: _Entry) -> bytearray:
+        """``entry``'s data as a bytearray to change in place (zeros if a hole)."""
+        if entry.data is None:
+            self._set_data(index, entry, bytearray(self.object_length(index)))
+        elif not isinstance(entry.data, bytearray):
+            entry.data = bytearray(entry.data)
+        return entry.data
 
     def _mark_dirty(self, index: int, entry: _Entry) -> None:
         entry.version += 1
@@ -146,13 +157,14 @@ class ObjectCache:
                 data = None
             else:
                 raw = await self._call(self.store.read_object, self.device.name, index)
+                length = self.object_length(index)
                 if raw is None:
                     data = None
-                else:
-                    length = self.object_length(index)
+                elif len(raw) == length:
+                    data = raw  # kept as it came: no copy until a write
+                else:  # a short object reads as zero-padded (a long one, cut)
                     data = bytearray(raw[:length])
-                    if len(data) < length:  # a short object reads as zero-padded
-                        data.extend(bytes(length - len(data)))
+                    data.extend(bytes(length - len(data)))
             if index not in self._entries:  # a whole-object write may have won the race
                 entry = _Entry(data)
                 self._entries[index] = entry
@@ -209,7 +221,7 @@ class ObjectCache:
             yield index, start, end, pos
             pos += end - start
 
-    async def read(self, offset: int, length: int) -> bytes:
+    async def read(self, offset: int, length: int) -> bytes | memoryview:
         spans = list(self._span(offset, length))
         if not spans:
             return b""
@@ -218,16 +230,23 @@ class ObjectCache:
             self._prefetch(last + 1, self.readahead)
         self._last_read = last
         entries = await asyncio.gather(*(self._acquire(s[0]) for s in spans))
-        out = bytearray(length)
         try:
-            for (_, start, end, pos), entry in zip(spans, entries, strict=True):
-                if entry.data is not None:
-                    out[pos : pos + end - start] = entry.data[start:end]
+            parts = [
+                self._zeros[: end - start]
+                if entry.data is None
+                else memoryview(entry.data)[start:end]
+                for (_, start, end, _pos), entry in zip(spans, entries, strict=True)
+            ]
+            if len(parts) == 1 and not isinstance(entries[0].data, bytearray):
+                out = parts[0]  # immutable (as loaded, or zeros): no copy at all
+            else:
+                # One copy, made before any await: a bytearray may change after.
+                out = b"".join(parts)
         finally:
             for entry in entries:
                 self._release(entry)
         await self._make_room()
-        return bytes(out)
+        return out
 
     async def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
         view = memoryview(data)
@@ -236,9 +255,10 @@ class ObjectCache:
             whole = start == 0 and end == self.object_length(index)
             entry = await self._acquire(index, load=not whole)
             try:
-                if entry.data is None:
-                    self._set_data(index, entry, bytearray(self.object_length(index)))
-                entry.data[start:end] = view[pos : pos + end - start]
+                if whole:
+                    self._set_data(index, entry, bytearray(view[pos : pos + end]))
+                else:
+                    self._writable(index, entry)[start:end] = view[pos : pos + end - start]
                 entry.keep = False
                 self._mark_dirty(index, entry)
             finally:
@@ -266,13 +286,10 @@ class ObjectCache:
                     self._set_data(index, entry, None)
                     entry.keep = False
                 elif not punch:
-                    if entry.data is None:
-                        self._set_data(index, entry, bytearray(olen))
-                    else:
-                        entry.data[start:end] = self._zero[: end - start]
+                    self._writable(index, entry)[start:end] = self._zero[: end - start]
                     entry.keep = True
                 elif entry.data is not None:
-                    entry.data[start:end] = self._zero[: end - start]
+                    self._writable(index, entry)[start:end] = self._zero[: end - start]
                 else:
                     continue  # zeros already
                 self._mark_dirty(index, entry)

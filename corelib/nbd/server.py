@@ -21,6 +21,7 @@ from corelib.errors import StowkitError
 from corelib.nbd import protocol as p
 from corelib.nbd.cache import ObjectCache
 from corelib.nbd.export import Export, ExportSettings
+from corelib.nbd.stream import NbdStream
 
 LOG = logging.getLogger(__name__)
 
@@ -41,13 +42,10 @@ class RequestError(Exception):
 
 
 class Connection:
-    def __init__(
-        self, server: NbdServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def __init__(self, server: NbdServer, stream: NbdStream) -> None:
         self.server = server
-        self.reader = reader
-        self.writer = writer
-        self.peer = writer.get_extra_info("peername")
+        self.stream = stream
+        self.peer = stream.get_extra_info("peername")
         self.structured = False
         self.no_zeroes = False
         self.meta_export: str | None = None  # export the base:allocation context was set for
@@ -60,14 +58,20 @@ class Connection:
     # -- io ---------------------------------------------------------------------
     async def _read(self, n: int) -> bytes:
         try:
-            return await self.reader.readexactly(n)
+            return await self.stream.readexactly(n)
+        except (asyncio.IncompleteReadError, ConnectionError) as err:
+            raise _Abort("client went away") from err
+
+    async def _read_payload(self, n: int) -> bytearray:
+        try:
+            return await self.stream.read_payload(n)
         except (asyncio.IncompleteReadError, ConnectionError) as err:
             raise _Abort("client went away") from err
 
     async def _send(self, *parts: bytes) -> None:
         async with self._write_lock:
-            self.writer.writelines(parts)
-            await self.writer.drain()
+            self.stream.writelines(parts)
+            await self.stream.drain()
 
     async def _opt_reply(self, option: int, reply_type: int, data: bytes = b"") -> None:
         await self._send(p.option_reply(option, reply_type, data))
@@ -226,12 +230,16 @@ class Connection:
             if magic != p.REQUEST_MAGIC:
                 self._slots.release()
                 raise _Abort(f"bad request magic {magic:#x}")
-            payload = b""
+            payload: bytes | bytearray = b""
             if cmd == p.CMD_WRITE:
                 if length > p.MAX_PAYLOAD:
                     self._slots.release()
                     raise _Abort(f"write of {length} bytes")  # too big to read: hang up
-                payload = await self._read(length)
+                try:
+                    payload = await self._read_payload(length)
+                except _Abort:
+                    self._slots.release()
+                    raise
             if cmd == p.CMD_DISC:
                 self._slots.release()
                 return
@@ -252,7 +260,13 @@ class Connection:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def _serve(
-        self, flags: int, cmd: int, cookie: int, offset: int, length: int, payload: bytes
+        self,
+        flags: int,
+        cmd: int,
+        cookie: int,
+        offset: int,
+        length: int,
+        payload: bytes | bytearray,
     ) -> None:
         try:
             data = await self._execute(flags, cmd, offset, length, payload)
@@ -291,7 +305,9 @@ class Connection:
         else:
             await self._send(p.simple_reply(cookie, errno))
 
-    async def _execute(self, flags: int, cmd: int, offset: int, length: int, payload: bytes):  # noqa: ANN202
+    async def _execute(  # noqa: ANN202
+        self, flags: int, cmd: int, offset: int, length: int, payload: bytes | bytearray
+    ):
         export, cache = self.export, self.cache
         assert export is not None and cache is not None
         allowed = _ALLOWED_FLAGS.get(cmd)
@@ -370,17 +386,18 @@ class NbdServer:
         return self.exports.get(name)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._handle, self.bind, self.port, reuse_address=True, limit=1 << 20
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: NbdStream(self._handle), self.bind, self.port, reuse_address=True
         )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(self, stream: NbdStream) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
-        conn = Connection(self, reader, writer)
+        conn = Connection(self, stream)
         self._connections.add(conn)
         try:
             if await conn.handshake():
@@ -403,7 +420,7 @@ class NbdServer:
                         LOG.error(
                             "export %s: write-back on disconnect failed: %s", conn.export.name, err
                         )
-                writer.close()
+                stream.close()
                 if task is not None:
                     self._handlers.discard(task)
 
@@ -418,8 +435,7 @@ class NbdServer:
             self._server.close()
         for conn in list(self._connections):
             # The read loop sees end of file; requests already read complete.
-            conn.writer.transport.pause_reading()
-            conn.reader.feed_eof()
+            conn.stream.stop_reading()
         if self._handlers:
             await asyncio.gather(*list(self._handlers), return_exceptions=True)
         if self._server is not None:

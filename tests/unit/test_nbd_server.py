@@ -137,6 +137,31 @@ def test_read_write_roundtrip_unaligned_and_pipelined(server, store):  # noqa: A
     assert store.content("one")[777 : 777 + len(payload)] == payload
 
 
+def test_burst_past_the_staging_buffer_and_a_request_byte_by_byte(server, store):  # noqa: ANN001
+    from corelib.nbd.stream import STAGING
+
+    c = client(server)
+    chunk = 16 << 10
+    count = SIZE // chunk
+    payloads = [os.urandom(chunk) for _ in range(count)]
+    burst = b"".join(
+        p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_WRITE, i, i * chunk, chunk) + payloads[i]
+        for i in range(count)
+    )
+    assert len(burst) > STAGING  # the server must pause reading and resume, losing nothing
+    c.sock.sendall(burst)
+    assert sorted(c.reply()[:2] for _ in range(count)) == [(i, 0) for i in range(count)]
+    # Header and payload dribbled in: staged and direct reads meet mid-payload.
+    tail = os.urandom(100)
+    for byte in p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_WRITE, 99, 5, len(tail)) + tail:
+        c.sock.sendall(bytes([byte]))
+    assert c.reply()[:2] == (99, 0)
+    c.request(p.CMD_READ, 0, SIZE, cookie=100)
+    expected = bytearray(b"".join(payloads))
+    expected[5 : 5 + len(tail)] = tail
+    assert c.reply()[:3] == (100, 0, bytes(expected))
+
+
 def test_errors_keep_the_connection(server):  # noqa: ANN001
     c = client(server)
     c.request(p.CMD_WRITE, SIZE - 2, 4, data=b"abcd", cookie=1)
