@@ -166,8 +166,11 @@ def bench_s3(rec, src, dst, size, workdir, bench_count, boto3_path):  # noqa: AN
     s3.create_bucket(Bucket=bucket)
     port = free_port()
     # nbdkit embeds the system Python; boto3 comes from Debian (python3-boto3)
-    # or a venv given with --boto3-path, as FACTS' recipe does.
-    env = dict(os.environ, AWS_DEFAULT_REGION="us-east-1", PYTHONPATH=boto3_path)
+    # or a venv given with --boto3-path, as FACTS' recipe does.  PYTHONHOME
+    # pins the embedded interpreter to /usr: run from a pyenv shell it found
+    # pyenv's standard library first and failed to load that one's _ssl.
+    env = dict(os.environ, AWS_DEFAULT_REGION="us-east-1", PYTHONPATH=boto3_path,
+               PYTHONHOME="/usr")  # fmt: skip
     cmd = ["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port), "S3",
            f"access-key={rec['user']}", f"secret-key={rec['key']}",
            f"endpoint-url={rec.get('s3_endpoint', rec['proxy_url'])}", f"bucket={bucket}",

@@ -13,7 +13,13 @@ from typing import Any
 
 from cli.common import Command, Lister, ShowOne, parse_size
 from corelib import blockcopy
-from corelib.blockstore import DEFAULT_OBJECT_SIZE, BlockDevice, DeviceLocked, LockInfo
+from corelib.blockstore import (
+    DEFAULT_OBJECT_SIZE,
+    BlockDevice,
+    DeviceLocked,
+    LockInfo,
+    default_object_size,
+)
 from corelib.errors import InvalidArgument, NotFound
 
 UPLOAD_OWNER = "stowkit blockstore upload"
@@ -114,15 +120,17 @@ class Setup(ShowOne):
         parser.add_argument(
             "--object-size",
             default=None,
-            help="Object size, a power of two from 4K to 64M "
-            f"(default {human(DEFAULT_OBJECT_SIZE)}).",
+            help="Object size, a power of two from 4K to 64M (default "
+            f"{human(DEFAULT_OBJECT_SIZE)}, or the largest power of two dividing --size).",
         )
         return parser
 
     def take_action(self, parsed_args):  # noqa: ANN001, ANN201
         size = parse_size(parsed_args.size)
         object_size = (
-            parse_size(parsed_args.object_size) if parsed_args.object_size else DEFAULT_OBJECT_SIZE
+            parse_size(parsed_args.object_size)
+            if parsed_args.object_size
+            else default_object_size(size)
         )
         dev = self.driver("blockstore").create_device(parsed_args.name, size, object_size)
         return _show(device_fields(dev))
@@ -320,8 +328,8 @@ class Upload(_Copy):
         parser.add_argument(
             "--object-size",
             default=None,
-            help="Object size of a device made by --create "
-            f"(default {human(DEFAULT_OBJECT_SIZE)}).",
+            help="Object size of a device made by --create (default "
+            f"{human(DEFAULT_OBJECT_SIZE)}, or the largest power of two dividing the file size).",
         )
         return parser
 
@@ -344,7 +352,7 @@ class Upload(_Copy):
             object_size = (
                 parse_size(parsed_args.object_size)
                 if parsed_args.object_size
-                else DEFAULT_OBJECT_SIZE
+                else default_object_size(file_size)
             )
             size = max(-(-file_size // object_size), 1) * object_size
             store.create_device(parsed_args.name, size, object_size)

@@ -55,8 +55,11 @@ LOG = logging.getLogger(__name__)
 #: Version of the layout above, stored with each device.
 FORMAT_VERSION = 1
 #: Default object size: large enough that per-request overhead (one HTTP
-#: round trip and an account/container lookup on Swift) does not dominate.
-DEFAULT_OBJECT_SIZE = 1 << 20
+#: round trip, an account/container lookup, an fsync on Swift) does not
+#: dominate.  Measured on the harness Swift, 4 MiB objects move 2-3x the
+#: bytes per second of 1 MiB ones; small scattered reads stay cheap because
+#: the NBD cache fetches byte ranges (``read_range``).  Ceph RBD's default too.
+DEFAULT_OBJECT_SIZE = 4 << 20
 MIN_OBJECT_SIZE = 4 << 10
 MAX_OBJECT_SIZE = 64 << 20
 #: Object names have 8 digits; more objects would break listing order.
@@ -76,6 +79,7 @@ CAPABILITIES: dict[str, str] = {
     "sparse": "objects never written are not stored and read as zeros",
     "parallel": "object reads and writes may run from many threads at once",
     "durable": "write_object returns only once the object is stored durably",
+    "ranged_read": "read_range fetches part of an object without reading all of it",
 }
 
 
@@ -108,6 +112,20 @@ def zeros(size: int) -> bytes:
 def is_zeros(data: bytes | bytearray | memoryview) -> bool:
     """True when every byte is zero (such objects are deleted, never stored)."""
     return not any(data) if len(data) < 64 else data == zeros(len(data))
+
+
+def default_object_size(size: int) -> int:
+    """The object size used when none is given for a device of ``size`` bytes.
+
+    DEFAULT_OBJECT_SIZE, or the largest smaller power of two that divides
+    ``size`` (so ``--size 10M`` works without naming an object size), never
+    below MIN_OBJECT_SIZE.  A size that no allowed object size divides gets
+    the default, and check_geometry then says why it is refused.
+    """
+    object_size = DEFAULT_OBJECT_SIZE
+    while object_size > MIN_OBJECT_SIZE and size % object_size:
+        object_size //= 2
+    return object_size if size > 0 and size % object_size == 0 else DEFAULT_OBJECT_SIZE
 
 
 def check_geometry(size: int, object_size: int) -> None:
@@ -277,6 +295,19 @@ class BlockStore(Driver):
     def read_object(self, device: str, index: int) -> bytes | None:
         """The object's ``object_size`` bytes, or None when it is not stored (zeros)."""
 
+    def read_range(self, device: str, index: int, start: int, length: int) -> bytes | None:
+        """``length`` bytes of object ``index`` from ``start``; None when not stored.
+
+        Backends that can fetch part of an object declare ``ranged_read``; the
+        NBD cache then serves scattered small reads without moving whole
+        objects.  This fallback reads the object and slices it.
+        """
+        data = self.read_object(device, index)
+        if data is None:
+            return None
+        part = data[start : start + length]
+        return part + bytes(length - len(part)) if len(part) < length else part
+
     @abc.abstractmethod
     def write_object(self, device: str, index: int, data: bytes) -> None:
         """Store object ``index`` (exactly ``object_size`` bytes) durably, replacing it.
@@ -316,6 +347,14 @@ class BlockStore(Driver):
             raise InvalidArgument(
                 f"object {index} of device {device}: {len(data)} bytes given, "
                 f"the object size is {object_size}"
+            )
+
+    def _check_range(self, device: str, index: int, start: int, length: int) -> None:
+        self._check_object(device, index)
+        object_size = self._geometry(device)[1]
+        if start < 0 or length <= 0 or start + length > object_size:
+            raise InvalidArgument(
+                f"invalid range {start}+{length} of object {index} (object size {object_size})"
             )
 
     # -- control objects (lock primitives) -------------------------------------

@@ -19,6 +19,15 @@ Rules it keeps:
 * When the cache is over its size, clean objects are dropped least recently
   used first; dirty ones are written back before they may be dropped, and a
   writer waits (backpressure) while the cache is full of dirty data.
+* An object written all over since its last upload is uploaded at once: a
+  sequential writer has moved past it, and the upload overlaps the writes
+  that follow instead of queueing behind them at the next FLUSH.
+* A small read that does not follow the previous one, of an object not in
+  the cache, fetches just its bytes (``read_range``); an object read that way
+  again while still among the last *cache capacity* objects read by range is
+  loaded whole (it has locality, and would stay cached).  Scattered 4 KiB
+  reads of 4 MiB objects would otherwise move a thousand times the bytes
+  asked for, and evict each object before its next read.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ _HOLE_COST = 128
 
 
 class _Entry:
-    __slots__ = ("data", "dirty", "version", "upload", "pins", "keep")
+    __slots__ = ("data", "dirty", "version", "upload", "pins", "keep", "fresh")
 
     def __init__(self, data: bytes | bytearray | None) -> None:
         # None: all zeros (the object need not exist).  bytes as loaded, made a
@@ -51,6 +60,7 @@ class _Entry:
         self.upload: asyncio.Task | None = None
         self.pins = 0  # requests using this entry right now; never evicted while > 0
         self.keep = False  # store zeros as a real object (NO_HOLE)
+        self.fresh = 0  # bytes written since its last upload began
 
 
 class CacheStats:
@@ -60,6 +70,8 @@ class CacheStats:
         self.uploads = 0
         self.deletes = 0
         self.prefetched = 0
+        self.ranged = 0
+        self.early_uploads = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -83,6 +95,7 @@ class ObjectCache:
         readahead: int = 4 << 20,
         trust_listing: bool = True,
         executor: concurrent.futures.Executor | None = None,
+        ranged_reads: bool | None = None,
     ) -> None:
         self.store = store
         self.device = device
@@ -91,6 +104,10 @@ class ObjectCache:
         self.workers = max(1, workers)
         self.readahead = max(0, readahead // self.osize)
         self.trust_listing = trust_listing
+        if ranged_reads is None:
+            ranged_reads = store.supports("ranged_read")
+        self.ranged_reads = ranged_reads
+        self._ranged_once: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._own_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
             self.workers, thread_name_prefix=f"nbd-{device.name}"
@@ -101,7 +118,7 @@ class ObjectCache:
         self._dirty_bytes = 0
         self._background: set[asyncio.Task] = set()
         self._changed = asyncio.Event()
-        self._last_read = -2
+        self._streams = ReadStreams(window=min(256 << 10, self.osize // 2))
         self._zero = bytes(self.osize)
         self._zeros = memoryview(self._zero)
         self.exists: set[int] = set()
@@ -226,9 +243,16 @@ class ObjectCache:
         if not spans:
             return b""
         first, last = spans[0][0], spans[-1][0]
-        if self.readahead and first in (self._last_read, self._last_read + 1):
+        sequential = self._streams.follows(offset, length)
+        if self.readahead and sequential:
             self._prefetch(last + 1, self.readahead)
-        self._last_read = last
+        if not sequential and first == last and self._by_range(first, length):
+            _, start, end, _ = spans[0]
+            data = await self._call(self.store.read_range, self.device.name, first, start, length)
+            self.stats.ranged += 1
+            # A write that raced with this read may be newer: that order is
+            # the client's to choose (it had not been answered yet).
+            return self._zeros[:length] if data is None else data
         entries = await asyncio.gather(*(self._acquire(s[0]) for s in spans))
         try:
             parts = [
@@ -248,6 +272,22 @@ class ObjectCache:
         await self._make_room()
         return out
 
+    def _by_range(self, index: int, length: int) -> bool:
+        """Whether a scattered read of ``length`` bytes of ``index`` should fetch just those."""
+        if not self.ranged_reads or length * 4 > self.osize:
+            return False
+        if index in self._entries or index in self._loading:
+            return False  # the cache has it, or it is on its way
+        if self.trust_listing and index not in self.exists:
+            return False  # a hole: the cache answers without a request
+        if index in self._ranged_once:
+            del self._ranged_once[index]
+            return False  # read by range before: worth loading whole now
+        self._ranged_once[index] = None
+        if len(self._ranged_once) > max(4, self.capacity // self.osize):
+            self._ranged_once.popitem(last=False)
+        return True
+
     async def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
         view = memoryview(data)
         touched = []
@@ -260,11 +300,28 @@ class ObjectCache:
                 else:
                     self._writable(index, entry)[start:end] = view[pos : pos + end - start]
                 entry.keep = False
+                entry.fresh += end - start
                 self._mark_dirty(index, entry)
             finally:
                 self._release(entry)
             touched.append(index)
+        if not fua:
+            self._upload_complete(touched)
         await self._after_write(touched, fua)
+
+    def _upload_complete(self, indices: list[int]) -> None:
+        """Start uploading the objects written all over since their last upload."""
+        for index in indices:
+            entry = self._entries.get(index)
+            if (
+                entry is not None
+                and entry.dirty
+                and entry.upload is None
+                and entry.fresh >= self.object_length(index)
+                and len(self._background) < self.workers * 2
+            ):
+                self.stats.early_uploads += 1
+                self._upload_in_background(index, entry)
 
     async def zero(self, offset: int, length: int, punch: bool = True, fua: bool = False) -> None:
         """Make a range read as zeros: TRIM and WRITE_ZEROES.
@@ -325,6 +382,7 @@ class ObjectCache:
     # -- write-back -------------------------------------------------------------------
     async def _store(self, index: int, entry: _Entry) -> None:
         version = entry.version
+        entry.fresh = 0
         data = entry.data
         keep = entry.keep
         name = self.device.name
@@ -455,6 +513,31 @@ class ObjectCache:
         finally:
             if self._own_executor:
                 self._executor.shutdown(wait=False)
+
+
+class ReadStreams:
+    """Tells reads that continue a recent read from scattered ones.
+
+    Several sequential readers at once are common (nbdcopy opens four
+    connections, each copying its own region), so the ends of the last few
+    reads are kept, not just one.  A read continues a stream when it starts
+    within ``window`` bytes of where that stream ended (requests of one
+    reader may arrive a little out of order).
+    """
+
+    def __init__(self, window: int, streams: int = 8) -> None:
+        self.window = window
+        self._ends: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._max = streams
+
+    def follows(self, offset: int, length: int) -> bool:
+        match = next((e for e in self._ends if abs(offset - e) <= self.window), None)
+        if match is not None:
+            del self._ends[match]
+        self._ends[offset + length] = None
+        if len(self._ends) > self._max:
+            self._ends.popitem(last=False)
+        return match is not None
 
 
 def _ignore_result(task: asyncio.Future) -> None:

@@ -94,7 +94,7 @@ class LocalBlockStore(BlockStore):
             help="Directory holding one subdirectory per block device.",
         ),
     ]
-    capabilities = frozenset({"lock", "sparse", "parallel", "durable"})
+    capabilities = frozenset({"lock", "sparse", "parallel", "durable", "ranged_read"})
 
     @property
     def root(self) -> str:
@@ -223,6 +223,17 @@ class LocalBlockStore(BlockStore):
             return None
         except OSError as exc:
             raise _os_error(exc, f"read object {index} of {device}") from None
+
+    def read_range(self, device: str, index: int, start: int, length: int) -> bytes | None:
+        self._check_range(device, index, start, length)
+        try:
+            with open(self._object_path(device, index), "rb", buffering=0) as f:
+                data = os.pread(f.fileno(), length, start)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _os_error(exc, f"read object {index} of {device}") from None
+        return data + bytes(length - len(data)) if len(data) < length else data
 
     def write_object(self, device: str, index: int, data: bytes) -> None:
         self._check_object(device, index, data)

@@ -60,7 +60,7 @@ class SwiftBlockStore(BlockStore):
             help="Send each object's MD5 so Swift rejects a corrupted upload.",
         ),
     ]
-    capabilities = frozenset({"lock", "sparse", "parallel", "durable"})
+    capabilities = frozenset({"lock", "sparse", "parallel", "durable", "ranged_read"})
 
     def __init__(self, conf: Any, group: str) -> None:
         super().__init__(conf, group)
@@ -301,6 +301,27 @@ class SwiftBlockStore(BlockStore):
     def read_object(self, device: str, index: int) -> bytes | None:
         self._check_object(device, index)
         return self._get(self._container(device), object_name(index))
+
+    def read_range(self, device: str, index: int, start: int, length: int) -> bytes | None:
+        self._check_range(device, index, start, length)
+        container, obj = self._container(device), object_name(index)
+
+        def get(conn: Any) -> bytes | None:
+            try:
+                _, body = conn.get_object(
+                    container, obj, headers={"Range": f"bytes={start}-{start + length - 1}"}
+                )
+            except ClientException as exc:
+                if exc.http_status == 404:
+                    return None
+                if exc.http_status == 416:  # a short object ending before the range
+                    return bytes(length)
+                raise
+            if len(body) > length:  # a proxy that ignored the Range header
+                body = body[start : start + length]
+            return body + bytes(length - len(body)) if len(body) < length else body
+
+        return self._call(f"read {container}/{obj}", get)
 
     def write_object(self, device: str, index: int, data: bytes) -> None:
         self._check_object(device, index, data)

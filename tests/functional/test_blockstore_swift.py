@@ -105,6 +105,20 @@ def test_objects_and_zeros(store, prefix, raw):
     assert list(store.list_objects("d")) == []
 
 
+def test_read_range_is_one_ranged_get(store, prefix, raw):
+    assert "ranged_read" in store.capabilities
+    store.create_device("d", SIZE, OS)
+    data = os.urandom(OS)
+    store.write_object("d", 1, data)
+    assert store.read_range("d", 1, 4096, 4096) == data[4096:8192]
+    assert store.read_range("d", 1, OS - 3, 3) == data[-3:]
+    assert store.read_range("d", 2, 0, 512) is None  # a hole: 404
+    # A shorter object (as swiftnbd may leave) reads zero-padded, also past its end.
+    raw.put_object(prefix + "d", "disk.part/00000003", b"abc")
+    assert store.read_range("d", 3, 1, 4) == b"bc\x00\x00"
+    assert store.read_range("d", 3, 100, 4) == bytes(4)
+
+
 def test_parallel_writes_from_threads(store):
     store.create_device("d", SIZE, OS)
     blocks = {i: os.urandom(OS) for i in range(SIZE // OS)}

@@ -25,6 +25,7 @@ class MemoryBlockStore(BlockStore):
         self.writes: list[tuple[str, int]] = []
         self.deletes: list[tuple[str, int]] = []
         self.reads: list[tuple[str, int]] = []
+        self.ranges: list[tuple[str, int, int, int]] = []
         self.fail_writes = False
         self.write_gate: threading.Event | None = None  # when set: writes wait for it
 
@@ -52,6 +53,12 @@ class MemoryBlockStore(BlockStore):
         with self.guard:
             self.reads.append((device, index))
             return self.objects[device].get(index)
+
+    def read_range(self, device, index, start, length):  # noqa: ANN001, ANN201
+        with self.guard:
+            self.ranges.append((device, index, start, length))
+            data = self.objects[device].get(index)
+        return None if data is None else data[start : start + length]
 
     def write_object(self, device, index, data):  # noqa: ANN001, ANN201
         if self.write_gate is not None:

@@ -43,10 +43,13 @@ def test_setup_show_list_delete(run):
     out, _ = run("list", "-f", "csv")
     assert out.splitlines()[1:] == [
         '"d1","2 MiB","64 KiB",32,0,""',
-        '"d2","1 GiB","1 MiB",1024,0,""',
+        '"d2","1 GiB","4 MiB",256,0,""',
     ]
     out, _ = run("show", "d2", "-f", "value", "-c", "objects", "-c", "object_size")
-    assert out.split() == ["1048576", "1024"]
+    assert out.split() == ["4194304", "256"]
+    out, _ = run("setup", "d3", "--size", "10M", "-f", "value", "-c", "object_size")
+    assert out == "2097152\n"  # the default object size does not divide 10M: 2M does
+    run("delete", "d3")
     out, _ = run("delete", "d1")
     assert out == "deleted device d1\n"
     out, _ = run("list", "-f", "value", "-c", "Name")

@@ -55,6 +55,17 @@ def test_object_names_sort_as_indexes():
         assert object_index(other) is None
 
 
+def test_default_object_size_divides_the_size():
+    from corelib.blockstore import DEFAULT_OBJECT_SIZE, default_object_size
+
+    assert default_object_size(1 << 30) == DEFAULT_OBJECT_SIZE == 4 << 20
+    assert default_object_size(10 << 20) == 2 << 20
+    assert default_object_size(3 << 20) == 1 << 20
+    assert default_object_size(12 << 10) == 4 << 10
+    # No allowed object size divides these: the default, refused by check_geometry.
+    assert default_object_size(6000) == default_object_size(0) == DEFAULT_OBJECT_SIZE
+
+
 def test_zero_helpers():
     assert is_zeros(zeros(OS)) and is_zeros(b"") and is_zeros(bytearray(10))
     assert not is_zeros(b"\0" * 100 + b"\1")
@@ -131,6 +142,17 @@ def test_objects_read_write_delete(store, dev):
     assert store.read_object("disk0", 3) is None
     assert list(store.list_objects("disk0")) == [15]
     assert store.get_device("disk0", details=True).objects_stored == 1
+
+
+def test_read_range(store, dev):
+    data = os.urandom(OS)
+    store.write_object("disk0", 2, data)
+    assert store.read_range("disk0", 2, 100, 50) == data[100:150]
+    assert store.read_range("disk0", 2, OS - 1, 1) == data[-1:]
+    assert store.read_range("disk0", 4, 0, 10) is None  # a hole
+    for start, length in ((-1, 4), (0, 0), (OS - 4, 8)):
+        with pytest.raises(InvalidArgument, match="invalid range"):
+            store.read_range("disk0", 2, start, length)
 
 
 def test_object_checks(store, dev):

@@ -39,6 +39,72 @@ def test_partial_write_reads_modifies_writes():
     assert store.reads == [("dev", 1)]
 
 
+def test_scattered_small_reads_fetch_ranges_then_whole_objects():
+    store, cache = make(ranged_reads=True)
+    store.objects["dev"][5] = bytes(range(256)) * (OSIZE // 256)
+    store.objects["dev"][9] = b"\x09" * OSIZE
+
+    async def go() -> list:
+        await cache.start()
+        first = await cache.read(5 * OSIZE + 16, 32)  # scattered: a range only
+        hole = await cache.read(7 * OSIZE, 64)  # not stored: no request at all
+        again = await cache.read(5 * OSIZE + 3000, 16)  # read by range before: loaded whole
+        other = await cache.read(9 * OSIZE + 100, 8)
+        nearby = await cache.read(5 * OSIZE + 1024, 1024)  # now a cache hit
+        return [first, hole, again, other, nearby]
+
+    first, hole, again, other, nearby = run(go())
+    obj = store.objects["dev"][5]
+    assert first == obj[16:48] and again == obj[3000:3016] and nearby == obj[1024:2048]
+    assert hole == bytes(64) and other == b"\x09" * 8
+    assert store.ranges == [("dev", 5, 16, 32), ("dev", 9, 100, 8)]
+    assert store.reads == [("dev", 5)]
+    assert cache.stats.ranged == 2
+
+
+def test_ranged_reads_never_bypass_data_written_in_the_cache():
+    store, cache = make(ranged_reads=True)
+    store.objects["dev"][3] = b"o" * OSIZE
+
+    async def go() -> bytes:
+        await cache.start()
+        await cache.write(3 * OSIZE + 100, b"new")
+        return await cache.read(3 * OSIZE + 100, 3)
+
+    assert run(go()) == b"new"
+    assert store.ranges == []
+
+
+def test_an_object_written_all_over_is_uploaded_without_waiting_for_flush():
+    store, cache = make(capacity=64 * OSIZE)
+
+    async def go() -> None:
+        await cache.start()
+        for part in range(4):  # the whole of object 2, in quarters
+            await cache.write(2 * OSIZE + part * OSIZE // 4, b"q" * (OSIZE // 4))
+        await cache.write(4 * OSIZE, b"half" * (OSIZE // 8))  # half of object 4
+        while cache._background:
+            await asyncio.sleep(0.01)
+
+    run(go())
+    assert store.objects["dev"][2] == b"q" * OSIZE
+    assert 4 not in store.objects["dev"]  # still being written: it waits for flush
+    assert cache.stats.early_uploads == 1
+
+
+def test_read_streams_follow_interleaved_readers_not_strides():
+    from corelib.nbd.cache import ReadStreams
+
+    streams = ReadStreams(window=1024, streams=2)
+    assert not streams.follows(0, 4096)
+    assert not streams.follows(1 << 30, 4096)  # a second reader far away
+    assert streams.follows(4096, 4096)  # each continues its own stream
+    assert streams.follows((1 << 30) + 4096, 4096)
+    assert streams.follows(8192 + 512, 4096)  # slightly out of order still counts
+    assert not streams.follows(8192 + 512 + 4096 + 4096, 4096)  # a stride is scattered
+    assert not streams.follows((1 << 30) + 8192, 10)  # forgotten: only two streams kept
+
+
 def test_whole_object_write_does_not_read():
     store, cache = make(trust_listing=False)
 
