@@ -80,6 +80,17 @@ class _Base:
         one_line_errors(parser)
         return parser
 
+    def get_epilog(self) -> str:
+        # cliff appends "provided by the X plugin" to every command's epilog,
+        # and to learn X it maps every installed distribution to its modules
+        # (importlib.metadata.packages_distributions: 0.6 s here) on every
+        # run, help or not.  Commands of this distribution need no such note;
+        # plugin commands keep cliff's.
+        if type(self).__module__.partition(".")[0] == __name__.partition(".")[0]:
+            hooks = (h.obj.get_epilog() for h in self._hooks if h.obj is not None)  # type: ignore[attr-defined]
+            return "\n\n".join([self._epilog or "", *filter(None, hooks)])  # type: ignore[attr-defined]
+        return super().get_epilog()  # type: ignore[misc]
+
     def run(self, parsed_args: argparse.Namespace) -> int:
         try:
             self.app.conf  # noqa: B018 - a bad config file is reported here, once
