@@ -262,7 +262,10 @@ def test_sequential_reads_prefetch_ahead():
         await cache.start()
         await cache.read(0, OSIZE)
         await cache.read(OSIZE, OSIZE)
-        await asyncio.sleep(0.2)
+        for _ in range(1000):  # prefetches run in the background: wait for them
+            if len(store.reads) >= 10:
+                break
+            await asyncio.sleep(0.02)
 
     run(go())
     assert cache.stats.prefetched >= 8

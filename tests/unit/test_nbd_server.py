@@ -278,15 +278,18 @@ def test_disconnect_writes_back_and_unlocks(server, store):  # noqa: ANN001
     assert store.get_lock("one") is not None
     c.request(p.CMD_DISC)
     assert c.closed()
-    server.call(_settle())
+    eventually(lambda: store.get_lock("one") is None)  # unlocked after the write-back
     assert store.objects["one"][0][:4] == b"data"
-    assert store.get_lock("one") is None
 
 
-async def _settle() -> None:
-    import asyncio
+def eventually(check, seconds: float = 20) -> None:  # noqa: ANN001
+    """Wait until ``check()`` holds: a disconnect's write-back and unlock run after it."""
+    import time
 
-    await asyncio.sleep(0.3)
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
 
 
 def test_second_server_refused_while_first_connected(store):  # noqa: ANN001
@@ -306,7 +309,7 @@ def test_second_server_refused_while_first_connected(store):  # noqa: ANN001
         c1.request(p.CMD_DISC)
         c3.request(p.CMD_DISC)
         assert c1.closed() and c3.closed()
-        first.call(_settle())
+        eventually(lambda: store.get_lock("one") is None)
         assert client(second).go is not None
     finally:
         first.stop()
