@@ -194,9 +194,10 @@ class Server:
 
     object_size = PEER_OBJECT_SIZE
 
-    def __init__(self, workdir: pathlib.Path, size: int) -> None:
+    def __init__(self, workdir: pathlib.Path, size: int, rec: dict) -> None:
         self.workdir = workdir
         self.size = size
+        self.rec = rec  # the harness's Swift record
         self.proc: subprocess.Popen | None = None
         self.log = workdir / f"{type(self).__name__}.log"
 
@@ -233,7 +234,7 @@ class Server:
 
 class Stowkit(Server):
     def __init__(self, workdir, size, rec, object_size, cache, send_etag):  # noqa: ANN001
-        super().__init__(workdir, size)
+        super().__init__(workdir, size, rec)
         self.object_size = object_size
         self.cache = cache
         self.name = f"nbd{secrets.token_hex(3)}"
@@ -265,8 +266,7 @@ class Stowkit(Server):
 
 class NbdkitS3(Server):
     def __init__(self, workdir, size, rec, boto3_path):  # noqa: ANN001
-        super().__init__(workdir, size)
-        self.rec = rec
+        super().__init__(workdir, size, rec)
         self.boto3_path = boto3_path
         self.bucket = f"bench-s3-{secrets.token_hex(3)}"
         self.endpoint = rec.get("s3_endpoint", rec["proxy_url"])
@@ -303,8 +303,7 @@ class NbdkitS3(Server):
 
 class Swiftnbd(Server):
     def __init__(self, workdir, size, rec, venv):  # noqa: ANN001
-        super().__init__(workdir, size)
-        self.rec = rec
+        super().__init__(workdir, size, rec)
         self.venv = venv
         self.container = f"bench-snbd-{secrets.token_hex(3)}"
         self.secrets = workdir / "swiftnbd-secrets.conf"

@@ -78,7 +78,9 @@ class NbdStream(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         self._eof = True
         self._wake()
-        return False  # close the transport
+        # Keep our side open: requests read before the client's EOF still get
+        # their replies; the connection's handler closes the stream at the end.
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True

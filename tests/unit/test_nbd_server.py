@@ -162,6 +162,18 @@ def test_burst_past_the_staging_buffer_and_a_request_byte_by_byte(server, store)
     assert c.reply()[:3] == (100, 0, bytes(expected))
 
 
+def test_requests_sent_before_a_half_close_still_get_their_replies(server, store):  # noqa: ANN001
+    import socket
+
+    c = client(server)
+    c.request(p.CMD_WRITE, 0, 5, data=b"hello", cookie=1)
+    c.request(p.CMD_READ, 0, 5, cookie=2)
+    c.sock.shutdown(socket.SHUT_WR)  # no DISC: end of file right after the requests
+    replies = {r[0]: r[1:3] for r in (c.reply(), c.reply())}
+    assert replies == {1: (0, b""), 2: (0, b"hello")}
+    assert c.closed()
+
+
 def test_errors_keep_the_connection(server):  # noqa: ANN001
     c = client(server)
     c.request(p.CMD_WRITE, SIZE - 2, 4, data=b"abcd", cookie=1)
