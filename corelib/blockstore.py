@@ -18,7 +18,10 @@ Layout shared by every backend (a Swift container, or a directory):
 
 Locks.  One writer per device: :meth:`BlockStore.lock` creates the lock
 object only if it does not exist (Swift ``If-None-Match: *``, ``O_EXCL``
-locally), so two writers can never both succeed.  The lock holds its owner
+locally), then re-reads it and keeps the lock only if its own token is
+there.  Swift checks the condition when a PUT starts, so two PUTs that start
+together can both succeed (the newer content stays); the re-read waits
+``settle_seconds`` for such a rival to land, so exactly one taker wins.  The lock holds its owner
 (label, host, pid, a random token) and a lease expiry; the holder calls
 :meth:`BlockStore.renew` well within the lease.  An expired lock may be taken
 over: exactly one taker wins a per-token "takeover" marker created the same
@@ -432,7 +435,19 @@ class BlockStore(Driver):
         LOG.warning("device %s: took over the stale lock of %s", device, stale.describe())
         return self._confirm(device, dataclasses.replace(mine, taken_over=stale))
 
+    #: Seconds a conditional create may take to settle.  Swift checks
+    #: ``If-None-Match`` when a PUT starts, so two PUTs that start together
+    #: can both succeed; the newer one's content is what stays.  Re-reading
+    #: only after this delay lets every such rival land first, so exactly one
+    #: creator finds its own token.  Zero where create is atomic (O_EXCL).
+    settle_seconds: float = 0.0
+
+    def _settle(self) -> None:
+        if self.settle_seconds > 0:
+            time.sleep(self.settle_seconds)
+
     def _confirm(self, device: str, mine: LockInfo) -> LockInfo:
+        self._settle()
         current = self.get_lock(device)
         if current is None or current.token != mine.token:
             who = current.describe() if current else "nobody"

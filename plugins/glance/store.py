@@ -128,9 +128,9 @@ class GlanceImageStore(ImageStore):
         cfg.StrOpt("username", help="Keystone user."),
         cfg.StrOpt("password", secret=True, help="Keystone password."),
         cfg.StrOpt("project_name", help="Project (tenant) the images belong to."),
-        cfg.StrOpt("user_domain_name", default="Default"),
-        cfg.StrOpt("project_domain_name", default="Default"),
-        cfg.StrOpt("cloud", help="Take the four above from this clouds.yaml entry instead."),
+        cfg.StrOpt("user_domain_name", default="Default", help="Keystone v3 user domain."),
+        cfg.StrOpt("project_domain_name", default="Default", help="Keystone v3 project domain."),
+        cfg.StrOpt("cloud", help="Take the above from this clouds.yaml entry instead."),
         cfg.StrOpt(
             "interface",
             default="public",

@@ -7,14 +7,19 @@ have the same names.  Data objects are ``disk.part/NNNNNNNN``; one that is
 absent reads as zeros, so a read is a single GET and a 404 means zeros (no
 HEAD per object).  The lock is the object ``stowkit.lock``, created with
 ``If-None-Match: *``: Swift answers 412 when it exists, which makes creation
-atomic.
+atomic.  Device creation uses the same trick: container PUTs are idempotent,
+so of two concurrent ``setup``s both would succeed and the later settings
+win; the settings object ``stowkit.device`` is created with
+``If-None-Match: *`` first, and only its one creator goes on.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import logging
+import secrets
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -38,6 +43,8 @@ from plugins.swift.auth import OPTIONS, ConnectionFactory, describe_error, is_tr
 META = "x-container-meta-stowkit-"
 LEGACY_META = "x-container-meta-swiftnbd-"
 LEGACY_OBJECT_SIZE = 64 << 10  # swiftnbd's default, when its header got lost
+#: The settings as an object, created atomically: it decides who creates a device.
+SETTINGS_KEY = "stowkit.device"
 
 T = TypeVar("T")
 
@@ -53,6 +60,15 @@ class SwiftBlockStore(BlockStore):
             default="",
             help="Prefix of the containers that hold devices: device NAME lives in "
             "container PREFIX+NAME; list shows only containers with it.",
+        ),
+        cfg.FloatOpt(
+            "create_settle",
+            default=0.5,
+            min=0.0,
+            help="Seconds to wait before checking that an atomic create (device lock, "
+            "device setup) really was ours: Swift checks If-None-Match when a PUT "
+            "starts, so PUTs that start together may all succeed and the newest "
+            "stays.  Longer than any small PUT takes on this Swift.",
         ),
         cfg.BoolOpt(
             "send_etag",
@@ -76,6 +92,10 @@ class SwiftBlockStore(BlockStore):
         if self._factory is None:
             self._factory = ConnectionFactory(self.opts)
         return self._factory
+
+    @property
+    def settle_seconds(self) -> float:  # type: ignore[override]
+        return self.opts.create_settle
 
     def close(self) -> None:
         if self._factory is not None:
@@ -158,15 +178,46 @@ class SwiftBlockStore(BlockStore):
             META + "size": str(size),
             META + "object-size": str(object_size),
         }
+        self._call(f"create container {container}", lambda conn: conn.put_container(container))
+        token = secrets.token_hex(8)
+        settings = {"format": FORMAT_VERSION, "size": size, "object_size": object_size,
+                    "token": token}  # fmt: skip
+        created = self._control_create(name, SETTINGS_KEY, json.dumps(settings).encode())
+        if created:
+            self._settle()  # a rival's create may still land (see settle_seconds)
+            current = self._settings_token(name)
+            created = current == token
+        if not created:
+            raise AlreadyExists(f"device {name} already exists (another setup created it)")
+        # The metadata serves listings (one HEAD per device); the settings
+        # object stands in for it if this process dies before the POST.
         self._call(
-            f"create container {container}",
-            lambda conn: conn.put_container(container, headers=meta),
+            f"set the settings of container {container}",
+            lambda conn: conn.post_container(container, headers=meta),
         )
         self._forget_geometry(name)
         return BlockDevice(name, size, object_size, FORMAT_VERSION)
 
+    def _settings_token(self, name: str) -> str | None:
+        raw = self._control_get(name, SETTINGS_KEY)
+        try:
+            return json.loads(raw)["token"] if raw is not None else None
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def _settings_object(self, name: str) -> tuple[int, int, int] | None:
+        """Settings from ``stowkit.device`` (a creation interrupted before its POST)."""
+        raw = self._control_get(name, SETTINGS_KEY)
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw)
+            return int(doc["format"]), int(doc["size"]), int(doc["object_size"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
     def _device(self, name: str, headers: dict[str, str], details: bool) -> BlockDevice | None:
-        settings = self._settings(headers)
+        settings = self._settings(headers) or self._settings_object(name)
         if settings is None:
             return None
         fmt, size, object_size = settings

@@ -152,7 +152,8 @@ def test_upload_download_round_trip_sparse(store, prefix, raw, tmp_path):
         stats = blockcopy.upload(store, "d", str(src), threads=4)
     assert (stats.stored, stats.holes, stats.deleted) == (4, 28, 0)
     _, objs = raw.get_container(prefix + "d", full_listing=True)
-    assert sorted(o["name"] for o in objs) == [object_name(i) for i in (0, 1, 2, 10)]
+    names = sorted(o["name"] for o in objs)
+    assert names == [*(object_name(i) for i in (0, 1, 2, 10)), "stowkit.device"]
     dst = tmp_path / "dst.img"
     stats = blockcopy.download(store, "d", str(dst), threads=4)
     assert os.path.getsize(dst) == SIZE
@@ -209,6 +210,41 @@ def test_concurrent_lockers_one_winner(swift, store, prefix):
         c.close()
     assert len(winners) == 1 and len(losers) == len(clients) - 1
     assert store.get_lock("d").token == winners[0].token
+
+
+def test_concurrent_setups_one_winner_whose_settings_stay(swift, store, prefix):
+    clients = [make_store(swift, prefix) for _ in range(6)]
+    made, refused = [], []
+    barrier = threading.Barrier(len(clients))
+
+    def contend(i):
+        barrier.wait()
+        try:
+            made.append(clients[i].create_device("d", (i + 1) * SIZE, OS))
+        except AlreadyExists as exc:
+            refused.append(exc)
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(len(clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in clients:
+        c.close()
+    assert len(made) == 1 and len(refused) == len(clients) - 1
+    assert store.get_device("d").size == made[0].size  # nobody overwrote the winner's settings
+
+
+def test_setup_interrupted_before_its_metadata_still_reads_as_a_device(store, prefix, raw):
+    # What a setup killed between the settings object and the container POST leaves.
+    raw.put_container(prefix + "half")
+    raw.put_object(prefix + "half", "stowkit.device",
+                   b'{"format": 1, "size": %d, "object_size": %d}' % (SIZE, OS))  # fmt: skip
+    dev = store.get_device("half")
+    assert (dev.size, dev.object_size) == (SIZE, OS)
+    assert "half" in [d.name for d in store.list_devices()]
+    store.delete_device("half")
+    assert raw.get_account(prefix=prefix + "half")[1] == []
 
 
 def test_stale_lock_taken_over_only_after_lease(swift, store, prefix):
