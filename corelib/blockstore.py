@@ -394,18 +394,29 @@ class BlockStore(Driver):
         A lock whose lease expired is taken over: a warning is logged and the
         returned LockInfo's ``taken_over`` is the stale lock.
         """
+        return self.confirm_lock(device, self.lock_unconfirmed(device, owner, lease_seconds))
+
+    def lock_unconfirmed(
+        self, device: str, owner: str = "", lease_seconds: float | None = DEFAULT_LEASE
+    ) -> LockInfo:
+        """Create the lock as :meth:`lock` does, without its final check.
+
+        That check waits ``settle_seconds``.  A caller with useful work to do
+        meanwhile (the NBD server takes writes into its cache but stores
+        nothing) calls :meth:`confirm_lock` itself before changing the device.
+        """
         self.get_device(device)
         mine = LockInfo.new(owner, lease_seconds)
         for _attempt in range(5):
             if self._control_create(device, LOCK_KEY, mine.to_json()):
-                return self._confirm(device, mine)
+                return mine
             holder = self.get_lock(device)
             if holder is None:
                 continue  # released in between: try again
             if holder.token == mine.token:
                 # Our create went through but its answer was lost and the
                 # client retried: the lock is ours.
-                return self._confirm(device, mine)
+                return mine
             if not holder.expired():
                 raise DeviceLocked(f"device {device} is locked by {holder.describe()}", holder)
             taken = self._take_over(device, holder, mine)
@@ -433,7 +444,7 @@ class BlockStore(Driver):
             return None
         self._control_delete(device, marker)
         LOG.warning("device %s: took over the stale lock of %s", device, stale.describe())
-        return self._confirm(device, dataclasses.replace(mine, taken_over=stale))
+        return dataclasses.replace(mine, taken_over=stale)
 
     #: Seconds a conditional create may take to settle.  Swift checks
     #: ``If-None-Match`` when a PUT starts, so two PUTs that start together
@@ -446,7 +457,8 @@ class BlockStore(Driver):
         if self.settle_seconds > 0:
             time.sleep(self.settle_seconds)
 
-    def _confirm(self, device: str, mine: LockInfo) -> LockInfo:
+    def confirm_lock(self, device: str, mine: LockInfo) -> LockInfo:
+        """``mine`` once it is sure the lock is ours; DeviceLocked if a rival won."""
         self._settle()
         current = self.get_lock(device)
         if current is None or current.token != mine.token:

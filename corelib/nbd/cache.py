@@ -96,6 +96,7 @@ class ObjectCache:
         trust_listing: bool = True,
         executor: concurrent.futures.Executor | None = None,
         ranged_reads: bool | None = None,
+        gate: asyncio.Future | None = None,
     ) -> None:
         self.store = store
         self.device = device
@@ -104,6 +105,8 @@ class ObjectCache:
         self.workers = max(1, workers)
         self.readahead = max(0, readahead // self.osize)
         self.trust_listing = trust_listing
+        # Awaited before anything is stored: the export's lock confirmation.
+        self._gate = gate
         if ranged_reads is None:
             ranged_reads = store.supports("ranged_read")
         self.ranged_reads = ranged_reads
@@ -381,6 +384,8 @@ class ObjectCache:
 
     # -- write-back -------------------------------------------------------------------
     async def _store(self, index: int, entry: _Entry) -> None:
+        if self._gate is not None:
+            await asyncio.shield(self._gate)  # raises if the lock is not ours
         version = entry.version
         entry.fresh = 0
         data = entry.data

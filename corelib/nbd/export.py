@@ -8,6 +8,13 @@ see each other's writes and a FLUSH on any of them covers all of them: that
 is what makes NBD_FLAG_CAN_MULTI_CONN safe to advertise.  Another server (or
 ``stowkit blockstore lock``) holding the lock makes the export refuse clients.
 Read-only exports take no lock.
+
+The lock is created when the first client connects, but confirmed (after
+the backend's ``settle_seconds``, half a second on Swift) in the background:
+the client starts at once, its writes go into the cache, and nothing is
+stored, not even a FLUSH answered, until the confirmation says the lock is
+ours.  If a rival won, the cache's uploads fail, FLUSH gets EIO and writes
+are refused: the device is never touched.
 """
 
 from __future__ import annotations
@@ -75,6 +82,7 @@ class Export:
         self._clients = 0
         self._guard = asyncio.Lock()
         self._renewer: asyncio.Task | None = None
+        self._confirmed: asyncio.Task | None = None  # the lock's confirmation
 
     @property
     def name(self) -> str:
@@ -114,6 +122,7 @@ class Export:
                 if not self.read_only:
                     self.lock = await self._call(self._take_lock)
                     self.lost_lock = None
+                    self._confirmed = asyncio.ensure_future(self._confirm_lock(self.lock))
                     self._renewer = asyncio.ensure_future(self._renew_loop())
                 cache = ObjectCache(
                     self.store,
@@ -123,6 +132,7 @@ class Export:
                     readahead=self.settings.readahead,
                     trust_listing=not self.read_only,
                     executor=self._executor,
+                    gate=self._confirmed,
                 )
                 try:
                     await cache.start()
@@ -134,9 +144,21 @@ class Export:
             assert self.cache is not None
             return self.cache
 
-    def _take_lock(self) -> LockInfo:
+    async def _confirm_lock(self, lock: LockInfo) -> None:
         try:
-            return self.store.lock(self.name, LOCK_OWNER, self.settings.lease)
+            confirmed = await self._call(self.store.confirm_lock, self.name, lock)
+        except Exception as err:
+            # A backend error is treated as a lost race: unsure is not ours.
+            self.lost_lock = str(err)
+            LOG.error("device %s: the lock is not ours, refusing writes: %s", self.name, err)
+            raise
+        if self.lock is lock:
+            self.lock = confirmed
+
+    def _take_lock(self) -> LockInfo:
+        """The device lock, not yet confirmed (see the module's docstring)."""
+        try:
+            return self.store.lock_unconfirmed(self.name, LOCK_OWNER, self.settings.lease)
         except DeviceLocked as err:
             holder = err.holder
             # A server on this very host that died (SIGKILL, power cut of the
@@ -154,7 +176,7 @@ class Export:
                     holder.describe(),
                 )
                 self.store.unlock(self.name, force=True)
-                return self.store.lock(self.name, LOCK_OWNER, self.settings.lease)
+                return self.store.lock_unconfirmed(self.name, LOCK_OWNER, self.settings.lease)
             raise
 
     async def detach(self) -> None:
@@ -174,6 +196,10 @@ class Export:
         if self._renewer is not None:
             self._renewer.cancel()
             self._renewer = None
+        confirmed, self._confirmed = self._confirmed, None
+        if confirmed is not None:
+            # Unlocking a lock a rival won would fail (or worse): know first.
+            await asyncio.gather(confirmed, return_exceptions=True)
         lock, self.lock = self.lock, None
         if lock is not None and self.lost_lock is None:
             try:
@@ -183,6 +209,11 @@ class Export:
 
     async def _renew_loop(self) -> None:
         lease = self.settings.lease
+        if self._confirmed is not None:
+            try:
+                await asyncio.shield(self._confirmed)
+            except Exception:  # noqa: BLE001 - logged by _confirm_lock
+                return  # not ours: nothing to renew
         while True:
             await asyncio.sleep(max(lease / 3, 0.5))
             lock = self.lock

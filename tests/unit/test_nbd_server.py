@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 
 import pytest
 
-from corelib.blockstore import DEFAULT_LEASE  # noqa: E402
+from corelib.blockstore import DEFAULT_LEASE, LockInfo  # noqa: E402
 from corelib.nbd import protocol as p  # noqa: E402
 from tests.unit.nbd_fakes import MemoryBlockStore, RawClient, ServerThread, _string  # noqa: E402
 
@@ -354,3 +355,65 @@ def test_shutdown_writes_back_dirty_data(store):  # noqa: ANN001
     t.stop()
     assert store.objects["one"][1][:3] == b"bye"
     assert store.get_lock("one") is None
+
+
+class _SlowConfirmStore(MemoryBlockStore):
+    """Confirms its lock only when the test says so, optionally after a rival won."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.confirm_gate = threading.Event()
+        self.rival_wins = False
+
+    def confirm_lock(self, device, mine):  # noqa: ANN001, ANN201
+        self.confirm_gate.wait(20)
+        if self.rival_wins:  # what a concurrent create that landed later leaves
+            rival = LockInfo.new("rival server", 600)
+            self.control[device]["stowkit.lock"] = rival.to_json()
+        return super().confirm_lock(device, mine)
+
+
+def test_nothing_is_stored_before_the_lock_is_confirmed():
+    store = _SlowConfirmStore()
+    store.create_device("one", SIZE, OSIZE)
+    t = ServerThread(store, ["one"])
+    try:
+        c = client(t)  # the client is served at once
+        c.request(p.CMD_WRITE, 0, 5, data=b"early", cookie=1)
+        assert c.reply()[:2] == (1, 0)  # taken into the cache
+        c.request(p.CMD_FLUSH, cookie=2)
+        c.sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            c.reply()  # no FLUSH answer while the lock is unconfirmed
+        assert store.writes == []
+        store.confirm_gate.set()
+        c.sock.settimeout(10)
+        assert c.reply()[:2] == (2, 0)
+        assert store.objects["one"][0][:5] == b"early"
+    finally:
+        store.confirm_gate.set()
+        t.stop()
+
+
+def test_a_lock_a_rival_won_stores_nothing_and_refuses_writes():
+    store = _SlowConfirmStore()
+    store.create_device("one", SIZE, OSIZE)
+    store.rival_wins = True
+    t = ServerThread(store, ["one"])
+    try:
+        c = client(t)
+        c.request(p.CMD_WRITE, 0, 5, data=b"loser", cookie=1)
+        assert c.reply()[:2] == (1, 0)
+        store.confirm_gate.set()
+        c.request(p.CMD_FLUSH, cookie=2)
+        assert c.reply()[:2] == (2, p.EIO)
+        c.request(p.CMD_WRITE, 0, 5, data=b"again", cookie=3)
+        assert c.reply()[:2] == (3, p.EIO)
+        c.request(p.CMD_DISC)
+        assert c.closed()
+        eventually(lambda: t.server.exports["one"].cache is None)  # detached
+        assert store.get_lock("one").owner == "rival server"  # not unlocked by the loser
+        assert store.writes == [] and store.objects["one"] == {}
+    finally:
+        store.confirm_gate.set()
+        t.stop()
