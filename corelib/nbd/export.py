@@ -10,7 +10,7 @@ is what makes NBD_FLAG_CAN_MULTI_CONN safe to advertise.  Another server (or
 Read-only exports take no lock.
 
 The lock is created when the first client connects, but confirmed (after
-the backend's ``settle_seconds``, half a second on Swift) in the background:
+the backend's ``settle_seconds``, a quarter of a second on Swift) in the background:
 the client starts at once, its writes go into the cache, and nothing is
 stored, not even a FLUSH answered, until the confirmation says the lock is
 ours.  If a rival won, the cache's uploads fail, FLUSH gets EIO and writes

@@ -63,7 +63,7 @@ class SwiftBlockStore(BlockStore):
         ),
         cfg.FloatOpt(
             "create_settle",
-            default=0.5,
+            default=0.25,
             min=0.0,
             help="Seconds to wait before checking that an atomic create (device lock, "
             "device setup) really was ours: Swift checks If-None-Match when a PUT "
