@@ -188,40 +188,17 @@ def test_lock_is_exclusive_between_clients(swift, store, prefix):
         other.close()
 
 
-def test_concurrent_lockers_one_winner(swift, store, prefix):
-    store.create_device("d", SIZE, OS)
+def race(swift, prefix, action, refusal):  # noqa: ANN001, ANN201
+    """Run ``action(client, i)`` from six clients at once: (results, refusals)."""
     clients = [make_store(swift, prefix) for _ in range(6)]
-    winners, losers = [], []
+    won, refused = [], []
     barrier = threading.Barrier(len(clients))
 
     def contend(i):
         barrier.wait()
         try:
-            winners.append(clients[i].lock("d", f"c{i}"))
-        except DeviceLocked as exc:
-            losers.append(exc)
-
-    threads = [threading.Thread(target=contend, args=(i,)) for i in range(len(clients))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for c in clients:
-        c.close()
-    assert len(winners) == 1 and len(losers) == len(clients) - 1
-    assert store.get_lock("d").token == winners[0].token
-
-
-def test_concurrent_setups_one_winner_whose_settings_stay(swift, store, prefix):
-    clients = [make_store(swift, prefix) for _ in range(6)]
-    made, refused = [], []
-    barrier = threading.Barrier(len(clients))
-
-    def contend(i):
-        barrier.wait()
-        try:
-            made.append(clients[i].create_device("d", (i + 1) * SIZE, OS))
-        except AlreadyExists as exc:
+            won.append(action(clients[i], i))
+        except refusal as exc:
             refused.append(exc)
 
     threads = [threading.Thread(target=contend, args=(i,)) for i in range(len(clients))]
@@ -231,8 +208,19 @@ def test_concurrent_setups_one_winner_whose_settings_stay(swift, store, prefix):
         t.join()
     for c in clients:
         c.close()
-    assert len(made) == 1 and len(refused) == len(clients) - 1
-    assert store.get_device("d").size == made[0].size  # nobody overwrote the winner's settings
+    assert len(won) == 1 and len(refused) == len(clients) - 1
+    return won[0]
+
+
+def test_concurrent_lockers_one_winner(swift, store, prefix):
+    store.create_device("d", SIZE, OS)
+    winner = race(swift, prefix, lambda c, i: c.lock("d", f"c{i}"), DeviceLocked)
+    assert store.get_lock("d").token == winner.token
+
+
+def test_concurrent_setups_one_winner_whose_settings_stay(swift, store, prefix):
+    made = race(swift, prefix, lambda c, i: c.create_device("d", (i + 1) * SIZE, OS), AlreadyExists)
+    assert store.get_device("d").size == made.size  # nobody overwrote the winner's settings
 
 
 def test_setup_interrupted_before_its_metadata_still_reads_as_a_device(store, prefix, raw):
