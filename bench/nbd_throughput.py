@@ -60,6 +60,10 @@ import threading
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cli.common import parse_size  # noqa: E402 - the same sizes the CLI takes
+
 VENVS = REPO / ".stack" / "venvs"
 MiB = 1 << 20
 PEER_OBJECT_SIZE = 64 << 10
@@ -99,12 +103,6 @@ def wait_port(port: int, proc: subprocess.Popen, log: pathlib.Path, seconds: flo
         except OSError:
             time.sleep(0.1)
     raise RuntimeError("server did not listen")
-
-
-def parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    suffix = text[-1].upper()
-    return int(text[:-1]) * units[suffix] if suffix in units else int(text)
 
 
 # -- raw python-swiftclient ------------------------------------------------------------

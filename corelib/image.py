@@ -20,9 +20,18 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, Protocol
 
 from corelib.driver import Driver
+from corelib.errors import InvalidArgument
 
 #: Glance v2 visibilities; GlanceSync's ``is_public`` is ``visibility == "public"``.
 VISIBILITIES = ("public", "private", "shared", "community")
+
+
+def check_visibility(visibility: str | None) -> None:
+    """InvalidArgument unless ``visibility`` is None (unchanged) or a Glance v2 one."""
+    if visibility is not None and visibility not in VISIBILITIES:
+        raise InvalidArgument(
+            f"invalid visibility {visibility!r}: use one of {', '.join(VISIBILITIES)}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -144,16 +144,19 @@ def apply_plan(
             )
         record(Done("obsolete", change.new_name, detail=f"from {change.image.name}"))
 
-    for entry in plan.entries:
-        if entry.status != P.PENDING_METADATA:
-            continue
-        assert entry.region_image is not None
-        changes = P.metadata_update(master, entry.master, entry.region_image, by_name, target)
-        if changes and not dry_run:
-            by_name[entry.master.name] = store.update_image(
-                region, entry.region_image.id, **changes
-            )
-        record(Done("metadata", entry.master.name, detail=", ".join(sorted(changes))))
+    def update_metadata(status: str, kind: str) -> None:
+        for entry in plan.entries:
+            if entry.status != status:
+                continue
+            assert entry.region_image is not None
+            changes = P.metadata_update(master, entry.master, entry.region_image, by_name, target)
+            if changes and not dry_run:
+                by_name[entry.master.name] = store.update_image(
+                    region, entry.region_image.id, **changes
+                )
+            record(Done(kind, entry.master.name, detail=", ".join(sorted(changes))))
+
+    update_metadata(P.PENDING_METADATA, "metadata")
 
     for entry in plan.entries:
         if entry.status not in P.UPLOADING:
@@ -190,14 +193,6 @@ def apply_plan(
             store.update_image(region, old.id, name=old.name + ".old", visibility="private")
         record(Done(kind, image.name, image.size or 0))
 
-    for entry in plan.entries:
-        if entry.status != P.PENDING_AMI:
-            continue
-        assert entry.region_image is not None
-        changes = P.metadata_update(master, entry.master, entry.region_image, by_name, target)
-        if changes and not dry_run:
-            by_name[entry.master.name] = store.update_image(
-                region, entry.region_image.id, **changes
-            )
-        record(Done("ami", entry.master.name, detail=", ".join(sorted(changes))))
+    # After the uploads: the kernel and ramdisk ids they point at exist now.
+    update_metadata(P.PENDING_AMI, "ami")
     return done

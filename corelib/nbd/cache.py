@@ -38,7 +38,7 @@ import concurrent.futures
 import logging
 from collections.abc import Iterable
 
-from corelib.blockstore import BlockDevice, BlockStore
+from corelib.blockstore import BlockDevice, BlockStore, is_zeros, zeros
 from corelib.errors import NotFound
 
 LOG = logging.getLogger(__name__)
@@ -122,8 +122,7 @@ class ObjectCache:
         self._background: set[asyncio.Task] = set()
         self._changed = asyncio.Event()
         self._streams = ReadStreams(window=min(256 << 10, self.osize // 2))
-        self._zero = bytes(self.osize)
-        self._zeros = memoryview(self._zero)
+        self._zeros = memoryview(zeros(self.osize))  # slices of it cost no copy
         self.exists: set[int] = set()
         self.stats = CacheStats()
         self.failures = 0  # background write-backs that failed (the data stays dirty)
@@ -346,10 +345,10 @@ class ObjectCache:
                     self._set_data(index, entry, None)
                     entry.keep = False
                 elif not punch:
-                    self._writable(index, entry)[start:end] = self._zero[: end - start]
+                    self._writable(index, entry)[start:end] = self._zeros[: end - start]
                     entry.keep = True
                 elif entry.data is not None:
-                    self._writable(index, entry)[start:end] = self._zero[: end - start]
+                    self._writable(index, entry)[start:end] = self._zeros[: end - start]
                 else:
                     continue  # zeros already
                 self._mark_dirty(index, entry)
@@ -391,7 +390,7 @@ class ObjectCache:
         data = entry.data
         keep = entry.keep
         name = self.device.name
-        if data is None or (not keep and data == self._zero[: len(data)]):
+        if data is None or (not keep and is_zeros(data)):
             try:
                 await self._call(self.store.delete_object, name, index)
             except NotFound:

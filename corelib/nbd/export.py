@@ -146,14 +146,12 @@ class Export:
 
     async def _confirm_lock(self, lock: LockInfo) -> None:
         try:
-            confirmed = await self._call(self.store.confirm_lock, self.name, lock)
+            await self._call(self.store.confirm_lock, self.name, lock)
         except Exception as err:
             # A backend error is treated as a lost race: unsure is not ours.
             self.lost_lock = str(err)
             LOG.error("device %s: the lock is not ours, refusing writes: %s", self.name, err)
             raise
-        if self.lock is lock:
-            self.lock = confirmed
 
     def _take_lock(self) -> LockInfo:
         """The device lock, not yet confirmed (see the module's docstring)."""

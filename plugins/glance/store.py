@@ -27,7 +27,14 @@ from corelib.errors import (
     NotFound,
     StowkitError,
 )
-from corelib.image import VISIBILITIES, Credentials, Image, ImageCapability, ImageStore, Readable
+from corelib.image import (
+    Credentials,
+    Image,
+    ImageCapability,
+    ImageStore,
+    Readable,
+    check_visibility,
+)
 from corelib.names import check_name
 
 #: fields of a Glance v2 image that are not user properties
@@ -333,8 +340,7 @@ class GlanceImageStore(ImageStore):
         owner: str | None = None,
         size: int | None = None,
     ) -> Image:
-        if visibility not in VISIBILITIES:
-            raise InvalidArgument(f"invalid visibility {visibility!r}")
+        check_visibility(visibility)
         client = self.client(region)
         fields: dict[str, Any] = dict(properties or {})
         clash = CORE_FIELDS.intersection(fields)
@@ -389,8 +395,7 @@ class GlanceImageStore(ImageStore):
         remove_kernel_id: bool = False,
         remove_ramdisk_id: bool = False,
     ) -> Image:
-        if visibility is not None and visibility not in VISIBILITIES:
-            raise InvalidArgument(f"invalid visibility {visibility!r}")
+        check_visibility(visibility)
         changes: dict[str, Any] = dict(set_properties or {})
         if name is not None:
             changes["name"] = name

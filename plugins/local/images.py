@@ -30,7 +30,14 @@ from typing import Any, BinaryIO
 from oslo_config import cfg
 
 from corelib.errors import BackendUnavailable, InvalidArgument, NotFound
-from corelib.image import VISIBILITIES, Credentials, Image, ImageCapability, ImageStore, Readable
+from corelib.image import (
+    Credentials,
+    Image,
+    ImageCapability,
+    ImageStore,
+    Readable,
+    check_visibility,
+)
 from corelib.imagesync import report
 from corelib.names import check_name
 
@@ -298,10 +305,7 @@ def _check_meta(
 ) -> None:
     if name is not None and (not name or "\n" in name):
         raise InvalidArgument("image name must be a non-empty single line")
-    if visibility is not None and visibility not in VISIBILITIES:
-        raise InvalidArgument(
-            f"invalid visibility {visibility!r}: use one of {', '.join(VISIBILITIES)}"
-        )
+    check_visibility(visibility)
     for key, value in (properties or {}).items():
         if not isinstance(key, str) or not key or not isinstance(value, str):
             raise InvalidArgument(f"invalid property {key!r}: keys and values are strings")

@@ -81,6 +81,17 @@ def record_alive(record: dict[str, Any]) -> bool:
     return all(pid_alive(pid, started.get(str(pid))) for pid in record.get("pids", []))
 
 
+def port_free(port: int) -> bool:
+    """True when a listener could bind 127.0.0.1:``port`` now (a recorded port is reusable)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 class Context:
     """Paths, state and helpers handed to every service module."""
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 import glob
 import json
 import pathlib
-import socket
 import sys
 import time
 from typing import Any
+
+from tools.stack.base import port_free
 
 VENV = "openstack"
 # Ranges that were run together here; gunicorn 27 is the first with --no-control-socket,
@@ -95,16 +96,6 @@ def package_version(venv_path: pathlib.Path, dist: str) -> str:
     if not found:
         return "unknown"
     return pathlib.Path(found[-1]).name[len(dist) + 1 : -len(".dist-info")]
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def sticky_port(ctx, key: str) -> int:

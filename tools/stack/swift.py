@@ -18,7 +18,7 @@ import pathlib
 import secrets
 import socket
 
-from tools.stack.base import Context, StackError, pid_alive
+from tools.stack.base import Context, StackError, pid_alive, port_free
 
 NAME = "swift"
 REQUIRES: list[str] = []
@@ -198,16 +198,6 @@ def _server_conf(kind: str, etc, devices, port: int) -> str:
     )
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _ports(ctx: Context, top: pathlib.Path) -> dict[str, int]:
     """The ports of the last start when they are all free again, else new ones.
 
@@ -220,7 +210,7 @@ def _ports(ctx: Context, top: pathlib.Path) -> dict[str, int]:
         ports = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         ports = {}
-    if set(ports) != set(kinds) or not all(_port_free(p) for p in ports.values()):
+    if set(ports) != set(kinds) or not all(port_free(p) for p in ports.values()):
         ports = {}
         while len(set(ports.values())) != len(kinds):
             ports = {kind: ctx.free_port() for kind in kinds}
