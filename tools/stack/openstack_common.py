@@ -17,8 +17,6 @@ import sys
 import time
 from typing import Any
 
-from tools.stack.base import port_free
-
 VENV = "openstack"
 # Ranges that were run together here; gunicorn 27 is the first with --no-control-socket,
 # which the gunicorn command lines below pass.
@@ -104,6 +102,10 @@ def sticky_port(ctx, key: str) -> int:
     Keeping ports across restarts keeps URLs that other services or a person copied
     valid (Glance's token checks point at Keystone's URL, for example).
     """
+    # Imported here: this file also runs as a script in the OpenStack venv,
+    # where the harness package is not importable.
+    from tools.stack.base import port_free
+
     path = ctx.dir / "ports.json"
     with ctx.lock("openstack-ports"):
         try:
