@@ -184,7 +184,7 @@ class Stowkit:
         )
         self.log = scratch / "stowkit.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.app", "--config-file", str(conf),
+            [sys.executable, "-m", "stowkit.cli.app", "--config-file", str(conf),
              "plugin", "serve", "--no-scheduler", "--socket", self.socket],
             cwd=REPO, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -27,13 +27,13 @@ import uuid
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from corelib import config as core_config  # noqa: E402
-from corelib import imagesync  # noqa: E402
-from corelib.image import Image  # noqa: E402
-from corelib.imagesync import config as sync_config  # noqa: E402
-from corelib.imagesync import plan as P  # noqa: E402
-from corelib.imagesync.engine import ImageSync  # noqa: E402
-from corelib.imagesync.select import MasterImages, images_to_sync, visible_region_images  # noqa: E402
+from stowkit.corelib import config as core_config  # noqa: E402
+from stowkit.corelib import imagesync  # noqa: E402
+from stowkit.corelib.image import Image  # noqa: E402
+from stowkit.corelib.imagesync import config as sync_config  # noqa: E402
+from stowkit.corelib.imagesync import plan as P  # noqa: E402
+from stowkit.corelib.imagesync.engine import ImageSync  # noqa: E402
+from stowkit.corelib.imagesync.select import MasterImages, images_to_sync, visible_region_images  # noqa: E402
 
 MIB = 1 << 20
 
@@ -58,7 +58,7 @@ class IterReader:
 
 
 def bench_copy() -> None:
-    from plugins.glance.store import GlanceImageStore
+    from stowkit.plugins.glance.store import GlanceImageStore
 
     state = json.loads((REPO / ".stack" / "state.json").read_text())["services"]
     admin = state["keystone"]["admin"]
@@ -139,7 +139,7 @@ def bench_copy() -> None:
 
 
 def bench_plan(n: int = 10_000, regions: int = 5) -> None:
-    from plugins.local.images import LocalImageStore
+    from stowkit.plugins.local.images import LocalImageStore
 
     rng = random.Random(2)
     root = tempfile.mkdtemp(prefix="bench-imagesync-plan-")

@@ -62,7 +62,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cli.common import parse_size  # noqa: E402 - the same sizes the CLI takes
+from stowkit.cli.common import parse_size  # noqa: E402 - the same sizes the CLI takes
 
 VENVS = REPO / ".stack" / "venvs"
 MiB = 1 << 20

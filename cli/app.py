@@ -18,21 +18,21 @@ from typing import Any
 from cliff.app import App
 from cliff.commandmanager import CommandManager
 
-from cli.common import install_log_handlers, one_line_errors, report
-from corelib import config, registry
-from corelib.errors import StowkitError
+from stowkit.cli.common import install_log_handlers, one_line_errors, report
+from stowkit.corelib import config, registry
+from stowkit.corelib.errors import StowkitError
 
 #: Modules whose ``COMMANDS`` the app registers, in help order.
 BUILTIN_MODULES: tuple[str, ...] = (
-    "cli.backends",
-    "cli.volume",
-    "cli.snapshot",
-    "cli.schedule",
-    "cli.plugin",
-    "cli.blockstore",
-    "cli.nbdserve",
-    "cli.image",
-    "cli.catalog",
+    "stowkit.cli.backends",
+    "stowkit.cli.volume",
+    "stowkit.cli.snapshot",
+    "stowkit.cli.schedule",
+    "stowkit.cli.plugin",
+    "stowkit.cli.blockstore",
+    "stowkit.cli.nbdserve",
+    "stowkit.cli.image",
+    "stowkit.cli.catalog",
 )
 
 

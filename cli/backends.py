@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cli.common import Lister
-from corelib import registry
+from stowkit.cli.common import Lister
+from stowkit.corelib import registry
 
 
 class ListBackends(Lister):

@@ -11,16 +11,16 @@ import sys
 import time
 from typing import Any
 
-from cli.common import Command, Lister, ShowOne, parse_size
-from corelib import blockcopy
-from corelib.blockstore import (
+from stowkit.cli.common import Command, Lister, ShowOne, parse_size
+from stowkit.corelib import blockcopy
+from stowkit.corelib.blockstore import (
     DEFAULT_OBJECT_SIZE,
     BlockDevice,
     DeviceLocked,
     LockInfo,
     default_object_size,
 )
-from corelib.errors import InvalidArgument, NotFound
+from stowkit.corelib.errors import InvalidArgument, NotFound
 
 UPLOAD_OWNER = "stowkit blockstore upload"
 MANUAL_OWNER = "stowkit blockstore lock"

@@ -6,10 +6,10 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from cli.common import Command, Lister, ShowOne
+from stowkit.cli.common import Command, Lister, ShowOne
 
 if TYPE_CHECKING:
-    from corelib.catalogapi.service import CatalogService, Identity
+    from stowkit.corelib.catalogapi.service import CatalogService, Identity
 
 # The API modules (jsonschema, the WSGI app) are imported inside the commands
 # that use them: every other `stowkit` command would pay ~0.1 s at start-up.
@@ -32,7 +32,7 @@ class Serve(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from corelib.catalogapi import server
+        from stowkit.corelib.catalogapi import server
 
         conf = self.app.conf
         server.register_opts(conf)
@@ -76,9 +76,9 @@ class _Kind:
     app: Any
 
     def _who(self, parsed_args: argparse.Namespace) -> Identity:
-        from corelib.catalogapi import server
-        from corelib.catalogapi.schemas import check_id
-        from corelib.catalogapi.service import Identity
+        from stowkit.corelib.catalogapi import server
+        from stowkit.corelib.catalogapi.schemas import check_id
+        from stowkit.corelib.catalogapi.service import Identity
 
         conf = self.app.conf
         server.register_opts(conf)
@@ -86,7 +86,7 @@ class _Kind:
         return Identity(check_id(project, "project id"), "stowkit-cli")
 
     def _service(self) -> CatalogService:
-        from corelib.catalogapi.service import CatalogService
+        from stowkit.corelib.catalogapi.service import CatalogService
 
         return CatalogService(self.app.driver("catalog"))
 
@@ -149,7 +149,7 @@ def _list(kind: str) -> type[Lister]:
             return parser
 
         def take_action(self, parsed_args: argparse.Namespace) -> tuple:
-            from corelib.errors import InvalidArgument
+            from stowkit.corelib.errors import InvalidArgument
 
             match = []
             for item in parsed_args.match:

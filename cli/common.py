@@ -1,6 +1,6 @@
 """Base classes and helpers every stowkit command shares.
 
-The bases turn a :class:`corelib.errors.StowkitError` into one line on stderr
+The bases turn a :class:`stowkit.corelib.errors.StowkitError` into one line on stderr
 and the error's own exit code, and make argparse say its complaint in one
 line too, so no user mistake ever prints a traceback or a page of usage.
 """
@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from cliff import command, lister, show
 
-from corelib.errors import StowkitError
+from stowkit.corelib.errors import StowkitError
 
 
 def one_line_errors(parser: argparse.ArgumentParser, prog: str | None = None) -> None:
@@ -54,7 +54,7 @@ def report(err: StowkitError, prog: str = "stowkit", stream: Any = None) -> int:
 
 def parse_size(text: str) -> int:
     """'64K', '1G', '1.5M', '4096' -> bytes (binary multiples, as dd and qemu-img use)."""
-    from corelib.errors import InvalidArgument
+    from stowkit.corelib.errors import InvalidArgument
 
     units = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     raw = text.strip().upper().removesuffix("IB").removesuffix("B") if text else ""

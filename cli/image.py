@@ -14,12 +14,12 @@ import os
 import sys
 from typing import Any
 
-from cli.common import Command, Lister, ShowOne
-from corelib import imagesync
-from corelib.errors import EXIT_CODES, InvalidArgument, StowkitError
-from corelib.image import Image, ImageCapability
-from corelib.imagesync import config as sync_config
-from corelib.imagesync.engine import ImageSync, SyncReport
+from stowkit.cli.common import Command, Lister, ShowOne
+from stowkit.corelib import imagesync
+from stowkit.corelib.errors import EXIT_CODES, InvalidArgument, StowkitError
+from stowkit.corelib.image import Image, ImageCapability
+from stowkit.corelib.imagesync import config as sync_config
+from stowkit.corelib.imagesync.engine import ImageSync, SyncReport
 
 LOG = logging.getLogger("stowkit.imagesync")
 
@@ -45,7 +45,7 @@ def sync_overrides(app: Any, parsed_args: argparse.Namespace) -> list[str]:
     """``--config`` pairs, wherever argparse put them.
 
     cliff's global parser lets ``--config`` abbreviate the app's ``--config-file``
-    and swallows it before the command sees it; ``cli.app`` has already taken
+    and swallows it before the command sees it; ``stowkit.cli.app`` has already taken
     every real ``--config-file`` out of argv, so anything left in the global
     option came from ``--config``.  (Obsolete once the app parser sets
     ``allow_abbrev=False``.)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from cli.common import Command, parse_size
-from corelib import names
-from corelib.blockstore import DEFAULT_LEASE
-from corelib.errors import InvalidArgument
-from corelib.nbd import protocol
-from corelib.nbd.export import ExportSettings
+from stowkit.cli.common import Command, parse_size
+from stowkit.corelib import names
+from stowkit.corelib.blockstore import DEFAULT_LEASE
+from stowkit.corelib.errors import InvalidArgument
+from stowkit.corelib.nbd import protocol
+from stowkit.corelib.nbd.export import ExportSettings
 
 
 def _positive_int(text: str) -> int:
@@ -61,7 +61,7 @@ class ServeBlockDevices(Command):
         return parser
 
     def take_action(self, parsed_args):  # noqa: ANN001, ANN201
-        from corelib.nbd.server import serve
+        from stowkit.corelib.nbd.server import serve
 
         if not 0 <= parsed_args.port <= 65535:
             raise InvalidArgument(f"invalid port {parsed_args.port}")

@@ -7,11 +7,11 @@ import signal
 import threading
 from typing import Any, TextIO
 
-from cli.common import Command
-from corelib import dockerplugin, scheduler
-from corelib.dockerplugin.app import PluginApp
-from corelib.dockerplugin.server import PluginServer
-from corelib.errors import StowkitError
+from stowkit.cli.common import Command
+from stowkit.corelib import dockerplugin, scheduler
+from stowkit.corelib.dockerplugin.app import PluginApp
+from stowkit.corelib.dockerplugin.server import PluginServer
+from stowkit.corelib.errors import StowkitError
 
 
 def serve(

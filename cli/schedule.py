@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cli.common import Command, Lister, ShowOne
-from corelib import scheduler
-from corelib.errors import InvalidArgument
+from stowkit.cli.common import Command, Lister, ShowOne
+from stowkit.corelib import scheduler
+from stowkit.corelib.errors import InvalidArgument
 
 COLUMNS = (
     "volume",
@@ -143,7 +143,7 @@ def _read(path: str, stdin: Any) -> str:
         with open(path, encoding="utf-8") as f:
             return f.read()
     except FileNotFoundError:
-        from corelib.errors import NotFound
+        from stowkit.corelib.errors import NotFound
 
         raise NotFound(f"schedule file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cli.common import Command, Lister, ShowOne
-from corelib.volume import Snapshot, parse_rate
+from stowkit.cli.common import Command, Lister, ShowOne
+from stowkit.corelib.volume import Snapshot, parse_rate
 
 SNAPSHOT_COLUMNS = ("name", "volume", "created", "received", "uuid", "received_uuid", "path")
 

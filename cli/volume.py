@@ -6,9 +6,9 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from cli.common import Command, Lister, ShowOne
-from corelib.errors import BackendUnavailable, InvalidArgument
-from corelib.volume import Volume
+from stowkit.cli.common import Command, Lister, ShowOne
+from stowkit.corelib.errors import BackendUnavailable, InvalidArgument
+from stowkit.corelib.volume import Volume
 
 VOLUME_COLUMNS = ("name", "path", "created", "size", "snapshot_count", "mount_count", "options")
 

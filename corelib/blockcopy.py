@@ -21,8 +21,8 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 
-from corelib.blockstore import DEFAULT_LEASE, BlockStore, DeviceLocked, LockInfo, is_zeros
-from corelib.errors import BackendUnavailable, InvalidArgument
+from stowkit.corelib.blockstore import DEFAULT_LEASE, BlockStore, DeviceLocked, LockInfo, is_zeros
+from stowkit.corelib.errors import BackendUnavailable, InvalidArgument
 
 LOG = logging.getLogger(__name__)
 

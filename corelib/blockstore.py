@@ -49,9 +49,9 @@ import socket
 import time
 from collections.abc import Iterator, Sequence
 
-from corelib import names
-from corelib.driver import Driver
-from corelib.errors import InvalidArgument, Locked
+from stowkit.corelib import names
+from stowkit.corelib.driver import Driver
+from stowkit.corelib.errors import InvalidArgument, Locked
 
 LOG = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A backend stores opaque JSON documents keyed by ``(project, kind, id)`` with a
 version number for compare-and-swap updates; everything freezer-specific
-(ids, schemas, job events, session tags) lives in :mod:`corelib.catalogapi`,
+(ids, schemas, job events, session tags) lives in :mod:`stowkit.corelib.catalogapi`,
 above this interface, so every backend gets the same semantics.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from corelib.driver import Driver
-from corelib.errors import Conflict, InvalidArgument
+from stowkit.corelib.driver import Driver
+from stowkit.corelib.errors import Conflict, InvalidArgument
 
 #: The document kinds the catalog keeps, as the REST API names them.
 KINDS: tuple[str, ...] = ("backups", "clients", "jobs", "actions", "sessions")

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 
 from oslo_config import cfg
 
-from corelib.errors import ConfigError
+from stowkit.corelib.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "/etc/stowkit/stowkit.conf"
 
@@ -92,10 +92,10 @@ def load_conf(
 
 #: Engines in corelib with option groups of their own: (module, group attr, opts attr).
 _ENGINE_OPTS: tuple[tuple[str, str, str], ...] = (
-    ("corelib.scheduler", "GROUP", "opts"),
-    ("corelib.dockerplugin", "GROUP", "opts"),
-    ("corelib.imagesync.config", "GROUP", "image_sync_opts"),
-    ("corelib.catalogapi.server", "GROUP", "api_opts"),
+    ("stowkit.corelib.scheduler", "GROUP", "opts"),
+    ("stowkit.corelib.dockerplugin", "GROUP", "opts"),
+    ("stowkit.corelib.imagesync.config", "GROUP", "image_sync_opts"),
+    ("stowkit.corelib.catalogapi.server", "GROUP", "api_opts"),
 )
 
 
@@ -106,7 +106,7 @@ def list_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
     installed from another distribution shows up in the sample config too,
     and this module imports none of them.
     """
-    from corelib import registry  # late: registry imports this module
+    from stowkit.corelib import registry  # late: registry imports this module
 
     result: list[tuple[str | None, list[cfg.Opt]]] = [(None, list(common_opts))]
     for namespace in DEFAULT_BACKENDS:

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from oslo_config import cfg
 
-from corelib.errors import InvalidArgument
+from stowkit.corelib.errors import InvalidArgument
 
 
 class Driver(abc.ABC):  # noqa: B024 - the interfaces add the abstract methods

@@ -32,7 +32,7 @@ class InvalidArgument(StowkitError):
 
 
 class InvalidName(InvalidArgument):
-    """A volume, snapshot, device or region name breaks :mod:`corelib.names`."""
+    """A volume, snapshot, device or region name breaks :mod:`stowkit.corelib.names`."""
 
     exit_code = 4
 

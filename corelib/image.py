@@ -3,11 +3,11 @@
 An :class:`ImageStore` holds the images of one or more *regions* reachable
 with one set of credentials (a Keystone with several Glance endpoints, or a
 directory per region on the embedded ``local`` backend).  The GlanceSync
-engine (:mod:`corelib.imagesync`) works only through this interface, so the
+engine (:mod:`stowkit.corelib.imagesync`) works only through this interface, so the
 same rules run against Glance and against local directories.
 
-Every method that takes a region checks it with :func:`corelib.names.check_name`
-first and raises :mod:`corelib.errors` classes only: ``NotFound`` for an
+Every method that takes a region checks it with :func:`stowkit.corelib.names.check_name`
+first and raises :mod:`stowkit.corelib.errors` classes only: ``NotFound`` for an
 unknown region or image, ``InvalidArgument`` for bad metadata,
 ``BackendUnavailable`` when the service cannot be reached or refuses.
 """
@@ -19,8 +19,8 @@ import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, Protocol
 
-from corelib.driver import Driver
-from corelib.errors import InvalidArgument
+from stowkit.corelib.driver import Driver
+from stowkit.corelib.errors import InvalidArgument
 
 #: Glance v2 visibilities; GlanceSync's ``is_public`` is ``visibility == "public"``.
 VISIBILITIES = ("public", "private", "shared", "community")

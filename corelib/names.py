@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from corelib.errors import InvalidName
+from stowkit.corelib.errors import InvalidName
 
 MAX_NAME_LENGTH = 200
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")

@@ -17,9 +17,9 @@ from stevedore import driver as sd_driver
 from stevedore import exception as sd_exception
 from stevedore import extension as sd_extension
 
-from corelib.config import DEFAULT_BACKENDS
-from corelib.driver import Driver
-from corelib.errors import BackendUnavailable, ConfigError
+from stowkit.corelib.config import DEFAULT_BACKENDS
+from stowkit.corelib.driver import Driver
+from stowkit.corelib.errors import BackendUnavailable, ConfigError
 
 NAMESPACES: tuple[str, ...] = tuple(DEFAULT_BACKENDS)
 

@@ -38,7 +38,7 @@ import datetime as dt
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from corelib.errors import InvalidArgument
+from stowkit.corelib.errors import InvalidArgument
 
 #: minutes per unit, as the seed counts them (a year is 365 days)
 UNITS: Mapping[str, int] = {"m": 1, "h": 60, "d": 60 * 24, "w": 60 * 24 * 7, "y": 60 * 24 * 365}

@@ -22,7 +22,7 @@ Design choices, each against a fault of the seed tool:
   read-modify-write under an exclusive lock on ``FILE.lock`` followed by an
   atomic rename, so a crash never leaves a half-written schedule.
 
-The scheduler calls the same :class:`~corelib.volume.VolumeDriver` methods as
+The scheduler calls the same :class:`~stowkit.corelib.volume.VolumeDriver` methods as
 the CLI and imports no backend.
 """
 
@@ -46,9 +46,15 @@ from typing import Any
 
 from oslo_config import cfg
 
-from corelib import retention
-from corelib.errors import BackendUnavailable, InvalidArgument, Locked, NotFound, StowkitError
-from corelib.names import check_name
+from stowkit.corelib import retention
+from stowkit.corelib.errors import (
+    BackendUnavailable,
+    InvalidArgument,
+    Locked,
+    NotFound,
+    StowkitError,
+)
+from stowkit.corelib.names import check_name
 
 LOG = logging.getLogger(__name__)
 

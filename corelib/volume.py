@@ -5,9 +5,9 @@ point-in-time copy of one, named ``VOLUME@TIMESTAMP`` where TIMESTAMP is UTC
 in :data:`SNAPSHOT_TIME_FORMAT` (``2026-11-22T03-40-05.123456``: sortable as
 text, and free of ``:`` so it is a safe file name everywhere).
 
-Every method that takes a name checks it with :func:`corelib.names.check_name`
+Every method that takes a name checks it with :func:`stowkit.corelib.names.check_name`
 (snapshot names with :func:`split_snapshot_name`) before it touches anything,
-and raises :mod:`corelib.errors` classes only:
+and raises :mod:`stowkit.corelib.errors` classes only:
 
 * ``InvalidName``/``InvalidArgument`` for a bad name, pattern or option,
 * ``NotFound`` for a missing volume or snapshot,
@@ -33,9 +33,9 @@ import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
 
-from corelib.driver import Driver
-from corelib.errors import InvalidArgument, InvalidName
-from corelib.names import check_name
+from stowkit.corelib.driver import Driver
+from stowkit.corelib.errors import InvalidArgument, InvalidName
+from stowkit.corelib.names import check_name
 
 #: strftime format of the part after ``@`` in a snapshot name (always UTC).
 SNAPSHOT_TIME_FORMAT = "%Y-%m-%dT%H-%M-%S.%f"
@@ -341,7 +341,7 @@ class VolumeDriver(Driver):
     ) -> PurgeResult:
         """Delete ``volume``'s local snapshots the retention ``pattern`` condemns.
 
-        Pattern language and meaning: :mod:`corelib.retention`.  Never deletes
+        Pattern language and meaning: :mod:`stowkit.corelib.retention`.  Never deletes
         the volume's newest snapshot nor the newest snapshot sent to each peer
         (the parent of the next incremental send).  ``InvalidArgument`` for a
         bad pattern.

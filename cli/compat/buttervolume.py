@@ -8,7 +8,7 @@ socket); ``schedule``/``scheduled`` edit the schedule file that ``run`` (or
 ``stowkit plugin serve``) reads on every tick.
 
 Differences a user may notice: errors are one line on stderr with a distinct
-exit code (see ``corelib.errors``), names are checked before anything is
+exit code (see ``stowkit.corelib.errors``), names are checked before anything is
 touched, ``--config-file`` selects a stowkit configuration, and the socket
 ``run`` listens on is ``--socket``, else ``$BUTTERVOLUME_SOCKET``, else
 buttervolume's own ``/run/docker/plugins/btrfs.sock`` (so Docker keeps
@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Any, TextIO
 
-from cli.app import split_config_files
-from cli.common import one_line_errors, report
-from corelib import config, registry, scheduler
-from corelib.errors import BackendUnavailable, InvalidArgument, StowkitError
+from stowkit.cli.app import split_config_files
+from stowkit.cli.common import one_line_errors, report
+from stowkit.corelib import config, registry, scheduler
+from stowkit.corelib.errors import BackendUnavailable, InvalidArgument, StowkitError
 
 PROG = "stowkit-buttervolume"
 DEFAULT_SOCKET = "/run/docker/plugins/btrfs.sock"
@@ -65,7 +65,7 @@ class Context:
 
 
 def do_run(ctx: Context, args: argparse.Namespace) -> int:
-    from cli.plugin import serve  # late: only ``run`` needs the server
+    from stowkit.cli.plugin import serve  # late: only ``run`` needs the server
 
     path = args.socket or os.environ.get("BUTTERVOLUME_SOCKET") or DEFAULT_SOCKET
     return serve(ctx.conf, ctx.driver, path, ctx.out)

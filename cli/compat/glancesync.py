@@ -19,11 +19,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cli.common import install_log_handlers, one_line_errors, report
-from corelib import config, imagesync, registry
-from corelib.errors import EXIT_CODES, StowkitError
-from corelib.imagesync import config as sync_config
-from corelib.imagesync import report as sync_report
+from stowkit.cli.common import install_log_handlers, one_line_errors, report
+from stowkit.corelib import config, imagesync, registry
+from stowkit.corelib.errors import EXIT_CODES, StowkitError
+from stowkit.corelib.imagesync import config as sync_config
+from stowkit.corelib.imagesync import report as sync_report
 
 PROG = "stowkit-glancesync"
 LEGACY_CONFIG = "/etc/glancesync.conf"

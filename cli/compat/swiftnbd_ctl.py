@@ -29,10 +29,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from cli.common import one_line_errors
-from corelib import blockcopy, config, names
-from corelib.blockstore import BlockStore
-from corelib.errors import AlreadyExists, InvalidArgument, NotFound, StowkitError
+from stowkit.cli.common import one_line_errors
+from stowkit.corelib import blockcopy, config, names
+from stowkit.corelib.blockstore import BlockStore
+from stowkit.corelib.errors import AlreadyExists, InvalidArgument, NotFound, StowkitError
 
 PROG = "stowkit-swiftnbd-ctl"
 VERSION = "0.11 (stowkit)"
@@ -145,7 +145,7 @@ class Ctl:
 
     def store(self, container: str) -> BlockStore:
         """A Swift BlockStore logged in with ``container``'s credentials."""
-        from corelib import registry
+        from stowkit.corelib import registry
 
         values = self.secrets.get(container)
         overrides: dict[str, Any] = {"auth_url": self.args.authurl, "container_prefix": ""}

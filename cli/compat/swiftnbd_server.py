@@ -20,14 +20,14 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from cli.common import install_log_handlers, one_line_errors
-from cli.compat.swiftnbd_ctl import (
+from stowkit.cli.common import install_log_handlers, one_line_errors
+from stowkit.cli.compat.swiftnbd_ctl import (
     Ctl,
     Secrets,
     add_common_arguments,
 )
-from corelib.errors import StowkitError
-from corelib.nbd.export import ExportSettings
+from stowkit.corelib.errors import StowkitError
+from stowkit.corelib.nbd.export import ExportSettings
 
 PROG = "swiftnbd-server"
 LOG = logging.getLogger("swiftnbd")
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     with os.fdopen(fd, "w") as pid_handle:
         pid_handle.write(f"{os.getpid()}\n")
-    from corelib.nbd.server import serve_many
+    from stowkit.corelib.nbd.server import serve_many
 
     def ready(server) -> None:  # noqa: ANN001
         LOG.info("Starting to serve on %s:%s", server.bind, server.port)

@@ -24,10 +24,10 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from corelib.catalog import ID_FIELDS, KINDS
-from corelib.catalogapi.schemas import check_id
-from corelib.catalogapi.service import CatalogService, Identity
-from corelib.errors import InvalidArgument, StowkitError
+from stowkit.corelib.catalog import ID_FIELDS, KINDS
+from stowkit.corelib.catalogapi.schemas import check_id
+from stowkit.corelib.catalogapi.service import CatalogService, Identity
+from stowkit.corelib.errors import InvalidArgument, StowkitError
 
 LOG = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import jsonschema
 
-from corelib.errors import InvalidArgument
+from stowkit.corelib.errors import InvalidArgument
 
 ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,255}$"
 _ID = re.compile(ID_PATTERN)

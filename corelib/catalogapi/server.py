@@ -22,10 +22,10 @@ from typing import Any
 
 from oslo_config import cfg
 
-from corelib import registry
-from corelib.catalogapi.app import CatalogApp
-from corelib.catalogapi.service import CatalogService
-from corelib.errors import BackendUnavailable, ConfigError
+from stowkit.corelib import registry
+from stowkit.corelib.catalogapi.app import CatalogApp
+from stowkit.corelib.catalogapi.service import CatalogService
+from stowkit.corelib.errors import BackendUnavailable, ConfigError
 
 GROUP = "catalog_api"
 

@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from corelib.catalog import ID_FIELDS, Catalog, Document, VersionConflict, check_kind
-from corelib.catalogapi import schemas
-from corelib.errors import Conflict, InvalidArgument, NotFound
+from stowkit.corelib.catalog import ID_FIELDS, Catalog, Document, VersionConflict, check_kind
+from stowkit.corelib.catalogapi import schemas
+from stowkit.corelib.errors import Conflict, InvalidArgument, NotFound
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 #: How long (seconds) after a session started other jobs may still join that run.

@@ -20,8 +20,8 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from corelib.errors import InvalidArgument, NotFound, StowkitError
-from corelib.names import check_name
+from stowkit.corelib.errors import InvalidArgument, NotFound, StowkitError
+from stowkit.corelib.names import check_name
 
 LOG = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import socketserver
 import stat
 import threading
 
-from corelib.dockerplugin.app import CONTENT_TYPE, PluginApp
-from corelib.errors import BackendUnavailable, InvalidArgument
+from stowkit.corelib.dockerplugin.app import CONTENT_TYPE, PluginApp
+from stowkit.corelib.errors import BackendUnavailable, InvalidArgument
 
 LOG = logging.getLogger(__name__)
 

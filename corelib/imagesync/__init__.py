@@ -2,7 +2,7 @@
 
 Typical use::
 
-    from corelib.imagesync import build
+    from stowkit.corelib.imagesync import build
     sync = build(conf, store, sync_config_path, {"master.only_tenant_images": "False"})
     for result in sync.status():
         ...
@@ -15,9 +15,9 @@ from collections.abc import Mapping
 
 from oslo_config import cfg
 
-from corelib.image import ImageStore
-from corelib.imagesync import config as sync_config
-from corelib.imagesync.engine import ImageSync, RegionResult, SyncReport
+from stowkit.corelib.image import ImageStore
+from stowkit.corelib.imagesync import config as sync_config
+from stowkit.corelib.imagesync.engine import ImageSync, RegionResult, SyncReport
 
 __all__ = ["ImageSync", "RegionResult", "SyncReport", "build", "load_config"]
 

@@ -19,11 +19,11 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from corelib.errors import BackendUnavailable, StowkitError
-from corelib.image import ChunkReader, Image, ImageCapability, ImageStore
-from corelib.imagesync import plan as P
-from corelib.imagesync.config import Target
-from corelib.imagesync.select import MasterImages
+from stowkit.corelib.errors import BackendUnavailable, StowkitError
+from stowkit.corelib.image import ChunkReader, Image, ImageCapability, ImageStore
+from stowkit.corelib.imagesync import plan as P
+from stowkit.corelib.imagesync.config import Target
+from stowkit.corelib.imagesync.select import MasterImages
 
 LOG = logging.getLogger("stowkit.imagesync")
 CHUNK = 1 << 20

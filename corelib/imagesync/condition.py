@@ -29,7 +29,7 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from corelib.errors import ConfigError
+from stowkit.corelib.errors import ConfigError
 
 IMAGE_ATTRIBUTES = frozenset(
     {

@@ -29,10 +29,10 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from oslo_config import cfg
 
-from corelib.errors import ConfigError, InvalidArgument
-from corelib.image import Credentials
-from corelib.imagesync.condition import Condition, compile_condition
-from corelib.names import check_name
+from stowkit.corelib.errors import ConfigError, InvalidArgument
+from stowkit.corelib.image import Credentials
+from stowkit.corelib.imagesync.condition import Condition, compile_condition
+from stowkit.corelib.names import check_name
 
 GROUP = "image_sync"
 MASTER = "master"

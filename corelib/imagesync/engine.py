@@ -1,7 +1,7 @@
 """The GlanceSync engine: regions per target, status, sync and backups.
 
 ``ImageSync(config, store)`` takes the parsed GlanceSync configuration and
-the configured :class:`corelib.image.ImageStore` (the master target's); other
+the configured :class:`stowkit.corelib.image.ImageStore` (the master target's); other
 targets get their own store from ``store.for_credentials(...)``.  Region
 names are GlanceSync's: ``REGION`` for the master target, ``TARGET:REGION``
 for the others, ``TARGET:`` for every region of a target.
@@ -19,12 +19,12 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 
-from corelib.errors import InvalidArgument, NotFound, StowkitError
-from corelib.image import Image, ImageStore
-from corelib.imagesync import apply as A
-from corelib.imagesync import plan as P
-from corelib.imagesync import report
-from corelib.imagesync.config import (
+from stowkit.corelib.errors import InvalidArgument, NotFound, StowkitError
+from stowkit.corelib.image import Image, ImageStore
+from stowkit.corelib.imagesync import apply as A
+from stowkit.corelib.imagesync import plan as P
+from stowkit.corelib.imagesync import report
+from stowkit.corelib.imagesync.config import (
     MASTER,
     SyncConfig,
     Target,
@@ -32,8 +32,8 @@ from corelib.imagesync.config import (
     order_regions,
     region_parts,
 )
-from corelib.imagesync.select import MasterImages, images_to_sync, visible_region_images
-from corelib.names import check_name
+from stowkit.corelib.imagesync.select import MasterImages, images_to_sync, visible_region_images
+from stowkit.corelib.names import check_name
 
 LOG = logging.getLogger("stowkit.imagesync")
 

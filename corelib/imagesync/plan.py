@@ -2,7 +2,7 @@
 
 Statuses are GlanceSync's (see :data:`STATUSES`); the plan keeps, for every
 image to sync, its status and the region image it concerns, plus the
-obsolete-image changes, so :mod:`corelib.imagesync.apply` only executes and
+obsolete-image changes, so :mod:`stowkit.corelib.imagesync.apply` only executes and
 ``--dry-run`` only prints.
 """
 
@@ -12,9 +12,9 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from corelib.image import Image
-from corelib.imagesync.config import Target
-from corelib.imagesync.select import (
+from stowkit.corelib.image import Image
+from stowkit.corelib.imagesync.config import Target
+from stowkit.corelib.imagesync.select import (
     AMI_PROPERTIES,
     OBSOLETE_SUFFIX,
     MasterImages,

@@ -17,8 +17,8 @@ import io
 import os
 from collections.abc import Iterable, Sequence
 
-from corelib.errors import InvalidArgument
-from corelib.image import Image
+from stowkit.corelib.errors import InvalidArgument
+from stowkit.corelib.image import Image
 
 BACKUP_FIELDS = (
     "region",

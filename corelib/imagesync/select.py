@@ -1,6 +1,6 @@
 """Which images take part in a synchronisation: GlanceSync's selection rules.
 
-Pure functions over lists of :class:`corelib.image.Image`; nothing here talks
+Pure functions over lists of :class:`stowkit.corelib.image.Image`; nothing here talks
 to a store, so planning thousands of images costs only dictionary work.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 
-from corelib.image import Image
-from corelib.imagesync.condition import IMAGE_ATTRIBUTES, ConditionError
-from corelib.imagesync.config import Target
+from stowkit.corelib.image import Image
+from stowkit.corelib.imagesync.condition import IMAGE_ATTRIBUTES, ConditionError
+from stowkit.corelib.imagesync.config import Target
 
 LOG = logging.getLogger("stowkit.imagesync")
 

@@ -38,8 +38,8 @@ import concurrent.futures
 import logging
 from collections.abc import Iterable
 
-from corelib.blockstore import BlockDevice, BlockStore, is_zeros, zeros
-from corelib.errors import NotFound
+from stowkit.corelib.blockstore import BlockDevice, BlockStore, is_zeros, zeros
+from stowkit.corelib.errors import NotFound
 
 LOG = logging.getLogger(__name__)
 
@@ -365,7 +365,7 @@ class ObjectCache:
 
     def extents(self, offset: int, length: int) -> list[tuple[int, int]]:
         """base:allocation extents (length, HOLE|ZERO flags) from what exists."""
-        from corelib.nbd.protocol import STATE_HOLE, STATE_ZERO
+        from stowkit.corelib.nbd.protocol import STATE_HOLE, STATE_ZERO
 
         runs: list[list[int]] = []
         for index, start, end, _ in self._span(offset, length):

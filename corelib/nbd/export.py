@@ -25,9 +25,15 @@ import logging
 import os
 import socket
 
-from corelib.blockstore import DEFAULT_LEASE, BlockDevice, BlockStore, DeviceLocked, LockInfo
-from corelib.nbd import protocol as p
-from corelib.nbd.cache import ObjectCache
+from stowkit.corelib.blockstore import (
+    DEFAULT_LEASE,
+    BlockDevice,
+    BlockStore,
+    DeviceLocked,
+    LockInfo,
+)
+from stowkit.corelib.nbd import protocol as p
+from stowkit.corelib.nbd.cache import ObjectCache
 
 LOG = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ import logging
 import signal
 from collections.abc import Callable, Iterable
 
-from corelib.blockstore import BlockStore, DeviceLocked
-from corelib.errors import StowkitError
-from corelib.nbd import protocol as p
-from corelib.nbd.cache import ObjectCache
-from corelib.nbd.export import Export, ExportSettings
-from corelib.nbd.stream import NbdStream
+from stowkit.corelib.blockstore import BlockStore, DeviceLocked
+from stowkit.corelib.errors import StowkitError
+from stowkit.corelib.nbd import protocol as p
+from stowkit.corelib.nbd.cache import ObjectCache
+from stowkit.corelib.nbd.export import Export, ExportSettings
+from stowkit.corelib.nbd.stream import NbdStream
 
 LOG = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ Layout of ``[volume_btrfs] root`` (see doc/volumes.md)::
     snapshots/NAME@STAMP    read-only snapshots taken here
     received/NAME@STAMP     read-only snapshots other hosts sent here
     volumes/.new-* .restore-*   hidden temporaries (see cleanup)
-    .mounts/ .sent/ .locks/ .detached/   bookkeeping (plugins.btrfs.state)
+    .mounts/ .sent/ .locks/ .detached/   bookkeeping (stowkit.plugins.btrfs.state)
 
 Subvolumes are made, snapshotted and deleted with libbtrfsutil ioctls; only
 send/receive and rsync run processes, with argument lists.  Every name goes
-through corelib.names before it becomes part of a path.
+through stowkit.corelib.names before it becomes part of a path.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import time
 import uuid as uuidlib
 from collections.abc import Iterator, Mapping, Sequence
 
-from corelib import retention
-from corelib.errors import (
+from stowkit.corelib import retention
+from stowkit.corelib.errors import (
     AlreadyExists,
     BackendUnavailable,
     Conflict,
@@ -35,8 +35,8 @@ from corelib.errors import (
     InvalidName,
     NotFound,
 )
-from corelib.names import MAX_NAME_LENGTH, check_name
-from corelib.volume import (
+from stowkit.corelib.names import MAX_NAME_LENGTH, check_name
+from stowkit.corelib.volume import (
     SNAPSHOT_SEPARATOR,
     PurgeResult,
     RestoreResult,
@@ -50,8 +50,8 @@ from corelib.volume import (
     snapshot_name,
     split_snapshot_name,
 )
-from plugins.btrfs import state, subvol, transport
-from plugins.btrfs.options import OPTIONS
+from stowkit.plugins.btrfs import state, subvol, transport
+from stowkit.plugins.btrfs.options import OPTIONS
 
 COMPRESSIONS = ("none", "zstd", "lzo", "zlib")
 _TRUE = {"true", "yes", "on", "1"}
@@ -110,7 +110,7 @@ class BtrfsVolumeDriver(VolumeDriver):
         super().__init__(conf, group)
         self.root = os.path.abspath(self.opts.root)
         self._ready = False
-        # Mount IDs are recorded per boot (plugins.btrfs.state); a driver never outlives one.
+        # Mount IDs are recorded per boot (plugins/btrfs/state.py); a driver never outlives one.
         self._boot = state.boot_id()
 
     # -- layout --------------------------------------------------------------------

@@ -21,7 +21,7 @@ import stat
 import uuid as uuidlib
 from typing import Any
 
-from corelib.errors import AlreadyExists, BackendUnavailable, NotFound
+from stowkit.corelib.errors import AlreadyExists, BackendUnavailable, NotFound
 
 try:  # the bindings are an optional extra: stowkit[btrfs]
     import btrfsutil

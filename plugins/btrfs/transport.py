@@ -4,7 +4,7 @@ Locally nothing goes through a shell: every process gets an argument list.
 On the peer, ssh hands its command to the remote user's shell, which cannot
 be avoided; so the remote command is a *fixed* ``sh -c`` script whose
 inputs arrive as positional arguments, each quoted with :func:`shlex.join`,
-and every name in them has passed :func:`corelib.names.check_name` first.
+and every name in them has passed :func:`stowkit.corelib.names.check_name` first.
 
 A receive that fails or loses its stream (sender killed, connection cut)
 deletes the partial subvolume itself, on the peer, so nothing half-received
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO
 
-from corelib.errors import BackendUnavailable, InvalidArgument
+from stowkit.corelib.errors import BackendUnavailable, InvalidArgument
 
 _HOST = re.compile(
     r"(?:(?P<user>[A-Za-z_][A-Za-z0-9_.-]{0,31})@)?"

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 from oslo_config import cfg
 
-from corelib.errors import (
+from stowkit.corelib.errors import (
     BackendUnavailable,
     ConfigError,
     Conflict,
@@ -27,7 +27,7 @@ from corelib.errors import (
     NotFound,
     StowkitError,
 )
-from corelib.image import (
+from stowkit.corelib.image import (
     Credentials,
     Image,
     ImageCapability,
@@ -35,7 +35,7 @@ from corelib.image import (
     Readable,
     check_visibility,
 )
-from corelib.names import check_name
+from stowkit.corelib.names import check_name
 
 #: fields of a Glance v2 image that are not user properties
 CORE_FIELDS = frozenset(

@@ -1,6 +1,6 @@
 """BlockStore on a local directory: the embedded default.
 
-Same layout as a Swift container (see corelib.blockstore), one directory per
+Same layout as a Swift container (see stowkit.corelib.blockstore), one directory per
 device under ``[blockstore_local] path``::
 
     PATH/NAME/device.json             settings, written atomically
@@ -25,8 +25,8 @@ from collections.abc import Iterator, Sequence
 
 from oslo_config import cfg
 
-from corelib import names
-from corelib.blockstore import (
+from stowkit.corelib import names
+from stowkit.corelib.blockstore import (
     DEFAULT_OBJECT_SIZE,
     FORMAT_VERSION,
     OBJECT_PREFIX,
@@ -36,7 +36,7 @@ from corelib.blockstore import (
     object_index,
     object_name,
 )
-from corelib.errors import AlreadyExists, BackendUnavailable, InvalidArgument, NotFound
+from stowkit.corelib.errors import AlreadyExists, BackendUnavailable, InvalidArgument, NotFound
 
 SETTINGS = "device.json"
 _TMP = ".tmp-"  # device names cannot start with a dot, so these never clash

@@ -29,8 +29,8 @@ from typing import Any, BinaryIO
 
 from oslo_config import cfg
 
-from corelib.errors import BackendUnavailable, InvalidArgument, NotFound
-from corelib.image import (
+from stowkit.corelib.errors import BackendUnavailable, InvalidArgument, NotFound
+from stowkit.corelib.image import (
     Credentials,
     Image,
     ImageCapability,
@@ -38,8 +38,8 @@ from corelib.image import (
     Readable,
     check_visibility,
 )
-from corelib.imagesync import report
-from corelib.names import check_name
+from stowkit.corelib.imagesync import report
+from stowkit.corelib.names import check_name
 
 CHUNK = 1 << 20
 INDEX = "images.json"

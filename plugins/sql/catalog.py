@@ -22,9 +22,15 @@ import sqlalchemy as sa
 from oslo_config import cfg
 from sqlalchemy.dialects import postgresql
 
-from corelib.catalog import Catalog, Stored, Term, VersionConflict, check_kind
-from corelib.errors import AlreadyExists, BackendUnavailable, ConfigError, InvalidArgument, NotFound
-from plugins.sql.tables import documents as T
+from stowkit.corelib.catalog import Catalog, Stored, Term, VersionConflict, check_kind
+from stowkit.corelib.errors import (
+    AlreadyExists,
+    BackendUnavailable,
+    ConfigError,
+    InvalidArgument,
+    NotFound,
+)
+from stowkit.plugins.sql.tables import documents as T
 
 MIGRATIONS = pathlib.Path(__file__).resolve().parent / "migrations"
 

@@ -15,7 +15,7 @@ from oslo_config import cfg
 from swiftclient import client as swift_client
 from swiftclient.exceptions import ClientException
 
-from corelib.errors import BackendUnavailable, ConfigError
+from stowkit.corelib.errors import BackendUnavailable, ConfigError
 
 OPTIONS = [
     cfg.StrOpt(

@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 from oslo_config import cfg
 from swiftclient.exceptions import ClientException
 
-from corelib import names
-from corelib.blockstore import (
+from stowkit.corelib import names
+from stowkit.corelib.blockstore import (
     DEFAULT_OBJECT_SIZE,
     FORMAT_VERSION,
     OBJECT_PREFIX,
@@ -37,8 +37,13 @@ from corelib.blockstore import (
     object_index,
     object_name,
 )
-from corelib.errors import AlreadyExists, BackendUnavailable, Conflict, NotFound
-from plugins.swift.auth import OPTIONS, ConnectionFactory, describe_error, is_transport_error
+from stowkit.corelib.errors import AlreadyExists, BackendUnavailable, Conflict, NotFound
+from stowkit.plugins.swift.auth import (
+    OPTIONS,
+    ConnectionFactory,
+    describe_error,
+    is_transport_error,
+)
 
 META = "x-container-meta-stowkit-"
 LEGACY_META = "x-container-meta-swiftnbd-"

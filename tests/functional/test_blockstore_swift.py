@@ -16,10 +16,10 @@ import time
 import pytest
 from swiftclient import client as swift_client
 
-from corelib import blockcopy, config, registry
-from corelib.blockstore import DeviceLocked, object_name
-from corelib.errors import AlreadyExists, BackendUnavailable, InvalidName, NotFound
-from plugins.swift.store import SwiftBlockStore
+from stowkit.corelib import blockcopy, config, registry
+from stowkit.corelib.blockstore import DeviceLocked, object_name
+from stowkit.corelib.errors import AlreadyExists, BackendUnavailable, InvalidName, NotFound
+from stowkit.plugins.swift.store import SwiftBlockStore
 from tests.functional.conftest import missing
 
 OS = 64 << 10
@@ -350,7 +350,15 @@ def cli(swift, prefix, store, tmp_path):
 
     def run(*args, ok=True):
         proc = subprocess.run(
-            [sys.executable, "-m", "cli.app", "--config-file", str(conf), "blockstore", *args],
+            [
+                sys.executable,
+                "-m",
+                "stowkit.cli.app",
+                "--config-file",
+                str(conf),
+                "blockstore",
+                *args,
+            ],
             capture_output=True,
             text=True,
             timeout=120,
@@ -425,8 +433,8 @@ def test_swiftnbd_ctl(swift, store, prefix, tmp_path):
 
     def ctl(*args):
         return subprocess.run(
-            [sys.executable, "-m", "cli.compat.swiftnbd_ctl", "--secrets", str(secrets_file),
-             "-a", swift["auth_url"], *args],
+            [sys.executable, "-m", "stowkit.cli.compat.swiftnbd_ctl",
+             "--secrets", str(secrets_file), "-a", swift["auth_url"], *args],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
 

@@ -18,8 +18,8 @@ from typing import Any
 import btrfsutil
 import pytest
 
-from corelib import config, registry
-from plugins.btrfs.driver import BtrfsVolumeDriver
+from stowkit.corelib import config, registry
+from stowkit.plugins.btrfs.driver import BtrfsVolumeDriver
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -74,7 +74,14 @@ class Host:
 
     def stowkit(self, *args: str, **kw: Any) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "cli.app", "--config-file", str(self.config_file), *args],
+            [
+                sys.executable,
+                "-m",
+                "stowkit.cli.app",
+                "--config-file",
+                str(self.config_file),
+                *args,
+            ],
             cwd=REPO,
             capture_output=True,
             text=True,

@@ -12,10 +12,10 @@ import sys
 import btrfsutil
 import pytest
 
-from cli.app import main
-from corelib.errors import AlreadyExists, Conflict, InvalidName, NotFound
-from corelib.volume import split_snapshot_name
-from plugins.btrfs import subvol
+from stowkit.cli.app import main
+from stowkit.corelib.errors import AlreadyExists, Conflict, InvalidName, NotFound
+from stowkit.corelib.volume import split_snapshot_name
+from stowkit.plugins.btrfs import subvol
 from tests.functional.test_btrfs_fixtures import REPO, hosts  # noqa: F401 - fixture
 
 
@@ -367,8 +367,8 @@ def test_a_volume_made_by_another_tool_is_listed_and_dated_by_show(a):
 
 CRASH = """
 import json, os, signal, sys
-from corelib import config, registry
-from plugins.btrfs import subvol
+from stowkit.corelib import config, registry
+from stowkit.plugins.btrfs import subvol
 drv = registry.load("volume", config.load_conf(), "btrfs", **json.loads(sys.argv[1]))
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)

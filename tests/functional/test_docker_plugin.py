@@ -77,7 +77,7 @@ class PluginProcess:
     def start(self) -> None:
         os.makedirs(PLUGINS_DIR, exist_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.app", "--config-file", str(self.conf), "-v",
+            [sys.executable, "-m", "stowkit.cli.app", "--config-file", str(self.conf), "-v",
              "plugin", "serve", "--socket", self.socket],
             cwd=REPO, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -109,7 +109,7 @@ class PluginProcess:
 
     def stowkit(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "cli.app", "--config-file", str(self.conf), *args],
+            [sys.executable, "-m", "stowkit.cli.app", "--config-file", str(self.conf), *args],
             cwd=REPO, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
 

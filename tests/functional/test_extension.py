@@ -29,7 +29,7 @@ stowkit.blockstore =
 MODULE = '''\
 from oslo_config import cfg
 
-from corelib.driver import Driver
+from stowkit.corelib.driver import Driver
 
 
 class ThrowawayStore(Driver):
@@ -77,7 +77,7 @@ def test_a_backend_from_another_distribution_loads_by_name(tmp_path):
         [
             sys.executable,
             "-m",
-            "cli.app",
+            "stowkit.cli.app",
             "--config-file",
             str(conf),
             "backends",
@@ -99,7 +99,7 @@ def test_a_backend_from_another_distribution_loads_by_name(tmp_path):
 
     probe = textwrap.dedent(
         f"""
-        from corelib import config, registry
+        from stowkit.corelib import config, registry
         conf = config.load_conf([{str(conf)!r}])
         print(registry.load("blockstore", conf).describe())
         """

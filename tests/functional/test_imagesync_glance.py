@@ -18,11 +18,11 @@ import uuid
 
 import pytest
 
-from corelib import config as core_config
-from corelib import imagesync
-from corelib.image import Credentials
-from corelib.imagesync import plan as P
-from plugins.glance.store import GlanceImageStore
+from stowkit.corelib import config as core_config
+from stowkit.corelib import imagesync
+from stowkit.corelib.image import Credentials
+from stowkit.corelib.imagesync import plan as P
+from stowkit.plugins.glance.store import GlanceImageStore
 from tests.functional.conftest import stack_dir
 
 REGIONS = ("RegionTwo", "RegionThree")
@@ -172,7 +172,7 @@ def cli(stack, *args, check=None):
         [
             sys.executable,
             "-m",
-            "cli.app",
+            "stowkit.cli.app",
             "--config-file",
             stack["conf_file"],
             *args,
@@ -467,7 +467,7 @@ def test_glancesync_front_end(stack, scenario):
         [
             sys.executable,
             "-m",
-            "cli.compat.glancesync",
+            "stowkit.cli.compat.glancesync",
             "--config-file",
             stack["conf_file"],
             "--sync-config",

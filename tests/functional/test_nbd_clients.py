@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from corelib.nbd import protocol as p  # noqa: E402
+from stowkit.corelib.nbd import protocol as p  # noqa: E402
 from tests.unit.nbd_fakes import RawClient, _string  # noqa: E402
 
 MiB = 1 << 20

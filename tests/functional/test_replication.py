@@ -13,7 +13,7 @@ import time
 import btrfsutil
 import pytest
 
-from corelib.errors import BackendUnavailable
+from stowkit.corelib.errors import BackendUnavailable
 from tests.functional.test_btrfs_fixtures import REPO, peers  # noqa: F401 - fixture
 
 
@@ -127,7 +127,7 @@ def test_killed_send_leaves_nothing_on_the_peer(peers):  # noqa: F811
     # 24 MiB at 1 MiB/s: the receive is under way long before it could finish
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "cli.app", "--config-file", str(a.config_file),
+            sys.executable, "-m", "stowkit.cli.app", "--config-file", str(a.config_file),
             "snapshot", "send", s2.name, remote, "--bwlimit", "1M",
         ],
         cwd=REPO,

@@ -8,9 +8,9 @@ import threading
 
 from oslo_config import cfg
 
-from corelib.blockstore import BlockDevice, BlockStore
-from corelib.errors import AlreadyExists, NotFound
-from corelib.nbd import protocol as p
+from stowkit.corelib.blockstore import BlockDevice, BlockStore
+from stowkit.corelib.errors import AlreadyExists, NotFound
+from stowkit.corelib.nbd import protocol as p
 
 
 class MemoryBlockStore(BlockStore):
@@ -207,8 +207,8 @@ class ServerThread:
         import asyncio
         import concurrent.futures
 
-        from corelib.nbd.export import Export, ExportSettings
-        from corelib.nbd.server import NbdServer
+        from stowkit.corelib.nbd.export import Export, ExportSettings
+        from stowkit.corelib.nbd.server import NbdServer
 
         self.settings = ExportSettings(**settings)
         self.executor = concurrent.futures.ThreadPoolExecutor(8)

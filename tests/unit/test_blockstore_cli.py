@@ -5,11 +5,11 @@ import os
 
 import pytest
 
-from cli import app
-from cli.blockstore import ProgressLine, human
-from cli.compat import swiftnbd_ctl
-from plugins.swift.auth import auth_version
-from plugins.swift.store import SwiftBlockStore
+from stowkit.cli import app
+from stowkit.cli.blockstore import ProgressLine, human
+from stowkit.cli.compat import swiftnbd_ctl
+from stowkit.plugins.swift.auth import auth_version
+from stowkit.plugins.swift.store import SwiftBlockStore
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ import threading
 
 import pytest
 
-from corelib import blockcopy, config, registry
-from corelib.blockstore import DeviceLocked
-from corelib.errors import InvalidArgument
+from stowkit.corelib import blockcopy, config, registry
+from stowkit.corelib.blockstore import DeviceLocked
+from stowkit.corelib.errors import InvalidArgument
 
 OS = 64 << 10
 SIZE = 32 * OS

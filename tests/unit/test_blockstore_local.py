@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from corelib import config, registry
-from corelib.blockstore import (
+from stowkit.corelib import config, registry
+from stowkit.corelib.blockstore import (
     DEFAULT_OBJECT_SIZE,
     LOCK_KEY,
     BlockStore,
@@ -19,8 +19,8 @@ from corelib.blockstore import (
     object_name,
     zeros,
 )
-from corelib.errors import AlreadyExists, InvalidArgument, InvalidName, Locked, NotFound
-from plugins.local.blocks import LocalBlockStore
+from stowkit.corelib.errors import AlreadyExists, InvalidArgument, InvalidName, Locked, NotFound
+from stowkit.plugins.local.blocks import LocalBlockStore
 
 OS = 64 << 10  # object size used in these tests
 
@@ -56,7 +56,7 @@ def test_object_names_sort_as_indexes():
 
 
 def test_default_object_size_divides_the_size():
-    from corelib.blockstore import DEFAULT_OBJECT_SIZE, default_object_size
+    from stowkit.corelib.blockstore import DEFAULT_OBJECT_SIZE, default_object_size
 
     assert default_object_size(1 << 30) == DEFAULT_OBJECT_SIZE == 4 << 20
     assert default_object_size(10 << 20) == 2 << 20

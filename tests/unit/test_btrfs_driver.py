@@ -6,10 +6,10 @@ import inspect
 
 import pytest
 
-from corelib import config, registry
-from corelib.errors import BackendUnavailable, InvalidArgument, InvalidName
-from corelib.volume import VolumeCapability, VolumeDriver
-from plugins.btrfs.driver import BtrfsVolumeDriver
+from stowkit.corelib import config, registry
+from stowkit.corelib.errors import BackendUnavailable, InvalidArgument, InvalidName
+from stowkit.corelib.volume import VolumeCapability, VolumeDriver
+from stowkit.plugins.btrfs.driver import BtrfsVolumeDriver
 
 HOSTILE = ["", "..", "../x", "a/b", "x;touch /tmp/p", "a b", "-rf", ".x", "x" * 300]
 

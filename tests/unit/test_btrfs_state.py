@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from plugins.btrfs import state
+from stowkit.plugins.btrfs import state
 from tests.unit.test_dockerplugin import FakeDriver
 
 
@@ -40,7 +40,7 @@ def test_older_records_count_as_this_boot(tmp_path):
 HOLDER = textwrap.dedent(
     """
     import sys, time
-    from plugins.btrfs import state
+    from stowkit.plugins.btrfs import state
     with state.held(sys.argv[1]):
         print("held", flush=True)
         time.sleep(600)
@@ -89,7 +89,7 @@ def test_default_clear_mounts_forgets_every_id():
 
 @pytest.mark.parametrize("name", ["../x", "a b"])
 def test_clear_mounts_checks_the_name(name):
-    from corelib.errors import InvalidName
+    from stowkit.corelib.errors import InvalidName
 
     with pytest.raises(InvalidName):
         FakeDriver().clear_mounts(name)

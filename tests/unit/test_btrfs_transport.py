@@ -11,8 +11,8 @@ import textwrap
 
 import pytest
 
-from corelib.errors import BackendUnavailable
-from plugins.btrfs import transport
+from stowkit.corelib.errors import BackendUnavailable
+from stowkit.plugins.btrfs import transport
 
 FAKE_BTRFS = textwrap.dedent(
     """\

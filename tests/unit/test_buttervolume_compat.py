@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cli.compat import buttervolume
+from stowkit.cli.compat import buttervolume
 from tests.unit.test_dockerplugin import FakeDriver
 
 
@@ -95,7 +95,7 @@ def test_errors_are_one_line_with_exit_codes(bv, capsys):
 def test_usage_errors_and_missing_config():
     def cli(*args):
         return subprocess.run(
-            [sys.executable, "-m", "cli.compat.buttervolume", *args],
+            [sys.executable, "-m", "stowkit.cli.compat.buttervolume", *args],
             capture_output=True,
             text=True,
             timeout=60,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from corelib import config
-from corelib.catalogapi import server
+from stowkit.corelib import config
+from stowkit.corelib.catalogapi import server
 
 BACKUP = {
     "container": "freezer_backups",

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from cli.app import main
-from corelib import config, registry
-from corelib.catalogapi.service import CatalogService, Identity
+from stowkit.cli.app import main
+from stowkit.corelib import config, registry
+from stowkit.corelib.catalogapi.service import CatalogService, Identity
 
 
 @pytest.fixture()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from corelib.catalogapi import schemas
-from corelib.catalogapi.service import backup_id, merge_defaults
-from corelib.errors import InvalidArgument
+from stowkit.corelib.catalogapi import schemas
+from stowkit.corelib.catalogapi.service import backup_id, merge_defaults
+from stowkit.corelib.errors import InvalidArgument
 
 
 @pytest.mark.parametrize(

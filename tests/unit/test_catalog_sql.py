@@ -6,11 +6,11 @@ import threading
 
 import pytest
 
-from corelib import config, registry
-from corelib.catalog import VersionConflict
-from corelib.catalogapi.service import CatalogService, Identity
-from corelib.errors import AlreadyExists, InvalidArgument, NotFound
-from plugins.sql.catalog import SqlCatalog, normalise_url
+from stowkit.corelib import config, registry
+from stowkit.corelib.catalog import VersionConflict
+from stowkit.corelib.catalogapi.service import CatalogService, Identity
+from stowkit.corelib.errors import AlreadyExists, InvalidArgument, NotFound
+from stowkit.plugins.sql.catalog import SqlCatalog, normalise_url
 
 
 @pytest.fixture()

@@ -4,14 +4,14 @@ import sys
 
 import pytest
 
-from cli.app import split_config_files
-from cli.common import parse_size
-from corelib.errors import InvalidArgument
+from stowkit.cli.app import split_config_files
+from stowkit.cli.common import parse_size
+from stowkit.corelib.errors import InvalidArgument
 
 
 def stowkit(*args, check=False):
     proc = subprocess.run(
-        [sys.executable, "-m", "cli.app", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "stowkit.cli.app", *args], capture_output=True, text=True, timeout=60
     )
     if check:
         assert proc.returncode == 0, proc.stderr

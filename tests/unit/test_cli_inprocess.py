@@ -3,7 +3,7 @@
 import io
 import logging
 
-from cli.app import main
+from stowkit.cli.app import main
 
 
 def test_repeated_in_process_runs_keep_one_console_handler(capsys, tmp_path):

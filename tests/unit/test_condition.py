@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from corelib.imagesync.condition import Condition, ConditionError, compile_condition
+from stowkit.corelib.imagesync.condition import Condition, ConditionError, compile_condition
 
 
 def image(**kw):
@@ -133,7 +133,7 @@ def test_empty_condition_means_none():
 
 
 def test_error_is_one_line_config_error():
-    from corelib.errors import ConfigError
+    from stowkit.corelib.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         Condition("image.is_public and (")

@@ -1,7 +1,7 @@
 import pytest
 
-from corelib import config
-from corelib.errors import ConfigError
+from stowkit.corelib import config
+from stowkit.corelib.errors import ConfigError
 
 
 def test_defaults_are_the_embedded_backends(tmp_path):

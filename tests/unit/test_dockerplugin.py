@@ -12,11 +12,17 @@ import threading
 
 import pytest
 
-from corelib.dockerplugin.app import CONTENT_TYPE, PluginApp
-from corelib.dockerplugin.server import PluginServer
-from corelib.errors import AlreadyExists, BackendUnavailable, Conflict, InvalidArgument, NotFound
-from corelib.names import check_name
-from corelib.volume import (
+from stowkit.corelib.dockerplugin.app import CONTENT_TYPE, PluginApp
+from stowkit.corelib.dockerplugin.server import PluginServer
+from stowkit.corelib.errors import (
+    AlreadyExists,
+    BackendUnavailable,
+    Conflict,
+    InvalidArgument,
+    NotFound,
+)
+from stowkit.corelib.names import check_name
+from stowkit.corelib.volume import (
     PurgeResult,
     RestoreResult,
     SendResult,
@@ -268,7 +274,7 @@ def test_created_at_left_out_when_unknown(app):
 
 
 def test_rfc3339_is_utc_with_z():
-    from corelib.dockerplugin.app import rfc3339
+    from stowkit.corelib.dockerplugin.app import rfc3339
 
     paris = dt.timezone(dt.timedelta(hours=1))
     assert rfc3339(dt.datetime(2026, 5, 1, 12, 0, 0, tzinfo=paris)) == "2026-05-01T11:00:00Z"

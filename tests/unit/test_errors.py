@@ -1,6 +1,6 @@
 import pytest
 
-from corelib import errors
+from stowkit.corelib import errors
 
 
 def test_exit_codes_are_distinct_and_not_usage_code():

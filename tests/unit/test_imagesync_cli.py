@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from cli.app import main as stowkit_main
-from cli.compat import glancesync
+from stowkit.cli.app import main as stowkit_main
+from stowkit.cli.compat import glancesync
 
 
 @pytest.fixture

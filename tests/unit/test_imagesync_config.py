@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
-from corelib.errors import ConfigError, InvalidArgument, InvalidName
-from corelib.imagesync import config as C
+from stowkit.corelib.errors import ConfigError, InvalidArgument, InvalidName
+from stowkit.corelib.imagesync import config as C
 
 SAMPLE = """
 [main]

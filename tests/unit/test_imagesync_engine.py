@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from corelib.errors import InvalidArgument, NotFound
-from corelib.imagesync import plan as P
+from stowkit.corelib.errors import InvalidArgument, NotFound
+from stowkit.corelib.imagesync import plan as P
 from tests.unit.test_imagesync_scenario import (
     OTHER,
     build_scenario,
@@ -345,7 +345,7 @@ def test_backup_and_reload(store, images, tmp_path):
 
 
 def test_local_store_rejects_bad_region_names(store):
-    from corelib.errors import InvalidName
+    from stowkit.corelib.errors import InvalidName
 
     with pytest.raises(InvalidName):
         store.list_images("../etc")

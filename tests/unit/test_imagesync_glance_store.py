@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from corelib import config as core_config
-from corelib.errors import BackendUnavailable, ConfigError, Conflict, NotFound
-from corelib.image import Credentials, ImageCapability
-from plugins.glance import store as G
+from stowkit.corelib import config as core_config
+from stowkit.corelib.errors import BackendUnavailable, ConfigError, Conflict, NotFound
+from stowkit.corelib.image import Credentials, ImageCapability
+from stowkit.plugins.glance import store as G
 
 
 def make(**opts):

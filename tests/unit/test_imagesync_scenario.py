@@ -9,11 +9,11 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 
-from corelib import config as core_config
-from corelib.image import Image
-from corelib.imagesync import config as sync_config
-from corelib.imagesync.engine import ImageSync
-from plugins.local.images import LocalImageStore
+from stowkit.corelib import config as core_config
+from stowkit.corelib.image import Image
+from stowkit.corelib.imagesync import config as sync_config
+from stowkit.corelib.imagesync.engine import ImageSync
+from stowkit.plugins.local.images import LocalImageStore
 
 TENANT = "local"
 OTHER = "someoneelse"

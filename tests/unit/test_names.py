@@ -6,10 +6,10 @@ import datetime as dt
 
 import pytest
 
-from corelib.errors import InvalidArgument, InvalidName
-from corelib.names import MAX_NAME_LENGTH, check_name
-from corelib.volume import parse_rate, snapshot_name, split_snapshot_name
-from plugins.btrfs.transport import parse_peer
+from stowkit.corelib.errors import InvalidArgument, InvalidName
+from stowkit.corelib.names import MAX_NAME_LENGTH, check_name
+from stowkit.corelib.volume import parse_rate, snapshot_name, split_snapshot_name
+from stowkit.plugins.btrfs.transport import parse_peer
 
 HOSTILE = [
     "",

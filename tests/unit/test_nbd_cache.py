@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from corelib.nbd.cache import ObjectCache  # noqa: E402
-from corelib.nbd.protocol import STATE_HOLE, STATE_ZERO  # noqa: E402
+from stowkit.corelib.nbd.cache import ObjectCache  # noqa: E402
+from stowkit.corelib.nbd.protocol import STATE_HOLE, STATE_ZERO  # noqa: E402
 from tests.unit.nbd_fakes import MemoryBlockStore  # noqa: E402
 
 OSIZE = 4096
@@ -93,7 +93,7 @@ def test_an_object_written_all_over_is_uploaded_without_waiting_for_flush():
 
 
 def test_read_streams_follow_interleaved_readers_not_strides():
-    from corelib.nbd.cache import ReadStreams
+    from stowkit.corelib.nbd.cache import ReadStreams
 
     streams = ReadStreams(window=1024, streams=2)
     assert not streams.follows(0, 4096)

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from cli.compat import swiftnbd_server
+from stowkit.cli.compat import swiftnbd_server
 
 
 @pytest.fixture

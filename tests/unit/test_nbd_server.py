@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from corelib.blockstore import DEFAULT_LEASE, LockInfo  # noqa: E402
-from corelib.nbd import protocol as p  # noqa: E402
+from stowkit.corelib.blockstore import DEFAULT_LEASE, LockInfo  # noqa: E402
+from stowkit.corelib.nbd import protocol as p  # noqa: E402
 from tests.unit.nbd_fakes import MemoryBlockStore, RawClient, ServerThread, _string  # noqa: E402
 
 OSIZE = 4096
@@ -139,7 +139,7 @@ def test_read_write_roundtrip_unaligned_and_pipelined(server, store):  # noqa: A
 
 
 def test_burst_past_the_staging_buffer_and_a_request_byte_by_byte(server, store):  # noqa: ANN001
-    from corelib.nbd.stream import STAGING
+    from stowkit.corelib.nbd.stream import STAGING
 
     c = client(server)
     chunk = 16 << 10
@@ -332,8 +332,8 @@ def test_second_server_refused_while_first_connected(store):  # noqa: ANN001
 def test_lock_of_a_dead_server_on_this_host_is_broken(store):  # noqa: ANN001
     import dataclasses
 
-    from corelib.blockstore import LockInfo
-    from corelib.nbd.export import LOCK_OWNER
+    from stowkit.corelib.blockstore import LockInfo
+    from stowkit.corelib.nbd.export import LOCK_OWNER
 
     dead = dataclasses.replace(LockInfo.new(LOCK_OWNER, 600), pid=2**22 + 12345)
     store.control["one"]["stowkit.lock"] = dead.to_json()

@@ -5,9 +5,9 @@ import pytest
 from oslo_config import cfg
 from stevedore import extension
 
-from corelib import config, registry
-from corelib.driver import Driver
-from corelib.errors import BackendUnavailable, ConfigError, InvalidArgument
+from stowkit.corelib import config, registry
+from stowkit.corelib.driver import Driver
+from stowkit.corelib.errors import BackendUnavailable, ConfigError, InvalidArgument
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def fake_distribution(tmp_path, monkeypatch):
         textwrap.dedent(
             """
             from oslo_config import cfg
-            from corelib.driver import Driver
+            from stowkit.corelib.driver import Driver
 
             class FakeVolumes(Driver):
                 options = [cfg.StrOpt("where", default="$state_dir/fake")]

@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from corelib import retention
-from corelib.errors import InvalidArgument
+from stowkit.corelib import retention
+from stowkit.corelib.errors import InvalidArgument
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, 0, tzinfo=dt.UTC)
 H = 60  # minutes

@@ -12,9 +12,15 @@ import time
 
 import pytest
 
-from corelib import scheduler
-from corelib.errors import InvalidArgument, InvalidName, NotFound
-from corelib.scheduler import Job, Scheduler, ScheduleStore, parse_action, parse_buttervolume_csv
+from stowkit.corelib import scheduler
+from stowkit.corelib.errors import InvalidArgument, InvalidName, NotFound
+from stowkit.corelib.scheduler import (
+    Job,
+    Scheduler,
+    ScheduleStore,
+    parse_action,
+    parse_buttervolume_csv,
+)
 from tests.unit.test_dockerplugin import FakeDriver
 
 
@@ -416,7 +422,7 @@ def test_background_loop_runs_due_jobs_and_stops(tmp_path):
 
 def stowkit(conf, *args):
     return subprocess.run(
-        [sys.executable, "-m", "cli.app", "--config-file", str(conf), *args],
+        [sys.executable, "-m", "stowkit.cli.app", "--config-file", str(conf), *args],
         capture_output=True,
         text=True,
         timeout=60,

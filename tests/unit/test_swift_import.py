@@ -6,7 +6,7 @@ import sys
 
 def test_swiftclient_is_imported_without_keystoneclient():
     code = (
-        "import sys, plugins.swift, swiftclient.client as c\n"
+        "import sys, stowkit.plugins.swift, swiftclient.client as c\n"
         "assert c.ksclient_v2 is None and c.ksclient_v3 is None\n"
         "assert 'keystoneclient' not in sys.modules\n"
         "import importlib.util\n"

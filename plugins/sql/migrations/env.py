@@ -1,10 +1,10 @@
-"""Alembic environment: the caller hands us an open connection (see plugins.sql.catalog)."""
+"""Alembic environment: the caller hands us an open connection (see stowkit.plugins.sql.catalog)."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from plugins.sql.tables import metadata
+from stowkit.plugins.sql.tables import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(
