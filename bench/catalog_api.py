@@ -75,7 +75,7 @@ def wait_ready(url: str, proc: subprocess.Popen, log: pathlib.Path, timeout: flo
         if proc.poll() is not None:
             sys.exit(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            urllib.request.urlopen(url, timeout=2)  # noqa: S310 - loopback
+            urllib.request.urlopen(url, timeout=2)
             return
         except urllib.error.HTTPError:
             return
@@ -89,9 +89,9 @@ def start_stowkit(work: pathlib.Path, port: int) -> subprocess.Popen:
     conf.write_text(f"[DEFAULT]\nstate_dir = {work / 'stowkit-state'}\n")
     log = work / "stowkit.log"
     stowkit = shutil.which("stowkit") or sys.exit("stowkit is not on PATH")
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv
+    proc = subprocess.Popen(
         [stowkit, "--config-file", str(conf), "catalog", "serve", "--no-auth", "--port", str(port)],
-        stdout=open(log, "wb"),  # noqa: SIM115 - lives as long as the server
+        stdout=open(log, "wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -102,8 +102,8 @@ def start_stowkit(work: pathlib.Path, port: int) -> subprocess.Popen:
 def ensure_freezer_api(venv: pathlib.Path) -> pathlib.Path:
     if not (venv / "bin" / "freezer-api").exists():
         print(f"installing freezer-api 19 into {venv} ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)  # noqa: S603
-        subprocess.run(  # noqa: S603
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
             [str(venv / "bin" / "pip"), "install", "-q", "freezer-api==19.*"], check=True
         )
     return venv
@@ -164,16 +164,16 @@ def start_freezer_api(work: pathlib.Path, port: int, venv: pathlib.Path) -> subp
         )
     )
     env = dict(os.environ, PYTHONPATH=str(fdir))
-    subprocess.run(  # noqa: S603 - fixed argv
+    subprocess.run(
         [str(venv / "bin" / "freezer-manage"), "--config-file", str(conf), "db", "sync"],
         check=True,
         capture_output=True,
         env=env,
     )
     log = fdir / "server.log"
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv
+    proc = subprocess.Popen(
         [str(venv / "bin" / "freezer-api"), "--config-file", str(conf)],
-        stdout=open(log, "wb"),  # noqa: SIM115 - lives as long as the server
+        stdout=open(log, "wb"),
         stderr=subprocess.STDOUT,
         env=env,
         cwd=fdir,

@@ -108,7 +108,7 @@ def wait_port(port: int, proc: subprocess.Popen, log: pathlib.Path, seconds: flo
 # -- raw python-swiftclient ------------------------------------------------------------
 
 
-def swift_conn(rec: dict):  # noqa: ANN201
+def swift_conn(rec: dict):
     from swiftclient import client
 
     return client.Connection(rec["auth_url"], rec["user"], rec["key"])
@@ -139,7 +139,7 @@ def raw_objects(rec: dict, data: bytes, object_size: int) -> tuple[float, float,
     local = threading.local()
     container = f"bench-rawn-{secrets.token_hex(3)}"
 
-    def conn():  # noqa: ANN202
+    def conn():
         if not hasattr(local, "conn"):
             local.conn = swift_conn(rec)
         return local.conn
@@ -231,7 +231,7 @@ class Server:
 
 
 class Stowkit(Server):
-    def __init__(self, workdir, size, rec, object_size, cache, send_etag):  # noqa: ANN001
+    def __init__(self, workdir, size, rec, object_size, cache, send_etag):
         super().__init__(workdir, size, rec)
         self.object_size = object_size
         self.cache = cache
@@ -263,13 +263,13 @@ class Stowkit(Server):
 
 
 class NbdkitS3(Server):
-    def __init__(self, workdir, size, rec, boto3_path):  # noqa: ANN001
+    def __init__(self, workdir, size, rec, boto3_path):
         super().__init__(workdir, size, rec)
         self.boto3_path = boto3_path
         self.bucket = f"bench-s3-{secrets.token_hex(3)}"
         self.endpoint = rec.get("s3_endpoint", rec["proxy_url"])
 
-    def _s3(self):  # noqa: ANN202
+    def _s3(self):
         sys.path.insert(0, self.boto3_path)
         import boto3
 
@@ -300,7 +300,7 @@ class NbdkitS3(Server):
 
 
 class Swiftnbd(Server):
-    def __init__(self, workdir, size, rec, venv):  # noqa: ANN001
+    def __init__(self, workdir, size, rec, venv):
         super().__init__(workdir, size, rec)
         self.venv = venv
         self.container = f"bench-snbd-{secrets.token_hex(3)}"
@@ -504,7 +504,7 @@ def main() -> None:
                 print(f"peer: {name}", file=sys.stderr, flush=True)
                 try:
                     row.add(*bench_server(make(), psrc, pdst, count))
-                except Exception as err:  # noqa: BLE001 - report it and go on
+                except Exception as err:
                     row.error = str(err)[:300]
     print(f"\n{args.size_mib} MiB ({args.peer_size_mib} MiB for peers), Swift at "
           f"{rec['auth_url']}, median of {args.repeat} (range)")  # fmt: skip

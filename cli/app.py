@@ -91,7 +91,7 @@ class StowkitApp(App):
         self._config_files = list(config_files)
         self._drivers: dict[str, Any] = {}
 
-    def build_option_parser(self, description, version, argparse_kwargs=None):  # noqa: ANN001
+    def build_option_parser(self, description, version, argparse_kwargs=None):
         # No abbreviations: `image sync --config k=v` must not become --config-file.
         argparse_kwargs = {**(argparse_kwargs or {}), "prog": self.NAME, "allow_abbrev": False}
         parser = super().build_option_parser(description, version, argparse_kwargs)
@@ -106,7 +106,7 @@ class StowkitApp(App):
         return parser
 
     @functools.cached_property
-    def conf(self):  # noqa: ANN201 - oslo_config.cfg.ConfigOpts
+    def conf(self):
         return config.load_conf(self._config_files)
 
     def driver(self, namespace: str) -> Any:
@@ -130,7 +130,7 @@ class StowkitApp(App):
         # An unknown *option* is not a misspelt command: say so in one line.
         return [] if cmd.startswith("-") else super().get_fuzzy_matches(cmd)
 
-    def clean_up(self, cmd, result, err):  # noqa: ANN001
+    def clean_up(self, cmd, result, err):
         for drv in self._drivers.values():
             drv.close()
 

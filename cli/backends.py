@@ -9,12 +9,12 @@ from stowkit.corelib import registry
 class ListBackends(Lister):
     """List installed backends of every namespace, with their capabilities."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("--namespace", choices=registry.NAMESPACES, help="Only this namespace.")
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+    def take_action(self, parsed_args):
         namespaces = (parsed_args.namespace,) if parsed_args.namespace else registry.NAMESPACES
         configured = {ns: self.app.conf[ns].backend for ns in namespaces}
         columns = ("Namespace", "Name", "Selected", "Capabilities", "Target", "Status")

@@ -109,7 +109,7 @@ class ProgressLine:
 class Setup(ShowOne):
     """Create a block device: an empty (all zeros) device of the given size."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("name", help="Device name.")
         parser.add_argument(
@@ -125,7 +125,7 @@ class Setup(ShowOne):
         )
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+    def take_action(self, parsed_args):
         size = parse_size(parsed_args.size)
         object_size = (
             parse_size(parsed_args.object_size)
@@ -139,7 +139,7 @@ class Setup(ShowOne):
 class ListDevices(Lister):
     """List block devices with their size, object size, objects stored and lock."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument(
             "--quick",
@@ -148,7 +148,7 @@ class ListDevices(Lister):
         )
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+    def take_action(self, parsed_args):
         devices = self.driver("blockstore").list_devices(details=not parsed_args.quick)
         columns = ("Name", "Size", "Object Size", "Objects", "Objects Stored", "Locked By")
         data = [
@@ -168,12 +168,12 @@ class ListDevices(Lister):
 class ShowDevice(ShowOne):
     """Show one block device: settings, objects stored, lock."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("name", help="Device name.")
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+    def take_action(self, parsed_args):
         dev = self.driver("blockstore").get_device(parsed_args.name, details=True)
         return _show(device_fields(dev))
 
@@ -181,7 +181,7 @@ class ShowDevice(ShowOne):
 class LockDevice(ShowOne):
     """Lock a device by hand, so no server may write to it until `unlock`."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("name", help="Device name.")
         parser.add_argument(
@@ -194,7 +194,7 @@ class LockDevice(ShowOne):
         parser.add_argument("--owner", default=MANUAL_OWNER, help="Who the lock names.")
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+    def take_action(self, parsed_args):
         if parsed_args.lease is not None and parsed_args.lease <= 0:
             raise InvalidArgument("--lease must be a positive number of seconds")
         lock = self.driver("blockstore").lock(
@@ -206,12 +206,12 @@ class LockDevice(ShowOne):
 class UnlockDevice(Command):
     """Break a device's lock, whoever holds it, and say whose it was."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("name", help="Device name.")
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+    def take_action(self, parsed_args):
         broken = self.driver("blockstore").unlock(parsed_args.name, force=True)
         if broken is None:
             self.app.stdout.write(f"device {parsed_args.name} was not locked\n")
@@ -225,7 +225,7 @@ class UnlockDevice(Command):
 class DeleteDevice(Command):
     """Delete a device: its objects, then the device itself.  Refused while locked."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("name", help="Device name.")
         parser.add_argument(
@@ -233,7 +233,7 @@ class DeleteDevice(Command):
         )
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+    def take_action(self, parsed_args):
         broken = self.driver("blockstore").delete_device(parsed_args.name, force=parsed_args.force)
         message = f"deleted device {parsed_args.name}"
         if broken is not None:
@@ -253,7 +253,7 @@ def _threads(value: str) -> int:
 
 
 class _Copy(Command):
-    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument(
             "--threads", default="8", help="Objects transferred in parallel (default 8)."
@@ -281,7 +281,7 @@ class _Copy(Command):
 class Download(_Copy):
     """Copy a whole device into a local file (holes stay holes)."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("name", help="Device name.")
         parser.add_argument("file", help="Local file (or block device) to write.")
@@ -292,7 +292,7 @@ class Download(_Copy):
         )
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+    def take_action(self, parsed_args):
         threads = _threads(parsed_args.threads)
         store = self.driver("blockstore")
         dev = store.get_device(parsed_args.name)
@@ -315,7 +315,7 @@ class Download(_Copy):
 class Upload(_Copy):
     """Copy a local file onto a device (which then holds exactly the file, zero-padded)."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("file", help="Local file (or block device) to read.")
         parser.add_argument("name", help="Device name.")
@@ -333,7 +333,7 @@ class Upload(_Copy):
         )
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+    def take_action(self, parsed_args):
         threads = _threads(parsed_args.threads)
         store = self.driver("blockstore")
         path = parsed_args.file

@@ -95,7 +95,7 @@ class _RegionCommand:
 class CreateImage(_RegionCommand, ShowOne):
     """Upload FILE as a new image in a region."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("file", help="The image's bytes ('-' for stdin).")
         parser.add_argument("--name", required=True)
@@ -113,16 +113,14 @@ class CreateImage(_RegionCommand, ShowOne):
         parser.add_argument("--ramdisk-id")
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+    def take_action(self, parsed_args):
         props = properties(parsed_args.property)
         store, region = self.store_and_region(parsed_args)
         visibility = "public" if parsed_args.public else parsed_args.visibility or "private"
         if parsed_args.owner and not store.supports(ImageCapability.SET_OWNER):
             raise InvalidArgument("this image backend cannot set an owner")
         try:
-            fh = (
-                sys.stdin.buffer if parsed_args.file == "-" else open(parsed_args.file, "rb")  # noqa: SIM115
-            )
+            fh = sys.stdin.buffer if parsed_args.file == "-" else open(parsed_args.file, "rb")
         except OSError as exc:
             raise InvalidArgument(f"cannot read {parsed_args.file}: {exc.strerror}") from None
         with fh:
@@ -153,13 +151,13 @@ def show(image: Image) -> tuple[tuple[str, ...], tuple[Any, ...]]:
 class ListImages(_RegionCommand, Lister):
     """List the images of a region."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         self.add_region(parser)
         parser.add_argument("--name", help="Only images with this name.")
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+    def take_action(self, parsed_args):
         store, region = self.store_and_region(parsed_args)
         images = sorted(store.list_images(region), key=lambda im: (im.name, im.id))
         if parsed_args.name is not None:
@@ -170,13 +168,13 @@ class ListImages(_RegionCommand, Lister):
 class ShowImage(_RegionCommand, ShowOne):
     """Show one image of a region."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("image_id")
         self.add_region(parser)
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+    def take_action(self, parsed_args):
         store, region = self.store_and_region(parsed_args)
         return show(store.get_image(region, parsed_args.image_id))
 
@@ -184,13 +182,13 @@ class ShowImage(_RegionCommand, ShowOne):
 class DeleteImage(_RegionCommand, Command):
     """Delete images of a region by id."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("image_ids", nargs="+", metavar="IMAGE_ID")
         self.add_region(parser)
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+    def take_action(self, parsed_args):
         store, region = self.store_and_region(parsed_args)
         for image_id in parsed_args.image_ids:
             store.delete_image(region, image_id)
@@ -199,13 +197,13 @@ class DeleteImage(_RegionCommand, Command):
 class Regions(Lister):
     """List the regions of every target (the master region is marked)."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("--target", help="Only this target.")
         add_sync_options(parser)
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+    def take_action(self, parsed_args):
         sync = build_sync(self.app, parsed_args)
         if parsed_args.target:
             sync.config.target(parsed_args.target)  # unknown target: one-line error
@@ -240,13 +238,13 @@ class _Failures:
 class Status(_Failures, Lister):
     """GlanceSync status of every image to sync: STATUS, REGION, IMAGE."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("regions", nargs="*", metavar="REGION")
         add_sync_options(parser)
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+    def take_action(self, parsed_args):
         sync = build_sync(self.app, parsed_args)
         results = sync.status(parsed_args.regions)
         self._failed = [(r.region, r.error, r.error_type) for r in results if not r.ok]
@@ -259,7 +257,7 @@ class Status(_Failures, Lister):
         ]
         return ("Status", "Region", "Image"), rows
 
-    def run(self, parsed_args):  # noqa: ANN001, ANN201
+    def run(self, parsed_args):
         self._failed, self._total = [], 0
         rc = super().run(parsed_args)
         return rc or self.finish(self._failed, self._total)
@@ -268,7 +266,7 @@ class Status(_Failures, Lister):
 class Sync(_Failures, Lister):
     """Synchronise regions from the master region (all regions when none is named)."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("regions", nargs="*", metavar="REGION")
         parser.add_argument(
@@ -282,7 +280,7 @@ class Sync(_Failures, Lister):
         add_sync_options(parser)
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+    def take_action(self, parsed_args):
         sync = build_sync(self.app, parsed_args)
 
         def progress(region: str, done: Any) -> None:
@@ -302,7 +300,7 @@ class Sync(_Failures, Lister):
         ]
         return ("Region", "Action", "Image", "Size", "Detail"), rows
 
-    def run(self, parsed_args):  # noqa: ANN001, ANN201
+    def run(self, parsed_args):
         self._failed, self._total, self._summary = [], 0, ""
         rc = super().run(parsed_args)
         if rc == 0 and self._summary:
@@ -313,21 +311,21 @@ class Sync(_Failures, Lister):
 class Backup(_Failures, Lister):
     """Write GlanceSync metadata backups: backup_REGION.csv per region (master included)."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("regions", nargs="*", metavar="REGION")
         parser.add_argument("--dir", default=".", help="Directory for the files (default: .).")
         add_sync_options(parser)
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+    def take_action(self, parsed_args):
         sync = build_sync(self.app, parsed_args)
         rows = sync.backup(parsed_args.dir, parsed_args.regions)
         self._failed = [(region, err, StowkitError) for region, _p, err in rows if err]
         self._total = len(rows)
         return ("Region", "File"), [(region, path) for region, path, err in rows if not err]
 
-    def run(self, parsed_args):  # noqa: ANN001, ANN201
+    def run(self, parsed_args):
         self._failed, self._total = [], 0
         rc = super().run(parsed_args)
         return rc or self.finish(self._failed, self._total)
@@ -336,7 +334,7 @@ class Backup(_Failures, Lister):
 class LoadBackups(Lister):
     """Load a directory of GlanceSync backups (backup_REGION.csv) into the local store."""
 
-    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("directory")
         parser.add_argument(
@@ -344,7 +342,7 @@ class LoadBackups(Lister):
         )
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+    def take_action(self, parsed_args):
         store = self.app.driver("image")
         store.require(ImageCapability.LOAD_BACKUP)
         loaded = store.load_backups(parsed_args.directory, replace=parsed_args.replace)

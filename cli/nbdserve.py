@@ -30,7 +30,7 @@ class ServeBlockDevices(Command):
     on SIGTERM/SIGINT, which stop the server cleanly.
     """
 
-    def get_parser(self, prog_name):  # noqa: ANN001, ANN201
+    def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("names", nargs="*", metavar="NAME", help="Devices to serve.")
         parser.add_argument("--bind", default="127.0.0.1", help="Address to listen on.")
@@ -60,7 +60,7 @@ class ServeBlockDevices(Command):
         )
         return parser
 
-    def take_action(self, parsed_args):  # noqa: ANN001, ANN201
+    def take_action(self, parsed_args):
         from stowkit.corelib.nbd.server import serve
 
         if not 0 <= parsed_args.port <= 65535:
@@ -82,7 +82,7 @@ class ServeBlockDevices(Command):
         for name in devices:
             store.get_device(name)  # NotFound before listening
 
-        def ready(server) -> None:  # noqa: ANN001
+        def ready(server) -> None:
             mode = " (read-only)" if parsed_args.read_only else ""
             for name in server.exports:
                 print(f"serving nbd://{server.bind}:{server.port}/{name}{mode}", flush=True)

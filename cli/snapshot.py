@@ -26,7 +26,7 @@ class CreateSnapshot(ShowOne):
         parser.add_argument("volume")
         return parser
 
-    def take_action(self, parsed_args: argparse.Namespace):  # noqa: ANN201
+    def take_action(self, parsed_args: argparse.Namespace):
         return SNAPSHOT_COLUMNS, snapshot_row(
             self.driver("volume").create_snapshot(parsed_args.volume)
         )
@@ -40,7 +40,7 @@ class ListSnapshots(Lister):
         parser.add_argument("volume", nargs="?", help="Only this volume's snapshots.")
         return parser
 
-    def take_action(self, parsed_args: argparse.Namespace):  # noqa: ANN201
+    def take_action(self, parsed_args: argparse.Namespace):
         snaps = self.driver("volume").list_snapshots(parsed_args.volume)
         headers = tuple(c.replace("_", " ").title() for c in SNAPSHOT_COLUMNS)
         return headers, [snapshot_row(s) for s in snaps]
@@ -76,7 +76,7 @@ class RestoreSnapshot(ShowOne):
         )
         return parser
 
-    def take_action(self, parsed_args: argparse.Namespace):  # noqa: ANN201
+    def take_action(self, parsed_args: argparse.Namespace):
         result = self.driver("volume").restore(
             parsed_args.name, parsed_args.target, force=parsed_args.force
         )
@@ -104,7 +104,7 @@ class SendSnapshot(ShowOne):
         )
         return parser
 
-    def take_action(self, parsed_args: argparse.Namespace):  # noqa: ANN201
+    def take_action(self, parsed_args: argparse.Namespace):
         rate = None if parsed_args.bwlimit is None else parse_rate(parsed_args.bwlimit)
         result = self.driver("volume").send_snapshot(
             parsed_args.name, parsed_args.host, compress=parsed_args.compress, bwlimit=rate
@@ -133,7 +133,7 @@ class PurgeSnapshots(Lister):
         )
         return parser
 
-    def take_action(self, parsed_args: argparse.Namespace):  # noqa: ANN201
+    def take_action(self, parsed_args: argparse.Namespace):
         result = self.driver("volume").purge(
             parsed_args.volume, parsed_args.pattern, dry_run=parsed_args.dry_run
         )

@@ -59,7 +59,7 @@ class CreateVolume(ShowOne):
         )
         return parser
 
-    def take_action(self, parsed_args: argparse.Namespace):  # noqa: ANN201
+    def take_action(self, parsed_args: argparse.Namespace):
         driver = self.driver("volume")
         options = parse_options(parsed_args.opt)
         volume = driver.create_volume(parsed_args.name, options)
@@ -77,7 +77,7 @@ class CreateVolume(ShowOne):
 class ListVolumes(Lister):
     """List volumes with their snapshot and mount counts."""
 
-    def take_action(self, parsed_args: argparse.Namespace):  # noqa: ANN201
+    def take_action(self, parsed_args: argparse.Namespace):
         columns = ("Name", "Created", "Snapshots", "Mounts", "Path")
         rows = [
             (
@@ -103,7 +103,7 @@ class ShowVolume(ShowOne):
         )
         return parser
 
-    def take_action(self, parsed_args: argparse.Namespace):  # noqa: ANN201
+    def take_action(self, parsed_args: argparse.Namespace):
         volume = self.driver("volume").get_volume(
             parsed_args.name, with_size=not parsed_args.no_size
         )
@@ -134,7 +134,7 @@ class CloneVolume(ShowOne):
         parser.add_argument("target")
         return parser
 
-    def take_action(self, parsed_args: argparse.Namespace):  # noqa: ANN201
+    def take_action(self, parsed_args: argparse.Namespace):
         return show_volume(
             self.driver("volume").clone_volume(parsed_args.source, parsed_args.target)
         )
@@ -149,7 +149,7 @@ class SyncVolume(Lister):
         parser.add_argument("hosts", nargs="+", metavar="HOST", help="[user@]host[:port]")
         return parser
 
-    def take_action(self, parsed_args: argparse.Namespace):  # noqa: ANN201
+    def take_action(self, parsed_args: argparse.Namespace):
         result = self.driver("volume").sync_volume(parsed_args.name, parsed_args.hosts)
         self.app.stdout.write(f"snapshot taken first: {result.backup}\n")
         rows = [(peer, status) for peer, status in result.peers.items()]
@@ -179,7 +179,7 @@ class UnmountVolume(Lister):
         which.add_argument("--all", action="store_true", help="Every recorded mount ID.")
         return parser
 
-    def take_action(self, parsed_args: argparse.Namespace):  # noqa: ANN201
+    def take_action(self, parsed_args: argparse.Namespace):
         driver = self.driver("volume")
         if parsed_args.all:
             cleared = driver.clear_mounts(parsed_args.name)
@@ -201,7 +201,7 @@ class CleanupVolumes(Lister):
     at start too.
     """
 
-    def take_action(self, parsed_args: argparse.Namespace):  # noqa: ANN201
+    def take_action(self, parsed_args: argparse.Namespace):
         return ("Item", "Result"), list(self.driver("volume").cleanup())
 
 

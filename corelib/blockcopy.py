@@ -261,7 +261,7 @@ def held_lock(
             except DeviceLocked as exc:
                 state["error"] = exc
                 return
-            except Exception as exc:  # noqa: BLE001 - keep trying until the lease runs out
+            except Exception as exc:
                 LOG.warning("device %s: cannot renew the lock: %s", device, exc)
 
     thread = threading.Thread(target=renew, name=f"renew-{device}", daemon=True)

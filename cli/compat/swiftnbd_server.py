@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pid_handle.write(f"{os.getpid()}\n")
     from stowkit.corelib.nbd.server import serve_many
 
-    def ready(server) -> None:  # noqa: ANN001
+    def ready(server) -> None:
         LOG.info("Starting to serve on %s:%s", server.bind, server.port)
 
     settings = ExportSettings(cache_size=args.cache_limit << 20)

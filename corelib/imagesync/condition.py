@@ -133,7 +133,7 @@ def _reject(node: ast.AST, text: str, why: str) -> ConditionError:
     return ConditionError(f"metadata_condition not allowed: {why} ({snippet!r})")
 
 
-def _compile(node: ast.AST, text: str) -> Fn:  # noqa: C901 - one branch per node kind
+def _compile(node: ast.AST, text: str) -> Fn:
     if isinstance(node, ast.Constant):
         value = node.value
         if not isinstance(value, str | int | float | bool | type(None)):

@@ -276,7 +276,7 @@ class ImageSync:
         except StowkitError as exc:
             LOG.error("%s: %s", name, exc)
             return RegionResult(name, error=str(exc), error_type=type(exc))
-        except Exception as exc:  # noqa: BLE001 - a backend bug must not stop other regions
+        except Exception as exc:
             LOG.exception("%s: unexpected error", name)
             return RegionResult(name, error=f"{type(exc).__name__}: {exc}", error_type=StowkitError)
 

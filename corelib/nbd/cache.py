@@ -161,7 +161,7 @@ class ObjectCache:
     def cached_bytes(self) -> int:
         return self._bytes
 
-    async def _call(self, fn, *args):  # noqa: ANN001, ANN202
+    async def _call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def start(self) -> None:

@@ -117,7 +117,7 @@ class Export:
         preferred = min(self.device.object_size, self.settings.max_block) or 4096
         return 1, preferred, self.settings.max_block
 
-    async def _call(self, fn, *args):  # noqa: ANN001, ANN202
+    async def _call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # -- clients --------------------------------------------------------------------
@@ -208,7 +208,7 @@ class Export:
         if lock is not None and self.lost_lock is None:
             try:
                 await self._call(self.store.unlock, self.name, lock)
-            except Exception as err:  # noqa: BLE001 - logged; the lease will expire anyway
+            except Exception as err:
                 LOG.error("device %s: could not release the lock: %s", self.name, err)
 
     async def _renew_loop(self) -> None:
@@ -216,7 +216,7 @@ class Export:
         if self._confirmed is not None:
             try:
                 await asyncio.shield(self._confirmed)
-            except Exception:  # noqa: BLE001 - logged by _confirm_lock
+            except Exception:
                 return  # not ours: nothing to renew
         while True:
             await asyncio.sleep(max(lease / 3, 0.5))
@@ -229,5 +229,5 @@ class Export:
                 self.lost_lock = str(err)
                 LOG.error("device %s: lost the lock, refusing writes: %s", self.name, err)
                 return
-            except Exception as err:  # noqa: BLE001 - transient; retried at the next tick
+            except Exception as err:
                 LOG.warning("device %s: could not renew the lock: %s", self.name, err)

@@ -151,7 +151,7 @@ class Connection:
             if len(rest) != 2 + 2 * count:
                 raise ValueError
             requests = {p.U16.unpack_from(rest, 2 + 2 * i)[0] for i in range(count)}
-        except Exception:  # noqa: BLE001 - any malformation
+        except Exception:
             await self._opt_error(option, p.REP_ERR_INVALID, "malformed INFO/GO request")
             return False
         export = self.server.find_export(name)
@@ -196,7 +196,7 @@ class Connection:
                 queries.append(query)
             if rest:
                 raise ValueError
-        except Exception:  # noqa: BLE001 - any malformation
+        except Exception:
             await self._opt_error(option, p.REP_ERR_INVALID, "malformed meta context request")
             return
         export = self.server.find_export(name)
@@ -273,7 +273,7 @@ class Connection:
         except RequestError as err:
             await self._error(cookie, err.errno, str(err))
             return
-        except Exception as err:  # noqa: BLE001 - the backend failed: tell the client EIO
+        except Exception as err:
             LOG.error("%s on %s: %s", p.COMMAND_NAMES.get(cmd, cmd), self.export.name, err)
             await self._error(cookie, p.EIO, f"backend error: {err}")
             return
@@ -305,7 +305,7 @@ class Connection:
         else:
             await self._send(p.simple_reply(cookie, errno))
 
-    async def _execute(  # noqa: ANN202
+    async def _execute(
         self, flags: int, cmd: int, offset: int, length: int, payload: bytes | bytearray
     ):
         export, cache = self.export, self.cache
@@ -406,7 +406,7 @@ class NbdServer:
             LOG.debug("closing %s: %s", conn.peer, err)
         except asyncio.CancelledError:
             pass
-        except Exception:  # noqa: BLE001 - one connection's bug must not stop the server
+        except Exception:
             LOG.exception("connection %s failed", conn.peer)
         finally:
             try:
@@ -416,7 +416,7 @@ class NbdServer:
                 if conn.export is not None:
                     try:
                         await conn.export.detach()
-                    except Exception as err:  # noqa: BLE001
+                    except Exception as err:
                         LOG.error(
                             "export %s: write-back on disconnect failed: %s", conn.export.name, err
                         )

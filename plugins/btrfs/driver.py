@@ -106,7 +106,7 @@ class BtrfsVolumeDriver(VolumeDriver):
         }
     )
 
-    def __init__(self, conf, group: str) -> None:  # noqa: ANN001 - oslo ConfigOpts
+    def __init__(self, conf, group: str) -> None:
         super().__init__(conf, group)
         self.root = os.path.abspath(self.opts.root)
         self._ready = False

@@ -160,9 +160,7 @@ def last_line(data: bytes | str, default: str = "") -> str:
 def run(argv: Sequence[str], timeout: float | None = 120, what: str = "") -> str:
     """Run ``argv`` (no shell); its stdout, or BackendUnavailable with stderr's last line."""
     try:
-        proc = subprocess.run(  # noqa: S603 - argument list built from checked names
-            list(argv), capture_output=True, timeout=timeout, check=False
-        )
+        proc = subprocess.run(list(argv), capture_output=True, timeout=timeout, check=False)
     except FileNotFoundError:
         raise BackendUnavailable(f"{what or argv[0]}: {argv[0]} is not installed") from None
     except subprocess.TimeoutExpired:
@@ -231,20 +229,18 @@ def send_stream(
     errs = [tempfile.TemporaryFile() for _ in range(3)]
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        sender = subprocess.Popen(  # noqa: S603
-            list(send_argv), stdout=subprocess.PIPE, stderr=errs[0]
-        )
+        sender = subprocess.Popen(list(send_argv), stdout=subprocess.PIPE, stderr=errs[0])
         procs.append(sender)
         stream = sender.stdout
         if compress:
-            zstd = subprocess.Popen(  # noqa: S603
+            zstd = subprocess.Popen(
                 ["zstd", "-q", "-c", "-3"], stdin=stream, stdout=subprocess.PIPE, stderr=errs[1]
             )
             procs.append(zstd)
             assert sender.stdout is not None
             sender.stdout.close()  # zstd holds it now; send sees SIGPIPE if zstd dies
             stream = zstd.stdout
-        ssh = subprocess.Popen(  # noqa: S603
+        ssh = subprocess.Popen(
             list(ssh_argv), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errs[2]
         )
         procs.append(ssh)

@@ -373,7 +373,7 @@ class GlanceImageStore(ImageStore):
             # No half-written image left behind: the queued record goes too.
             try:
                 client.images.delete(raw["id"])
-            except Exception:  # noqa: BLE001, S110 - the first error is the one to report
+            except Exception:
                 pass
             if isinstance(exc, StowkitError):
                 raise

@@ -172,7 +172,7 @@ class SqlCatalog(Catalog):
         except Exception as exc:
             try:
                 conn.rollback()
-            except Exception:  # noqa: S110 - the first error is the one to report
+            except Exception:
                 pass
             if _is_integrity(exc):
                 raise AlreadyExists("duplicate") from None

@@ -204,7 +204,7 @@ class ConnectionFactory:
         for conn in conns:
             try:
                 conn.close()
-            except Exception:  # noqa: S110 - closing is best effort
+            except Exception:
                 pass
         self._local = threading.local()
 

@@ -258,7 +258,7 @@ class SwiftBlockStore(BlockStore):
             name = entry["name"][len(prefix) :]
             try:
                 candidates.append(names.check_name(name))
-            except Exception:  # noqa: S112 - a container no device name could map to
+            except Exception:
                 continue
 
         def one(name: str) -> BlockDevice | None:

@@ -188,7 +188,7 @@ def test_lock_is_exclusive_between_clients(swift, store, prefix):
         other.close()
 
 
-def race(swift, prefix, action, refusal):  # noqa: ANN001, ANN201
+def race(swift, prefix, action, refusal):
     """Run ``action(client, i)`` from six clients at once: (results, refusals)."""
     clients = [make_store(swift, prefix) for _ in range(6)]
     won, refused = [], []

@@ -91,15 +91,15 @@ project_domain_name = {svc["project_domain_name"]}
 """
     )
     stowkit = shutil.which("stowkit") or str(pathlib.Path(sys.executable).with_name("stowkit"))
-    sync = subprocess.run(  # noqa: S603 - fixed argv
+    sync = subprocess.run(
         [stowkit, "--config-file", str(conf), "catalog", "db-sync"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert sync.returncode == 0, sync.stderr
-    log = open(work / "server.log", "wb")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv
+    log = open(work / "server.log", "wb")
+    proc = subprocess.Popen(
         [
             stowkit,
             "--config-file",
@@ -119,7 +119,7 @@ project_domain_name = {svc["project_domain_name"]}
     deadline = time.monotonic() + 60
     while True:
         try:
-            urllib.request.urlopen(url + "/", timeout=2)  # noqa: S310 - loopback
+            urllib.request.urlopen(url + "/", timeout=2)
         except urllib.error.HTTPError:
             break  # 300 Multiple Choices: it answers
         except OSError:
@@ -163,7 +163,7 @@ class Api:
         req.add_header("X-Auth-Token", self.token)
         req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback
+            with urllib.request.urlopen(req, timeout=30) as resp:
                 status, payload = resp.status, resp.read()
         except urllib.error.HTTPError as err:
             status, payload = err.code, err.read()
@@ -192,9 +192,7 @@ def freezer(service, keystone, catalog_url):
 
     def run(*args: str, fmt: bool = True) -> Any:
         argv = [binary, *args] + (["-f", "json"] if fmt else [])
-        proc = subprocess.run(  # noqa: S603 - fixed argv
-            argv, env=env, capture_output=True, text=True, timeout=120
-        )
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, f"{' '.join(args)}: {proc.stderr[-2000:]}"
         return json.loads(proc.stdout) if fmt and proc.stdout.strip() else proc.stdout
 
@@ -254,7 +252,7 @@ def test_freezer_cli_against_stowkit(freezer, keystone, catalog_url, tmp_path):
     shown = freezer("session-show", session_id)
     assert shown["Session tag"] == 1 and shown["Status"] == "running"
     # freezer's CLI has no session-end command: its library call is what the agent uses.
-    end = subprocess.run(  # noqa: S603 - fixed argv
+    end = subprocess.run(
         [
             freezer.python,
             "-c",
@@ -346,11 +344,11 @@ def test_projects_cannot_touch_each_other(keystone, catalog_url):
 def test_requests_without_a_valid_token_are_401(catalog_url):
     req = urllib.request.Request(catalog_url + "/v1/backups")
     with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(req, timeout=30)  # noqa: S310 - loopback
+        urllib.request.urlopen(req, timeout=30)
     assert err.value.code == 401
     req = urllib.request.Request(catalog_url + "/v1/backups", headers={"X-Auth-Token": "bogus"})
     with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(req, timeout=30)  # noqa: S310 - loopback
+        urllib.request.urlopen(req, timeout=30)
     assert err.value.code == 401
 
 

@@ -16,9 +16,7 @@ import pytest
 
 def run(argv: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProcess:
     """Run a command; fail the test with its output when it exits non-zero."""
-    proc = subprocess.run(  # noqa: S603 - fixed argv
-        argv, capture_output=True, text=True, timeout=timeout, **kw
-    )
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
     assert proc.returncode == 0, f"{argv} exited {proc.returncode}: {proc.stdout}{proc.stderr}"
     return proc
 

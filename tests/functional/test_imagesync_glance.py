@@ -75,7 +75,7 @@ def stack(service, tmp_path_factory):
     # take turns (the lock is released when the module's fixture ends).
     lock_dir = stack_dir() / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
-    lock = open(lock_dir / "test_imagesync_glance.lock", "a")  # noqa: SIM115
+    lock = open(lock_dir / "test_imagesync_glance.lock", "a")
     fcntl.flock(lock, fcntl.LOCK_EX)
     name = f"sksync-{uuid.uuid4().hex[:8]}"
     password = uuid.uuid4().hex
@@ -127,7 +127,7 @@ def stack(service, tmp_path_factory):
         lock.close()
 
 
-def _cleanup(info) -> None:  # noqa: ANN001
+def _cleanup(info) -> None:
     """Leave the shared Glance servers as we found them."""
     store, other_store = info["store"], info["other_store"]
     project, second_project, name = info["project"], info["second_project"], info["name"]
@@ -135,14 +135,14 @@ def _cleanup(info) -> None:  # noqa: ANN001
         for region in regions:
             try:
                 images = st.list_images(region)
-            except Exception:  # noqa: BLE001, S112 - a region may be down after a failed test
+            except Exception:
                 continue
             for im in images:
                 mine = im.owner in (project, second_project) or im.name.startswith(name)
                 if mine or im.id in info["created"]:
                     try:
                         st.delete_image(region, im.id)
-                    except Exception:  # noqa: BLE001, S110
+                    except Exception:
                         pass
 
 
@@ -168,7 +168,7 @@ def put(store, region, name, data, *, public=True, props=None, owner=None, fmt="
 
 
 def cli(stack, *args, check=None):
-    proc = subprocess.run(  # noqa: S603 - fixed argv
+    proc = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -404,7 +404,7 @@ def test_region_stopped_mid_run(stack, scenario):
 
     stopped = []
 
-    def stop_three(region, plan):  # noqa: ANN001 - between planning RegionTwo and applying it
+    def stop_three(region, plan):
         if not stopped:
             glance_stack.stop_region("RegionThree")
             stopped.append(True)
@@ -463,7 +463,7 @@ def test_wrong_credentials(stack, tmp_path):
 
 
 def test_glancesync_front_end(stack, scenario):
-    proc = subprocess.run(  # noqa: S603
+    proc = subprocess.run(
         [
             sys.executable,
             "-m",

@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from stowkit.corelib.nbd import protocol as p  # noqa: E402
-from tests.unit.nbd_fakes import RawClient, _string  # noqa: E402
+from stowkit.corelib.nbd import protocol as p
+from tests.unit.nbd_fakes import RawClient, _string
 
 MiB = 1 << 20
 
@@ -29,7 +29,7 @@ def run(*cmd: str, timeout: int = 300, check: bool = True, **kw) -> subprocess.C
     )
 
 
-def sha256(path) -> str:  # noqa: ANN001
+def sha256(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -79,7 +79,7 @@ class Backend:
 
 
 @pytest.fixture(params=["swift", "local"])
-def backend(request, tmp_path):  # noqa: ANN001, ANN201
+def backend(request, tmp_path):
     conf = tmp_path / "stowkit.conf"
     if request.param == "swift":
         service = request.getfixturevalue("service")
@@ -100,7 +100,7 @@ def backend(request, tmp_path):  # noqa: ANN001, ANN201
         b.stowkit("blockstore", "delete", name, "--force", check=False)
 
 
-def test_nbdinfo_list_and_json(backend):  # noqa: ANN001
+def test_nbdinfo_list_and_json(backend):
     backend.setup("alpha")
     backend.setup("beta", size="1M")
     proc, port = backend.serve()
@@ -116,7 +116,7 @@ def test_nbdinfo_list_and_json(backend):  # noqa: ANN001
     assert backend.stop(proc) == 0
 
 
-def test_nbdcopy_and_qemu_img_both_ways(backend, tmp_path):  # noqa: ANN001
+def test_nbdcopy_and_qemu_img_both_ways(backend, tmp_path):
     backend.setup("disk")
     proc, port = backend.serve("disk")
     uri = f"nbd://127.0.0.1:{port}/disk"
@@ -144,7 +144,7 @@ def test_nbdcopy_and_qemu_img_both_ways(backend, tmp_path):  # noqa: ANN001
     assert backend.stop(proc) == 0
 
 
-def test_qemu_io_unaligned_reads_and_writes(backend):  # noqa: ANN001
+def test_qemu_io_unaligned_reads_and_writes(backend):
     backend.setup("disk")
     proc, port = backend.serve("disk")
     uri = f"nbd://127.0.0.1:{port}/disk"
@@ -168,7 +168,7 @@ def test_qemu_io_unaligned_reads_and_writes(backend):  # noqa: ANN001
     assert backend.stop(proc) == 0
 
 
-def test_sigkill_right_after_flush_loses_nothing(backend, tmp_path):  # noqa: ANN001
+def test_sigkill_right_after_flush_loses_nothing(backend, tmp_path):
     backend.setup("disk")
     proc, port = backend.serve("disk")
     src = tmp_path / "src.raw"
@@ -184,7 +184,7 @@ def test_sigkill_right_after_flush_loses_nothing(backend, tmp_path):  # noqa: AN
     assert backend.stop(proc) == 0
 
 
-def test_second_writer_refused_lock_released_on_disconnect(backend, tmp_path):  # noqa: ANN001
+def test_second_writer_refused_lock_released_on_disconnect(backend, tmp_path):
     backend.setup("disk")
     first, port1 = backend.serve("disk")
     second, port2 = backend.serve("disk")
@@ -212,7 +212,7 @@ def test_second_writer_refused_lock_released_on_disconnect(backend, tmp_path):  
     assert backend.stop(first) == 0 and backend.stop(second) == 0
 
 
-def test_read_only_export_takes_no_lock(backend):  # noqa: ANN001
+def test_read_only_export_takes_no_lock(backend):
     backend.setup("disk")
     writer, wport = backend.serve("disk")
     holder = RawClient(wport)
@@ -236,7 +236,7 @@ def test_read_only_export_takes_no_lock(backend):  # noqa: ANN001
     assert backend.stop(reader) == 0 and backend.stop(writer) == 0
 
 
-def test_malformed_clients_do_not_disturb_a_good_one(backend, tmp_path):  # noqa: ANN001
+def test_malformed_clients_do_not_disturb_a_good_one(backend, tmp_path):
     backend.setup("disk")
     proc, port = backend.serve("disk")
     uri = f"nbd://127.0.0.1:{port}/disk"
@@ -278,7 +278,7 @@ def test_malformed_clients_do_not_disturb_a_good_one(backend, tmp_path):  # noqa
 class Filesystem:
     """nbdfuse -> losetup -> ext4 mount on an export; torn down in reverse, always."""
 
-    def __init__(self, base) -> None:  # noqa: ANN001
+    def __init__(self, base) -> None:
         self.fuse_dir = base / "fuse"
         self.mnt = base / "mnt"
         self.fuse_dir.mkdir(exist_ok=True)
@@ -318,7 +318,7 @@ class Filesystem:
             self.fuse = None
 
 
-def test_ext4_on_an_export_survives_a_server_restart(backend, tmp_path):  # noqa: ANN001
+def test_ext4_on_an_export_survives_a_server_restart(backend, tmp_path):
     backend.setup("fs", size="128M", object_size="256K")
     proc, port = backend.serve("fs")
     fs = Filesystem(tmp_path)

@@ -29,7 +29,7 @@ class MemoryBlockStore(BlockStore):
         self.fail_writes = False
         self.write_gate: threading.Event | None = None  # when set: writes wait for it
 
-    def create_device(self, name, size, object_size=65536):  # noqa: ANN001, ANN201
+    def create_device(self, name, size, object_size=65536):
         if name in self.devices:
             raise AlreadyExists(name)
         self.devices[name] = BlockDevice(name, size, object_size)
@@ -37,30 +37,30 @@ class MemoryBlockStore(BlockStore):
         self.control[name] = {}
         return self.devices[name]
 
-    def get_device(self, name, details=False):  # noqa: ANN001, ANN201
+    def get_device(self, name, details=False):
         try:
             return self.devices[name]
         except KeyError:
             raise NotFound(f"no device {name}") from None
 
-    def list_devices(self, details=False):  # noqa: ANN001, ANN201
+    def list_devices(self, details=False):
         return sorted(self.devices.values(), key=lambda d: d.name)
 
-    def _destroy_device(self, name):  # noqa: ANN001, ANN201
+    def _destroy_device(self, name):
         del self.devices[name], self.objects[name], self.control[name]
 
-    def read_object(self, device, index):  # noqa: ANN001, ANN201
+    def read_object(self, device, index):
         with self.guard:
             self.reads.append((device, index))
             return self.objects[device].get(index)
 
-    def read_range(self, device, index, start, length):  # noqa: ANN001, ANN201
+    def read_range(self, device, index, start, length):
         with self.guard:
             self.ranges.append((device, index, start, length))
             data = self.objects[device].get(index)
         return None if data is None else data[start : start + length]
 
-    def write_object(self, device, index, data):  # noqa: ANN001, ANN201
+    def write_object(self, device, index, data):
         if self.write_gate is not None:
             self.write_gate.wait(10)
         if self.fail_writes:
@@ -70,28 +70,28 @@ class MemoryBlockStore(BlockStore):
             self.writes.append((device, index))
             self.objects[device][index] = bytes(data)
 
-    def delete_object(self, device, index):  # noqa: ANN001, ANN201
+    def delete_object(self, device, index):
         with self.guard:
             self.deletes.append((device, index))
             self.objects[device].pop(index, None)
 
-    def list_objects(self, device):  # noqa: ANN001, ANN201
+    def list_objects(self, device):
         return iter(sorted(self.objects[device]))
 
-    def _control_get(self, device, key):  # noqa: ANN001, ANN201
+    def _control_get(self, device, key):
         return self.control[device].get(key)
 
-    def _control_create(self, device, key, data):  # noqa: ANN001, ANN201
+    def _control_create(self, device, key, data):
         with self.guard:
             if key in self.control[device]:
                 return False
             self.control[device][key] = data
             return True
 
-    def _control_replace(self, device, key, data):  # noqa: ANN001, ANN201
+    def _control_replace(self, device, key, data):
         self.control[device][key] = data
 
-    def _control_delete(self, device, key):  # noqa: ANN001, ANN201
+    def _control_delete(self, device, key):
         self.control[device].pop(key, None)
 
     def content(self, device: str) -> bytes:
@@ -223,7 +223,7 @@ class ServerThread:
         self.call(self.server.start())
         self.port = self.server.port
 
-    def call(self, coro):  # noqa: ANN001, ANN201
+    def call(self, coro):
         import asyncio
 
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)

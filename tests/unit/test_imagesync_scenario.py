@@ -24,7 +24,7 @@ def make_store(root: str) -> LocalImageStore:
     return _store(core_config.load_conf(), root)
 
 
-def _store(conf, root: str) -> LocalImageStore:  # noqa: ANN001
+def _store(conf, root: str) -> LocalImageStore:
     conf.register_opts(LocalImageStore.options, group="image_local")
     conf.set_override("path", root, "image_local")
     return LocalImageStore(conf, "image_local")
@@ -109,7 +109,7 @@ def engine(
     return ImageSync(sync_config.parse(text, overrides, source="test.conf"), store)
 
 
-def statuses(sync: ImageSync, regions=()) -> dict[tuple[str, str], str]:  # noqa: ANN001
+def statuses(sync: ImageSync, regions=()) -> dict[tuple[str, str], str]:
     out = {}
     for result in sync.status(regions):
         assert result.ok, result.error

@@ -7,20 +7,20 @@ import threading
 
 import pytest
 
-from stowkit.corelib.nbd.cache import ObjectCache  # noqa: E402
-from stowkit.corelib.nbd.protocol import STATE_HOLE, STATE_ZERO  # noqa: E402
-from tests.unit.nbd_fakes import MemoryBlockStore  # noqa: E402
+from stowkit.corelib.nbd.cache import ObjectCache
+from stowkit.corelib.nbd.protocol import STATE_HOLE, STATE_ZERO
+from tests.unit.nbd_fakes import MemoryBlockStore
 
 OSIZE = 4096
 
 
-def make(capacity: int = 64 * OSIZE, size: int = 256 * OSIZE, **kw):  # noqa: ANN201
+def make(capacity: int = 64 * OSIZE, size: int = 256 * OSIZE, **kw):
     store = MemoryBlockStore()
     device = store.create_device("dev", size, OSIZE)
     return store, ObjectCache(store, device, capacity=capacity, workers=4, **kw)
 
 
-def run(coro):  # noqa: ANN001, ANN201
+def run(coro):
     return asyncio.run(coro)
 
 

@@ -12,7 +12,7 @@ from stowkit.cli.compat import swiftnbd_server
 
 
 @pytest.fixture
-def conf(tmp_path):  # noqa: ANN001, ANN201
+def conf(tmp_path):
     path = tmp_path / "stowkit.conf"
     path.write_text(f"[DEFAULT]\nstate_dir = {tmp_path}/state\n[blockstore]\nbackend = local\n")
     return str(path)
@@ -26,19 +26,19 @@ def stowkit(conf: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_serve_unknown_device_is_one_line_not_found(conf):  # noqa: ANN001
+def test_serve_unknown_device_is_one_line_not_found(conf):
     out = stowkit(conf, "blockstore", "serve", "--port", "0", "nope")
     assert out.returncode == 5 and len(out.stderr.strip().splitlines()) == 1
 
 
-def test_serve_bad_cache_size_and_no_devices(conf):  # noqa: ANN001
+def test_serve_bad_cache_size_and_no_devices(conf):
     out = stowkit(conf, "blockstore", "serve", "--cache-size", "lots")
     assert out.returncode == 3 and "invalid size" in out.stderr
     out = stowkit(conf, "blockstore", "serve", "--port", "0")
     assert out.returncode == 3 and "no device to serve" in out.stderr
 
 
-def test_serve_prints_uri_and_stops_cleanly_on_sigterm(conf):  # noqa: ANN001
+def test_serve_prints_uri_and_stops_cleanly_on_sigterm(conf):
     assert (
         stowkit(conf, "blockstore", "setup", "d", "--size", "1M", "--object-size", "64K").returncode
         == 0
@@ -72,7 +72,7 @@ def test_swiftnbd_server_flags_match_the_seed():
     )
 
 
-def test_swiftnbd_server_refuses_a_tiny_cache_and_missing_secrets(tmp_path, capsys):  # noqa: ANN001
+def test_swiftnbd_server_refuses_a_tiny_cache_and_missing_secrets(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         swiftnbd_server.main(["-c", "0", "--secrets", str(tmp_path / "none")])
     assert exc.value.code == 2

@@ -8,16 +8,16 @@ import threading
 
 import pytest
 
-from stowkit.corelib.blockstore import DEFAULT_LEASE, LockInfo  # noqa: E402
-from stowkit.corelib.nbd import protocol as p  # noqa: E402
-from tests.unit.nbd_fakes import MemoryBlockStore, RawClient, ServerThread, _string  # noqa: E402
+from stowkit.corelib.blockstore import DEFAULT_LEASE, LockInfo
+from stowkit.corelib.nbd import protocol as p
+from tests.unit.nbd_fakes import MemoryBlockStore, RawClient, ServerThread, _string
 
 OSIZE = 4096
 SIZE = 64 * OSIZE
 
 
 @pytest.fixture
-def store():  # noqa: ANN201
+def store():
     s = MemoryBlockStore()
     s.create_device("one", SIZE, OSIZE)
     s.create_device("two", 8 * OSIZE, OSIZE)
@@ -25,25 +25,25 @@ def store():  # noqa: ANN201
 
 
 @pytest.fixture
-def server(store):  # noqa: ANN001, ANN201
+def server(store):
     t = ServerThread(store, ["one", "two"], cache_size=16 * OSIZE, lease=30)
     yield t
     t.stop()
 
 
-def client(server, name: str = "one", **kw) -> RawClient:  # noqa: ANN001
+def client(server, name: str = "one", **kw) -> RawClient:
     c = RawClient(server.port)
     c.greet()
     c.go(name, **kw)
     return c
 
 
-def test_handshake_flags(server):  # noqa: ANN001
+def test_handshake_flags(server):
     c = RawClient(server.port)
     assert c.greet() == p.FLAG_FIXED_NEWSTYLE | p.FLAG_NO_ZEROES
 
 
-def test_list_exports(server):  # noqa: ANN001
+def test_list_exports(server):
     c = RawClient(server.port)
     c.greet()
     c.option(p.OPT_LIST)
@@ -52,7 +52,7 @@ def test_list_exports(server):  # noqa: ANN001
     assert names == ["one", "two"] and replies[-1][0] == p.REP_ACK
 
 
-def test_info_gives_size_flags_block_size_name_description(server):  # noqa: ANN001
+def test_info_gives_size_flags_block_size_name_description(server):
     c = RawClient(server.port)
     c.greet()
     c.option(p.OPT_INFO, _string("one") + p.U16.pack(2) + p.U16.pack(1) + p.U16.pack(2))
@@ -70,7 +70,7 @@ def test_info_gives_size_flags_block_size_name_description(server):  # noqa: ANN
     assert c.go("one")[0] == SIZE
 
 
-def test_unknown_option_and_unknown_export(server):  # noqa: ANN001
+def test_unknown_option_and_unknown_export(server):
     c = RawClient(server.port)
     c.greet()
     c.option(999, b"payload")
@@ -82,7 +82,7 @@ def test_unknown_option_and_unknown_export(server):  # noqa: ANN001
     assert c.go("two")[0] == 8 * OSIZE
 
 
-def test_export_name_unknown_closes_known_works(server):  # noqa: ANN001
+def test_export_name_unknown_closes_known_works(server):
     c = RawClient(server.port)
     c.greet()
     c.option(p.OPT_EXPORT_NAME, b"nope")
@@ -99,7 +99,7 @@ def test_export_name_unknown_closes_known_works(server):  # noqa: ANN001
     assert c.reply(3)[:3] == (8, 0, b"abc")
 
 
-def test_abort(server):  # noqa: ANN001
+def test_abort(server):
     c = RawClient(server.port)
     c.greet()
     c.option(p.OPT_ABORT)
@@ -107,7 +107,7 @@ def test_abort(server):  # noqa: ANN001
     assert c.closed()
 
 
-def test_meta_context_list_and_set(server):  # noqa: ANN001
+def test_meta_context_list_and_set(server):
     c = RawClient(server.port)
     c.greet()
     c.option(p.OPT_LIST_META_CONTEXT, _string("one") + p.U32.pack(0))
@@ -119,7 +119,7 @@ def test_meta_context_list_and_set(server):  # noqa: ANN001
     assert c.replies_until_final() == [(p.REP_ACK, b"")]
 
 
-def test_read_write_roundtrip_unaligned_and_pipelined(server, store):  # noqa: ANN001
+def test_read_write_roundtrip_unaligned_and_pipelined(server, store):
     c = client(server)
     payload = os.urandom(3 * OSIZE + 123)
     c.request(p.CMD_WRITE, 777, len(payload), data=payload, cookie=1)
@@ -138,7 +138,7 @@ def test_read_write_roundtrip_unaligned_and_pipelined(server, store):  # noqa: A
     assert store.content("one")[777 : 777 + len(payload)] == payload
 
 
-def test_burst_past_the_staging_buffer_and_a_request_byte_by_byte(server, store):  # noqa: ANN001
+def test_burst_past_the_staging_buffer_and_a_request_byte_by_byte(server, store):
     from stowkit.corelib.nbd.stream import STAGING
 
     c = client(server)
@@ -163,7 +163,7 @@ def test_burst_past_the_staging_buffer_and_a_request_byte_by_byte(server, store)
     assert c.reply()[:3] == (100, 0, bytes(expected))
 
 
-def test_requests_sent_before_a_half_close_still_get_their_replies(server, store):  # noqa: ANN001
+def test_requests_sent_before_a_half_close_still_get_their_replies(server, store):
     import socket
 
     c = client(server)
@@ -175,7 +175,7 @@ def test_requests_sent_before_a_half_close_still_get_their_replies(server, store
     assert c.closed()
 
 
-def test_errors_keep_the_connection(server):  # noqa: ANN001
+def test_errors_keep_the_connection(server):
     c = client(server)
     c.request(p.CMD_WRITE, SIZE - 2, 4, data=b"abcd", cookie=1)
     assert c.reply()[1] == p.ENOSPC
@@ -195,7 +195,7 @@ def test_errors_keep_the_connection(server):  # noqa: ANN001
     assert c.reply()[:3] == (8, 0, bytes(4))
 
 
-def test_error_chunk_carries_a_message(server):  # noqa: ANN001
+def test_error_chunk_carries_a_message(server):
     c = client(server)
     c.request(p.CMD_READ, SIZE, 1)
     _, err, _, chunks = c.reply()
@@ -204,7 +204,7 @@ def test_error_chunk_carries_a_message(server):  # noqa: ANN001
     assert b"past the end" in chunks[0][1][6 : 6 + length]
 
 
-def test_read_only_export_refuses_writes_and_takes_no_lock(store):  # noqa: ANN001
+def test_read_only_export_refuses_writes_and_takes_no_lock(store):
     t = ServerThread(store, ["one"], read_only=True)
     try:
         c = client(t)
@@ -217,7 +217,7 @@ def test_read_only_export_refuses_writes_and_takes_no_lock(store):  # noqa: ANN0
         t.stop()
 
 
-def test_block_status_extents(server, store):  # noqa: ANN001
+def test_block_status_extents(server, store):
     store.objects["one"][2] = b"\x01" * OSIZE
     c = client(server, meta=True)
     c.request(p.CMD_BLOCK_STATUS, 0, 4 * OSIZE)
@@ -231,7 +231,7 @@ def test_block_status_extents(server, store):  # noqa: ANN001
     assert len(c.reply()[3][0][1]) == 12
 
 
-def test_trim_and_write_zeroes(server, store):  # noqa: ANN001
+def test_trim_and_write_zeroes(server, store):
     c = client(server)
     c.request(p.CMD_WRITE, 0, 2 * OSIZE, data=b"\x05" * 2 * OSIZE, flags=p.CMD_FLAG_FUA)
     assert c.reply()[1] == 0
@@ -247,7 +247,7 @@ def test_trim_and_write_zeroes(server, store):  # noqa: ANN001
     assert store.objects["one"] == {}
 
 
-def test_malformed_clients_do_not_disturb_a_good_one(server):  # noqa: ANN001
+def test_malformed_clients_do_not_disturb_a_good_one(server):
     good = client(server)
     bad = []
     # wrong magic in the option header
@@ -284,7 +284,7 @@ def test_malformed_clients_do_not_disturb_a_good_one(server):  # noqa: ANN001
     assert good.reply()[:3] == (12, 0, b"hello")
 
 
-def test_disconnect_writes_back_and_unlocks(server, store):  # noqa: ANN001
+def test_disconnect_writes_back_and_unlocks(server, store):
     c = client(server)
     c.request(p.CMD_WRITE, 0, 4, data=b"data")
     assert c.reply()[1] == 0
@@ -295,7 +295,7 @@ def test_disconnect_writes_back_and_unlocks(server, store):  # noqa: ANN001
     assert store.objects["one"][0][:4] == b"data"
 
 
-def eventually(check, seconds: float = 20) -> None:  # noqa: ANN001
+def eventually(check, seconds: float = 20) -> None:
     """Wait until ``check()`` holds: a disconnect's write-back and unlock run after it."""
     import time
 
@@ -305,7 +305,7 @@ def eventually(check, seconds: float = 20) -> None:  # noqa: ANN001
         time.sleep(0.02)
 
 
-def test_second_server_refused_while_first_connected(store):  # noqa: ANN001
+def test_second_server_refused_while_first_connected(store):
     first = ServerThread(store, ["one"], lease=DEFAULT_LEASE)
     second = ServerThread(store, ["one"], lease=DEFAULT_LEASE)
     try:
@@ -329,7 +329,7 @@ def test_second_server_refused_while_first_connected(store):  # noqa: ANN001
         second.stop()
 
 
-def test_lock_of_a_dead_server_on_this_host_is_broken(store):  # noqa: ANN001
+def test_lock_of_a_dead_server_on_this_host_is_broken(store):
     import dataclasses
 
     from stowkit.corelib.blockstore import LockInfo
@@ -347,7 +347,7 @@ def test_lock_of_a_dead_server_on_this_host_is_broken(store):  # noqa: ANN001
         t.stop()
 
 
-def test_shutdown_writes_back_dirty_data(store):  # noqa: ANN001
+def test_shutdown_writes_back_dirty_data(store):
     t = ServerThread(store, ["one"])
     c = client(t)
     c.request(p.CMD_WRITE, OSIZE, 3, data=b"bye")
@@ -365,7 +365,7 @@ class _SlowConfirmStore(MemoryBlockStore):
         self.confirm_gate = threading.Event()
         self.rival_wins = False
 
-    def confirm_lock(self, device, mine):  # noqa: ANN001, ANN201
+    def confirm_lock(self, device, mine):
         self.confirm_gate.wait(20)
         if self.rival_wins:  # what a concurrent create that landed later leaves
             rival = LockInfo.new("rival server", 600)

@@ -166,7 +166,7 @@ class Context:
         kw.setdefault("capture_output", True)
         kw.setdefault("text", True)
         try:
-            proc = subprocess.run(argv, timeout=timeout, **kw)  # noqa: S603 - fixed argv
+            proc = subprocess.run(argv, timeout=timeout, **kw)
         except subprocess.TimeoutExpired as exc:
             raise StackError(f"timed out after {timeout}s: {' '.join(argv)}") from exc
         except FileNotFoundError as exc:
@@ -192,7 +192,7 @@ class Context:
             out.write(f"\n=== {time.strftime('%F %T')} {' '.join(argv)}\n".encode())
             out.flush()
             try:
-                proc = subprocess.Popen(  # noqa: S603 - fixed argv
+                proc = subprocess.Popen(
                     argv,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
@@ -268,7 +268,7 @@ class Context:
         while True:
             try:
                 req = urllib.request.Request(url, headers=headers or {})
-                with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - loopback
+                with urllib.request.urlopen(req, timeout=5) as resp:
                     status = resp.status
             except urllib.error.HTTPError as exc:
                 status = exc.code
