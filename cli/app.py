@@ -72,14 +72,9 @@ class StowkitApp(App):
     def __init__(self, config_files: Sequence[str] = ()) -> None:
         manager = CommandManager("stowkit.cli")
         for module_name in BUILTIN_MODULES:
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:
-                # A job's command module that is not written yet; anything
-                # missing *inside* a module is a real error and is raised.
-                if exc.name != module_name:
-                    raise
-                continue
+            # A built-in module that cannot be imported is a broken install or
+            # a bug: raised, never skipped (its commands would just vanish).
+            module = importlib.import_module(module_name)
             for name, cls in module.COMMANDS.items():
                 manager.add_command(name, cls)
         super().__init__(

@@ -1,4 +1,4 @@
-"""``stowkit backends``: what is installed, per namespace."""
+"""``stowkit backends``: what is installed, per namespace, and whether it can work here."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ from stowkit.corelib import registry
 
 
 class ListBackends(Lister):
-    """List installed backends of every namespace, with their capabilities."""
+    """List installed backends of every namespace, with their capabilities.
+
+    Status is ``ok``, or ``unavailable: REASON`` for a backend that cannot be
+    loaded or whose client library cannot be imported (the only command that
+    runs these checks: they import every backend's client library).
+    """
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
@@ -25,9 +30,9 @@ class ListBackends(Lister):
                 configured[info.namespace] == info.name,
                 " ".join(info.capabilities),
                 info.target,
-                info.error or "ok",
+                info.status,
             )
-            for info in registry.installed(namespaces)
+            for info in registry.installed(namespaces, check=True, conf=self.app.conf)
         ]
         return columns, data
 

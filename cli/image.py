@@ -41,21 +41,9 @@ def add_sync_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def sync_overrides(app: Any, parsed_args: argparse.Namespace) -> list[str]:
-    """``--config`` pairs, wherever argparse put them.
-
-    cliff's global parser lets ``--config`` abbreviate the app's ``--config-file``
-    and swallows it before the command sees it; ``stowkit.cli.app`` has already taken
-    every real ``--config-file`` out of argv, so anything left in the global
-    option came from ``--config``.  (Obsolete once the app parser sets
-    ``allow_abbrev=False``.)
-    """
-    swallowed = getattr(getattr(app, "options", None), "config_file", None) or []
-    return [*swallowed, *parsed_args.config]
-
-
 def build_sync(app: Any, parsed_args: argparse.Namespace) -> ImageSync:
-    overrides = sync_config.parse_overrides(sync_overrides(app, parsed_args))
+    # The app parser has allow_abbrev=False: --config always reaches the command.
+    overrides = sync_config.parse_overrides(parsed_args.config)
     return imagesync.build(app.conf, app.driver("image"), parsed_args.sync_config, overrides)
 
 

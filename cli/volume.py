@@ -8,7 +8,7 @@ from typing import Any
 
 from stowkit.cli.common import Command, Lister, ShowOne
 from stowkit.corelib.errors import BackendUnavailable, InvalidArgument
-from stowkit.corelib.volume import Volume
+from stowkit.corelib.volume import Volume, check_create_options
 
 VOLUME_COLUMNS = ("name", "path", "created", "size", "snapshot_count", "mount_count", "options")
 
@@ -62,6 +62,7 @@ class CreateVolume(ShowOne):
     def take_action(self, parsed_args: argparse.Namespace):
         driver = self.driver("volume")
         options = parse_options(parsed_args.opt)
+        check_create_options(driver, options)
         volume = driver.create_volume(parsed_args.name, options)
         shown = driver.get_volume(volume.name)
         if (

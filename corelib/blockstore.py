@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import enum
 import json
 import logging
 import os
@@ -76,14 +77,19 @@ OBJECT_PREFIX = "disk.part/"
 LOCK_KEY = "stowkit.lock"
 TAKEOVER_PREFIX = "stowkit.lock.takeover."
 
-#: Capability names a BlockStore may declare (``stowkit backends`` shows them).
-CAPABILITIES: dict[str, str] = {
-    "lock": "exclusive writer lock with a lease (lock/renew/unlock)",
-    "sparse": "objects never written are not stored and read as zeros",
-    "parallel": "object reads and writes may run from many threads at once",
-    "durable": "write_object returns only once the object is stored durably",
-    "ranged_read": "read_range fetches part of an object without reading all of it",
-}
+
+class BlockStoreCapability(enum.StrEnum):
+    """Optional features a BlockStore may declare in ``capabilities``.
+
+    Locking, sparse objects (absent reads as zeros), parallel object calls
+    and durable writes are not capabilities: every BlockStore must provide
+    them (see the module docstring), and the NBD server and the copies rely
+    on them unconditionally.
+    """
+
+    #: read_range() fetches part of an object without reading all of it (a
+    #: ranged GET, a pread); the NBD cache fetches byte ranges only from such stores
+    RANGED_READ = "ranged_read"
 
 
 def object_name(index: int) -> str:
@@ -301,7 +307,7 @@ class BlockStore(Driver):
     def read_range(self, device: str, index: int, start: int, length: int) -> bytes | None:
         """``length`` bytes of object ``index`` from ``start``; None when not stored.
 
-        Backends that can fetch part of an object declare ``ranged_read``; the
+        Backends that can fetch part of an object declare ``RANGED_READ``; the
         NBD cache then serves scattered small reads without moving whole
         objects.  This fallback reads the object and slices it.
         """
@@ -518,7 +524,7 @@ class BlockStore(Driver):
 __all__ = [
     "BlockDevice",
     "BlockStore",
-    "CAPABILITIES",
+    "BlockStoreCapability",
     "DEFAULT_LEASE",
     "DEFAULT_OBJECT_SIZE",
     "DeviceLocked",

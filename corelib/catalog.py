@@ -9,6 +9,7 @@ above this interface, so every backend gets the same semantics.
 from __future__ import annotations
 
 import abc
+import enum
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -55,10 +56,17 @@ def check_kind(kind: str) -> str:
     return kind
 
 
+class CatalogCapability(enum.StrEnum):
+    """Optional features a Catalog may declare in ``capabilities``: none yet.
+
+    Searching and compare-and-swap updates are not capabilities: every
+    Catalog implements :meth:`Catalog.search` and :meth:`Catalog.put` with
+    ``version``, and the freezer API relies on both.
+    """
+
+
 class Catalog(Driver):
     """Documents by (project, kind, id); lists are ordered by creation, oldest first."""
-
-    capabilities = frozenset({"search", "versioned_update"})
 
     @abc.abstractmethod
     def sync(self) -> str:
@@ -119,14 +127,3 @@ class Catalog(Driver):
     @abc.abstractmethod
     def delete(self, project: str, kind: str, doc_id: str) -> None:
         """Remove a document; :class:`NotFound` when missing."""
-
-    def update(self, project: str, kind: str, doc_id: str, patch: Mapping[str, Any]) -> Document:
-        """Merge ``patch`` into the document's top level (a convenience for tools)."""
-        while True:
-            stored = self.get_versioned(project, kind, doc_id)
-            doc = {**stored.doc, **patch}
-            try:
-                self.put(project, kind, doc_id, doc, stored.version)
-            except VersionConflict:
-                continue
-            return doc

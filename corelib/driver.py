@@ -2,14 +2,18 @@
 
 A backend is a class registered under one of the ``stowkit.NAMESPACE``
 entry-point namespaces.  It declares the oslo.config options it needs (they
-are registered in its own group, ``NAMESPACE_NAME``, e.g. ``[volume_btrfs]``)
-and the capabilities it offers, so front ends can ask before they promise a
-feature rather than fail half-way.
+are registered in its own group, ``NAMESPACE_NAME``, e.g. ``[volume_btrfs]``),
+the optional features it offers (``capabilities``, members of its interface
+module's capability enum), so front ends can ask before they promise a
+feature rather than fail half-way, and a cheap check of whether it can work
+on this host at all (:meth:`Driver.unavailable`), which ``stowkit backends``
+shows.
 """
 
 from __future__ import annotations
 
 import abc
+import importlib
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -18,11 +22,26 @@ from oslo_config import cfg
 from stowkit.corelib.errors import InvalidArgument
 
 
+def import_failure(module: str) -> str | None:
+    """Why ``module`` cannot be imported here, or None when it imports."""
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # ImportError, or a library that breaks while loading
+        return f"cannot import {module}: {exc}"
+    return None
+
+
 class Driver(abc.ABC):  # noqa: B024 - the interfaces add the abstract methods
     #: The oslo.config options of this backend, registered under ``group``.
     options: ClassVar[Sequence[cfg.Opt]] = ()
-    #: What this backend can do; the interface module lists the known names.
+    #: The optional features this backend offers: members of the capability
+    #: enum of its interface module (``VolumeCapability``, ``ImageCapability``,
+    #: ``BlockStoreCapability``, ``CatalogCapability``).  What every backend of
+    #: a namespace must do is the interface itself, never a capability.
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    #: Modules of the client library the backend cannot work without; the
+    #: default :meth:`unavailable` tries to import each of them.
+    client_modules: ClassVar[Sequence[str]] = ()
 
     def __init__(self, conf: cfg.ConfigOpts, group: str) -> None:
         # The registry has registered ``options`` under ``group`` already;
@@ -30,6 +49,22 @@ class Driver(abc.ABC):  # noqa: B024 - the interfaces add the abstract methods
         conf.register_opts(self.options, group=group)
         self.conf = conf
         self.group = group
+
+    @classmethod
+    def unavailable(cls, opts: cfg.ConfigOpts.GroupAttr | None = None) -> str | None:
+        """Why this backend cannot work on this host, or None when it can.
+
+        Cheap and local: it imports what the backend needs and touches no
+        file system, network or database.  ``opts`` is the backend's option
+        group when a configuration is at hand, for needs that depend on it
+        (a database driver for the configured URL); None otherwise.  Only
+        ``stowkit backends`` asks (commands do not pay for the imports).
+        """
+        for module in cls.client_modules:
+            reason = import_failure(module)
+            if reason is not None:
+                return reason
+        return None
 
     @property
     def opts(self) -> cfg.ConfigOpts.GroupAttr:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import enum
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, Protocol
 
@@ -80,12 +81,14 @@ class Readable(Protocol):
     def read(self, size: int = -1) -> bytes: ...
 
 
-class ImageCapability:
-    """Names an ImageStore may put in ``capabilities``."""
+class ImageCapability(enum.StrEnum):
+    """Optional features an ImageStore may declare in ``capabilities``."""
 
-    REGIONS = "regions"  # more than one region behind one store
-    SET_OWNER = "set_owner"  # create_image(owner=...) is honoured
-    LOAD_BACKUP = "load_backup"  # can load GlanceSync metadata backups as a scenario
+    #: create_image(owner=...) is honoured (``image create --owner``)
+    SET_OWNER = "set_owner"
+    #: load_backups(directory, replace) loads GlanceSync metadata backups as a
+    #: scenario (``image load-backups``)
+    LOAD_BACKUP = "load_backup"
     #: create_image() returns the size, md5 and sha512 the store computed over the
     #: bytes it stored, so a copy can be verified without hashing it client-side
     REPORTS_HASHES = "reports_hashes"

@@ -82,18 +82,60 @@ class BackendInfo:
     distribution: str
     capabilities: tuple[str, ...] = ()
     options: Sequence[cfg.Opt] = ()
+    #: Why the entry point could not be loaded (its import failed, or it is no Driver).
     error: str | None = None
+    #: Why the loaded backend cannot work here (:meth:`Driver.unavailable`);
+    #: only filled when :func:`installed` was asked to check.
+    unavailable: str | None = None
 
     @property
     def group(self) -> str:
         return group_name(self.namespace, self.name)
 
+    @property
+    def available(self) -> bool:
+        return self.error is None and self.unavailable is None
 
-def installed(namespaces: Sequence[str] = NAMESPACES) -> list[BackendInfo]:
+    @property
+    def status(self) -> str:
+        """``ok``, or ``unavailable: REASON`` (what ``stowkit backends`` shows)."""
+        reason = self.error or self.unavailable
+        return "ok" if reason is None else f"unavailable: {reason}"
+
+
+def availability(
+    cls: type[Driver], namespace: str, name: str, conf: cfg.ConfigOpts | None
+) -> str | None:
+    """``cls.unavailable()`` with the backend's configured options when ``conf`` is given.
+
+    A check that itself fails is reported as the reason, never raised: one
+    broken third-party backend must not hide the others.
+    """
+    try:
+        opts = None
+        if conf is not None:
+            group = group_name(namespace, name)
+            conf.register_group(cfg.OptGroup(group))  # a group even without options
+            conf.register_opts(cls.options, group=group)
+            opts = conf[group]
+        return cls.unavailable(opts)
+    except Exception as exc:
+        return f"availability check failed: {type(exc).__name__}: {exc}"
+
+
+def installed(
+    namespaces: Sequence[str] = NAMESPACES,
+    *,
+    check: bool = False,
+    conf: cfg.ConfigOpts | None = None,
+) -> list[BackendInfo]:
     """Every backend installed, loaded to read its capabilities.
 
     A backend whose import fails is listed with its error rather than hidden:
-    that is the first thing someone debugging a plugin needs to see.
+    that is the first thing someone debugging a plugin needs to see.  With
+    ``check``, each loaded backend is also asked whether it can work here
+    (:meth:`Driver.unavailable`, which imports client libraries; ``conf``
+    supplies the options it may depend on).  Only ``stowkit backends`` checks.
     """
     infos: list[BackendInfo] = []
     for namespace in namespaces:
@@ -117,14 +159,21 @@ def installed(namespaces: Sequence[str] = NAMESPACES) -> list[BackendInfo]:
                 )
                 continue
             cls = ext.plugin
+            is_driver = isinstance(cls, type) and issubclass(cls, Driver)
+            error = None if is_driver else "not a stowkit Driver class"
+            unavailable = None
+            if check and is_driver:
+                unavailable = availability(cls, namespace, ep.name, conf)
             infos.append(
                 BackendInfo(
                     namespace,
                     ep.name,
                     ep.value,
                     dist,
-                    tuple(sorted(getattr(cls, "capabilities", ()))),
+                    tuple(sorted(str(c) for c in getattr(cls, "capabilities", ()))),
                     tuple(getattr(cls, "options", ())),
+                    error=error,
+                    unavailable=unavailable,
                 )
             )
     infos.sort(key=lambda i: (NAMESPACES.index(i.namespace), i.name))

@@ -31,6 +31,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime as dt
+import enum
 from collections.abc import Mapping, Sequence
 
 from stowkit.corelib.driver import Driver
@@ -42,18 +43,38 @@ SNAPSHOT_TIME_FORMAT = "%Y-%m-%dT%H-%M-%S.%f"
 SNAPSHOT_SEPARATOR = "@"
 
 
-class VolumeCapability:
-    """Names a VolumeDriver may put in ``capabilities``."""
+class VolumeCapability(enum.StrEnum):
+    """Optional features a VolumeDriver may declare in ``capabilities``.
 
-    SNAPSHOT = "snapshot"
-    CLONE = "clone"
-    RESTORE = "restore"
-    SEND = "send"  # incremental replication to another host
-    SYNC = "sync"  # pull a volume's newer files from peers
-    PURGE = "purge"
+    Snapshots, clones, restore, send, sync, purge and mount accounting are
+    not capabilities: they are the VolumeDriver interface, which every
+    backend implements.  What is optional are the create options below;
+    front ends call :func:`check_create_options` before ``create_volume``.
+    """
+
+    #: the ``compression`` create option: the volume's files are compressed
     COMPRESSION = "compression"
+    #: the ``copyonwrite`` create option: ``copyonwrite=false`` makes the
+    #: volume's files no-copy-on-write (what databases and VM images want)
     NOCOW = "nocow"
-    MOUNT_COUNT = "mount_count"
+
+
+#: Create options a backend offers only with a capability.
+CREATE_OPTION_CAPABILITIES: Mapping[str, VolumeCapability] = {
+    "compression": VolumeCapability.COMPRESSION,
+    "copyonwrite": VolumeCapability.NOCOW,
+}
+
+
+def check_create_options(driver: VolumeDriver, options: Mapping[str, str] | None) -> None:
+    """InvalidArgument, in one line, for a create option ``driver`` lacks the capability of.
+
+    Other option names are left for the backend to judge.
+    """
+    for key in options or {}:
+        capability = CREATE_OPTION_CAPABILITIES.get(key)
+        if capability is not None:
+            driver.require(capability)
 
 
 def snapshot_name(volume: str, when: dt.datetime) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 from stowkit.corelib.errors import InvalidArgument, NotFound, StowkitError
 from stowkit.corelib.names import check_name
+from stowkit.corelib.volume import check_create_options
 
 LOG = logging.getLogger(__name__)
 
@@ -116,7 +117,9 @@ class PluginApp:
             opts = {}
         if not isinstance(opts, dict):
             raise InvalidArgument("Opts must be a JSON object of strings")
-        self.driver.create_volume(name, {str(k): str(v) for k, v in opts.items()})
+        options = {str(k): str(v) for k, v in opts.items()}
+        check_create_options(self.driver, options)
+        self.driver.create_volume(name, options)
         return {"Err": ""}
 
     def remove(self, body: Mapping[str, Any]) -> dict[str, Any]:

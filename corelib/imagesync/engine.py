@@ -27,7 +27,6 @@ from stowkit.corelib.imagesync import report
 from stowkit.corelib.imagesync.config import (
     MASTER,
     SyncConfig,
-    Target,
     full_region_name,
     order_regions,
     region_parts,
@@ -305,7 +304,3 @@ class ImageSync:
 
 def _master_first(name: str) -> tuple[bool, str]:
     return (name != MASTER, name)
-
-
-def target_of(config: SyncConfig, region: str) -> Target:
-    return config.target(region_parts(region)[0])

@@ -38,7 +38,13 @@ import concurrent.futures
 import logging
 from collections.abc import Iterable
 
-from stowkit.corelib.blockstore import BlockDevice, BlockStore, is_zeros, zeros
+from stowkit.corelib.blockstore import (
+    BlockDevice,
+    BlockStore,
+    BlockStoreCapability,
+    is_zeros,
+    zeros,
+)
 from stowkit.corelib.errors import NotFound
 
 LOG = logging.getLogger(__name__)
@@ -108,7 +114,7 @@ class ObjectCache:
         # Awaited before anything is stored: the export's lock confirmation.
         self._gate = gate
         if ranged_reads is None:
-            ranged_reads = store.supports("ranged_read")
+            ranged_reads = store.supports(BlockStoreCapability.RANGED_READ)
         self.ranged_reads = ranged_reads
         self._ranged_once: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._own_executor = executor is None

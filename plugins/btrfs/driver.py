@@ -92,19 +92,12 @@ class BtrfsVolumeDriver(VolumeDriver):
     """Docker-style volumes on btrfs, with snapshots, replication and retention."""
 
     options = OPTIONS
-    capabilities = frozenset(
-        {
-            VolumeCapability.SNAPSHOT,
-            VolumeCapability.CLONE,
-            VolumeCapability.RESTORE,
-            VolumeCapability.SEND,
-            VolumeCapability.SYNC,
-            VolumeCapability.PURGE,
-            VolumeCapability.COMPRESSION,
-            VolumeCapability.NOCOW,
-            VolumeCapability.MOUNT_COUNT,
-        }
-    )
+    capabilities = frozenset({VolumeCapability.COMPRESSION, VolumeCapability.NOCOW})
+
+    @classmethod
+    def unavailable(cls, opts=None) -> str | None:
+        # libbtrfsutil's bindings, as subvol imported them (they are an extra).
+        return subvol.missing_bindings()
 
     def __init__(self, conf, group: str) -> None:
         super().__init__(conf, group)

@@ -25,8 +25,11 @@ from stowkit.corelib.errors import AlreadyExists, BackendUnavailable, NotFound
 
 try:  # the bindings are an optional extra: stowkit[btrfs]
     import btrfsutil
-except ImportError:  # pragma: no cover - reported when the driver is built
+except ImportError as exc:  # reported by `stowkit backends` and by the first call
     btrfsutil = None
+    _IMPORT_ERROR: str | None = str(exc)
+else:
+    _IMPORT_ERROR = None
 
 FS_IOC_GETFLAGS = 0x80086601
 FS_IOC_SETFLAGS = 0x40086602
@@ -43,12 +46,20 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
 
+def missing_bindings() -> str | None:
+    """Why libbtrfsutil's Python bindings are not usable here, or None when they are."""
+    if btrfsutil is not None:
+        return None
+    return (
+        f"the btrfs backend needs libbtrfsutil's Python bindings ({_IMPORT_ERROR}): "
+        "apt-get install libbtrfsutil-dev; pip install btrfsutil==6.10"
+    )
+
+
 def require_bindings() -> None:
-    if btrfsutil is None:
-        raise BackendUnavailable(
-            "the btrfs backend needs libbtrfsutil's Python bindings: "
-            "apt-get install libbtrfsutil-dev; pip install btrfsutil==6.10"
-        )
+    reason = missing_bindings()
+    if reason is not None:
+        raise BackendUnavailable(reason)
 
 
 def _fail(exc: BaseException, what: str, path: str) -> BackendUnavailable:
@@ -90,14 +101,6 @@ def delete(path: str) -> None:
         btrfsutil.delete_subvolume(path)
     except (btrfsutil.BtrfsUtilError, OSError) as exc:
         raise _fail(exc, "delete subvolume", path) from exc
-
-
-def set_read_only(path: str, read_only: bool) -> None:
-    require_bindings()
-    try:
-        btrfsutil.set_subvolume_read_only(path, read_only)
-    except (btrfsutil.BtrfsUtilError, OSError) as exc:
-        raise _fail(exc, "set read-only", path) from exc
 
 
 def sync(path: str) -> None:

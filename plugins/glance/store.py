@@ -149,9 +149,9 @@ class GlanceImageStore(ImageStore):
         cfg.StrOpt("cacert", help="CA bundle for TLS verification."),
     ]
     # Glance computes checksum (md5) and os_hash_value (sha512) over what it stored.
-    capabilities = frozenset(
-        {ImageCapability.REGIONS, ImageCapability.SET_OWNER, ImageCapability.REPORTS_HASHES}
-    )
+    capabilities = frozenset({ImageCapability.SET_OWNER, ImageCapability.REPORTS_HASHES})
+    # Both are imported where first used, so loading this class needs neither.
+    client_modules = ("glanceclient", "keystoneauth1")
 
     def __init__(
         self, conf: cfg.ConfigOpts, group: str, credentials: Credentials | None = None

@@ -32,6 +32,7 @@ from stowkit.corelib.blockstore import (
     OBJECT_PREFIX,
     BlockDevice,
     BlockStore,
+    BlockStoreCapability,
     check_geometry,
     object_index,
     object_name,
@@ -94,7 +95,7 @@ class LocalBlockStore(BlockStore):
             help="Directory holding one subdirectory per block device.",
         ),
     ]
-    capabilities = frozenset({"lock", "sparse", "parallel", "durable", "ranged_read"})
+    capabilities = frozenset({BlockStoreCapability.RANGED_READ})  # a pread
 
     @property
     def root(self) -> str:

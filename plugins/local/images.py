@@ -62,7 +62,6 @@ class LocalImageStore(ImageStore):
     ]
     capabilities = frozenset(
         {
-            ImageCapability.REGIONS,
             ImageCapability.SET_OWNER,
             ImageCapability.LOAD_BACKUP,
             ImageCapability.REPORTS_HASHES,

@@ -68,6 +68,29 @@ class SqlCatalog(Catalog):
         ),
     ]
 
+    client_modules = ("sqlalchemy", "alembic")
+
+    @classmethod
+    def unavailable(cls, opts=None) -> str | None:
+        """SQLAlchemy and Alembic, then the DB-API module the configured URL names.
+
+        psycopg (or any other database driver) is needed only when the
+        connection names it; SQLite's comes with Python.
+        """
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # as in sync(): quiet import
+        reason = super().unavailable(opts)
+        if reason is not None or opts is None:
+            return reason
+        try:
+            dialect = sa.make_url(normalise_url(opts.connection)).get_dialect()
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
+            return f"connection: {exc}"
+        try:
+            dialect.import_dbapi()
+        except ImportError as exc:
+            return f"connection needs the {dialect.driver} database driver: {exc}"
+        return None
+
     def __init__(self, conf: cfg.ConfigOpts, group: str) -> None:
         super().__init__(conf, group)
         self._engine: sa.Engine | None = None

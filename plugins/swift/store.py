@@ -33,6 +33,7 @@ from stowkit.corelib.blockstore import (
     OBJECT_PREFIX,
     BlockDevice,
     BlockStore,
+    BlockStoreCapability,
     check_geometry,
     object_index,
     object_name,
@@ -81,7 +82,9 @@ class SwiftBlockStore(BlockStore):
             help="Send each object's MD5 so Swift rejects a corrupted upload.",
         ),
     ]
-    capabilities = frozenset({"lock", "sparse", "parallel", "durable", "ranged_read"})
+    capabilities = frozenset({BlockStoreCapability.RANGED_READ})  # a ranged GET
+    # keystoneauth1: Keystone sessions, and the transport errors of every mode.
+    client_modules = ("swiftclient", "keystoneauth1")
 
     def __init__(self, conf: Any, group: str) -> None:
         super().__init__(conf, group)

@@ -11,6 +11,7 @@ from stowkit.corelib.blockstore import (
     DEFAULT_OBJECT_SIZE,
     LOCK_KEY,
     BlockStore,
+    BlockStoreCapability,
     DeviceLocked,
     LockInfo,
     check_geometry,
@@ -43,7 +44,7 @@ def test_default_backend_and_path(tmp_path):
     drv = registry.load("blockstore", conf)
     assert isinstance(drv, LocalBlockStore)
     assert drv.root == str(tmp_path / "blocks")
-    assert {"lock", "sparse", "parallel", "durable"} <= drv.capabilities
+    assert drv.capabilities == {BlockStoreCapability.RANGED_READ}
 
 
 def test_object_names_sort_as_indexes():

@@ -93,3 +93,30 @@ def test_parse_size(text, value):
 def test_parse_size_rejects(text):
     with pytest.raises(InvalidArgument, match="invalid size"):
         parse_size(text)
+
+
+def test_a_builtin_command_module_that_cannot_be_imported_fails_loudly(monkeypatch):
+    from stowkit.cli import app
+
+    missing = "stowkit.cli.no_such_job"
+    monkeypatch.setattr(app, "BUILTIN_MODULES", (*app.BUILTIN_MODULES, missing))
+    with pytest.raises(ModuleNotFoundError, match=missing):
+        app.StowkitApp()
+
+
+def test_the_app_parser_never_takes_an_abbreviation_for_config_file():
+    # What lets `image sync --config k=v` reach the command untouched.
+    from stowkit.cli.app import StowkitApp
+
+    parser = StowkitApp().parser
+    options, rest = parser.parse_known_args(["--config", "master.x=y", "image", "status"])
+    assert options.config_file is None
+    assert rest == ["--config", "master.x=y", "image", "status"]
+
+
+def test_backends_checks_availability_quietly():
+    # Importing the client libraries must not print (alembic logs while loading).
+    proc = stowkit("backends", "-f", "json", check=True)
+    assert proc.stderr == ""
+    rows = {(r["Namespace"], r["Name"]): r for r in json.loads(proc.stdout)}
+    assert rows[("catalog", "sql")]["Status"] == "ok"

@@ -29,6 +29,7 @@ from stowkit.corelib.volume import (
     Snapshot,
     SyncResult,
     Volume,
+    VolumeCapability,
     VolumeDriver,
     snapshot_name,
     split_snapshot_name,
@@ -42,7 +43,7 @@ class FakeDriver(VolumeDriver):
     and not here makes every test that builds one fail.
     """
 
-    capabilities = frozenset({"snapshot", "clone", "restore", "send", "sync", "purge"})
+    capabilities = frozenset({VolumeCapability.COMPRESSION, VolumeCapability.NOCOW})
 
     def __init__(self, root: str = "/fake") -> None:  # no oslo conf needed
         self.root = root
@@ -287,6 +288,20 @@ def test_create_passes_opts_as_strings(app):
         {"Name": "v1", "Opts": {"compression": "zstd", "copyonwrite": True}},
     )
     assert app.driver.calls[-1] == ("create", "v1", {"compression": "zstd", "copyonwrite": "True"})
+
+
+def test_create_refuses_an_option_the_backend_has_no_capability_for():
+    class Plain(FakeDriver):
+        capabilities = frozenset()
+        group = "volume_plain"
+
+    plain = PluginApp(Plain())
+    answer = call(plain, "/VolumeDriver.Create", {"Name": "v1", "Opts": {"compression": "zstd"}})
+    assert answer["Err"] == "the volume_plain backend does not support compression"
+    answer = call(plain, "/VolumeDriver.Create", {"Name": "v1", "Opts": {"copyonwrite": "false"}})
+    assert answer["Err"] == "the volume_plain backend does not support nocow"
+    assert plain.driver.calls == []  # refused before the backend is asked
+    assert call(plain, "/VolumeDriver.Create", {"Name": "v1"}) == {"Err": ""}
 
 
 def test_errors_are_err_strings(app):

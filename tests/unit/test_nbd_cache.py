@@ -39,8 +39,21 @@ def test_partial_write_reads_modifies_writes():
     assert store.reads == [("dev", 1)]
 
 
+async def settle() -> None:
+    """Wait for what the cache started in the background (prefetches, uploads).
+
+    Assertions about the backend's requests must see every request the reads
+    caused, not only those a worker thread happened to start in time.
+    """
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    await asyncio.gather(*others, return_exceptions=True)
+
+
 def test_scattered_small_reads_fetch_ranges_then_whole_objects():
-    store, cache = make(ranged_reads=True)
+    # No readahead: the last read starts within the stream window of the
+    # first, so it counts as sequential and would prefetch the next stored
+    # objects (9 here): readahead is tested apart.
+    store, cache = make(ranged_reads=True, readahead=0)
     store.objects["dev"][5] = bytes(range(256)) * (OSIZE // 256)
     store.objects["dev"][9] = b"\x09" * OSIZE
 
@@ -51,6 +64,7 @@ def test_scattered_small_reads_fetch_ranges_then_whole_objects():
         again = await cache.read(5 * OSIZE + 3000, 16)  # read by range before: loaded whole
         other = await cache.read(9 * OSIZE + 100, 8)
         nearby = await cache.read(5 * OSIZE + 1024, 1024)  # now a cache hit
+        await settle()
         return [first, hole, again, other, nearby]
 
     first, hole, again, other, nearby = run(go())
@@ -60,6 +74,26 @@ def test_scattered_small_reads_fetch_ranges_then_whole_objects():
     assert store.ranges == [("dev", 5, 16, 32), ("dev", 9, 100, 8)]
     assert store.reads == [("dev", 5)]
     assert cache.stats.ranged == 2
+
+
+def test_a_read_continuing_an_earlier_one_prefetches_across_reads_between():
+    # Streams are kept per reader (ReadStreams): a scattered read in between
+    # does not stop the first reader's next read from counting as sequential.
+    store, cache = make(ranged_reads=True)
+    store.objects["dev"][5] = b"\x05" * OSIZE
+    store.objects["dev"][9] = b"\x09" * OSIZE
+
+    async def go() -> None:
+        await cache.start()
+        await cache.read(5 * OSIZE + 16, 32)  # scattered: a range
+        await cache.read(9 * OSIZE + 100, 8)  # another reader, scattered: a range
+        await cache.read(5 * OSIZE + 1024, 1024)  # continues the first: sequential
+        await settle()
+
+    run(go())
+    assert store.ranges == [("dev", 5, 16, 32), ("dev", 9, 100, 8)]
+    assert sorted(store.reads) == [("dev", 5), ("dev", 9)]  # 5 read whole, 9 prefetched
+    assert cache.stats.prefetched == 1
 
 
 def test_ranged_reads_never_bypass_data_written_in_the_cache():
