@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 
 from stowkit.corelib.errors import InvalidArgument
 from stowkit.corelib.image import Image
+from stowkit.corelib.names import check_name
 
 BACKUP_FIELDS = (
     "region",
@@ -101,6 +102,8 @@ def read_backup(path: str) -> list[Image]:
             if len(row) < 9:
                 raise InvalidArgument(f"{path}:{lineno}: expected 9 fields, got {len(row)}")
             region, name, image_id, status, size, checksum, owner, public = row[:8]
+            # the id names a file in the embedded store: refused here, at load time
+            check_name(image_id, f"image id at {path}:{lineno}")
             props = parse_properties(",".join(row[8:]))
             kernel = props.pop("kernel_id", None) or None
             ramdisk = props.pop("ramdisk_id", None) or None

@@ -83,6 +83,12 @@ class LocalImageStore(ImageStore):
             raise NotFound(f"unknown region {region!r} (no directory {path})")
         return path
 
+    @staticmethod
+    def _data_path(region_dir: str, image_id: str) -> str:
+        # Ids come from users and from backup files: the name rule keeps every
+        # one of them a single file name inside data/ (no '/', no leading dot).
+        return os.path.join(region_dir, "data", check_name(image_id, "image id"))
+
     @contextlib.contextmanager
     def _locked(self, region_dir: str) -> Iterator[None]:
         with open(os.path.join(region_dir, ".lock"), "a") as fh:
@@ -170,7 +176,7 @@ class LocalImageStore(ImageStore):
         image_id = str(uuid.uuid4())
         status, written, md5sum, sha = "queued", None, None, None
         if data is not None:
-            path = os.path.join(region_dir, "data", image_id)
+            path = self._data_path(region_dir, image_id)
             tmp = f"{path}.part"
             md5, sha512 = hashlib.md5(usedforsecurity=False), hashlib.sha512()
             written = 0
@@ -250,7 +256,7 @@ class LocalImageStore(ImageStore):
 
     def read_image(self, region: str, image_id: str) -> Iterator[bytes]:
         record = self.get_image(region, image_id)  # NotFound before the first chunk
-        path = os.path.join(self._region_dir(region), "data", image_id)
+        path = self._data_path(self._region_dir(region), image_id)
         if not os.path.isfile(path):
             raise NotFound(
                 f"image {record.name} ({image_id}) in region {region} has no data "
@@ -260,13 +266,14 @@ class LocalImageStore(ImageStore):
 
     def delete_image(self, region: str, image_id: str) -> None:
         region_dir = self._region_dir(region)
+        path = self._data_path(region_dir, image_id)
         with self._locked(region_dir):
             index = self._read_index(region_dir)
             if index.pop(image_id, None) is None:
                 raise NotFound(f"image {image_id} not found in region {region}")
             self._write_index(region_dir, index)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(region_dir, "data", image_id))
+            os.unlink(path)
 
     def for_credentials(self, credentials: Credentials | None) -> ImageStore:
         return self
@@ -278,11 +285,15 @@ class LocalImageStore(ImageStore):
         files = sorted(glob.glob(os.path.join(directory, "backup_*.csv")))
         if not files:
             raise NotFound(f"no backup_REGION.csv files in {directory}")
-        loaded: dict[str, int] = {}
+        # Every file is read and checked before anything is written: a bad
+        # line in the last file must not leave the first ones loaded.
+        parsed = []
         for path in files:
             name = os.path.basename(path)[len("backup_") : -len(".csv")]
             region = check_name(name.rpartition(":")[2], "region name")
-            images = report.read_backup(path)
+            parsed.append((region, report.read_backup(path)))
+        loaded: dict[str, int] = {}
+        for region, images in parsed:
             region_dir = self._region_dir(region, create=True)
             with self._locked(region_dir):
                 index = {} if replace else self._read_index(region_dir)
