@@ -2,11 +2,11 @@
 
     python3 bench/btrfs_plugin.py [--btrfs DIR] [--levels 10,100,1000] [--samples 10]
                                   [--only stowkit|buttervolume] [--bv-max-api 100]
-                                  [--bv-venv DIR] [--json FILE]
+                                  [--bv-venv DIR] [--json FILE] [--results FILE] [--strict]
 
 Both plugins are started on unix sockets of their own, on the same btrfs
-filesystem (``--btrfs``; default: the harness's first btrfs mount from
-``.stack/state.json``) in separate scratch directories, and asked the same
+filesystem (``--btrfs``; default: the first mount of the harness's btrfs
+service) in separate scratch directories, and asked the same
 requests by the same client over one kept-alive connection, as dockerd does:
 
 * Create    ``/VolumeDriver.Create`` of the last ``--samples`` volumes that
@@ -29,14 +29,22 @@ volumes its remaining volumes are made directly with libbtrfsutil (what its
 Create would have made) and its requests at that level are sampled fewer
 times. The output says so.
 
-buttervolume is installed with ``pip install buttervolume==3.13`` into
-``.stack/venvs/buttervolume`` when that venv is missing.  Needs root.
+The figures (bench/figures.py): stowkit's List at the largest level (target
+< 50 ms), its Create at the largest level over Create at the smallest (target
+<= 1.2x) and, without a target, buttervolume / stowkit for each request at
+the largest level.  stowkit runs from the interpreter running this file
+(``python -m stowkit.cli.app``); ``btrfs subvolume sync`` (Debian
+btrfs-progs) waits for the cleaner.  buttervolume is installed with ``pip
+install buttervolume==3.13`` into ``.stack/venvs/buttervolume`` when that
+venv is missing.  Needs root.  A server that does not start, a failed
+request: its figures are MISSING, the reason printed, and the exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import importlib.util
 import json
 import os
 import pathlib
@@ -50,6 +58,8 @@ import sys
 import tempfile
 import time
 import uuid
+
+import figures
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TARGET_LIST_MS = 50.0
@@ -99,17 +109,29 @@ class Client:
 
 def wait_socket(path: str, proc: subprocess.Popen, log: pathlib.Path) -> None:
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"server exited:\n{log.read_text()[-3000:]}")
-        try:
-            c = Client(path)
-            c.call("/Plugin.Activate")
-            c.close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"no answer on {path}:\n{log.read_text()[-3000:]}")
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise figures.NotRun(f"server exited with {proc.returncode}: {tail(log)}")
+            try:
+                c = Client(path)
+                c.call("/Plugin.Activate")
+                c.close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise figures.NotRun(f"no answer on {path} within 60 s: {tail(log)}")
+    except BaseException:
+        stop(proc)
+        raise
+
+
+def tail(log: pathlib.Path) -> str:
+    """The end of a server's log, on one line (the full log is printed to stderr)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    if text.strip():
+        print(f"---- {log}\n{text[-3000:]}", file=sys.stderr)
+    return " ".join(text.split())[-300:]
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -122,13 +144,11 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
-def default_btrfs() -> str | None:
-    state = pathlib.Path(os.environ.get("STOWKIT_STACK_DIR", REPO / ".stack")) / "state.json"
-    try:
-        mounts = json.loads(state.read_text())["services"]["btrfs"]["mounts"]
-    except (OSError, KeyError, ValueError):
-        return None
-    return mounts[0] if mounts else None
+def default_btrfs() -> str:
+    mounts = figures.service("btrfs").get("mounts") or []
+    if not mounts:
+        raise figures.NotRun("the harness's btrfs record has no mounts")
+    return mounts[0]
 
 
 def delete_subvolumes(root: pathlib.Path) -> None:
@@ -162,7 +182,7 @@ def settle(base: pathlib.Path) -> None:
     """
     print(f"  waiting for btrfs to clean deleted subvolumes on {base} ...", file=sys.stderr)
     subprocess.run(
-        ["btrfs", "subvolume", "sync", str(base)],
+        [figures.need("btrfs", "btrfs-progs"), "subvolume", "sync", str(base)],
         stdout=subprocess.DEVNULL,
         timeout=1800,
         check=False,
@@ -184,11 +204,15 @@ class Stowkit:
         )
         self.log = scratch / "stowkit.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stowkit.cli.app", "--config-file", str(conf),
+            [*figures.stowkit_command(), "--config-file", str(conf),
              "plugin", "serve", "--no-scheduler", "--socket", self.socket],
             cwd=REPO, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
         )  # fmt: skip
-        wait_socket(self.socket, self.proc, self.log)
+        try:
+            wait_socket(self.socket, self.proc, self.log)
+        except BaseException:
+            delete_subvolumes(self.root)
+            raise
 
     def close(self) -> None:
         stop(self.proc)
@@ -221,7 +245,11 @@ class Buttervolume:
             [str(venv / "bin" / "buttervolume"), "run"],
             cwd=scratch, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
         )  # fmt: skip
-        wait_socket(self.socket, self.proc, self.log)
+        try:
+            wait_socket(self.socket, self.proc, self.log)
+        except BaseException:
+            delete_subvolumes(self.root)
+            raise
 
     def prefill(self, names: list[str]) -> None:
         """Make volumes the way its Create would (a subvolume), without its API."""
@@ -286,7 +314,7 @@ def run_levels(
         lists = []
         for _ in range(n):
             elapsed, payload = client.call("/VolumeDriver.List")
-            assert len(payload["Volumes"]) == level, (server.label, len(payload["Volumes"]))
+            check_count(server, payload, level)
             lists.append(elapsed)
         snaps = [client.call("/VolumeDriver.Snapshot", {"Name": rng.choice(names)})[0]
                  for _ in range(n)]  # fmt: skip
@@ -314,7 +342,7 @@ def run_levels(
         lists = []
         for _ in range(min(samples, top)):
             elapsed, payload = client.call("/VolumeDriver.List")
-            assert len(payload["Volumes"]) == top - gone, (server.label, len(payload["Volumes"]))
+            check_count(server, payload, top - gone)
             lists.append(elapsed)
         results[top]["List*"] = median(lists)
         results[top]["List* volumes"] = top - gone
@@ -326,6 +354,13 @@ def run_levels(
         )
     client.close()
     return results
+
+
+def check_count(server, payload: dict, expected: int) -> None:
+    if len(payload.get("Volumes", [])) != expected:
+        raise RuntimeError(
+            f"{server.label}: List gave {len(payload.get('Volumes', []))} volumes, not {expected}"
+        )
 
 
 OPS = ("Create", "Get", "List", "Snapshot")
@@ -367,25 +402,41 @@ def report(levels: list[int], ours: dict | None, theirs: dict | None) -> list[st
                 f"List*: right after removing {top - count} volumes, while btrfs drops them"
             )
     lines += sorted(notes)
-    if ours and levels:
-        top, low = max(levels), min(levels)
-        list_ms = ours[top]["List"]
-        create_ratio = ours[top]["Create"] / ours[low]["Create"]
-        lines.append("")
-        lines.append(
-            f"target List at {top} volumes < {TARGET_LIST_MS:.0f} ms: {list_ms:.2f} ms "
-            f"{'PASS' if list_ms < TARGET_LIST_MS else 'FAIL'}"
-        )
-        lines.append(
-            f"target Create at {top} within {TARGET_CREATE_RATIO}x of Create at {low}: "
-            f"{create_ratio:.2f}x {'PASS' if create_ratio <= TARGET_CREATE_RATIO else 'FAIL'}"
-        )
     return lines
+
+
+def declare(res: figures.Results, levels: list[int], busy_removes: int) -> dict[str, str]:
+    """Every figure, before anything runs; returns the keys of the targets' figures."""
+    top, low = max(levels), min(levels)
+    keys = {
+        "list": res.declare(f"List at {top} volumes (stowkit)", "ms", TARGET_LIST_MS, "<"),
+        "create": res.declare(
+            f"Create at {top} / at {low} volumes (stowkit)", "x", TARGET_CREATE_RATIO, "<="
+        ),
+    }
+    for op in OPS:
+        keys[op] = res.declare(f"{op} at {top} volumes: buttervolume / stowkit")
+    if busy_removes:
+        gone = min(busy_removes, top)
+        keys["List*"] = res.declare(f"List* after {gone} removes at {top}: buttervolume / stowkit")
+    return keys
+
+
+def ratios(res, keys, levels, ours, theirs) -> None:
+    top, low = max(levels), min(levels)
+    if ours:
+        res.set(keys["list"], ours[top]["List"])
+        res.ratio(keys["create"], ours[top]["Create"], ours[low]["Create"])
+    for op in (*OPS, "List*"):
+        if op in keys:
+            a = ours[top].get(op) if ours else None
+            b = theirs[top].get(op) if theirs else None
+            res.ratio(keys[op], b, a, f"{'buttervolume' if ours else 'stowkit'} not measured")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--btrfs", default=default_btrfs(), help="A directory on btrfs.")
+    parser.add_argument("--btrfs", help="A directory on btrfs (default: the harness's).")
     parser.add_argument("--levels", default="10,100,1000", help="Volume counts to measure at.")
     parser.add_argument("--only", choices=("stowkit", "buttervolume"))
     parser.add_argument(
@@ -402,40 +453,59 @@ def main() -> int:
         help="Volumes removed before timing List* at the largest level (0: skip).",
     )
     parser.add_argument("--json", help="Also write the figures to this file.")
+    figures.add_arguments(parser, "btrfs_plugin")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("needs root (btrfs subvolumes)")
-    if not args.btrfs:
-        sys.exit("no btrfs directory: pass --btrfs DIR or `python3 -m tools.stack start btrfs`")
     levels = sorted(int(x) for x in args.levels.split(","))
-    base = pathlib.Path(args.btrfs)
-    scratch = pathlib.Path(tempfile.mkdtemp(prefix="stowkit-bench-"))
+    res = figures.Results("btrfs_plugin")
+    keys = declare(res, levels, args.busy_removes)
     ours = theirs = None
+    base = None
+    with res.part("btrfs", list(res.figures)):
+        if os.geteuid() != 0:
+            raise figures.NotRun("needs root (btrfs subvolumes)")
+        base = pathlib.Path(args.btrfs or default_btrfs())
+        if importlib.util.find_spec("btrfsutil") is None:  # fail here, not midway
+            raise figures.NotRun(
+                f"btrfsutil is not importable by {sys.executable} (stowkit's btrfs extra)"
+            )
+    if args.only:
+        other = "buttervolume" if args.only == "stowkit" else "stowkit"
+        for op in (*OPS, "List*"):
+            if op in keys:
+                res.skip(keys[op], f"--only {args.only}")
+        if other == "stowkit":
+            res.skip(keys["list"], f"--only {args.only}")
+            res.skip(keys["create"], f"--only {args.only}")
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix="stowkit-bench-"))
     try:
-        if args.only in (None, "stowkit"):
-            settle(base)
-            server = Stowkit(base, scratch)
-            try:
-                ours = run_levels(server, levels, None, args.samples, args.busy_removes)
-            finally:
-                server.close()
-        if args.only in (None, "buttervolume"):
-            settle(base)
-            server = Buttervolume(base, scratch, pathlib.Path(args.bv_venv))
-            try:
-                theirs = run_levels(
-                    server, levels, args.bv_max_api, args.samples, args.busy_removes
-                )
-            finally:
-                server.close()
+        if base is not None and args.only in (None, "stowkit"):
+            with res.part("stowkit plugin", list(res.figures)):
+                settle(base)
+                server = Stowkit(base, scratch)
+                try:
+                    ours = run_levels(server, levels, None, args.samples, args.busy_removes)
+                finally:
+                    server.close()
+        if base is not None and args.only in (None, "buttervolume"):
+            ops = [keys[op] for op in (*OPS, "List*") if op in keys]
+            with res.part("buttervolume 3.13", ops):
+                settle(base)
+                server = Buttervolume(base, scratch, pathlib.Path(args.bv_venv))
+                try:
+                    theirs = run_levels(
+                        server, levels, args.bv_max_api, args.samples, args.busy_removes
+                    )
+                finally:
+                    server.close()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print("\n".join(report(levels, ours, theirs)))
+    ratios(res, keys, levels, ours, theirs)
     if args.json:
         pathlib.Path(args.json).write_text(
             json.dumps({"levels": levels, "stowkit": ours, "buttervolume": theirs}, indent=1)
         )
-    return 0
+    return res.finish(args)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python3 bench/catalog_api.py [--requests N] [--concurrency C] [--keepalive]
                                  [--only stowkit|freezer-api] [--freezer-venv DIR]
+                                 [--results FILE] [--strict]
 
 Starts both servers on SQLite in a scratch directory, each without Keystone
 (stowkit: ``catalog serve --no-auth``; freezer-api: its paste pipeline with a
@@ -13,9 +14,14 @@ documents for running unauthenticated), then measures with the same client:
 
 Each request opens its own TCP connection, as the reference figures were
 measured (``--keepalive`` reuses one connection per client process instead).
-Prints requests/s, p50 and p99 latency and the stowkit/freezer-api ratios.
-freezer-api is installed with ``pip install freezer-api`` into
-``.stack/venvs/freezer-api`` when that venv is missing.
+Prints requests/s, p50 and p99 latency and the stowkit/freezer-api ratios,
+written as figures (bench/figures.py): throughput stowkit / freezer-api for
+each operation (target >= 5x) and p99 latency freezer-api / stowkit (no
+target).  stowkit runs from the interpreter running this file (``python -m
+stowkit.cli.app``).  freezer-api is installed with ``pip install
+freezer-api==19.*`` into ``.stack/venvs/freezer-api`` when that venv is
+missing.  A server that does not start or answers with another status: its
+figures are MISSING, the reason printed, and the exit status 1.
 """
 
 from __future__ import annotations
@@ -34,7 +40,10 @@ import sys
 import tempfile
 import textwrap
 import time
+import urllib.error
 import urllib.request
+
+import figures
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PROJECT = "benchproject"
@@ -73,7 +82,7 @@ def wait_ready(url: str, proc: subprocess.Popen, log: pathlib.Path, timeout: flo
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            raise figures.NotRun(f"server exited with {proc.returncode}: {tail(log)}")
         try:
             urllib.request.urlopen(url, timeout=2)
             return
@@ -81,21 +90,33 @@ def wait_ready(url: str, proc: subprocess.Popen, log: pathlib.Path, timeout: flo
             return
         except OSError:
             time.sleep(0.2)
-    sys.exit(f"{url} not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+    raise figures.NotRun(f"{url} not ready after {timeout:.0f} s: {tail(log)}")
+
+
+def tail(log: pathlib.Path) -> str:
+    """The end of a server's log, on one line (the full log is printed to stderr)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    if text.strip():
+        print(f"---- {log}\n{text[-3000:]}", file=sys.stderr)
+    return " ".join(text.split())[-300:]
 
 
 def start_stowkit(work: pathlib.Path, port: int) -> subprocess.Popen:
     conf = work / "stowkit.conf"
     conf.write_text(f"[DEFAULT]\nstate_dir = {work / 'stowkit-state'}\n")
     log = work / "stowkit.log"
-    stowkit = shutil.which("stowkit") or sys.exit("stowkit is not on PATH")
+    cmd = figures.stowkit_command()
     proc = subprocess.Popen(
-        [stowkit, "--config-file", str(conf), "catalog", "serve", "--no-auth", "--port", str(port)],
+        [*cmd, "--config-file", str(conf), "catalog", "serve", "--no-auth", "--port", str(port)],
         stdout=open(log, "wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    wait_ready(f"http://127.0.0.1:{port}/", proc, log)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/", proc, log)
+    except BaseException:
+        stop(proc)
+        raise
     return proc
 
 
@@ -179,7 +200,11 @@ def start_freezer_api(work: pathlib.Path, port: int, venv: pathlib.Path) -> subp
         cwd=fdir,
         start_new_session=True,
     )
-    wait_ready(f"http://127.0.0.1:{port}/", proc, log)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/", proc, log)
+    except BaseException:
+        stop(proc)
+        raise
     return proc
 
 
@@ -236,7 +261,7 @@ def measure(port: int, method: str, total: int, conc: int, keepalive: bool, tag:
     statuses = {x[1] for r in results for x in r}
     expected = 201 if method == "POST" else 200
     if statuses != {expected}:
-        sys.exit(f"{method}: unexpected statuses {sorted(statuses)}")
+        raise RuntimeError(f"{method}: statuses {sorted(statuses)}, expected only {expected}")
     return {
         "rps": len(lat) / elapsed,
         "p50": lat[len(lat) // 2] * 1000,
@@ -269,6 +294,9 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+OPS = ("POST /backups", "GET list limit=100")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="POSTs per server")
@@ -284,25 +312,34 @@ def main() -> int:
     parser.add_argument(
         "--freezer-venv", type=pathlib.Path, default=REPO / ".stack" / "venvs" / "freezer-api"
     )
+    figures.add_arguments(parser, "catalog_api")
     args = parser.parse_args()
+    res = figures.Results("catalog_api")
+    for op in OPS:
+        res.declare(f"{op}: req/s stowkit / freezer-api", "x", 5.0, ">=")
+        res.declare(f"{op}: p99 latency freezer-api / stowkit")
     work = pathlib.Path(tempfile.mkdtemp(prefix="stowkit-bench-catalog-"))
     table: dict[str, dict] = {}
     try:
         for name in ("stowkit", "freezer-api"):
             if args.only and args.only != name:
+                for figure in res.figures:  # each is a ratio of the two servers
+                    res.skip(figure, f"--only {args.only}")
                 continue
-            port = free_port()
-            if name == "stowkit" and args.stowkit_port:
-                table[name] = run_one(name, args.stowkit_port, args)
-                continue
-            if name == "stowkit":
-                proc = start_stowkit(work, port)
-            else:
-                proc = start_freezer_api(work, port, ensure_freezer_api(args.freezer_venv))
-            try:
-                table[name] = run_one(name, port, args)
-            finally:
-                stop(proc)
+            part = "stowkit catalog serve" if name == "stowkit" else "freezer-api 19"
+            with res.part(part, list(res.figures)):
+                port = free_port()
+                if name == "stowkit" and args.stowkit_port:
+                    table[name] = run_one(name, args.stowkit_port, args)
+                    continue
+                if name == "stowkit":
+                    proc = start_stowkit(work, port)
+                else:
+                    proc = start_freezer_api(work, port, ensure_freezer_api(args.freezer_venv))
+                try:
+                    table[name] = run_one(name, port, args)
+                finally:
+                    stop(proc)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     mode = "keep-alive" if args.keepalive else "one connection per request"
@@ -315,14 +352,12 @@ def main() -> int:
             print(
                 f"{name:<12} {op:<20} {r['rps']:9.1f} {r['p50']:8.2f} {r['p99']:8.2f} {r['n']:6d}"
             )
-    if len(table) == 2:
-        for op in table["stowkit"]:
-            s, f = table["stowkit"][op], table["freezer-api"][op]
-            print(
-                f"ratio {op:<20} throughput x{s['rps'] / f['rps']:.1f}, "
-                f"p99 latency x{f['p99'] / s['p99']:.1f} lower"
-            )
-    return 0
+    for op in OPS:
+        s, f = table.get("stowkit", {}).get(op), table.get("freezer-api", {}).get(op)
+        why = "freezer-api not measured" if s else "stowkit not measured"
+        res.ratio(f"{op}: req/s stowkit / freezer-api", s and s["rps"], f and f["rps"], why)
+        res.ratio(f"{op}: p99 latency freezer-api / stowkit", f and f["p99"], s and s["p99"], why)
+    return res.finish(args)
 
 
 if __name__ == "__main__":

@@ -3,37 +3,45 @@
 1. ``copy``: 20 images of 1 MiB and one of 200 MiB synchronised from RegionOne to
    RegionTwo and RegionThree of the harness Glance (``python3 -m tools.stack start
    keystone glance``), beside the same bytes copied by a plain glanceclient loop
-   (``images.data()`` wrapped as ``.read()`` into ``images.upload()``): the limit.
-   Prints both times and the ratio (target: within 1.3x).
+   (``images.data()`` wrapped as ``.read()`` into ``images.upload()``): the limit,
+   measured in the same run.  Prints both times and the ratio (target: within 1.3x).
 2. ``plan``: planning 10,000 master images against 5 regions on the local store
-   (target: under 1 s), listing included and excluded.
+   (target: under 1 s, wall clock), listing included and excluded.
 
-    python3 bench/imagesync.py [copy] [plan]
+    python3 bench/imagesync.py [plan] [copy] [--small-images 20] [--big-mib 200]
+                               [--plan-images 10000] [--plan-regions 5]
+                               [--results FILE] [--strict]
+
+Both run by default.  The figures (bench/figures.py): the two copy ratios
+(sequential and ``--parallel`` sync over the plain loop, target <= 1.3x),
+planning only (target < 1 s) and, without a target, its CPU time and the
+listing + planning time.  A part that could not run (Keystone or Glance not
+running, a failed sync) leaves its figures MISSING and exits 1; a part not
+asked for is SKIPPED.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
-import json
 import os
 import pathlib
 import random
+import shutil
 import sys
 import tempfile
 import time
 import uuid
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import figures
 
-from stowkit.corelib import config as core_config  # noqa: E402
-from stowkit.corelib import imagesync  # noqa: E402
-from stowkit.corelib.image import Image  # noqa: E402
-from stowkit.corelib.imagesync import config as sync_config  # noqa: E402
-from stowkit.corelib.imagesync import plan as P  # noqa: E402
-from stowkit.corelib.imagesync.engine import ImageSync  # noqa: E402
-from stowkit.corelib.imagesync.select import MasterImages, images_to_sync, visible_region_images  # noqa: E402
+from stowkit.corelib import config as core_config
+from stowkit.corelib.image import Image
+from stowkit.corelib.imagesync import config as sync_config
+from stowkit.corelib.imagesync import plan as P
+from stowkit.corelib.imagesync.engine import ImageSync
+from stowkit.corelib.imagesync.select import MasterImages, images_to_sync, visible_region_images
 
 MIB = 1 << 20
 
@@ -57,11 +65,17 @@ class IterReader:
         return out
 
 
-def bench_copy() -> None:
+COPY_RATIOS = {
+    "stowkit sync": "copy: stowkit sync / plain glanceclient loop",
+    "stowkit sync --parallel": "copy: stowkit sync --parallel / plain glanceclient loop",
+}
+
+
+def bench_copy(res: figures.Results, small: int, big_mib: int) -> None:
     from stowkit.plugins.glance.store import GlanceImageStore
 
-    state = json.loads((REPO / ".stack" / "state.json").read_text())["services"]
-    admin = state["keystone"]["admin"]
+    admin = figures.service("keystone")["admin"]
+    figures.service("glance")
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-imagesync-"))
     conf_file = work / "stowkit.conf"
     conf_file.write_text(
@@ -73,22 +87,22 @@ def bench_copy() -> None:
     conf = core_config.load_conf([str(conf_file)])
     store = GlanceImageStore(conf, "image_glance")
     tag = f"bench-{uuid.uuid4().hex[:8]}"
-    sizes = [MIB] * 20 + [200 * MIB]
+    sizes = [MIB] * small + ([big_mib * MIB] if big_mib else [])
     print(f"creating {len(sizes)} images ({sum(sizes) // MIB} MiB) in RegionOne as {tag}-*")
-    masters = []
-    rng = random.Random(1)
-    for i, size in enumerate(sizes):
-        data = rng.randbytes(size)
-        masters.append(
-            store.create_image(
-                "RegionOne", f"{tag}-{i:02d}", io.BytesIO(data), visibility="public", size=size
-            )
-        )
-        del data
     targets = ("RegionTwo", "RegionThree")
     total = sum(sizes) * len(targets)
     created: list[tuple[str, str]] = []
     try:
+        masters = []
+        rng = random.Random(1)
+        for i, size in enumerate(sizes):
+            data = rng.randbytes(size)
+            masters.append(
+                store.create_image(
+                    "RegionOne", f"{tag}-{i:02d}", io.BytesIO(data), visibility="public", size=size
+                )
+            )
+            del data
         # the limit: a plain glanceclient loop, smallest first, region after region
         t0 = time.perf_counter()
         for region in targets:
@@ -104,31 +118,33 @@ def bench_copy() -> None:
         for region, image_id in created:
             store.delete_image(region, image_id)
         created.clear()
+        print(f"plain glanceclient loop: {plain:7.2f} s  {total / MIB / plain:7.1f} MiB/s")
 
         sync_text = (
             "[main]\nmaster_region = RegionOne\n[master]\n"
             f"metadata_condition = image.name.startswith('{tag}-')\n"
         )
         sync_cfg = sync_config.parse(sync_text, source="bench")
-        results = {}
         for label, parallel in (("stowkit sync", False), ("stowkit sync --parallel", True)):
-            sync = ImageSync(sync_cfg, store)
-            t0 = time.perf_counter()
-            report = sync.sync(list(targets), parallel=parallel)
-            results[label] = time.perf_counter() - t0
-            assert not report.failed, report.summary()
-            uploads = sum(1 for r in report.results for d in r.done if d.action == "upload")
-            assert uploads == len(sizes) * len(targets), uploads
-            for region in targets:
-                for im in store.list_images(region):
-                    if im.name.startswith(tag):
-                        store.delete_image(region, im.id)
-        print(f"plain glanceclient loop: {plain:7.2f} s  {total / MIB / plain:7.1f} MiB/s")
-        for label, secs in results.items():
-            print(
-                f"{label:24s} {secs:7.2f} s  {total / MIB / secs:7.1f} MiB/s"
-                f"  ratio {secs / plain:.2f}x (target <= 1.3x; verifies size, md5, sha512)"
-            )
+            with res.part(label, [COPY_RATIOS[label]]):
+                sync = ImageSync(sync_cfg, store)
+                t0 = time.perf_counter()
+                report = sync.sync(list(targets), parallel=parallel)
+                secs = time.perf_counter() - t0
+                if report.failed:
+                    raise RuntimeError(f"sync failed: {report.summary()}")
+                uploads = sum(1 for r in report.results for d in r.done if d.action == "upload")
+                if uploads != len(sizes) * len(targets):
+                    raise RuntimeError(f"{uploads} uploads, expected {len(sizes) * len(targets)}")
+                for region in targets:
+                    for im in store.list_images(region):
+                        if im.name.startswith(tag):
+                            store.delete_image(region, im.id)
+                print(
+                    f"{label:24s} {secs:7.2f} s  {total / MIB / secs:7.1f} MiB/s"
+                    f"  ratio {secs / plain:.2f}x (target <= 1.3x; verifies size, md5, sha512)"
+                )
+                res.ratio(COPY_RATIOS[label], secs, plain)
     finally:
         for region, image_id in created:
             store.delete_image(region, image_id)
@@ -136,13 +152,30 @@ def bench_copy() -> None:
             for im in store.list_images(region):
                 if im.name.startswith(tag):
                     store.delete_image(region, im.id)
+        shutil.rmtree(work, ignore_errors=True)
 
 
-def bench_plan(n: int = 10_000, regions: int = 5) -> None:
+def plan_figures(n: int, regions: int) -> tuple[str, str, str]:
+    what = f"plan {n} images x {regions} regions"
+    return (
+        f"{what}: planning only (wall)",
+        f"{what}: planning only (CPU)",
+        f"{what}: listing + planning (wall)",
+    )
+
+
+def bench_plan(res: figures.Results, n: int = 10_000, regions: int = 5) -> None:
+    root = tempfile.mkdtemp(prefix="bench-imagesync-plan-")
+    try:
+        _bench_plan(res, root, n, regions)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _bench_plan(res: figures.Results, root: str, n: int, regions: int) -> None:
     from stowkit.plugins.local.images import LocalImageStore
 
     rng = random.Random(2)
-    root = tempfile.mkdtemp(prefix="bench-imagesync-plan-")
     conf = core_config.load_conf()
     conf.register_opts(LocalImageStore.options, group="image_local")
     conf.set_override("path", root, "image_local")
@@ -191,7 +224,8 @@ def bench_plan(n: int = 10_000, regions: int = 5) -> None:
     sync = ImageSync(sync_cfg, store)
     results = sync.status()
     with_listing, listing_cpu = time.perf_counter() - t0, time.process_time() - c0
-    assert all(r.ok for r in results)
+    if not all(r.ok for r in results):
+        raise RuntimeError("image status failed: " + "; ".join(str(r) for r in results if not r.ok))
     counts: dict[str, int] = {}
     for r in results:
         for e in r.plan.entries:
@@ -218,16 +252,44 @@ def bench_plan(n: int = 10_000, regions: int = 5) -> None:
     )
     print(f"  load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"  statuses: {dict(sorted(counts.items()))}")
-    _ = imagesync  # the public entry point; used by the CLI
+    wall, cpu, listing = plan_figures(n, regions)
+    res.set(wall, plan_only)
+    res.set(cpu, plan_cpu)
+    res.set(listing, with_listing)
 
 
 def main(argv: list[str]) -> int:
-    which = argv or ["plan", "copy"]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("parts", nargs="*", metavar="plan|copy", help="default: both")
+    parser.add_argument("--small-images", type=int, default=20, help="1 MiB images to copy")
+    parser.add_argument("--big-mib", type=int, default=200, help="size of the big image (0: none)")
+    parser.add_argument("--plan-images", type=int, default=10_000)
+    parser.add_argument("--plan-regions", type=int, default=5)
+    figures.add_arguments(parser, "imagesync")
+    args = parser.parse_args(argv)
+    which = args.parts or ["plan", "copy"]
+    if set(which) - {"plan", "copy"}:
+        parser.error(f"unknown part {sorted(set(which) - {'plan', 'copy'})[0]!r}")
+    res = figures.Results("imagesync")
+    wall, cpu, listing = plan_figures(args.plan_images, args.plan_regions)
+    res.declare(wall, "s", 1.0, "<")
+    res.declare(cpu, "s")
+    res.declare(listing, "s")
+    for figure in COPY_RATIOS.values():
+        res.declare(figure, "x", 1.3, "<=")
     if "plan" in which:
-        bench_plan()
+        with res.part("plan", [wall, cpu, listing]):
+            bench_plan(res, args.plan_images, args.plan_regions)
+    else:
+        for figure in (wall, cpu, listing):
+            res.skip(figure, "plan not asked for")
     if "copy" in which:
-        bench_copy()
-    return 0
+        with res.part("copy", list(COPY_RATIOS.values())):
+            bench_copy(res, args.small_images, args.big_mib)
+    else:
+        for figure in COPY_RATIOS.values():
+            res.skip(figure, "copy not asked for")
+    return res.finish(args)
 
 
 if __name__ == "__main__":

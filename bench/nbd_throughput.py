@@ -2,10 +2,13 @@
 
     python3 bench/nbd_throughput.py [--size-mib 256] [--object-size 4M] [--repeat 3]
         [--peer-size-mib 32] [--skip-peers] [--boto3-path SITE_PACKAGES] [--json FILE]
+        [--results FILE] [--strict]
 
-Swift credentials come from the harness state file (.stack/state.json, service
-"swift"; start it with ``python3 -m tools.stack start swift``).  Every NBD
-server is measured the same way, through the same Swift:
+Swift credentials come from the harness (service "swift"; start it with
+``python3 -m tools.stack start swift``).  The clients are nbdcopy (Debian
+libnbd-bin) and qemu-img (qemu-utils); stowkit runs from the interpreter
+running this file (``python -m stowkit.cli.app``).  Every NBD server is
+measured the same way, through the same Swift:
 
 * write: ``nbdcopy --flush`` of random bytes into a fresh device; the time
   runs until the flush is answered, i.e. until Swift stored everything;
@@ -29,22 +32,26 @@ object's MD5 is sent so Swift refuses a corrupted body) and with
 ``send_etag = false``; the MD5 costs CPU that this 2-core machine otherwise
 gives to Swift.  Peers, at ``--peer-size-mib`` (they are slow):
 
-* nbdkit's S3 plugin (Debian nbdkit-plugin-python + boto3) through Swift's
-  s3api, 64 KiB objects (its maximum).  boto3 comes from ``--boto3-path`` or
-  a venv of the system Python made once under .stack/venvs/nbdkit-s3;
+* nbdkit's S3 plugin (Debian nbdkit and nbdkit-plugin-python, + boto3)
+  through Swift's s3api, 64 KiB objects (its maximum).  boto3 comes from
+  ``--boto3-path`` or a venv of the system Python made once under
+  .stack/venvs/nbdkit-s3;
 * swiftnbd 0.11 (64 KiB objects, its default) when a Python 3.6 is present
   (pyenv's); its venv is made once under .stack/venvs/swiftnbd36.
 
 stowkit and the raw baselines are measured ``--repeat`` times, interleaved,
-and the median is shown (with the range); peers once.  Ratios printed: stowkit
-over raw Swift (target >= 0.5x both ways) and over each peer (target >= 5x).
+and the median is shown (with the range); peers once.  Ratios, written as
+figures (bench/figures.py): stowkit over raw Swift, 1 object (target >= 0.5x
+both ways), over each peer (target >= 5x write, read and 4K reads), and,
+without a target, over the raw N-object layout and with send_etag off.  A
+server that does not start, a missing client or peer, a figure not measured:
+the figure is MISSING, the reason printed, and the exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import json
 import os
 import pathlib
@@ -59,24 +66,17 @@ import tempfile
 import threading
 import time
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import figures
 
-from stowkit.cli.common import parse_size  # noqa: E402 - the same sizes the CLI takes
+from stowkit.cli.common import parse_size  # the same sizes the CLI takes
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 VENVS = REPO / ".stack" / "venvs"
 MiB = 1 << 20
 PEER_OBJECT_SIZE = 64 << 10
 RAW_THREADS = 8
 RAW_4K_READS = 400
-
-
-def swift_record() -> dict:
-    state = pathlib.Path(os.environ.get("STOWKIT_STACK_DIR", REPO / ".stack")) / "state.json"
-    try:
-        return json.loads(state.read_text())["services"]["swift"]
-    except (FileNotFoundError, KeyError):
-        sys.exit("swift is not running: python3 -m tools.stack start swift")
 
 
 def timed(cmd: list[str], timeout: int = 1800) -> float:
@@ -96,13 +96,13 @@ def wait_port(port: int, proc: subprocess.Popen, log: pathlib.Path, seconds: flo
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log.read_text(errors="replace").strip()[-300:] if log.exists() else ""
-            raise RuntimeError(f"server exited with {proc.returncode}: {tail}")
+            raise figures.NotRun(f"server exited with {proc.returncode}: {tail}")
         try:
             socket.create_connection(("127.0.0.1", port), 1).close()
             return
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError("server did not listen")
+    raise figures.NotRun(f"server did not listen on port {port} within {seconds:.0f} s")
 
 
 # -- raw python-swiftclient ------------------------------------------------------------
@@ -244,16 +244,17 @@ class Stowkit(Server):
         )
 
     def cli(self, *args: str) -> None:
-        subprocess.run(["stowkit", "--config-file", str(self.conf), *args], check=True,
-                       capture_output=True, timeout=600)  # fmt: skip
+        subprocess.run([*figures.stowkit_command(), "--config-file", str(self.conf), *args],
+                       check=True, capture_output=True, timeout=600)  # fmt: skip
 
     def prepare(self) -> None:
         self.cli("blockstore", "setup", self.name, "--size", str(self.size),
                  "--object-size", str(self.object_size))  # fmt: skip
 
     def command(self, port: int) -> tuple[list[str], dict | None]:
-        return ["stowkit", "--config-file", str(self.conf), "blockstore", "serve", "--port",
-                str(port), "--cache-size", self.cache, self.name], None  # fmt: skip
+        return [*figures.stowkit_command(), "--config-file", str(self.conf), "blockstore",
+                "serve", "--port", str(port), "--cache-size", self.cache,
+                self.name], None  # fmt: skip
 
     def uri(self, port: int) -> str:
         return f"nbd://127.0.0.1:{port}/{self.name}"
@@ -268,6 +269,18 @@ class NbdkitS3(Server):
         self.boto3_path = boto3_path
         self.bucket = f"bench-s3-{secrets.token_hex(3)}"
         self.endpoint = rec.get("s3_endpoint", rec["proxy_url"])
+
+    def check(self) -> None:
+        """nbdkit's S3 plugin (Python, Debian nbdkit-plugin-python) loads, before any bucket."""
+        cmd, env = self.command(0)
+        try:
+            subprocess.run(["timeout", "60", cmd[0], "S3", "--version"], env=env, check=True,
+                           capture_output=True)  # fmt: skip
+        except subprocess.CalledProcessError as err:
+            why = figures.describe(err)
+            raise figures.NotRun(
+                f"nbdkit's S3 plugin does not load (Debian package nbdkit-plugin-python): {why}"
+            ) from None
 
     def _s3(self):
         sys.path.insert(0, self.boto3_path)
@@ -338,9 +351,12 @@ class Swiftnbd(Server):
         conn.close()
 
 
-def bench_server(server: Server, src: pathlib.Path, dst: pathlib.Path,
-                 count: int) -> tuple[float, float, float | None]:  # fmt: skip
-    """(write seconds, read seconds, 4K reads per second or None if the client failed)."""
+def bench_server(server: Server, src: pathlib.Path, dst: pathlib.Path, count: int,
+                 no_4k: str = "") -> tuple[float, float, float | None, str]:  # fmt: skip
+    """(write seconds, read seconds, 4K reads per second or None, why None).
+
+    ``no_4k`` says why the 4K reads cannot be measured (no qemu-img), if so.
+    """
     server.prepare()
     try:
         uri = server.start()
@@ -351,19 +367,26 @@ def bench_server(server: Server, src: pathlib.Path, dst: pathlib.Path,
         server.stop()
         if not filecmp_equal(src, dst):
             raise RuntimeError(f"{type(server).__name__}: read back differs")
-        uri = server.start()
-        step = str(server.object_size + 4096)
-        try:
-            seconds = timed(["qemu-img", "bench", "-f", "raw", "-t", "none", "-c", str(count),
-                             "-d", "16", "-s", "4k", "-S", step, uri], timeout=600)  # fmt: skip
-            iops = count / seconds
-        except subprocess.CalledProcessError:
-            iops = None
-        server.stop()
+        iops, why = None, no_4k
+        if not no_4k:
+            uri = server.start()
+            step = str(server.object_size + 4096)
+            try:
+                seconds = timed(["qemu-img", "bench", "-f", "raw", "-t", "none", "-c", str(count),
+                                 "-d", "16", "-s", "4k", "-S", step, uri],
+                                timeout=600)  # fmt: skip
+                iops, why = count / seconds, ""
+            except subprocess.CalledProcessError as err:
+                why = figures.describe(err)
+            server.stop()
     finally:
         server.stop()
-        server.cleanup()
-    return write, read, iops
+        try:
+            server.cleanup()
+        except Exception as err:
+            print(f"warning: cleaning up {type(server).__name__}: {figures.describe(err)}",
+                  file=sys.stderr)  # fmt: skip
+    return write, read, iops, why
 
 
 def filecmp_equal(a: pathlib.Path, b: pathlib.Path) -> bool:
@@ -388,8 +411,8 @@ def boto3_site_packages() -> str:
     return str(next((venv / "lib").glob("python3*/site-packages")))
 
 
-def swiftnbd_venv() -> pathlib.Path | None:
-    """swiftnbd 0.11 in a Python 3.6 venv (its server runs on nothing newer), or None."""
+def swiftnbd_venv() -> pathlib.Path:
+    """swiftnbd 0.11 in a Python 3.6 venv (its server runs on nothing newer)."""
     venv = VENVS / "swiftnbd36"
     if (venv / "bin" / "swiftnbd-server").exists():
         return venv
@@ -398,7 +421,9 @@ def swiftnbd_venv() -> pathlib.Path | None:
         [pathlib.Path(p)] if (p := shutil.which("python3.6")) else []
     )
     if not pythons:
-        return None
+        raise figures.NotRun(
+            "no Python 3.6 found (its server runs on nothing newer): pyenv install 3.6"
+        )
     subprocess.run([str(pythons[-1]), "-m", "venv", str(venv)], check=True)
     # The pins FACTS.md found: the last releases that still run on 3.6.
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "swiftnbd==0.11",
@@ -417,13 +442,33 @@ class Row:
         self.write: list[float] = []
         self.read: list[float] = []
         self.iops: list[float] = []
-        self.error: str | None = None
+        self.error = ""  # why nothing was measured
+        self.iops_error = ""  # why the 4K reads were not
 
-    def add(self, write_s: float, read_s: float, iops: float | None = None) -> None:
+    def add(self, write_s: float, read_s: float, iops: float | None = None, why: str = "") -> None:
         self.write.append(self.mib / write_s)
         self.read.append(self.mib / read_s)
         if iops is not None:
             self.iops.append(iops)
+        elif why:
+            self.iops_error = why
+
+    def attempt(self, res: figures.Results, measure) -> None:
+        """Add one run of ``measure()``; a failure is the row's error (later runs skipped)."""
+        if self.error:
+            return
+        try:
+            self.add(*measure())
+        except Exception as err:
+            self.error = figures.describe(err)
+            res.error(self.name, self.error)
+
+    def why_not(self, what: str) -> str:
+        if self.error:
+            return f"{self.name}: {self.error}"
+        if what == "iops" and self.iops_error:
+            return f"{self.name}: 4K reads: {self.iops_error}"
+        return f"{self.name}: not measured"
 
     @staticmethod
     def cell(values: list[float], width: int, digits: int = 1) -> str:
@@ -441,15 +486,46 @@ class Row:
 
     def as_dict(self) -> dict:
         return {"name": self.name, "mib": self.mib, "write_mib_s": self.write,
-                "read_mib_s": self.read, "iops_4k": self.iops, "error": self.error}  # fmt: skip
+                "read_mib_s": self.read, "iops_4k": self.iops, "error": self.error,
+                "iops_error": self.iops_error}  # fmt: skip
 
 
-def ratio(ours: Row, theirs: Row, what: str) -> str:
-    a, b = ours.median(what), theirs.median(what)
-    return f"{a / b:.2f}x" if a and b else "-"
+WHAT = (("write", "write"), ("read", "read"), ("iops", "4K reads"))
+PEERS = ("nbdkit S3 plugin (64K objects)", "swiftnbd 0.11 (64K objects)")
 
 
-def main() -> None:
+def declare(res: figures.Results, ours: Row, ours_noetag: Row, raw1: Row, rawn: Row) -> None:
+    """Every figure, before anything runs: a part that fails leaves its figures MISSING."""
+    labels = [label for _, label in WHAT]
+    for label in labels[:2]:
+        res.declare(f"{label}: {ours.name} / {raw1.name}", "x", 0.5, ">=")
+    for peer in PEERS:
+        for label in labels:
+            res.declare(f"{label}: {ours.name} / {peer}", "x", 5.0, ">=")
+    for label in labels:
+        res.declare(f"{label}: {ours.name} / {rawn.name}")
+    for label in labels[:2]:
+        res.declare(f"{label}: {ours_noetag.name} / {raw1.name}")
+
+
+def ratios(res: figures.Results, ours: Row, ours_noetag: Row, raw1: Row, rawn: Row,
+           peers: dict[str, Row]) -> None:  # fmt: skip
+    def put(mine: Row, theirs: Row, what: str, label: str) -> None:
+        figure = f"{label}: {mine.name} / {theirs.name}"
+        a, b = mine.median(what), theirs.median(what)
+        why = mine.why_not(what) if a is None else theirs.why_not(what)
+        res.ratio(figure, a, b, why)
+
+    for what, label in WHAT[:2]:
+        put(ours, raw1, what, label)
+        put(ours_noetag, raw1, what, label)
+    for what, label in WHAT:
+        put(ours, rawn, what, label)
+        for peer in peers.values():
+            put(ours, peer, what, label)
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--object-size", default="4M", help="stowkit device object size")
@@ -460,9 +536,9 @@ def main() -> None:
                         help="bytes copied through the peers (they are slow)")  # fmt: skip
     parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--boto3-path", help="site-packages with boto3 for nbdkit's Python")
-    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--json", help="also write the rows (MiB/s, reads/s) to this file")
+    figures.add_arguments(parser, "nbd_throughput")
     args = parser.parse_args()
-    rec = swift_record()
     object_size = parse_size(args.object_size)
     size = args.size_mib * MiB
     osize_text = args.object_size.upper()
@@ -470,7 +546,38 @@ def main() -> None:
     rawn = Row(f"raw swiftclient, {osize_text} x{RAW_THREADS} thr", args.size_mib)
     ours = Row(f"stowkit ({osize_text} objects)", args.size_mib)
     ours_noetag = Row(f"stowkit ({osize_text}, send_etag off)", args.size_mib)
-    peers: list[Row] = []
+    peers = {name: Row(name, args.peer_size_mib) for name in PEERS}
+    res = figures.Results("nbd_throughput")
+    declare(res, ours, ours_noetag, raw1, rawn)
+    servers = [ours, ours_noetag, *peers.values()]
+    rec = None
+    try:
+        rec = figures.service("swift")
+    except figures.NotRun as err:
+        res.error("swift", str(err))
+        for row in (raw1, rawn, *servers):
+            row.error = str(err)
+    nbd_ok = True
+    for command, package in (("timeout", "coreutils"), ("nbdcopy", "libnbd-bin")):
+        try:
+            figures.need(command, package)
+        except figures.NotRun as err:
+            res.error("NBD client", str(err))
+            nbd_ok = False
+            for row in servers:
+                row.error = row.error or str(err)
+    no_4k = ""
+    try:
+        figures.need("qemu-img", "qemu-utils")
+    except figures.NotRun as err:
+        no_4k = str(err)
+        res.error("4K reads", no_4k)
+    if args.skip_peers:
+        for peer in PEERS:
+            for _, label in WHAT:
+                res.skip(f"{label}: {ours.name} / {peer}", "--skip-peers")
+    if rec is None:
+        return finish(res, args, rec, raw1, rawn, ours, ours_noetag, peers)
     with tempfile.TemporaryDirectory(prefix="nbd-bench-") as tmp:
         work = pathlib.Path(tmp)
         src, dst = work / "src.raw", work / "dst.raw"
@@ -478,60 +585,59 @@ def main() -> None:
         src.write_bytes(data)
         for run in range(args.repeat):
             print(f"run {run + 1}/{args.repeat}", file=sys.stderr, flush=True)
-            raw1.add(*raw_single(rec, data))
-            rawn.add(*raw_objects(rec, data, object_size))
+            raw1.attempt(res, lambda: raw_single(rec, data))
+            rawn.attempt(res, lambda: raw_objects(rec, data, object_size))
+            if not nbd_ok:
+                continue
             for row, etag in ((ours, True), (ours_noetag, False)):
-                server = Stowkit(work, size, rec, object_size, args.cache_size, etag)
-                row.add(*bench_server(server, src, dst, args.bench_count))
-        del data
-        if not args.skip_peers:
+                row.attempt(res, lambda etag=etag: bench_server(
+                    Stowkit(work, size, rec, object_size, args.cache_size, etag),
+                    src, dst, args.bench_count, no_4k))  # fmt: skip
+        data = b""  # 256 MiB less while the peers run
+        if not args.skip_peers and nbd_ok:
             peer_size = args.peer_size_mib * MiB
             psrc, pdst = work / "peer-src.raw", work / "peer-dst.raw"
             with open(src, "rb") as f:
                 psrc.write_bytes(f.read(peer_size))
             count = max(args.bench_count // 10, 50)
-            candidates = [("nbdkit S3 plugin (64K objects)", lambda: NbdkitS3(
-                work, peer_size, rec, args.boto3_path or boto3_site_packages()))]  # fmt: skip
-            venv = swiftnbd_venv()
-            if venv is None:
-                print("swiftnbd 0.11: not measured (no Python 3.6 found)")
-            else:
-                candidates.append(("swiftnbd 0.11 (64K objects)",
-                                   lambda: Swiftnbd(work, peer_size, rec, venv)))  # fmt: skip
-            for name, make in candidates:
-                row = Row(name, args.peer_size_mib)
-                peers.append(row)
+
+            def nbdkit_s3() -> NbdkitS3:
+                figures.need("nbdkit", "nbdkit")  # before boto3's venv is made for it
+                server = NbdkitS3(work, peer_size, rec, args.boto3_path or boto3_site_packages())
+                server.check()
+                return server
+
+            def swiftnbd() -> Swiftnbd:
+                return Swiftnbd(work, peer_size, rec, swiftnbd_venv())
+
+            makers = {PEERS[0]: nbdkit_s3, PEERS[1]: swiftnbd}
+            for name, make in makers.items():
                 print(f"peer: {name}", file=sys.stderr, flush=True)
-                try:
-                    row.add(*bench_server(make(), psrc, pdst, count))
-                except Exception as err:
-                    row.error = str(err)[:300]
+                peers[name].attempt(res, lambda make=make: bench_server(
+                    make(), psrc, pdst, count, no_4k))  # fmt: skip
+    return finish(res, args, rec, raw1, rawn, ours, ours_noetag, peers)
+
+
+def finish(res, args, rec, raw1, rawn, ours, ours_noetag, peers) -> int:
+    where = rec["auth_url"] if rec else "(not running)"
     print(f"\n{args.size_mib} MiB ({args.peer_size_mib} MiB for peers), Swift at "
-          f"{rec['auth_url']}, median of {args.repeat} (range)")  # fmt: skip
+          f"{where}, median of {args.repeat} (range)")  # fmt: skip
     print(f"{'':38} {'write MiB/s':>16} {'read MiB/s':>16} {'4K reads/s':>14}")
-    for row in (raw1, rawn, ours, ours_noetag, *peers):
+    rows = [raw1, rawn, ours, ours_noetag, *([] if args.skip_peers else peers.values())]
+    for row in rows:
         if row.error:
             print(f"{row.name:38} failed: {row.error}")
             continue
         print(f"{row.name:38} {Row.cell(row.write, 16)} {Row.cell(row.read, 16)} "
               f"{Row.cell(row.iops, 14, 0)}")  # fmt: skip
-    print()
-    for mine in (ours, ours_noetag):
-        print(f"{mine.name} / raw 1 object: write {ratio(mine, raw1, 'write')}, "
-              f"read {ratio(mine, raw1, 'read')} (target >= 0.5x)")  # fmt: skip
-        print(f"{mine.name} / raw {osize_text} objects: write {ratio(mine, rawn, 'write')}, "
-              f"read {ratio(mine, rawn, 'read')}, "
-              f"4K reads {ratio(mine, rawn, 'iops')}")  # fmt: skip
-    for peer in peers:
-        if not peer.error:
-            print(f"{ours.name} / {peer.name}: write {ratio(ours, peer, 'write')}, "
-                  f"read {ratio(ours, peer, 'read')}, 4K reads {ratio(ours, peer, 'iops')} "
-                  "(target >= 5x)")  # fmt: skip
+    ratios(res, ours, ours_noetag, raw1, rawn, {} if args.skip_peers else peers)
     if args.json:
-        rows = [raw1, rawn, ours, ours_noetag, *peers]
         pathlib.Path(args.json).write_text(json.dumps([r.as_dict() for r in rows], indent=1))
+    return res.finish(args)
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        main()
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
