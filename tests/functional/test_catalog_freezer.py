@@ -12,11 +12,9 @@ import io
 import json
 import os
 import pathlib
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +22,8 @@ import uuid
 from typing import Any
 
 import pytest
+
+from tests.commands import STOWKIT
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -90,9 +90,8 @@ user_domain_name = {svc["user_domain_name"]}
 project_domain_name = {svc["project_domain_name"]}
 """
     )
-    stowkit = shutil.which("stowkit") or str(pathlib.Path(sys.executable).with_name("stowkit"))
     sync = subprocess.run(
-        [stowkit, "--config-file", str(conf), "catalog", "db-sync"],
+        [*STOWKIT, "--config-file", str(conf), "catalog", "db-sync"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -101,7 +100,7 @@ project_domain_name = {svc["project_domain_name"]}
     log = open(work / "server.log", "wb")
     proc = subprocess.Popen(
         [
-            stowkit,
+            *STOWKIT,
             "--config-file",
             str(conf),
             "catalog",

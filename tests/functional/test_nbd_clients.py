@@ -1,8 +1,10 @@
 """The NBD server with real clients (libnbd, qemu, a kernel filesystem) on a real Swift
 and on the local backend.
 
-Every server runs as a subprocess (`stowkit blockstore serve --port 0`), every
-client under `timeout`.
+Every server runs as a subprocess (`stowkit blockstore serve --port 0`, the stowkit of
+the interpreter running the tests, signalled by its own pid), every client under
+`timeout`.  The clients come from Debian packages (tools/commands.txt): libnbd-bin,
+qemu-utils, nbdfuse, fuse3, e2fsprogs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 import pytest
 
 from stowkit.corelib.nbd import protocol as p
+from tests.commands import STOWKIT
 from tests.unit.nbd_fakes import RawClient, _string
 
 MiB = 1 << 20
@@ -46,7 +49,7 @@ class Backend:
         self.servers: list[subprocess.Popen] = []
 
     def stowkit(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return run("stowkit", "--config-file", self.conf, *args, check=check)
+        return run(*STOWKIT, "--config-file", self.conf, *args, check=check)
 
     def setup(self, name: str, size: str = "64M", object_size: str = "256K") -> str:
         self.stowkit("blockstore", "setup", name, "--size", size, "--object-size", object_size)
@@ -54,7 +57,7 @@ class Backend:
 
     def serve(self, *args: str) -> tuple[subprocess.Popen, int]:
         proc = subprocess.Popen(
-            ["stowkit", "--config-file", self.conf, "blockstore", "serve", "--port", "0", *args],
+            [*STOWKIT, "--config-file", self.conf, "blockstore", "serve", "--port", "0", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

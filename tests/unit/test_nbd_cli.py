@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 
 import pytest
 
 from stowkit.cli.compat import swiftnbd_server
+from tests.commands import STOWKIT
 
 
 @pytest.fixture
@@ -20,9 +22,7 @@ def conf(tmp_path):
 
 def stowkit(conf: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["timeout", "60", "stowkit", "--config-file", conf, *args],
-        capture_output=True,
-        text=True,
+        [*STOWKIT, "--config-file", conf, *args], capture_output=True, text=True, timeout=60
     )
 
 
@@ -43,15 +43,24 @@ def test_serve_prints_uri_and_stops_cleanly_on_sigterm(conf):
         stowkit(conf, "blockstore", "setup", "d", "--size", "1M", "--object-size", "64K").returncode
         == 0
     )
+    # No `timeout` wrapper: the signal must reach the server itself, not a wrapper.
     proc = subprocess.Popen(
-        ["timeout", "60", "stowkit", "--config-file", conf, "blockstore", "serve", "--port", "0"],
+        [*STOWKIT, "--config-file", conf, "blockstore", "serve", "--port", "0"],
         stdout=subprocess.PIPE,
         text=True,
     )
-    line = proc.stdout.readline()
-    assert line.startswith("serving nbd://127.0.0.1:") and line.rstrip().endswith("/d")
-    os.kill(proc.pid, signal.SIGTERM)  # timeout forwards it to stowkit
-    assert proc.wait(30) == 0
+    watchdog = threading.Timer(60, proc.kill)  # a server that never prints cannot hang us
+    watchdog.start()
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving nbd://127.0.0.1:") and line.rstrip().endswith("/d")
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 def test_swiftnbd_server_flags_match_the_seed():

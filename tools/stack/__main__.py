@@ -33,7 +33,7 @@ def _say(msg: str) -> None:
 def cmd_install(ctx: base.Context, names: list[str]) -> int:
     mods = services.resolve(names, with_requires=True)
     t0 = time.monotonic()
-    ctx.apt(sorted({pkg for mod in mods for pkg in getattr(mod, "APT", [])}))
+    ctx.apt(sorted({pkg for mod in mods for pkg in base.service_packages(mod.NAME)}))
     for mod in mods:
         t = time.monotonic()
         mod.install(ctx)
@@ -53,7 +53,7 @@ def start_one(ctx: base.Context, mod) -> None:
             _say(f"{name}: stale record, cleaning up")
             stop_record(ctx, name, mod, record)
         t = time.monotonic()
-        ctx.apt(getattr(mod, "APT", []))
+        ctx.apt(base.service_packages(name))
         mod.install(ctx)
         before = set(ctx.spawned())
         try:

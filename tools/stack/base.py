@@ -3,10 +3,12 @@
 A service module (``tools/stack/NAME.py``) defines ``NAME``, ``REQUIRES`` (services
 started before it), optionally ``AFTER`` (services started before it *when they are
 started in the same run*, e.g. swift after keystone so it can accept Keystone
-tokens), ``APT`` (Debian packages), and ``install(ctx)``, ``start(ctx) -> record``,
-``stop(ctx, record)``, and optionally ``alive(ctx, record) -> bool`` for a check
-beyond "every recorded pid is alive" (btrfs: still mounted).  The record is what
-the functional tests receive from the ``service`` fixture; it always holds ``"pids"``.
+tokens), and ``install(ctx)``, ``start(ctx) -> record``, ``stop(ctx, record)``, and
+optionally ``alive(ctx, record) -> bool`` for a check beyond "every recorded pid is
+alive" (btrfs: still mounted).  Its Debian packages are the rows of tools/commands.txt
+that name the service in their SERVICES column (``service_packages(NAME)``); they are
+installed before ``install(ctx)`` runs.  The record is what the functional tests
+receive from the ``service`` fixture; it always holds ``"pids"``.
 
 Several sessions may drive the same stack at once, so every read-modify-write of
 ``state.json`` happens under a file lock and the file is replaced atomically, and
@@ -30,11 +32,21 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from tools import commands
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 class StackError(Exception):
     """A service could not be installed, started or stopped; the message says why."""
+
+
+def service_packages(name: str) -> list[str]:
+    """The Debian packages service ``name`` needs: its rows in tools/commands.txt."""
+    try:
+        return commands.packages(service=name)
+    except (OSError, commands.TableError) as exc:
+        raise StackError(f"cannot read {commands.TABLE}: {exc}") from exc
 
 
 def stack_dir(root: pathlib.Path = ROOT) -> pathlib.Path:
@@ -345,7 +357,7 @@ class Context:
             if path.exists() and (have != python or not (path / "bin" / "python").exists()):
                 shutil.rmtree(path)
             if not (path / "bin" / "python").exists():
-                self.apt(["python3-venv"])
+                # python3.11-venv comes with the service (its row in tools/commands.txt).
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self.run([python, "-m", "venv", path], timeout=300)
             pip = [path / "bin" / "python", "-m", "pip", "--disable-pip-version-check", "-q"]

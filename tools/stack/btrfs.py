@@ -15,7 +15,6 @@ from tools.stack.base import Context, StackError
 
 NAME = "btrfs"
 REQUIRES: list[str] = []
-APT = ["btrfs-progs", "libbtrfsutil-dev", "util-linux", "mount"]
 HOSTS = ("a", "b")
 SIZE = "2G"
 

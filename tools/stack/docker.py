@@ -21,7 +21,6 @@ from tools.stack.base import Context, StackError, tail
 
 NAME = "docker"
 REQUIRES: list[str] = []
-APT = ["docker.io", "busybox-static"]
 IMAGE = "bbox:1"
 # busybox applets linked into the image: what the tests' shell snippets use.
 APPLETS = (

@@ -12,7 +12,6 @@ from tools.stack.base import Context
 
 NAME = "freezerclient"
 REQUIRES: list[str] = []
-APT: list[str] = []
 
 #: The client release that goes with freezer-api 19 (the reference users know).
 PACKAGES = ["python-freezerclient==6.5.0"]

@@ -24,7 +24,6 @@ from tools.stack import openstack_common as common
 
 NAME = "glance"
 REQUIRES = ["keystone"]
-APT: list[str] = []
 
 # keystone record section ("primary" is the top level) -> regions it fronts
 REGIONS = {

@@ -30,7 +30,6 @@ from tools.stack import openstack_common as common
 
 NAME = "keystone"
 REQUIRES: list[str] = []
-APT: list[str] = []
 
 # instance name -> (the region of its own identity endpoint, password suffix)
 INSTANCES = {"primary": "RegionOne", "second": "RegionOther"}

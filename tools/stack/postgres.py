@@ -18,7 +18,6 @@ from tools.stack.base import Context, StackError, pid_alive, tail
 
 NAME = "postgres"
 REQUIRES: list[str] = []
-APT = ["postgresql"]
 USER = "postgres"
 
 

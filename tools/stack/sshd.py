@@ -15,7 +15,6 @@ from tools.stack.base import Context, StackError, tail
 
 NAME = "sshd"
 REQUIRES: list[str] = []
-APT = ["openssh-server", "openssh-client", "rsync"]
 
 
 def install(ctx: Context) -> None:

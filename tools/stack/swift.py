@@ -24,7 +24,6 @@ NAME = "swift"
 REQUIRES: list[str] = []
 # Start after keystone when both are started together, so Keystone auth is on.
 AFTER = ["keystone"]
-APT = ["memcached"]
 PACKAGES = ["swift>=2.35", "python-swiftclient>=4", "keystonemiddleware>=10"]
 SERVERS = ("account", "container", "object")
 # tempauth users: account:user -> (key, groups)
