@@ -182,7 +182,7 @@ def settle(base: pathlib.Path) -> None:
     """
     print(f"  waiting for btrfs to clean deleted subvolumes on {base} ...", file=sys.stderr)
     subprocess.run(
-        [figures.need("btrfs", "btrfs-progs"), "subvolume", "sync", str(base)],
+        [figures.need("btrfs"), "subvolume", "sync", str(base)],
         stdout=subprocess.DEVNULL,
         timeout=1800,
         check=False,

@@ -133,11 +133,23 @@ def notes(rows: list[dict]) -> list[str]:
 # -- what a benchmark needs ---------------------------------------------------------------
 
 
-def need(command: str, package: str) -> str:
+def _package_of(command: str) -> str:
+    """The Debian package tools/commands.txt names for ``command`` (the one table)."""
+    spec = importlib.util.spec_from_file_location("_stowkit_commands", REPO / "tools/commands.py")
+    table = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(table)
+    row = table.commands().get(command)
+    return f"Debian package {row.package}" if row else "not in tools/commands.txt"
+
+
+def need(command: str) -> str:
     """The path of an external command, or NotRun naming the Debian package that has it."""
     path = shutil.which(command)
     if path is None:
-        raise NotRun(f"{command} not found on PATH (Debian package {package})")
+        raise NotRun(
+            f"{command} not found on PATH ({_package_of(command)}; tools/test-all installs"
+            " what the table names)"
+        )
     return path
 
 

@@ -558,9 +558,9 @@ def main() -> int:
         for row in (raw1, rawn, *servers):
             row.error = str(err)
     nbd_ok = True
-    for command, package in (("timeout", "coreutils"), ("nbdcopy", "libnbd-bin")):
+    for command in ("timeout", "nbdcopy"):
         try:
-            figures.need(command, package)
+            figures.need(command)
         except figures.NotRun as err:
             res.error("NBD client", str(err))
             nbd_ok = False
@@ -568,7 +568,7 @@ def main() -> int:
                 row.error = row.error or str(err)
     no_4k = ""
     try:
-        figures.need("qemu-img", "qemu-utils")
+        figures.need("qemu-img")
     except figures.NotRun as err:
         no_4k = str(err)
         res.error("4K reads", no_4k)
@@ -602,7 +602,7 @@ def main() -> int:
             count = max(args.bench_count // 10, 50)
 
             def nbdkit_s3() -> NbdkitS3:
-                figures.need("nbdkit", "nbdkit")  # before boto3's venv is made for it
+                figures.need("nbdkit")  # before boto3's venv is made for it
                 server = NbdkitS3(work, peer_size, rec, args.boto3_path or boto3_site_packages())
                 server.check()
                 return server
