@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 from stowkit.cli.common import Command, Lister, ShowOne
@@ -19,11 +20,95 @@ from stowkit.corelib import imagesync
 from stowkit.corelib.errors import EXIT_CODES, InvalidArgument, StowkitError
 from stowkit.corelib.image import Image, ImageCapability
 from stowkit.corelib.imagesync import config as sync_config
+from stowkit.corelib.imagesync import report as sync_report
 from stowkit.corelib.imagesync.engine import ImageSync, SyncReport
 
 LOG = logging.getLogger("stowkit.imagesync")
 
 IMAGE_COLUMNS = ("id", "name", "region", "status", "visibility", "size", "checksum", "owner")
+
+
+class ByteMeter:
+    """Per-image byte progress on one terminal line: bytes, rate, ETA.
+
+    ``update(data)`` is fed every chunk (it is a ChunkReader observer); the
+    line is redrawn at most five times a second and ends when the image is
+    complete (or at :meth:`finish`).  Disabled, it costs one attribute test.
+    """
+
+    def __init__(
+        self, label: str, total: int | None, stream: Any, enabled: bool, clock=time.monotonic
+    ) -> None:
+        self.label, self.total, self.stream = label, total, stream
+        self.enabled, self.clock = enabled, clock
+        self.done = 0
+        self.start = self.last = clock()
+        self.finished = False
+
+    def update(self, data: bytes) -> None:
+        if not self.enabled or self.finished:
+            return
+        self.done += len(data)
+        now = self.clock()
+        complete = self.total is not None and self.done >= self.total
+        if now - self.last < 0.2 and not complete:
+            return
+        self.last = now
+        self._draw(now)
+        if complete:
+            self.finish()
+
+    def _draw(self, now: float) -> None:
+        elapsed = max(now - self.start, 1e-6)
+        rate = self.done / elapsed
+        text = f"{self.label}: {_mib(self.done)}"
+        if self.total:
+            left = max(self.total - self.done, 0)
+            eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+            text += f" of {_mib(self.total)} ({100 * self.done / self.total:.0f}%)"
+            text += f", {_mib(rate)}/s, ETA {eta}"
+        else:
+            text += f", {_mib(rate)}/s"
+        self.stream.write(f"\r{text}   ")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled and not self.finished:
+            self.finished = True
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _mib(n: float) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+class _MeteredFile:
+    """A ``.read()`` object feeding a ByteMeter (``image create``)."""
+
+    def __init__(self, fh: Any, meter: ByteMeter) -> None:
+        self.fh, self.meter = fh, meter
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.fh.read(size)
+        self.meter.update(data)
+        return data
+
+
+def add_progress_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Show per-image byte progress on stderr (default: when stderr is a terminal).",
+    )
+
+
+def progress_enabled(app: Any, parsed_args: argparse.Namespace) -> bool:
+    if parsed_args.progress is not None:
+        return parsed_args.progress
+    isatty = getattr(app.stderr, "isatty", None)
+    return bool(isatty and isatty())
 
 
 def add_sync_options(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +184,7 @@ class CreateImage(_RegionCommand, ShowOne):
         parser.add_argument("--container-format", default="bare")
         parser.add_argument("--kernel-id")
         parser.add_argument("--ramdisk-id")
+        add_progress_option(parser)
         return parser
 
     def take_action(self, parsed_args):
@@ -113,10 +199,16 @@ class CreateImage(_RegionCommand, ShowOne):
             raise InvalidArgument(f"cannot read {parsed_args.file}: {exc.strerror}") from None
         with fh:
             size = None if parsed_args.file == "-" else os.fstat(fh.fileno()).st_size
+            meter = ByteMeter(
+                f"{region}: {parsed_args.name}",
+                size,
+                self.app.stderr,
+                progress_enabled(self.app, parsed_args),
+            )
             image = store.create_image(
                 region,
                 parsed_args.name,
-                fh,
+                _MeteredFile(fh, meter) if meter.enabled else fh,
                 visibility=visibility,
                 properties=props,
                 owner=parsed_args.owner,
@@ -126,6 +218,7 @@ class CreateImage(_RegionCommand, ShowOne):
                 ramdisk_id=parsed_args.ramdisk_id,
                 size=size,
             )
+            meter.finish()
         return show(image)
 
 
@@ -245,6 +338,14 @@ class Status(_Failures, Lister):
         ]
         return ("Status", "Region", "Image"), rows
 
+    def produce_output(self, parsed_args, column_names, data):
+        if parsed_args.formatter == "csv":
+            # GlanceSync's own lines: STATUS,REGION,IMAGE, no header, no quotes
+            # unless a name needs them (as `stowkit-glancesync --show-status`).
+            self.app.stdout.write(sync_report.status_lines(data))
+            return 0
+        return super().produce_output(parsed_args, column_names, data)
+
     def run(self, parsed_args):
         self._failed, self._total = [], 0
         rc = super().run(parsed_args)
@@ -265,6 +366,7 @@ class Sync(_Failures, Lister):
             action="store_true",
             help="Synchronise regions at the same time (up to [main] max_children).",
         )
+        add_progress_option(parser)
         add_sync_options(parser)
         return parser
 
@@ -274,11 +376,19 @@ class Sync(_Failures, Lister):
         def progress(region: str, done: Any) -> None:
             LOG.info("%s: %s %s", region, done.action, done.image)
 
+        enabled = progress_enabled(self.app, parsed_args)
+
+        def observer(region: str, image: Image) -> ByteMeter | None:
+            if not enabled:
+                return None
+            return ByteMeter(f"{region}: {image.name}", image.size, self.app.stderr, True)
+
         report: SyncReport = sync.sync(
             parsed_args.regions,
             dry_run=parsed_args.dry_run,
             parallel=parsed_args.parallel,
             progress=progress,
+            observer=observer,
         )
         self._failed = [(r.region, r.error, r.error_type) for r in report.failed]
         self._total = len(report.results)

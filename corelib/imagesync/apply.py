@@ -22,8 +22,6 @@ from typing import Any
 from stowkit.corelib.errors import BackendUnavailable, StowkitError
 from stowkit.corelib.image import ChunkReader, Image, ImageCapability, ImageStore
 from stowkit.corelib.imagesync import plan as P
-from stowkit.corelib.imagesync.config import Target
-from stowkit.corelib.imagesync.select import MasterImages
 
 LOG = logging.getLogger("stowkit.imagesync")
 CHUNK = 1 << 20
@@ -60,8 +58,13 @@ def copy_image(
     kernel_id: str | None,
     ramdisk_id: str | None,
     images_dir: str | None = None,
+    owner: str | None = None,
+    observer: Any = None,
 ) -> Image:
-    """Stream ``image`` into ``dest_region`` and verify the copy; return the new image."""
+    """Stream ``image`` into ``dest_region`` and verify the copy; return the new image.
+
+    ``owner`` (when set) owns the copy; ``observer.update(bytes)`` sees every byte.
+    """
     local = os.path.join(images_dir, image.id) if images_dir else None
     if local and os.path.isfile(local):
         chunks: Any = _file_chunks(local)
@@ -71,8 +74,10 @@ def copy_image(
     # ones to check (they cover the bytes that landed); hashing here as well
     # would only spend CPU the two Glance servers need.  Otherwise hash in transit.
     trust_store = dest.supports(ImageCapability.REPORTS_HASHES)
-    hashers = () if trust_store else (hashlib.md5(usedforsecurity=False), hashlib.sha512())
-    reader = ChunkReader(chunks, hashers)
+    hashers: tuple[Any, ...] = (
+        () if trust_store else (hashlib.md5(usedforsecurity=False), hashlib.sha512())
+    )
+    reader = ChunkReader(chunks, (*hashers, observer) if observer is not None else hashers)
     created = dest.create_image(
         dest_region,
         image.name,
@@ -84,6 +89,7 @@ def copy_image(
         disk_format=image.disk_format,
         container_format=image.container_format,
         size=image.size,
+        owner=owner,
     )
     if trust_store:
         size, md5, sha512 = created.size, created.checksum, created.os_hash_value
@@ -113,25 +119,37 @@ def copy_image(
 
 def apply_plan(
     plan: P.RegionPlan,
-    master: MasterImages,
-    target: Target,
     master_store: ImageStore,
     master_region: str,
     store: ImageStore,
     *,
     dry_run: bool = False,
     images_dir: str | None = None,
+    owner: str | None = None,
     progress: Callable[[str, Done], None] | None = None,
+    done: list[Done] | None = None,
+    observer: Callable[[Image], Any] | None = None,
 ) -> list[Done]:
-    """Execute ``plan`` against ``store``; returns what was (or would be) done."""
-    done: list[Done] = []
+    """Execute ``plan`` against ``store``; returns what was (or would be) done.
+
+    Nothing is decided here: every change, kernel/ramdisk ids included, is in
+    the plan.  Each change is appended to ``done`` as soon as it is made, so
+    a caller that passes its own list knows what changed when a later step
+    raises.  ``owner`` is given to every copy (the target's tenant, when the
+    store would otherwise own it itself).  ``observer(image)`` may return an
+    object with ``update(bytes)`` that sees every byte of that image's copy.
+    """
+    done = [] if done is None else done
     region = plan.store_region
-    by_name = dict(plan.region_by_name)
+    uploaded: dict[str, Image] = {}
 
     def record(item: Done) -> None:
         done.append(item)
         if progress:
             progress(plan.region, item)
+
+    def real_id(value: Any) -> Any:
+        return uploaded[value.name].id if isinstance(value, P.Uploaded) else value
 
     for change in plan.obsolete:
         if not dry_run:
@@ -144,55 +162,41 @@ def apply_plan(
             )
         record(Done("obsolete", change.new_name, detail=f"from {change.image.name}"))
 
-    def update_metadata(status: str, kind: str) -> None:
-        for entry in plan.entries:
-            if entry.status != status:
-                continue
-            assert entry.region_image is not None
-            changes = P.metadata_update(master, entry.master, entry.region_image, by_name, target)
-            if changes and not dry_run:
-                by_name[entry.master.name] = store.update_image(
-                    region, entry.region_image.id, **changes
-                )
-            record(Done(kind, entry.master.name, detail=", ".join(sorted(changes))))
+    def update_metadata(changes: list[P.MetadataChange]) -> None:
+        for change in changes:
+            if not dry_run:
+                kwargs = {k: real_id(v) for k, v in change.changes.items()}
+                store.update_image(region, change.region_image.id, **kwargs)
+            record(Done(change.kind, change.image, detail=", ".join(sorted(change.changes))))
 
-    update_metadata(P.PENDING_METADATA, "metadata")
+    update_metadata(plan.metadata)
 
-    for entry in plan.entries:
-        if entry.status not in P.UPLOADING:
-            continue
-        image = entry.master
-        kind = {P.PENDING_UPLOAD: "upload", P.PENDING_REPLACE: "replace"}.get(
-            entry.status, "rename"
-        )
-        if dry_run:
-            record(Done(kind, image.name, image.size or 0))
-            continue
-        props = master.props[image.name]
-        kernel = P.ami_target_id(props, "kernel_id", by_name)
-        ramdisk = P.ami_target_id(props, "ramdisk_id", by_name)
-        for prop, value in (("kernel_id", kernel), ("ramdisk_id", ramdisk)):
-            if prop in props and not value:
-                LOG.warning("%s: %s %s of %s not found", plan.region, prop, props[prop], image.name)
-        created = copy_image(
-            master_store,
-            master_region,
-            image,
-            store,
-            region,
-            properties=P.upload_properties(master, image, target),
-            kernel_id=kernel,
-            ramdisk_id=ramdisk,
-            images_dir=images_dir,
-        )
-        by_name[image.name] = created
-        old = entry.region_image
-        if entry.status == P.PENDING_REPLACE and old is not None:
-            store.delete_image(region, old.id)
-        elif entry.status == P.PENDING_RENAME and old is not None:
-            store.update_image(region, old.id, name=old.name + ".old", visibility="private")
-        record(Done(kind, image.name, image.size or 0))
+    for upload in plan.uploads:
+        image = upload.image
+        if not dry_run:
+            created = copy_image(
+                master_store,
+                master_region,
+                image,
+                store,
+                region,
+                properties=dict(upload.properties),
+                kernel_id=real_id(upload.kernel_id),
+                ramdisk_id=real_id(upload.ramdisk_id),
+                images_dir=images_dir,
+                owner=owner,
+                observer=observer(image) if observer else None,
+            )
+            uploaded[image.name] = created
+            old = upload.old
+            if upload.kind == "replace" and old is not None:
+                store.delete_image(region, old.id)
+            elif upload.kind == "rename" and old is not None:
+                store.update_image(region, old.id, name=old.name + ".old", visibility="private")
+        else:
+            uploaded[image.name] = image  # a dry run only names the ids
+        record(Done(upload.kind, image.name, image.size or 0))
 
     # After the uploads: the kernel and ramdisk ids they point at exist now.
-    update_metadata(P.PENDING_AMI, "ami")
+    update_metadata(plan.ami)
     return done

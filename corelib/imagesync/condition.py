@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -96,6 +97,10 @@ Env = Mapping[str, Any]
 Fn = Callable[[Env], Any]
 
 
+#: a line break that is not a backslash continuation (ConfigParser's multi-line values)
+_NEWLINE = re.compile(r"(?<!\\)\n")
+
+
 class ConditionError(ConfigError):
     """The condition cannot be parsed or uses something outside the whitelist."""
 
@@ -105,7 +110,9 @@ class Condition:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        text = " ".join(source.replace("\\\n", " ").split())
+        # Only line breaks are joined (a backslash continuation is Python's own
+        # and stays as it is); whitespace inside string literals is kept.
+        text = _NEWLINE.sub(" ", source).strip()
         try:
             tree = ast.parse(text, mode="eval")
         except SyntaxError as exc:

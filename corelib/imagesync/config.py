@@ -24,6 +24,7 @@ import binascii
 import configparser
 import dataclasses
 import io
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -33,6 +34,8 @@ from stowkit.corelib.errors import ConfigError, InvalidArgument
 from stowkit.corelib.image import Credentials
 from stowkit.corelib.imagesync.condition import Condition, compile_condition
 from stowkit.corelib.names import check_name
+
+LOG = logging.getLogger("stowkit.imagesync")
 
 GROUP = "image_sync"
 MASTER = "master"
@@ -129,6 +132,8 @@ class SyncConfig:
     max_children: int = 1
     images_dir: str | None = None
     source: str = "<defaults>"
+    #: one line per unknown option of the file (each also logged once)
+    warnings: tuple[str, ...] = ()
 
     @property
     def master(self) -> Target:
@@ -190,9 +195,6 @@ def _env_credentials() -> dict[str, str]:
 
 
 def _target(name: str, section: Mapping[str, str]) -> Target:
-    for key in section:
-        if key not in KNOWN_TARGET_OPTIONS and key not in DEFAULTS:
-            raise ConfigError(f"[{name}] unknown option {key!r}")
     creds: Credentials | None = None
     domains = {
         "user_domain": section.get("user_domain", "Default").strip() or "Default",
@@ -283,9 +285,7 @@ def parse(
             parser.add_section(section)
         parser.set(section, option.lower(), value)
     main = dict(parser["main"]) if parser.has_section("main") else {}
-    for key in main:
-        if key not in KNOWN_MAIN_OPTIONS and key not in DEFAULTS and key not in parser.defaults():
-            raise ConfigError(f"[main] unknown option {key!r}")
+    warnings = _unknown_options(parser, overrides or {}, source)
     master_region = (
         main.get("master_region", "").strip()
         or master_region
@@ -313,7 +313,36 @@ def parse(
         max_children=max(1, max_children),
         images_dir=main.get("images_dir", "").strip() or None,
         source=source,
+        warnings=tuple(warnings),
     )
+
+
+def _unknown_options(
+    parser: configparser.ConfigParser, overrides: Mapping[str, str], source: str
+) -> list[str]:
+    """Warn once per option GlanceSync would ignore; an unknown ``--config`` is an error.
+
+    GlanceSync's reader ignores keys it does not know, so its files load here
+    too.  An option of ``[DEFAULT]`` is reported once, not once per section.
+    Overrides are typed on stowkit's command line: a typo there is refused.
+    """
+    from_overrides = set()
+    for key in overrides:
+        section, _, option = key.rpartition(".")
+        from_overrides.add((section or "DEFAULT", option.lower()))
+    defaults = set(parser.defaults())
+    sections = [("DEFAULT", defaults, KNOWN_TARGET_OPTIONS | KNOWN_MAIN_OPTIONS)]
+    for name in parser.sections():
+        known = KNOWN_MAIN_OPTIONS if name == "main" else KNOWN_TARGET_OPTIONS
+        sections.append((name, set(parser[name]) - defaults, known))
+    warnings = []
+    for name, keys, known in sections:
+        for key in sorted(keys - known - set(DEFAULTS)):
+            if (name, key) in from_overrides:
+                raise ConfigError(f"--config {name}.{key}: unknown option {key!r}")
+            warnings.append(f"{source}: [{name}] unknown option {key!r} ignored")
+            LOG.warning("%s", warnings[-1])
+    return warnings
 
 
 def load(

@@ -19,8 +19,8 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 
-from stowkit.corelib.errors import InvalidArgument, NotFound, StowkitError
-from stowkit.corelib.image import Image, ImageStore
+from stowkit.corelib.errors import NotFound, StowkitError
+from stowkit.corelib.image import Image, ImageCapability, ImageStore
 from stowkit.corelib.imagesync import apply as A
 from stowkit.corelib.imagesync import plan as P
 from stowkit.corelib.imagesync import report
@@ -65,7 +65,10 @@ class SyncReport:
         changes = sum(len(r.done) for r in self.results)
         text = f"{len(self.results)} region(s), {changes} change(s) {verb}"
         if failed:
-            names = "; ".join(f"{r.region}: {r.error}" for r in failed)
+            names = "; ".join(
+                f"{r.region}: {r.error}" + (f" (after {len(r.done)} change(s))" if r.done else "")
+                for r in failed
+            )
             text += f"; FAILED in {len(failed)}: {names}"
         return text
 
@@ -111,8 +114,12 @@ class ImageSync:
             if missing:
                 raise NotFound(f"target {target_name}: unknown region {missing[0]!r}")
             return list(target.regions)
-        # Regions another target claims explicitly on the same store are theirs.
+        # Regions another target claims explicitly on the same store are theirs,
+        # and the master region is the master target's (on the local store every
+        # target sees the same regions).
         claimed: set[str] = set()
+        if target_name != MASTER and store is self.store(MASTER):
+            claimed.add(self.config.master_region)
         for other in self.config.targets.values():
             if other.name != target_name and other.regions and self.store(other.name) is store:
                 claimed.update(other.regions)
@@ -160,8 +167,6 @@ class ImageSync:
             check_name(region, "region name")
             if region not in self._store_regions(target_name):
                 raise NotFound(f"unknown region {name!r}")
-            if target_name == MASTER and region == self.config.master_region:
-                raise InvalidArgument(f"{region} is the master region; it is never synchronised")
             result.append(full_region_name(target_name, region))
         return list(dict.fromkeys(result))
 
@@ -180,22 +185,35 @@ class ImageSync:
                 LOG.warning("%s: %s", region, warning)
         return self._master
 
+    def is_master_region(self, region: str) -> bool:
+        return region_parts(region) == (MASTER, self.config.master_region)
+
+    def _target_to_sync(self, target_name: str) -> dict[str, Image]:
+        master = self.master_images()
+        with self._lock:
+            to_sync = self._to_sync.get(target_name)
+            if to_sync is None:
+                warnings: list[str] = []
+                target = self.config.target(target_name)
+                to_sync = self._to_sync[target_name] = images_to_sync(master, target, warnings)
+                for warning in warnings:
+                    LOG.warning("%s", warning)
+        return to_sync
+
     def plan(self, region: str, *, with_obsolete: bool = True) -> P.RegionPlan:
         target_name, store_region = region_parts(region)
         target = self.config.target(target_name)
         master = self.master_images()
+        if self.is_master_region(region):
+            # GlanceSync reports the master region like any other: every image
+            # to sync is there by definition, so each is ok and nothing changes.
+            return P.master_region_plan(region, target, self._target_to_sync(MASTER))
         tenant = self.tenant_id(target_name)
         images = self.store(target_name).list_images(
             store_region, timeout=target.list_images_timeout
         )
         images = visible_region_images(images, tenant, target.only_tenant_images)
-        with self._lock:
-            to_sync = self._to_sync.get(target_name)
-            if to_sync is None:
-                warnings: list[str] = []
-                to_sync = self._to_sync[target_name] = images_to_sync(master, target, warnings)
-                for warning in warnings:
-                    LOG.warning("%s", warning)
+        to_sync = self._target_to_sync(target_name)
         result = P.plan_region(
             master,
             images,
@@ -228,6 +246,7 @@ class ImageSync:
         parallel: bool = False,
         progress: Callable[[str, A.Done], None] | None = None,
         before_apply: Callable[[str, P.RegionPlan], None] | None = None,
+        observer: Callable[[str, Image], object] | None = None,
     ) -> SyncReport:
         """Synchronise ``regions`` (default: all) from the master region."""
         names = self.resolve(regions)
@@ -238,17 +257,25 @@ class ImageSync:
             if before_apply:
                 before_apply(name, plan)
             target_name, _ = region_parts(name)
-            done = A.apply_plan(
-                plan,
-                self.master_images(),
-                self.config.target(target_name),
-                self.store(MASTER),
-                self.config.master_region,
-                self.store(target_name),
-                dry_run=dry_run,
-                images_dir=self.config.images_dir,
-                progress=progress,
-            )
+            done: list[A.Done] = []
+            try:
+                A.apply_plan(
+                    plan,
+                    self.store(MASTER),
+                    self.config.master_region,
+                    self.store(target_name),
+                    dry_run=dry_run,
+                    images_dir=self.config.images_dir,
+                    owner=self.upload_owner(target_name),
+                    progress=progress,
+                    done=done,
+                    observer=(lambda image: observer(name, image)) if observer else None,
+                )
+            except Exception as exc:
+                # What was changed before the failure is reported with it.
+                failed = self._failure(name, exc)
+                failed.plan, failed.done = plan, done
+                return failed
             return RegionResult(name, plan, done)
 
         workers = 1
@@ -268,16 +295,33 @@ class ImageSync:
             for target, exc in self.unreachable.items()
         ]
 
-    @staticmethod
-    def _guarded(name: str, func: Callable[[str], RegionResult]) -> RegionResult:
+    @classmethod
+    def _guarded(cls, name: str, func: Callable[[str], RegionResult]) -> RegionResult:
         try:
             return func(name)
-        except StowkitError as exc:
+        except Exception as exc:
+            return cls._failure(name, exc)
+
+    @staticmethod
+    def _failure(name: str, exc: Exception) -> RegionResult:
+        if isinstance(exc, StowkitError):
             LOG.error("%s: %s", name, exc)
             return RegionResult(name, error=str(exc), error_type=type(exc))
-        except Exception as exc:
-            LOG.exception("%s: unexpected error", name)
-            return RegionResult(name, error=f"{type(exc).__name__}: {exc}", error_type=StowkitError)
+        LOG.error("%s: unexpected error", name, exc_info=exc)
+        return RegionResult(name, error=f"{type(exc).__name__}: {exc}", error_type=StowkitError)
+
+    def upload_owner(self, target_name: str) -> str | None:
+        """The owner to give copies: the target's tenant, when the store would not.
+
+        The local store owns what it creates as ``[image_local] tenant_id``
+        whatever the target; a target's ``tenant_id`` differs, and copies
+        must be its own or they stay invisible (and pending) to the target.
+        """
+        tenant = self.tenant_id(target_name)
+        store = self.store(target_name)
+        if tenant and tenant != store.tenant_id() and store.supports(ImageCapability.SET_OWNER):
+            return tenant
+        return None
 
     def backup(
         self, directory: str, regions: Sequence[str] = (), *, include_master: bool = True
@@ -285,8 +329,9 @@ class ImageSync:
         """``backup_REGION.csv`` per region into ``directory``; (region, path, error) rows."""
         os.makedirs(directory, exist_ok=True)
         names = self.resolve(regions)
-        if include_master and not regions:
-            names = [self.config.master_region, *names]
+        if include_master:
+            # GlanceSync's backup always holds the master region, whatever is named.
+            names = list(dict.fromkeys([self.config.master_region, *names]))
         out: list[tuple[str, str | None, str | None]] = []
         for name in names:
             target_name, store_region = region_parts(name)

@@ -9,7 +9,7 @@ obsolete-image changes, so :mod:`stowkit.corelib.imagesync.apply` only executes 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import NamedTuple
 
 from stowkit.corelib.image import Image
@@ -68,8 +68,46 @@ class ObsoleteChange:
     set_properties: Mapping[str, str]
 
 
+class Uploaded(NamedTuple):
+    """A kernel/ramdisk id unknown when planning: that of the copy of ``name`` this plan uploads."""
+
+    name: str
+
+
+#: a region's kernel_id/ramdisk_id value as planned
+AmiId = str | Uploaded
+
+
+@dataclasses.dataclass(frozen=True)
+class MetadataChange:
+    """``update_image(region_image.id, **changes)``; kernel/ramdisk ids may be :class:`Uploaded`."""
+
+    kind: str  # metadata | ami
+    image: str  # the master image's name
+    region_image: Image
+    changes: Mapping[str, object]
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadChange:
+    """Copy a master image into the region, then delete or rename the old one."""
+
+    kind: str  # upload | replace | rename
+    image: Image  # the master's
+    properties: Mapping[str, str]
+    kernel_id: AmiId | None
+    ramdisk_id: AmiId | None
+    old: Image | None = None  # the region image replaced or renamed
+
+
 @dataclasses.dataclass
 class RegionPlan:
+    """Everything a region needs, resolved: apply executes the change lists in order.
+
+    ``obsolete``, then ``metadata``, then ``uploads`` (smallest first), then
+    ``ami`` (kernel/ramdisk ids that point at copies the uploads made).
+    """
+
     region: str  # full name, target:region
     target: str
     store_region: str
@@ -77,6 +115,13 @@ class RegionPlan:
     obsolete: list[ObsoleteChange]
     region_by_name: dict[str, Image]
     warnings: list[str]
+    metadata: list[MetadataChange] = dataclasses.field(default_factory=list)
+    uploads: list[UploadChange] = dataclasses.field(default_factory=list)
+    ami: list[MetadataChange] = dataclasses.field(default_factory=list)
+
+    @property
+    def changes(self) -> int:
+        return len(self.obsolete) + len(self.metadata) + len(self.uploads) + len(self.ami)
 
     def count(self, *statuses: str) -> int:
         return sum(1 for e in self.entries if e.status in statuses)
@@ -278,7 +323,71 @@ def plan_region(
         to_sync = images_to_sync(master, target, warnings)
     by_name = region_images_by_name(to_sync, images, tenant_id, target, region, warnings)
     entries = entries_for_region(master, to_sync, by_name, target)
-    return RegionPlan(region, target.name, store_region, entries, obsolete, by_name, warnings)
+    for entry in entries:
+        if entry.status == ERROR_CHECKSUM and entry.region_image is not None:
+            # GlanceSync's warning, one per image
+            warnings.append(
+                f"Image {entry.master.name} has a different checksum "
+                f"({entry.region_image.checksum}) in region {region}"
+            )
+    plan = RegionPlan(region, target.name, store_region, entries, obsolete, by_name, warnings)
+    resolve_changes(plan, master, target)
+    return plan
+
+
+_UPLOAD_KIND = {PENDING_UPLOAD: "upload", PENDING_REPLACE: "replace", PENDING_RENAME: "rename"}
+
+
+def resolve_changes(plan: RegionPlan, master: MasterImages, target: Target) -> None:
+    """Fill the plan's metadata, upload and AMI change lists from its entries."""
+    by_name = plan.region_by_name
+    for entry in plan.entries:
+        if entry.status == PENDING_METADATA and entry.region_image is not None:
+            changes = metadata_update(master, entry.master, entry.region_image, by_name, target)
+            if changes:
+                plan.metadata.append(
+                    MetadataChange("metadata", entry.master.name, entry.region_image, changes)
+                )
+    uploaded: list[str] = []
+    for entry in plan.entries:
+        if entry.status not in UPLOADING:
+            continue
+        image = entry.master
+        props = master.props[image.name]
+        refs = {}
+        for prop in AMI_PROPERTIES:
+            refs[prop] = ami_target_id(props, prop, by_name, uploaded)
+            if prop in props and not refs[prop]:
+                plan.warnings.append(
+                    f"{plan.region}: {prop} {props[prop]} of {image.name} not found"
+                )
+        plan.uploads.append(
+            UploadChange(
+                _UPLOAD_KIND[entry.status],
+                image,
+                upload_properties(master, image, target),
+                refs["kernel_id"],
+                refs["ramdisk_id"],
+                entry.region_image,
+            )
+        )
+        uploaded.append(image.name)
+    for entry in plan.entries:
+        if entry.status == PENDING_AMI and entry.region_image is not None:
+            changes = metadata_update(
+                master, entry.master, entry.region_image, by_name, target, uploaded
+            )
+            if changes:
+                plan.ami.append(
+                    MetadataChange("ami", entry.master.name, entry.region_image, changes)
+                )
+
+
+def master_region_plan(region: str, target: Target, to_sync: Mapping[str, Image]) -> RegionPlan:
+    """The master region's own plan: each image to sync is there, ``ok``; no change."""
+    entries = [Entry(OK, image, image) for image in to_sync.values()]
+    _, _, store_region = region.rpartition(":")
+    return RegionPlan(region, target.name, store_region, entries, [], dict(to_sync), [])
 
 
 def metadata_update(
@@ -287,6 +396,7 @@ def metadata_update(
     region_image: Image,
     region_by_name: Mapping[str, Image],
     target: Target,
+    uploading: Collection[str] = (),
 ) -> dict[str, object]:
     """``update_image`` keyword arguments making ``region_image`` match ``image``.
 
@@ -319,7 +429,7 @@ def metadata_update(
         ("kernel_id", region_image.kernel_id),
         ("ramdisk_id", region_image.ramdisk_id),
     ):
-        wanted = ami_target_id(master_props, prop, region_by_name)
+        wanted = ami_target_id(master_props, prop, region_by_name, uploading)
         if prop not in master_props:
             if current:
                 changes[f"remove_{prop}"] = True
@@ -329,12 +439,21 @@ def metadata_update(
 
 
 def ami_target_id(
-    master_props: Mapping[str, str], prop: str, region_by_name: Mapping[str, Image]
-) -> str | None:
-    """The region's id for the master's kernel/ramdisk, None when it is not there."""
+    master_props: Mapping[str, str],
+    prop: str,
+    region_by_name: Mapping[str, Image],
+    uploading: Collection[str] = (),
+) -> AmiId | None:
+    """The region's id for the master's kernel/ramdisk, None when it is not there.
+
+    A kernel or ramdisk among ``uploading`` (copied earlier by the same plan)
+    is :class:`Uploaded`: its id is known once apply has made the copy.
+    """
     name = master_props.get(prop)
     if not name:
         return None
+    if name in uploading:
+        return Uploaded(name)
     aux = region_by_name.get(name)
     return aux.id if aux else None
 

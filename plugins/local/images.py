@@ -22,6 +22,7 @@ import fcntl
 import glob
 import hashlib
 import json
+import logging
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -29,7 +30,7 @@ from typing import Any, BinaryIO
 
 from oslo_config import cfg
 
-from stowkit.corelib.errors import BackendUnavailable, InvalidArgument, NotFound
+from stowkit.corelib.errors import BackendUnavailable, Conflict, InvalidArgument, NotFound
 from stowkit.corelib.image import (
     Credentials,
     Image,
@@ -41,6 +42,7 @@ from stowkit.corelib.image import (
 from stowkit.corelib.imagesync import report
 from stowkit.corelib.names import check_name
 
+LOG = logging.getLogger("stowkit.imagesync")
 CHUNK = 1 << 20
 INDEX = "images.json"
 _IMAGE_FIELDS = frozenset(f.name for f in dataclasses.fields(Image))
@@ -288,15 +290,44 @@ class LocalImageStore(ImageStore):
         # Every file is read and checked before anything is written: a bad
         # line in the last file must not leave the first ones loaded.
         parsed = []
+        sources: dict[str, str] = {}
         for path in files:
             name = os.path.basename(path)[len("backup_") : -len(".csv")]
-            region = check_name(name.rpartition(":")[2], "region name")
-            parsed.append((region, report.read_backup(path)))
+            target, _, region = name.rpartition(":")
+            check_name(region, "region name")
+            if region in sources:
+                raise Conflict(
+                    f"{os.path.basename(path)} and backup_{sources[region]}.csv are both "
+                    f"region {region} here: load them from separate directories"
+                )
+            sources[region] = name
+            parsed.append((region, target, report.read_backup(path)))
+        if not replace:
+            for region, _target, _images in parsed:
+                path = os.path.join(self.root, region)
+                held = len(self._read_index(path)) if os.path.isdir(path) else 0
+                if held:
+                    raise Conflict(
+                        f"region {region} already holds {held} image(s); "
+                        "use --replace to replace its metadata with the backup's"
+                    )
         loaded: dict[str, int] = {}
-        for region, images in parsed:
+        for region, target, images in parsed:
+            if target:
+                # The local store has one set of regions: say where it went.
+                LOG.warning(
+                    "backup_%s:%s.csv loaded as region %s; list it in [%s] regions = "
+                    "to synchronise it as %s:%s",
+                    target,
+                    region,
+                    region,
+                    target,
+                    target,
+                    region,
+                )
             region_dir = self._region_dir(region, create=True)
             with self._locked(region_dir):
-                index = {} if replace else self._read_index(region_dir)
+                index: dict[str, Any] = {}
                 for image in images:
                     index[image.id] = self._to_record(image.replace(region=region), False)
                 self._write_index(region_dir, index)

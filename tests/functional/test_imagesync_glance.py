@@ -301,6 +301,15 @@ def test_full_scenario(stack, scenario):
             expected.update(conflict=P.PENDING_UPLOAD, meta=P.PENDING_UPLOAD)
         assert mine == expected, region
 
+    # the master region is reported like any other: each image to sync is ok,
+    # and syncing it changes nothing
+    master = status(stack, "RegionOne")
+    assert master and set(master.values()) == {P.OK}
+    assert {n for _r, n in master} == set(EXPECTED_BEFORE)
+    before = snapshot(stack)
+    cli(stack, "image", "sync", "RegionOne", "--sync-config", stack["sync_file"], check=0)
+    assert snapshot(stack) == before
+
     bad = md5(b"c" * 5601)
     assert (
         status(stack, "RegionTwo", config=[f"master.dontupdate={bad}"])[("RegionTwo", "conflict")]

@@ -138,3 +138,21 @@ def test_error_is_one_line_config_error():
     with pytest.raises(ConfigError) as err:
         Condition("image.is_public and (")
     assert "\n" not in str(err.value)
+
+
+def test_string_literals_keep_their_whitespace():
+    cond = Condition("image.name == 'a  b'")
+    assert cond.evaluate(image(name="a  b"), set()) is True
+    assert cond.evaluate(image(name="a b"), set()) is False
+    tab = Condition("image.user_properties.get('t') == 'x\\ty'")
+    assert tab.evaluate(image(user_properties={"t": "x\ty"}), set()) is True
+
+
+def test_line_continuations_are_joined():
+    # ConfigParser hands multi-line values over joined by newlines; GlanceSync's
+    # backslash continuations are Python's own.
+    cond = Condition("image.is_public and \\\nimage.name == 'a  b'")
+    assert cond.evaluate(image(name="a  b"), set()) is True
+    split = Condition("image.is_public\nand image.name == 'a  b'")
+    assert split.evaluate(image(name="a  b"), set()) is True
+    assert split.evaluate(image(name="a b"), set()) is False

@@ -120,7 +120,6 @@ def test_create_list_status_sync(env, capsys, tmp_path):
         (("image", "status", "--config", "novalue"), 3, "invalid --config 'novalue'"),
         (("image", "status", "--sync-config", "/nonexistent.conf"), 10, "not found"),
         (("image", "list", "--region", "../etc"), 4, "invalid region name"),
-        (("image", "sync", "One"), 3, "master region"),
         (("image", "status", "--config", "master.credential=a,b"), 10, "credential must be"),
     ],
 )

@@ -98,7 +98,6 @@ def test_bad_override_pairs(pair):
             "[main]\nmaster_region = R\n[t]\nonly_tenant_images = maybe\ncredential = a,cA==,u,t\n",
             "not a boolean",
         ),
-        ("[main]\nmaster_region = R\n[t]\nfoo = 1\n", "unknown option"),
         ("[main]\nmaster_region = R\n[t]\nuser = x\n", "needs credential"),
         ("[main]\nmaster_region = R\n[master]\nmetadata_condition = image.x\n", "no attribute"),
         (
@@ -163,3 +162,30 @@ def test_load_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         C.load(str(tmp_path / "nope.conf"))
     assert C.load(str(tmp_path / "nope.conf"), must_exist=False, master_region="R").targets
+
+
+def test_unknown_options_of_the_file_warn_once_each(caplog):
+    # GlanceSync's reader ignores keys it does not know: the file loads.
+    text = (
+        "[main]\nmaster_region = R\nlog_level = debug\n"
+        "[DEFAULT]\nold_key = 1\n"
+        "[master]\nfoo = 1\n"
+        "[t]\ncredential = a,cA==,u,t\nfoo = 2\n"
+    )
+    with caplog.at_level("WARNING", logger="stowkit.imagesync"):
+        cfg = C.parse(text, source="gs.conf")
+    assert set(cfg.targets) == {"master", "t"}
+    assert cfg.warnings == (
+        "gs.conf: [DEFAULT] unknown option 'old_key' ignored",
+        "gs.conf: [main] unknown option 'log_level' ignored",
+        "gs.conf: [master] unknown option 'foo' ignored",
+        "gs.conf: [t] unknown option 'foo' ignored",
+    )
+    # one warning per key: [DEFAULT]'s key is not repeated for every section
+    assert [r.getMessage() for r in caplog.records] == list(cfg.warnings)
+
+
+@pytest.mark.parametrize("key", ["master.foo", "foo"])
+def test_unknown_override_is_still_an_error(key):
+    with pytest.raises(ConfigError, match="unknown option 'foo'"):
+        C.parse("[main]\nmaster_region = R\n[master]\n", {key: "1"})
