@@ -33,8 +33,9 @@ ID_FIELDS: dict[str, str] = {
 Document = dict[str, Any]
 
 #: A search term: ``{"field": value}``; ``"_all"`` (or ``"*"``) as the field
-#: means "the text appears anywhere in the document"; dotted fields reach into
-#: nested objects (``backup_metadata.hostname``).
+#: means "the text appears anywhere in the document"; a plain field matches
+#: that key at any depth, a dotted one is an exact path
+#: (``backup_metadata.hostname``).
 Term = Mapping[str, Any]
 
 
@@ -102,18 +103,24 @@ class Catalog(Driver):
     @abc.abstractmethod
     def search(
         self,
-        project: str,
+        project: str | None,
         kind: str,
         limit: int = 10,
         offset: int = 0,
         match: Sequence[Term] = (),
         match_not: Sequence[Term] = (),
     ) -> list[Document]:
-        """Documents matching every ``match`` term and no ``match_not`` term."""
+        """Documents matching every ``match`` term and no ``match_not`` term.
+
+        ``project=None`` searches every project (for admins: ``all_projects``).
+        A term's plain field name matches that key at any depth of the
+        document (in nested objects and in objects inside lists), as
+        freezer-api's search does; a dotted field is an exact path.
+        """
 
     def search_json(
         self,
-        project: str,
+        project: str | None,
         kind: str,
         limit: int = 10,
         offset: int = 0,

@@ -3,7 +3,8 @@
 Routes (``{kind}`` is backups, clients, jobs, actions or sessions)::
 
     GET  /                                     versions (300)
-    GET  /v1, /v2                              version document, or JSON-home
+    GET  /v2                                   JSON-home (freezer-api's), whatever Accept
+    GET  /v1                                   version document, or JSON-home if asked
     /v2/{project_id}/{kind}                    GET list, POST create
     /v2/{project_id}/{kind}/{id}               GET, POST (replace), PATCH (merge), DELETE
     /v2/{project_id}/jobs/{id}/event           POST {"start"|"stop"|"abort"|"remove": null}
@@ -99,44 +100,63 @@ def versions_document(base: str) -> dict[str, Any]:
     }
 
 
+def _resource(template: str, allow: list[str], *variables: str) -> dict[str, Any]:
+    return {
+        "href-template": template,
+        "href-vars": {v: f"param/{v}" for v in variables},
+        "hints": {"allow": allow, "formats": {"application/json": {}}},
+    }
+
+
 def json_home(version: str) -> dict[str, Any]:
-    """The JSON-home document of a version (draft-nottingham-json-home)."""
-    prefix = "/v2/{project_id}" if version == "v2" else "/v1"
-    project_var = {"project_id": "https://stowkit.invalid/catalog/param/project_id"}
-    resources: dict[str, Any] = {}
+    """The JSON-home document of a version (draft-nottingham-json-home-03).
 
-    def add(rel: str, template: str, allow: list[str], **variables: str) -> None:
-        href_vars = dict(project_var) if version == "v2" else {}
-        href_vars.update(
-            {k: f"https://stowkit.invalid/catalog/param/{k}" for k in variables.values()}
-        )
-        resources[f"https://stowkit.invalid/catalog/rel/{rel}"] = {
-            "href-template": prefix + template,
-            "href-vars": href_vars,
-            "hints": {
-                "allow": allow,
-                "formats": {"application/json": {}},
-                **({"accept-post": ["application/json"]} if "POST" in allow else {}),
-            },
-        }
-
-    for kind in KINDS:
+    For v2 it starts with freezer-api 19's three relations, named and shaped
+    as freezer-api serves them (``rel/backups`` is the item template there),
+    then adds the routes freezer-api has but does not list.
+    """
+    v2 = version == "v2"
+    prefix = "/v2/{project_id}" if v2 else "/v1"
+    project = ("project_id",) if v2 else ()
+    page = "{?offset,limit}"
+    resources: dict[str, Any] = {
+        "rel/backups": _resource(f"{prefix}/backups/{{backup_id}}", ["GET"], *project, "backup_id"),
+        "rel/jobs": _resource(
+            f"{prefix}/jobs{{?all_projects,offset,limit}}",
+            ["GET", "POST"],
+            *project,
+            "all_projects",
+            "offset",
+            "limit",
+        ),
+        "rel/job": _resource(
+            f"{prefix}/jobs/{{job_id}}", ["GET", "PATCH", "POST", "DELETE"], *project, "job_id"
+        ),
+    }
+    resources["rel/backup_list"] = _resource(
+        f"{prefix}/backups{page}", ["GET", "POST"], *project, "offset", "limit"
+    )
+    for kind in ("clients", "actions", "sessions"):
         id_field = ID_FIELDS[kind]
-        add(kind, f"/{kind}", ["GET", "POST"])
-        item_allow = ["GET", "DELETE"]
-        if kind in ("jobs", "actions", "sessions"):
-            item_allow = ["GET", "POST", "PATCH", "DELETE"]
-        elif kind == "backups":
-            item_allow = ["GET", "PATCH", "DELETE"]
-        add(kind[:-1], f"/{kind}/{{{id_field}}}", item_allow, id=id_field)
-    add("job_event", "/jobs/{job_id}/event", ["POST"], id="job_id")
-    add("session_action", "/sessions/{session_id}/action", ["POST"], id="session_id")
-    add(
-        "session_job",
-        "/sessions/{session_id}/jobs/{job_id}",
+        item_allow = ["GET", "DELETE"] if kind == "clients" else ["GET", "PATCH", "POST", "DELETE"]
+        resources[f"rel/{kind}"] = _resource(
+            f"{prefix}/{kind}{page}", ["GET", "POST"], *project, "offset", "limit"
+        )
+        resources[f"rel/{kind[:-1]}"] = _resource(
+            f"{prefix}/{kind}/{{{id_field}}}", item_allow, *project, id_field
+        )
+    resources["rel/job_event"] = _resource(
+        f"{prefix}/jobs/{{job_id}}/event", ["POST"], *project, "job_id"
+    )
+    resources["rel/session_action"] = _resource(
+        f"{prefix}/sessions/{{session_id}}/action", ["POST"], *project, "session_id"
+    )
+    resources["rel/session_job"] = _resource(
+        f"{prefix}/sessions/{{session_id}}/jobs/{{job_id}}",
         ["PUT", "DELETE"],
-        s="session_id",
-        j="job_id",
+        *project,
+        "session_id",
+        "job_id",
     )
     return {"resources": resources}
 
@@ -181,9 +201,10 @@ class CatalogApp:
         if status == 204:
             start_response(_REASONS[204], headers)
             return []
+        own_type = any(name.lower() == "content-type" for name, _ in headers)
         start_response(
             _REASONS.get(status) or f"{status} Error",
-            [*_JSON, ("Content-Length", str(len(body))), *headers],
+            [*([] if own_type else _JSON), ("Content-Length", str(len(body))), *headers],
         )
         return [body]
 
@@ -216,11 +237,18 @@ class CatalogApp:
         except RecursionError:
             raise HTTPError(400, "body is not acceptable JSON: nested too deeply") from None
 
+    @staticmethod
+    def _roles(environ: dict[str, Any]) -> frozenset[str]:
+        """keystonemiddleware's ``X-Roles``: role names, comma-separated."""
+        text = environ.get("HTTP_X_ROLES") or ""
+        return frozenset(r.strip().lower() for r in text.split(",") if r.strip())
+
     def _identity(self, environ: dict[str, Any], url_project: str | None) -> Identity:
+        roles = self._roles(environ)
         if self.auth == "noauth":
             project = url_project or environ.get("HTTP_X_PROJECT_ID") or self.default_project
             user = environ.get("HTTP_X_USER_ID") or "anonymous"
-            return Identity(project, user, environ.get("HTTP_X_USER_NAME", ""))
+            return Identity(project, user, environ.get("HTTP_X_USER_NAME", ""), roles)
         if environ.get("HTTP_X_IDENTITY_STATUS") != "Confirmed":
             raise HTTPError(401, "authentication required", [("WWW-Authenticate", "Keystone")])
         project = environ.get("HTTP_X_PROJECT_ID") or environ.get("HTTP_X_TENANT_ID")
@@ -230,7 +258,22 @@ class CatalogApp:
         if url_project is not None and url_project != project:
             # Never reveal whether another project's documents exist.
             raise HTTPError(403, f"the token is not valid for project {url_project!r}")
-        return Identity(project, user, environ.get("HTTP_X_USER_NAME", ""))
+        return Identity(project, user, environ.get("HTTP_X_USER_NAME", ""), roles)
+
+    @staticmethod
+    def _flag(environ: dict[str, Any], name: str) -> bool:
+        """A boolean query parameter (freezerclient sends ``True``/``False``)."""
+        from urllib.parse import parse_qsl
+
+        for key, value in parse_qsl(environ.get("QUERY_STRING") or "", keep_blank_values=True):
+            if key == name:
+                text = value.strip().lower()
+                if text in ("1", "true", "yes", "on"):
+                    return True
+                if text in ("", "0", "false", "no", "off"):
+                    return False
+                raise HTTPError(400, f"{name} must be true or false, not {value[:40]!r}")
+        return False
 
     def _paging(self, environ: dict[str, Any]) -> tuple[int, int]:
         limit, offset = self.default_limit, 0
@@ -320,9 +363,11 @@ class CatalogApp:
 
     def _version(self, environ: dict[str, Any], method: str, version: str) -> tuple:
         self._allow(method, "GET", "HEAD")
-        if "application/json-home" in environ.get("HTTP_ACCEPT", ""):
-            body = json.dumps(json_home(version)).encode()
-            return 200, body, [("Vary", "Accept")]
+        # v2 answers with JSON-home whatever the Accept header, as freezer-api;
+        # v1 (stowkit's own) gives its version document unless JSON-home is asked for.
+        if version == "v2" or "application/json-home" in environ.get("HTTP_ACCEPT", ""):
+            body = json.dumps(json_home(version), indent=4).encode()
+            return 200, body, [("Content-Type", "application/json-home"), ("Vary", "Accept")]
         base = self._base_url(environ)
         doc = next(v for v in versions_document(base)["versions"] if v["id"] == version)
         return 200, json.dumps({"version": doc}).encode(), [("Vary", "Accept")]
@@ -338,7 +383,8 @@ class CatalogApp:
         if method == "GET":
             limit, offset = self._paging(environ)
             search = self._read_body(environ, False)
-            found = self.service.list_json(who, kind, limit, offset, search)
+            everywhere = self._flag(environ, "all_projects")
+            found = self.service.list_json(who, kind, limit, offset, search, everywhere)
             body = f'{{"{kind}":[{",".join(found)}]}}'.encode()
             return 200, body, []
         self._allow(method, "GET", "POST")
@@ -347,7 +393,8 @@ class CatalogApp:
 
     def _item(self, environ: dict[str, Any], method: str, who: Identity, kind: str, doc_id: str):
         if method == "GET":
-            return 200, self.service.get_json(who, kind, doc_id).encode(), []
+            everywhere = self._flag(environ, "all_projects")
+            return 200, self.service.get_json(who, kind, doc_id, everywhere).encode(), []
         if method == "DELETE":
             self.service.delete(who, kind, doc_id)
             return 204, b"", []

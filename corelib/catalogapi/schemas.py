@@ -31,6 +31,7 @@ _CRON = r"^[A-Za-z0-9*/,\- ]{1,64}$"
 
 _int = {"type": "integer"}
 _str = {"type": "string"}
+_nullable_str = {"type": ["string", "null"]}
 _id = {"type": "string", "pattern": ID_PATTERN}
 
 SCHEDULE: dict[str, Any] = {
@@ -41,7 +42,10 @@ SCHEDULE: dict[str, Any] = {
         "time_started": _int,
         "time_ended": _int,
         "event": {"enum": ["", "start", "stop", "abort", "remove"]},
-        "status": {"enum": ["completed", "stop", "scheduled", "running", "aborting", "removed"]},
+        # "" is what a start event leaves for the scheduler to fill in.
+        "status": {
+            "enum": ["", "completed", "stop", "scheduled", "running", "aborting", "removed"]
+        },
         "result": {"enum": ["", "success", "fail", "aborted"]},
         "schedule_date": {"type": "string", "pattern": _ISO},
         "schedule_interval": {"type": "string", "pattern": _INTERVAL},
@@ -86,13 +90,15 @@ _JOB_PROPS: dict[str, Any] = {
     "client_id": {"type": "string", "pattern": CLIENT_ID, "maxLength": 255},
     "user_id": _str,
     "project_id": _str,
-    "description": _str,
+    "description": _nullable_str,
     "job_actions": {"type": "array", "items": JOB_ACTION},
     "job_schedule": SCHEDULE,
     "action_defaults": FREEZER_ACTION,
-    "session_id": {"type": "string", "pattern": r"^[\w.\-]*$"},
+    "session_id": {"type": ["string", "null"], "pattern": r"^[\w.\-]*$"},
     "session_tag": _int,
-    "session_name": _str,
+    "session_name": _nullable_str,
+    # Set by the server for central jobs; a client's value is dropped, never stored.
+    "user_credentials": {"type": "object"},
     "_version": _int,
 }
 
@@ -110,7 +116,9 @@ _SESSION_PROPS: dict[str, Any] = {
     "description": _str,
     "hold_off": {"type": "integer", "minimum": 0},
     "schedule": SCHEDULE,
-    "jobs": {"type": "object"},
+    # A map {job_id: {...}} as stored, or (as freezer clients may send) a
+    # list of objects each naming its job_id.
+    "jobs": {"type": ["object", "array"], "items": {"type": "object"}},
     "status": {"enum": ["active", "running", "completed", ""]},
     "result": {"enum": ["", "success", "fail", "aborted"]},
     "time_start": _int,
@@ -155,8 +163,15 @@ CLIENT = {
     },
 }
 
-#: A backup's metadata as a freezer agent posts it.  Free-form beyond the
-#: fields the id is made of, as agents add fields release after release.
+#: The statuses a backup may have (freezer-api's list).
+BACKUP_STATUSES = ["creating", "available", "error", "deleting", "deleted"]
+
+#: A backup's metadata as a freezer agent posts it.  Typed only where
+#: freezer-api types it: the agent sends "" for options it was not given
+#: (``max_level``, ``always_level``, ...), and those are stored as sent.
+#: Stricter than freezer-api: ``container``, ``hostname`` and an integer
+#: ``time_stamp`` are always required, as the backup's id is made from them
+#: (freezer-agent always sends them).
 BACKUP = {
     "type": "object",
     "additionalProperties": True,
@@ -166,9 +181,7 @@ BACKUP = {
         "hostname": {"type": "string", "minLength": 1},
         "backup_name": {"type": "string", "minLength": 1},
         "time_stamp": {"type": "integer", "minimum": 0},
-        "curr_backup_level": {"type": "integer", "minimum": 0},
-        "level": {"type": "integer", "minimum": 0},
-        "max_level": {"type": "integer", "minimum": 0},
+        "status": {"enum": BACKUP_STATUSES},
         "backup_id": {"not": {}},
         "backup_metadata": {"not": {}},
     },
@@ -176,7 +189,7 @@ BACKUP = {
 BACKUP_PATCH = {
     "type": "object",
     "additionalProperties": False,
-    "properties": {"status": _str, "backup_metadata": {"type": "object"}},
+    "properties": {"status": {"enum": BACKUP_STATUSES}, "backup_metadata": {"type": "object"}},
 }
 
 _TERMS = {"type": "array", "items": {"type": "object", "minProperties": 1}}

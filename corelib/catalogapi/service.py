@@ -19,7 +19,7 @@ from typing import Any
 
 from stowkit.corelib.catalog import ID_FIELDS, Catalog, Document, VersionConflict, check_kind
 from stowkit.corelib.catalogapi import schemas
-from stowkit.corelib.errors import Conflict, InvalidArgument, NotFound
+from stowkit.corelib.errors import Conflict, InvalidArgument, NotFound, StowkitError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 #: How long (seconds) after a session started other jobs may still join that run.
@@ -27,16 +27,35 @@ DEFAULT_HOLD_OFF = 30
 _RETRIES = 50
 
 
+class Forbidden(StowkitError):
+    """The caller's roles do not allow this (HTTP 403)."""
+
+    exit_code = 1
+    http_status = 403
+
+
+#: Keystone roles that may act for every project (freezer-api's ``admin_or_service``).
+ADMIN_ROLES = frozenset({"admin", "service"})
+
+
 @dataclass(frozen=True)
 class Identity:
     project: str
     user_id: str
     user_name: str = ""
+    roles: frozenset[str] = frozenset()
+
+    @property
+    def is_admin(self) -> bool:
+        return bool(self.roles & ADMIN_ROLES)
 
 
 def backup_id(meta: Mapping[str, Any]) -> str:
     """``container_hostname_backupname_timestamp_level``, usable in a URL."""
-    level = meta.get("curr_backup_level", meta.get("level", 0))
+    # The agent sends "" for a level it has none for: the next field, else 0.
+    level = next(
+        (meta[k] for k in ("curr_backup_level", "level") if meta.get(k) not in (None, "")), 0
+    )
     parts = [meta["container"], meta["hostname"], meta["backup_name"], meta["time_stamp"], level]
     return "_".join(_UNSAFE.sub("-", str(p)) for p in parts)[:255]
 
@@ -58,24 +77,78 @@ def parse_search(body: Any) -> tuple[list[dict], list[dict]]:
     return match, match_not
 
 
+def session_jobs(value: Any) -> dict[str, dict[str, Any]]:
+    """A session's ``jobs``: the stored map, or a list of objects naming their job."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    jobs: dict[str, dict[str, Any]] = {}
+    for item in value:
+        if "job_id" in item:
+            entry = {k: v for k, v in item.items() if k != "job_id"}
+            pairs = [(item["job_id"], entry)]
+        elif item and all(isinstance(v, dict) for v in item.values()):
+            pairs = list(item.items())  # [{job_id: {...}}, ...]
+        else:
+            raise InvalidArgument("session: each item of jobs needs a job_id")
+        for job_id, entry in pairs:
+            if not isinstance(job_id, str):
+                raise InvalidArgument("session: jobs: a job_id must be a string")
+            schemas.check_id(job_id, "job id")
+            jobs[job_id] = {
+                "client_id": "",
+                "status": "",
+                "result": "",
+                "time_started": -1,
+                "time_ended": -1,
+                **entry,
+            }
+    return jobs
+
+
 class CatalogService:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
 
     # -- generic ----------------------------------------------------------------
+    @staticmethod
+    def _everywhere(who: Identity, kind: str, all_projects: bool) -> bool:
+        """``all_projects``: jobs of every project, for an admin or service user only.
+
+        Anyone else asking gets their own project (freezer-api ignores the flag too).
+        """
+        return all_projects and kind == "jobs" and who.is_admin
+
     def list_json(
-        self, who: Identity, kind: str, limit: int, offset: int, search: Any = None
+        self,
+        who: Identity,
+        kind: str,
+        limit: int,
+        offset: int,
+        search: Any = None,
+        all_projects: bool = False,
     ) -> list[str]:
         check_kind(kind)
         match, match_not = parse_search(search)
-        return self.catalog.search_json(who.project, kind, limit, offset, match, match_not)
+        project = None if self._everywhere(who, kind, all_projects) else who.project
+        return self.catalog.search_json(project, kind, limit, offset, match, match_not)
 
-    def get_json(self, who: Identity, kind: str, doc_id: str) -> str:
+    def get_json(self, who: Identity, kind: str, doc_id: str, all_projects: bool = False) -> str:
         schemas.check_id(doc_id, f"{kind[:-1]} id")
-        getter = getattr(self.catalog, "get_json", None)
-        if getter is not None:
-            return getter(who.project, kind, doc_id)
-        return json.dumps(self.catalog.get(who.project, kind, doc_id))
+        try:
+            getter = getattr(self.catalog, "get_json", None)
+            if getter is not None:
+                return getter(who.project, kind, doc_id)
+            return json.dumps(self.catalog.get(who.project, kind, doc_id))
+        except NotFound:
+            if not self._everywhere(who, kind, all_projects):
+                raise
+            # Ids are unique per project only: the oldest job of that id wins.
+            found = self.catalog.search_json(None, kind, 1, 0, [{f"{kind[:-1]}_id": doc_id}])
+            if not found:
+                raise
+            return found[0]
 
     def get(self, who: Identity, kind: str, doc_id: str) -> Document:
         schemas.check_id(doc_id, f"{kind[:-1]} id")
@@ -116,13 +189,13 @@ class CatalogService:
             raise InvalidArgument("a backup's id is made from its metadata; POST to backups/")
         schemas.validate(schemas.BACKUP, body, "backup")
         new_id = backup_id(body)
+        meta = dict(body)
         doc = {
             "backup_id": new_id,
-            "backup_uuid": uuid.uuid4().hex,
             "project_id": who.project,
             "user_id": who.user_id,
-            "user_name": who.user_name,
-            "backup_metadata": body,
+            "status": meta.pop("status", "available"),
+            "backup_metadata": meta,
         }
         self.catalog.create(who.project, "backups", new_id, doc)
         return new_id
@@ -131,6 +204,8 @@ class CatalogService:
         if isinstance(body, dict) and isinstance(body.get("client"), dict):
             body = body["client"]  # a document read back from the API, re-posted
         schemas.validate(schemas.CLIENT, body, "client")
+        if body.get("is_central") and not who.is_admin:
+            raise Forbidden("only an admin or a service user may register a central client")
         client_id = body["client_id"]
         if doc_id is not None and doc_id != client_id:
             raise InvalidArgument(f"client_id {client_id!r} differs from the URL's {doc_id!r}")
@@ -150,15 +225,17 @@ class CatalogService:
         job_id = self._pick_id(doc, "job_id", doc_id)
         schedule = doc.setdefault("job_schedule", {})
         schemas.check_schedule(schedule)
-        schedule.setdefault("status", "stop")
-        schedule.setdefault("event", "")
-        schedule.setdefault("result", "")
+        # As freezer-api: status, event and result stay unset, so a scheduler
+        # starts a new job at once (no job-start needed).
         schedule.setdefault("time_created", int(time.time()))
         schedule.setdefault("time_started", -1)
         schedule.setdefault("time_ended", -1)
         merge_defaults(doc)
-        doc.setdefault("description", "")
-        doc.setdefault("session_id", "")
+        doc.pop("user_credentials", None)  # the server's to set, never a client's
+        if doc.get("description") is None:
+            doc["description"] = ""
+        if doc.get("session_id") is None:
+            doc["session_id"] = ""
         doc["job_id"] = job_id
         self._stamp(who, doc)
         doc.pop("_version", None)
@@ -191,7 +268,7 @@ class CatalogService:
         doc.setdefault("description", "")
         doc.setdefault("hold_off", DEFAULT_HOLD_OFF)
         doc.setdefault("schedule", {})
-        doc.setdefault("jobs", {})
+        doc["jobs"] = session_jobs(doc.get("jobs"))
         doc.setdefault("status", "active")
         doc.setdefault("result", "")
         doc.setdefault("time_start", -1)
@@ -242,7 +319,10 @@ class CatalogService:
         id_field = ID_FIELDS[kind]
         if body.get(id_field, doc_id) != doc_id:
             raise InvalidArgument(f"{id_field} cannot be changed")
-        patch = {k: v for k, v in body.items() if k not in ("project_id", "user_id", "_version")}
+        server_set = ("project_id", "user_id", "_version", "user_credentials")
+        patch = {k: v for k, v in body.items() if k not in server_set}
+        if kind == "sessions" and "jobs" in patch:
+            patch["jobs"] = session_jobs(patch["jobs"])
 
         def change(doc: Document) -> None:
             for key, value in patch.items():
@@ -271,24 +351,14 @@ class CatalogService:
         (event,) = body
 
         def change(doc: Document) -> str:
+            # freezer-api's rules: an event is recorded unless it is the current
+            # one; start also clears status and result for the scheduler.
             schedule = doc.setdefault("job_schedule", {})
-            status = schedule.get("status", "stop")
             if schedule.get("event") == event:
                 return f"{event} already requested"
-            if status == "removed":
-                raise Conflict(f"job {job_id!r} was removed")
+            schedule["event"] = event
             if event == "start":
-                if status in ("running", "scheduled"):
-                    return f"job already {status}"
-                schedule.update(event="start", status="scheduled", result="")
-            elif event == "stop":
-                schedule["event"] = "stop"
-            elif event == "abort":
-                if status != "running":
-                    return "job is not running"
-                schedule.update(event="abort", status="aborting")
-            else:  # remove
-                schedule["event"] = "remove"
+                schedule.update(status="", result="")
             return "success"
 
         _, _, result = self._modify(who, "jobs", job_id, change)
@@ -304,7 +374,7 @@ class CatalogService:
         def join(doc: Document) -> None:
             doc["jobs"][job_id] = {
                 "client_id": job.get("client_id", ""),
-                "status": job.get("job_schedule", {}).get("status", "stop"),
+                "status": job.get("job_schedule", {}).get("status", ""),
                 "result": job.get("job_schedule", {}).get("result", ""),
                 "time_started": -1,
                 "time_ended": -1,

@@ -1,9 +1,11 @@
 """Catalog backend on SQLAlchemy 2: SQLite (embedded default) or PostgreSQL (shared).
 
 Searches run in the database: every ``match``/``match_not`` term becomes a
-JSON-path comparison in the WHERE clause (``json_extract`` on SQLite, ``#>``
-on PostgreSQL's jsonb), and lists page by the creation sequence, so a page is
-stable and never needs the whole table in Python.
+condition in the WHERE clause, and lists page by the creation sequence, so a
+page is stable and never needs the whole table in Python.  A plain field name
+matches that key at any depth, as freezer-api does (``json_tree`` on SQLite,
+``jsonb_path_query`` with ``$.**`` on PostgreSQL); a dotted one is an exact
+path (``json_extract`` / ``#>``).
 """
 
 from __future__ import annotations
@@ -37,9 +39,6 @@ MIGRATIONS = pathlib.Path(__file__).resolve().parent / "migrations"
 _FIELD = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 #: Search fields meaning "anywhere in the document" (freezerclient sends ``_all``).
 FULL_TEXT = frozenset({"_all", "*"})
-#: Top-level fields of a backup document; other backup search fields are looked
-#: up inside ``backup_metadata`` too, as freezer clients expect.
-BACKUP_TOP = frozenset({"backup_id", "backup_uuid", "user_id", "user_name", "project_id", "status"})
 
 
 def normalise_url(url: str) -> str:
@@ -354,6 +353,37 @@ class SqlCatalog(Catalog):
             return sa.func.json_type(T.c.body, jpath) == "null"
         return extracted == value
 
+    def _any_depth(self, key: str, value: Any) -> sa.ColumnElement[bool]:
+        """Some member named ``key``, in any object at any depth, equals ``value``."""
+        if self.dialect == "postgresql":
+            # lax mode: a key missing from a node, or a scalar node, yields nothing.
+            found = (
+                sa.func.jsonb_path_query(
+                    sa.cast(T.c.body, postgresql.JSONB),
+                    sa.cast(sa.literal(f'lax $.**."{key}"'), postgresql.JSONPATH),
+                )
+                .table_valued(sa.column("v", postgresql.JSONB))
+                .render_derived(name="found")
+            )
+            wanted = sa.cast(sa.literal(json.dumps(value)), postgresql.JSONB)
+            return sa.exists(sa.select(1).select_from(found).where(found.c.v == wanted))
+        tree = (
+            sa.func.json_tree(T.c.body).table_valued("key", "type", "atom", "value").alias("node")
+        )
+        if isinstance(value, bool):
+            same = tree.c.type == ("true" if value else "false")
+        elif value is None:
+            same = tree.c.type == "null"
+        elif isinstance(value, int | float):
+            same = sa.and_(tree.c.type.in_(("integer", "real")), tree.c.atom == value)
+        elif isinstance(value, str):
+            same = sa.and_(tree.c.type == "text", tree.c.atom == value)
+        else:  # an object or a list: compare the minified JSON texts
+            text = json.dumps(value, separators=(",", ":"))
+            same = sa.and_(tree.c.type.in_(("object", "array")), tree.c.value == sa.func.json(text))
+        # Array elements have integer keys, so only object members can match.
+        return sa.exists(sa.select(1).select_from(tree).where(tree.c.key == key, same))
+
     def _term(self, kind: str, term: Term) -> sa.ColumnElement[bool]:
         if not isinstance(term, Mapping) or not term:
             raise InvalidArgument('each search term must be an object like {"field": value}')
@@ -370,15 +400,15 @@ class SqlCatalog(Catalog):
                     "(dots reach into nested objects)"
                 )
             path = field.split(".")
-            clause = self._path_value(path, value)
-            if kind == "backups" and len(path) == 1 and field not in BACKUP_TOP:
-                clause = sa.or_(clause, self._path_value(["backup_metadata", field], value))
-            clauses.append(clause)
+            if len(path) == 1:
+                clauses.append(self._any_depth(field, value))
+            else:
+                clauses.append(self._path_value(path, value))
         return sa.and_(*clauses)
 
     def _select(
         self,
-        project: str,
+        project: str | None,
         kind: str,
         limit: int,
         offset: int,
@@ -388,7 +418,9 @@ class SqlCatalog(Catalog):
         check_kind(kind)
         if limit < 0 or offset < 0:
             raise InvalidArgument("limit and offset must not be negative")
-        stmt = sa.select(T.c.body).where(T.c.project_id == project, T.c.kind == kind)
+        stmt = sa.select(T.c.body).where(T.c.kind == kind)
+        if project is not None:
+            stmt = stmt.where(T.c.project_id == project)
         for term in match:
             stmt = stmt.where(self._term(kind, term))
         for term in match_not:
@@ -399,14 +431,14 @@ class SqlCatalog(Catalog):
 
     def search_json(
         self,
-        project: str,
+        project: str | None,
         kind: str,
         limit: int = 10,
         offset: int = 0,
         match: Sequence[Term] = (),
         match_not: Sequence[Term] = (),
     ) -> list[str]:
-        if not match and not match_not:
+        if not match and not match_not and project is not None:
             check_kind(kind)
             if limit < 0 or offset < 0:
                 raise InvalidArgument("limit and offset must not be negative")
@@ -428,7 +460,7 @@ class SqlCatalog(Catalog):
 
     def search(
         self,
-        project: str,
+        project: str | None,
         kind: str,
         limit: int = 10,
         offset: int = 0,

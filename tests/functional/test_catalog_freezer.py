@@ -228,9 +228,11 @@ def test_freezer_cli_against_stowkit(freezer, keystone, catalog_url, tmp_path):
     assert shown["Interval"] == "1 days" or "1 days" in json.dumps(shown)
     assert "freezer_backups" in shown["Actions"]  # action_defaults merged
 
+    # As with freezer-api, a new job has no status: the scheduler starts it by itself.
+    assert freezer("job-show", job_id)["Status"] == ""
     assert freezer("job-start", job_id, fmt=False) is not None
     shown = freezer("job-show", job_id)
-    assert shown["Event"] == "start" and shown["Status"] == "scheduled"
+    assert shown["Event"] == "start" and shown["Status"] == ""
     freezer("job-stop", job_id, fmt=False)
     assert freezer("job-show", job_id)["Event"] == "stop"
 
@@ -336,7 +338,7 @@ def test_projects_cannot_touch_each_other(keystone, catalog_url):
         status, body = mine.call("GET", f"/v2/{p}/{kind}/{doc_id}")
         assert status == 200, kind
     mine_job = mine.call("GET", f"/v2/{p}/jobs/{job_id}")[1]
-    assert mine_job["description"] == "mine" and mine_job["job_schedule"]["event"] == ""
+    assert mine_job["description"] == "mine" and "event" not in mine_job["job_schedule"]
     assert theirs.call("GET", f"/v2/{q}/jobs/{job_id}")[1]["project_id"] == q
 
 
@@ -407,3 +409,82 @@ def test_concurrent_session_starts_open_one_run(keystone, catalog_url):
     results = sorted(body["result"] for _, body in answers)
     assert results == ["out of sync"] * (len(jobs) - 1) + ["success"]
     assert api.call("GET", f"/v2/{p}/sessions/{sid}")[1]["session_tag"] == 1
+
+
+#: freezer-agent 19's backup document with its default options ("" for options not given).
+AGENT_BACKUP = {
+    **BACKUP,
+    "action": "backup",
+    "always_level": "",
+    "max_level": "",
+    "restart_always_level": "",
+    "storage": "local",
+    "engine_name": "tar",
+}
+
+
+def test_freezer_agent_and_scheduler_documents(keystone, catalog_url):
+    """What freezer-agent/-scheduler 19 send, on both databases (searches run in SQL)."""
+    api = Api(catalog_url, keystone["member"])
+    p = api.project
+    tag = uuid.uuid4().hex[:8]
+    status, body = api.call("POST", f"/v2/{p}/backups", {**AGENT_BACKUP, "backup_name": tag})
+    assert status == 201, body
+    found = api.call("GET", f"/v2/{p}/backups?limit=100", {"match": [{"backup_name": tag}]})[1]
+    (listed,) = found["backups"]
+    assert listed["status"] == "available" and listed["backup_metadata"]["max_level"] == ""
+
+    client_id = f"{p}_sched-{tag}.example.org"
+    job = {
+        "job_actions": [],
+        "client_id": client_id,
+        "job_schedule": {"schedule_interval": "5 seconds"},
+    }
+    fresh = api.call("POST", f"/v2/{p}/jobs", job)[1]["job_id"]
+    done = api.call("POST", f"/v2/{p}/jobs", job)[1]["job_id"]
+    patch = {"job_schedule": {"status": "completed", "result": "success"}}
+    assert api.call("PATCH", f"/v2/{p}/jobs/{done}", patch)[0] == 200
+    poll = {"match_not": [{"status": "completed"}], "match": [{"client_id": client_id}]}
+    status, body = api.call("GET", f"/v2/{p}/jobs?limit=100", poll)
+    assert status == 200
+    assert [j["job_id"] for j in body["jobs"]] == [fresh]
+    assert "status" not in body["jobs"][0]["job_schedule"]
+
+    session = {"description": tag, "jobs": [{"job_id": fresh, "client_id": client_id}]}
+    status, body = api.call("POST", f"/v2/{p}/sessions", session)
+    assert status == 201, body
+    assert list(api.call("GET", f"/v2/{p}/sessions/{body['session_id']}")[1]["jobs"]) == [fresh]
+
+
+def test_central_clients_and_all_projects_are_for_admins(keystone, catalog_url):
+    member = Api(catalog_url, keystone["member"])
+    admin = Api(catalog_url, keystone["admin"])
+    tag = uuid.uuid4().hex[:8]
+    central = {"client_id": f"central-{tag}", "hostname": "sched", "is_central": True}
+    status, body = member.call("POST", f"/v2/{member.project}/clients", central)
+    assert status == 403, body
+    assert admin.call("POST", f"/v2/{admin.project}/clients", central)[0] == 201
+
+    job = {"job_actions": [], "client_id": f"h-{tag}"}
+    job_id = member.call("POST", f"/v2/{member.project}/jobs", job)[1]["job_id"]
+    search = {"match": [{"client_id": f"h-{tag}"}]}
+    everyone = f"/v2/{admin.project}/jobs?all_projects=True&limit=100"
+    assert [j["job_id"] for j in admin.call("GET", everyone, search)[1]["jobs"]] == [job_id]
+    own = f"/v2/{admin.project}/jobs?limit=100"
+    assert admin.call("GET", own, search)[1]["jobs"] == []
+    assert admin.call("GET", f"/v2/{admin.project}/jobs/{job_id}?all_projects=True")[0] == 200
+    mine = f"/v2/{member.project}/jobs?all_projects=True&limit=100"
+    assert [j["job_id"] for j in member.call("GET", mine, search)[1]["jobs"]] == [job_id]
+    other = Api(catalog_url, keystone["other"])
+    theirs = f"/v2/{other.project}/jobs?all_projects=True&limit=100"
+    assert other.call("GET", theirs, search)[1]["jobs"] == []
+
+
+def test_v2_json_home_as_freezer_api(catalog_url):
+    req = urllib.request.Request(catalog_url + "/v2", headers={"Accept": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.headers["Content-Type"] == "application/json-home"
+        home = json.loads(resp.read())
+    backups = home["resources"]["rel/backups"]
+    assert backups["href-template"] == "/v2/{project_id}/backups/{backup_id}"
+    assert backups["href-vars"]["backup_id"] == "param/backup_id"

@@ -248,8 +248,9 @@ def test_job_defaults_and_action_defaults_merge(client):
     }
     assert actions[1]["container"] == "own"  # the action's own value wins
     assert "action_defaults" not in job
-    assert job["job_schedule"]["status"] == "stop"
-    assert job["job_schedule"]["event"] == ""
+    # As freezer-api: no status, event or result, so a scheduler starts it at once.
+    assert not {"status", "event", "result"} & set(job["job_schedule"])
+    assert job["job_schedule"]["time_started"] == -1
     assert job["user_id"] == "alice"
 
 
@@ -286,13 +287,18 @@ def test_job_events_and_status_transitions(client):
         assert status == 202
         return body["result"], client.get(f"/v2/p/jobs/{job_id}")[1]["job_schedule"]
 
+    client.patch(
+        f"/v2/p/jobs/{job_id}", {"job_schedule": {"status": "completed", "result": "fail"}}
+    )
     result, schedule = event("start")
-    assert result == "success" and (schedule["event"], schedule["status"]) == ("start", "scheduled")
+    # freezer-api's rules: start clears status and result for the scheduler.
+    assert result == "success"
+    assert (schedule["event"], schedule["status"], schedule["result"]) == ("start", "", "")
     assert event("start")[0] == "start already requested"
-    assert event("abort")[0] == "job is not running"
-    client.patch(f"/v2/p/jobs/{job_id}", {"job_schedule": {"status": "running", "event": ""}})
+    client.patch(f"/v2/p/jobs/{job_id}", {"job_schedule": {"status": "running"}})
     result, schedule = event("abort")
-    assert (result, schedule["status"]) == ("success", "aborting")
+    assert (result, schedule["event"], schedule["status"]) == ("success", "abort", "running")
+    assert event("abort")[0] == "abort already requested"
     result, schedule = event("stop")
     assert (result, schedule["event"]) == ("success", "stop")
     result, schedule = event("remove")
