@@ -490,13 +490,14 @@ class Row:
                 "iops_error": self.iops_error}  # fmt: skip
 
 
-WHAT = (("write", "write"), ("read", "read"), ("iops", "4K reads"))
+#: figure key -> its label in the table
+WHAT = {"write": "write", "read": "read", "iops": "4K reads"}
 PEERS = ("nbdkit S3 plugin (64K objects)", "swiftnbd 0.11 (64K objects)")
 
 
 def declare(res: figures.Results, ours: Row, ours_noetag: Row, raw1: Row, rawn: Row) -> None:
     """Every figure, before anything runs: a part that fails leaves its figures MISSING."""
-    labels = [label for _, label in WHAT]
+    labels = list(WHAT.values())
     for label in labels[:2]:
         res.declare(f"{label}: {ours.name} / {raw1.name}", "x", 0.5, ">=")
     for peer in PEERS:
@@ -516,10 +517,10 @@ def ratios(res: figures.Results, ours: Row, ours_noetag: Row, raw1: Row, rawn: R
         why = mine.why_not(what) if a is None else theirs.why_not(what)
         res.ratio(figure, a, b, why)
 
-    for what, label in WHAT[:2]:
+    for what, label in list(WHAT.items())[:2]:
         put(ours, raw1, what, label)
         put(ours_noetag, raw1, what, label)
-    for what, label in WHAT:
+    for what, label in WHAT.items():
         put(ours, rawn, what, label)
         for peer in peers.values():
             put(ours, peer, what, label)
@@ -574,7 +575,7 @@ def main() -> int:
         res.error("4K reads", no_4k)
     if args.skip_peers:
         for peer in PEERS:
-            for _, label in WHAT:
+            for label in WHAT.values():
                 res.skip(f"{label}: {ours.name} / {peer}", "--skip-peers")
     if rec is None:
         return finish(res, args, rec, raw1, rawn, ours, ours_noetag, peers)

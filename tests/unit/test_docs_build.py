@@ -31,8 +31,8 @@ def sphinx(builder: str, out: pathlib.Path, doctrees: pathlib.Path) -> None:
 def test_html_and_man_pages_build_without_warnings(tmp_path):
     committed = SAMPLE.read_text()
     try:
-        sphinx("html", tmp_path, tmp_path / "doctrees")
-        sphinx("man", tmp_path, tmp_path / "doctrees")
+        sphinx(builder="html", out=tmp_path, doctrees=tmp_path / "doctrees")
+        sphinx(builder="man", out=tmp_path, doctrees=tmp_path / "doctrees")
         regenerated = SAMPLE.read_text()
     finally:
         SAMPLE.write_text(committed)  # the build rewrites it; leave the tree as it was
