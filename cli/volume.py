@@ -53,7 +53,8 @@ class CreateVolume(ShowOne):
             "--opt",
             action="append",
             metavar="KEY=VALUE",
-            help="copyonwrite=true|false, compression=zstd|lzo|zlib|none (repeatable). "
+            help="copyonwrite=true|false (default [volume_btrfs] copyonwrite, true), "
+            "compression=zstd|lzo|zlib|none|true|false (repeatable). "
             "Compression implies copyonwrite=true (btrfs never compresses no-copy-on-write "
             "files); compression with copyonwrite=false is refused.",
         )
@@ -67,10 +68,11 @@ class CreateVolume(ShowOne):
         shown = driver.get_volume(volume.name)
         if (
             "copyonwrite" not in options
+            and getattr(getattr(driver, "opts", None), "copyonwrite", True) is False
             and shown.options.get("copyonwrite") == "true"
             and shown.options.get("compression", "none") != "none"
         ):
-            # Not the default (copyonwrite=false) on purpose: say why.
+            # Not the configured default (copyonwrite=false) on purpose: say why.
             self.app.stderr.write(COMPRESSION_NOTE)
         return show_volume(shown)
 

@@ -3,7 +3,9 @@
 A *volume* is a writable tree a container mounts; a *snapshot* is a read-only
 point-in-time copy of one, named ``VOLUME@TIMESTAMP`` where TIMESTAMP is UTC
 in :data:`SNAPSHOT_TIME_FORMAT` (``2026-11-22T03-40-05.123456``: sortable as
-text, and free of ``:`` so it is a safe file name everywhere).
+text, and free of ``:`` so it is a safe file name everywhere).  Names other
+tools wrote (buttervolume's local-time ``%Y-%m-%dT%H:%M:%S.%f``) are read too
+when the caller names their formats (:func:`split_snapshot_name`).
 
 Every method that takes a name checks it with :func:`stowkit.corelib.names.check_name`
 (snapshot names with :func:`split_snapshot_name`) before it touches anything,
@@ -86,21 +88,57 @@ def snapshot_name(volume: str, when: dt.datetime) -> str:
     return f"{volume}{SNAPSHOT_SEPARATOR}{stamp}"
 
 
-def split_snapshot_name(name: object) -> tuple[str, dt.datetime]:
-    """``VOLUME@TIMESTAMP`` -> (volume, aware UTC datetime), or :class:`InvalidName`."""
+def _foreign_stamp(stamp: str, fmt: str) -> dt.datetime | None:
+    """``stamp`` read with another tool's strftime ``fmt`` (naive = local time), or None.
+
+    Only a stamp that ``fmt`` writes back exactly is accepted, so the
+    characters allowed are the format's own; never one holding ``/``, ``@``
+    or a NUL, which no snapshot file name can.
+    """
+    if not stamp or any(c in stamp for c in "/@\0") or stamp.startswith("."):
+        return None
+    try:
+        when = dt.datetime.strptime(stamp, fmt)
+    except ValueError:
+        return None
+    if when.strftime(fmt) != stamp:
+        return None
+    # A naive time is the writer's local time (buttervolume uses datetime.now()).
+    return when.astimezone(dt.UTC)
+
+
+def split_snapshot_name(
+    name: object, foreign_formats: Sequence[str] = ()
+) -> tuple[str, dt.datetime]:
+    """``VOLUME@TIMESTAMP`` -> (volume, aware UTC datetime), or :class:`InvalidName`.
+
+    TIMESTAMP is stowkit's UTC :data:`SNAPSHOT_TIME_FORMAT`, or one of
+    ``foreign_formats`` (strftime formats of other tools' names, e.g.
+    buttervolume's ``%Y-%m-%dT%H:%M:%S.%f``, read as local time unless the
+    format carries a zone).
+    """
     if not isinstance(name, str) or SNAPSHOT_SEPARATOR not in name:
         check_name(name, "snapshot name")  # empty, too long, bad characters
         raise InvalidName(f"invalid snapshot name {name!r}: expected VOLUME@TIMESTAMP")
     volume, _, stamp = name.partition(SNAPSHOT_SEPARATOR)
     check_name(volume, "volume name")
-    check_name(stamp, "snapshot timestamp")
     try:
-        when = dt.datetime.strptime(stamp, SNAPSHOT_TIME_FORMAT).replace(tzinfo=dt.UTC)
-    except ValueError:
-        raise InvalidName(
-            f"invalid snapshot name {name!r}: the part after '@' must look like "
-            "2026-11-22T03-40-05.123456 (UTC)"
-        ) from None
+        check_name(stamp, "snapshot timestamp")
+        try:
+            when = dt.datetime.strptime(stamp, SNAPSHOT_TIME_FORMAT).replace(tzinfo=dt.UTC)
+        except ValueError:
+            raise InvalidName(
+                f"invalid snapshot name {name!r}: the part after '@' must look like "
+                "2026-11-22T03-40-05.123456 (UTC)"
+                + (f" or match {', '.join(foreign_formats)}" if foreign_formats else "")
+            ) from None
+    except InvalidName:
+        if len(name) <= 255:
+            for fmt in foreign_formats:
+                foreign = _foreign_stamp(stamp, fmt)
+                if foreign is not None:
+                    return volume, foreign
+        raise
     return volume, when
 
 
@@ -205,8 +243,9 @@ class VolumeDriver(Driver):
         """Create an empty volume.  ``AlreadyExists`` if the name is taken.
 
         Options known to the btrfs backend: ``copyonwrite`` (``true``/``false``,
-        default from config, ``false``) and ``compression``
-        (``zstd``/``lzo``/``zlib``/``none``).  Unknown options are ``InvalidArgument``.
+        default from config, ``true``) and ``compression``
+        (``zstd``/``lzo``/``zlib``/``none``, or buttervolume's ``true``/``false``).
+        Unknown options are ``InvalidArgument``.
         """
 
     @abc.abstractmethod

@@ -10,46 +10,181 @@ socket); ``schedule``/``scheduled`` edit the schedule file that ``run`` (or
 Differences a user may notice: errors are one line on stderr with a distinct
 exit code (see ``stowkit.corelib.errors``), names are checked before anything is
 touched, ``--config-file`` selects a stowkit configuration, and the socket
-``run`` listens on is ``--socket``, else ``$BUTTERVOLUME_SOCKET``, else
-buttervolume's own ``/run/docker/plugins/btrfs.sock`` (so Docker keeps
-finding the driver under the name ``btrfs``).
+``run`` listens on is ``--socket``, else buttervolume's ``SOCKET`` setting,
+by default ``/run/docker/plugins/btrfs.sock`` (so Docker keeps finding the
+driver under the name ``btrfs``).
+
+buttervolume's own configuration is read as buttervolume reads it
+(:class:`ButtervolumeConfig`: ``BUTTERVOLUME_*`` variables, then config.ini,
+then its defaults, ``SSH_PORT`` included) and gives the driver its paths,
+snapshot-name format and ssh port as defaults; ``run`` takes over its
+schedule.csv (see doc/docker-plugin.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import configparser
+import dataclasses
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from typing import Any, TextIO
 
 from stowkit.cli.app import split_config_files
 from stowkit.cli.common import one_line_errors, report
 from stowkit.corelib import config, registry, scheduler
-from stowkit.corelib.errors import BackendUnavailable, InvalidArgument, StowkitError
+from stowkit.corelib.errors import BackendUnavailable, ConfigError, InvalidArgument, StowkitError
 
 PROG = "stowkit-buttervolume"
 DEFAULT_SOCKET = "/run/docker/plugins/btrfs.sock"
+
+#: buttervolume's config.ini, read as configparser reads a list: a later file
+#: wins.  buttervolume reads /etc/buttervolume/config.ini (inside its managed
+#: plugin that is the host's /var/lib/buttervolume/config, bound there).
+CONFIG_FILES = ("/var/lib/buttervolume/config/config.ini", "/etc/buttervolume/config.ini")
+#: buttervolume 3.13's defaults
+DEFAULTS = {
+    "VOLUMES_PATH": "/var/lib/buttervolume/volumes/",
+    "SNAPSHOTS_PATH": "/var/lib/buttervolume/snapshots/",
+    "TEST_REMOTE_PATH": "/var/lib/buttervolume/received/",
+    "SCHEDULE": "/etc/buttervolume/schedule.csv",
+    "DRIVERNAME": "ccomb/buttervolume:latest",
+    "RUNPATH": "/run/docker",
+    "TIMER": "60",
+    "DTFORMAT": "%Y-%m-%dT%H:%M:%S.%f",
+    "LOGLEVEL": "INFO",
+}
+BUTTERVOLUME_DTFORMAT = DEFAULTS["DTFORMAT"]
+DEFAULT_SSH_PORT = "1122"
+
+
+@dataclasses.dataclass(frozen=True)
+class ButtervolumeConfig:
+    """buttervolume's settings, found as buttervolume finds them.
+
+    Each ``BUTTERVOLUME_VAR`` from the environment (an empty one does not
+    count), else ``VAR`` in ``[DEFAULT]`` of config.ini, else buttervolume's
+    default; the ssh port is ``$SSH_PORT``, else 1122, as buttervolume's sends
+    and syncs use.  ``given`` names the variables set by the environment or
+    a file rather than defaulted.
+    """
+
+    values: Mapping[str, str]
+    given: frozenset[str]
+    ssh_port: int
+
+    @classmethod
+    def load(
+        cls, environ: Mapping[str, str] | None = None, files: Sequence[str] = CONFIG_FILES
+    ) -> ButtervolumeConfig:
+        environ = os.environ if environ is None else environ
+        # configparser as buttervolume uses it (its interpolation included: a
+        # '%' in config.ini is written '%%' for buttervolume, so for us too).
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(list(files))
+        except configparser.Error as exc:
+            raise ConfigError(f"cannot parse buttervolume's config.ini: {exc}") from None
+        values: dict[str, str] = {}
+        given = set()
+        names = [*DEFAULTS, "SOCKET"]
+        for var in names:
+            value = environ.get("BUTTERVOLUME_" + var)
+            if not value:
+                try:
+                    value = parser["DEFAULT"].get(var)
+                except configparser.Error as exc:
+                    raise ConfigError(f"buttervolume's config.ini, {var}: {exc}") from None
+            if value:
+                given.add(var)
+            else:
+                value = DEFAULTS.get(var)
+            if value is not None:
+                values[var] = value
+        if "SOCKET" not in values:
+            values["SOCKET"] = os.path.join(values["RUNPATH"], "plugins", "btrfs.sock")
+        port_text = environ.get("SSH_PORT", DEFAULT_SSH_PORT)
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise ConfigError(f"SSH_PORT must be a port number, not {port_text!r}") from None
+        for var in ("TIMER",):
+            try:
+                int(values[var])
+            except ValueError:
+                raise ConfigError(f"buttervolume's {var} must be a whole number") from None
+        return cls(values, frozenset(given), port)
+
+    @property
+    def schedule_csv(self) -> str:
+        return self.values["SCHEDULE"]
+
+    def btrfs_defaults(self, root_is_set: bool) -> dict[str, Any]:
+        """Defaults of ``[volume_btrfs]`` for the tree buttervolume left.
+
+        When the stowkit configuration sets ``root`` its layout stays, and only
+        the paths buttervolume was told about apply.
+        """
+        paths = {
+            "volumes_path": "VOLUMES_PATH",
+            "snapshots_path": "SNAPSHOTS_PATH",
+            "received_path": "TEST_REMOTE_PATH",
+        }
+        out: dict[str, Any] = {}
+        for option, var in paths.items():
+            if var in self.given or not root_is_set:
+                out[option] = os.path.abspath(self.values[var])
+        if not root_is_set:
+            # Bookkeeping (.mounts, .sent, .locks, .detached) beside volumes/,
+            # on its filesystem: a forced restore moves a tree into .detached/.
+            out["root"] = os.path.dirname(os.path.abspath(self.values["VOLUMES_PATH"]))
+        formats = [self.values["DTFORMAT"]]
+        if BUTTERVOLUME_DTFORMAT not in formats:
+            formats.append(BUTTERVOLUME_DTFORMAT)
+        out["foreign_time_formats"] = formats
+        out["ssh_port"] = self.ssh_port
+        return out
 
 
 class Context:
     """What a verb needs: configuration, the volume driver, the schedule, output."""
 
-    def __init__(self, config_files: Sequence[str], out: TextIO) -> None:
+    def __init__(
+        self,
+        config_files: Sequence[str],
+        out: TextIO,
+        buttervolume: ButtervolumeConfig | None = None,
+    ) -> None:
         self.conf = config.load_conf(config_files)
         self.out = out
+        self.bv = buttervolume or ButtervolumeConfig.load()
         self._driver: Any = None
+        scheduler.register_opts(self.conf)
+        # buttervolume's TIMER: how often its scheduler looks at the schedule.
+        self.conf.set_default("tick", float(self.bv.values["TIMER"]), scheduler.GROUP)
 
     @property
     def driver(self) -> Any:
         if self._driver is None:
+            backend = self.conf["volume"].backend
+            if backend == "btrfs":
+                # buttervolume's settings are defaults: a stowkit config file wins.
+                group = registry.group_name("volume", backend)
+                self.conf.register_opts(registry.driver_class("volume", backend).options, group)
+                stowkit_default = os.path.join(self.conf.state_dir, "btrfs")
+                root_is_set = os.path.abspath(self.conf[group].root) != os.path.abspath(
+                    stowkit_default
+                )
+                for key, value in self.bv.btrfs_defaults(root_is_set).items():
+                    self.conf.set_default(key, value, group)
             self._driver = registry.load("volume", self.conf)
         return self._driver
 
     @property
     def schedule(self) -> scheduler.ScheduleStore:
-        scheduler.register_opts(self.conf)
         return scheduler.ScheduleStore(self.conf[scheduler.GROUP].schedule_file)
 
     def print(self, *lines: str) -> None:
@@ -64,10 +199,41 @@ class Context:
 # -- verbs -------------------------------------------------------------------------------
 
 
+def take_over_schedule(ctx: Context) -> str | None:
+    """Import buttervolume's schedule.csv (or its globally paused ``.disabled``).
+
+    Done at ``run`` when the file is newer than stowkit's schedule (or that
+    does not exist yet), so buttervolume's jobs run on, and later changes made
+    with ``schedule``/``scheduled`` (which edit stowkit's file) are not undone
+    by a restart.  Returns what was done, or None.
+    """
+    csv_path = ctx.bv.schedule_csv
+    disabled = f"{csv_path}.disabled"
+    source = csv_path if os.path.exists(csv_path) else disabled
+    if not os.path.exists(source):
+        return None
+    store = ctx.schedule
+    try:
+        mine = os.stat(store.path).st_mtime
+    except FileNotFoundError:
+        mine = None
+    if mine is not None and os.stat(source).st_mtime <= mine:
+        return None
+    with open(source, encoding="utf-8") as f:
+        jobs = store.import_csv(f.read())
+    paused = source == disabled
+    store.set_active(not paused)
+    return f"imported {len(jobs)} job(s) from {source}" + (" (globally paused)" if paused else "")
+
+
 def do_run(ctx: Context, args: argparse.Namespace) -> int:
     from stowkit.cli.plugin import serve  # late: only ``run`` needs the server
 
-    path = args.socket or os.environ.get("BUTTERVOLUME_SOCKET") or DEFAULT_SOCKET
+    logging.basicConfig(level=getattr(logging, ctx.bv.values["LOGLEVEL"].upper(), logging.INFO))
+    done = take_over_schedule(ctx)
+    if done:
+        ctx.print(done)
+    path = args.socket or ctx.bv.values["SOCKET"]
     return serve(ctx.conf, ctx.driver, path, ctx.out)
 
 

@@ -20,7 +20,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from stowkit.corelib.errors import InvalidArgument, NotFound, StowkitError
+from stowkit.corelib.errors import AlreadyExists, InvalidArgument, NotFound, StowkitError
 from stowkit.corelib.names import check_name
 from stowkit.corelib.volume import check_create_options
 
@@ -119,7 +119,16 @@ class PluginApp:
             raise InvalidArgument("Opts must be a JSON object of strings")
         options = {str(k): str(v) for k, v in opts.items()}
         check_create_options(self.driver, options)
-        self.driver.create_volume(name, options)
+        try:
+            self.driver.create_volume(name, options)
+        except AlreadyExists:
+            # Idempotent, as Docker's local driver and buttervolume answer: the
+            # volume is there (options were checked first; a non-volume at the
+            # path is still an error).
+            try:
+                self.driver.volume_path(name)
+            except NotFound:
+                raise AlreadyExists(f"{name} exists and is not a volume") from None
         return {"Err": ""}
 
     def remove(self, body: Mapping[str, Any]) -> dict[str, Any]:

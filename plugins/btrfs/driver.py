@@ -5,6 +5,9 @@ Layout of ``[volume_btrfs] root`` (see doc/volumes.md)::
     volumes/NAME            writable subvolumes, what containers mount
     snapshots/NAME@STAMP    read-only snapshots taken here
     received/NAME@STAMP     read-only snapshots other hosts sent here
+    (each of the three may live elsewhere: volumes_path, snapshots_path, received_path;
+    STAMP may be another tool's, e.g. buttervolume's, see foreign_time_formats, and
+    buttervolume's sent markers snapshots/NAME@STAMP@HOST are records, not snapshots)
     volumes/.new-* .restore-*   hidden temporaries (see cleanup)
     .mounts/ .sent/ .locks/ .detached/   bookkeeping (stowkit.plugins.btrfs.state)
 
@@ -75,6 +78,9 @@ def _is_name(name: str) -> bool:
     return len(name) <= MAX_NAME_LENGTH and _NAME.fullmatch(name) is not None
 
 
+#: The shape of stowkit's own stamps (SNAPSHOT_TIME_FORMAT), for cheap counts.
+_OWN_STAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}-[0-9]{2}-[0-9]{2}\.[0-9]{6}")
+
 # Hidden temporary subvolumes in volumes/ are named ``.KIND-NAME-RANDOM``.
 #: A temporary without a lock file (made by a stowkit that kept none) is only
 #: deleted once it is this old, so a create still running in such a process is spared.
@@ -102,6 +108,12 @@ class BtrfsVolumeDriver(VolumeDriver):
     def __init__(self, conf, group: str) -> None:
         super().__init__(conf, group)
         self.root = os.path.abspath(self.opts.root)
+        # buttervolume keeps these three anywhere; stowkit's default is below root.
+        self.volumes_dir = os.path.abspath(self.opts.volumes_path or self._dir("volumes"))
+        self.snapshots_dir = os.path.abspath(self.opts.snapshots_path or self._dir("snapshots"))
+        self.received_dir = os.path.abspath(self.opts.received_path or self._dir("received"))
+        #: other tools' snapshot-name formats read besides stowkit's own
+        self.formats = tuple(f for f in (self.opts.foreign_time_formats or ()) if f)
         self._ready = False
         # Mount IDs are recorded per boot (plugins/btrfs/state.py); a driver never outlives one.
         self._boot = state.boot_id()
@@ -117,23 +129,31 @@ class BtrfsVolumeDriver(VolumeDriver):
             return
         subvol.require_bindings()
         # Check the nearest existing ancestor first: nothing is created off btrfs.
-        existing = self.root
-        while not os.path.exists(existing):
-            existing = os.path.dirname(existing)
-        try:
-            subvol.btrfsutil.subvolume_id(existing)
-        except (subvol.btrfsutil.BtrfsUtilError, OSError):
-            raise BackendUnavailable(
-                f"btrfs root {self.root} is not on a btrfs filesystem (set [volume_btrfs] root)"
-            ) from None
+        for where, option in (
+            (self.root, "root"),
+            (self.volumes_dir, "volumes_path"),
+            (self.snapshots_dir, "snapshots_path"),
+            (self.received_dir, "received_path"),
+        ):
+            if option != "root" and not getattr(self.opts, option):
+                continue  # below root, checked with it
+            existing = where
+            while not os.path.exists(existing):
+                existing = os.path.dirname(existing)
+            try:
+                subvol.btrfsutil.subvolume_id(existing)
+            except (subvol.btrfsutil.BtrfsUtilError, OSError):
+                raise BackendUnavailable(
+                    f"btrfs {option.replace('_path', ' path')} {where} is not on a btrfs "
+                    f"filesystem (set [volume_btrfs] {option})"
+                ) from None
         try:
             os.makedirs(self.root, exist_ok=True)
+            for where in (self.volumes_dir, self.snapshots_dir, self.received_dir):
+                os.makedirs(where, exist_ok=True)
         except OSError as exc:
             raise BackendUnavailable(f"cannot create btrfs root {self.root}: {exc}") from exc
         for sub in (
-            "volumes",
-            "snapshots",
-            "received",
             ".mounts",
             ".sent",
             ".detached",
@@ -146,7 +166,7 @@ class BtrfsVolumeDriver(VolumeDriver):
         self._ready = True
 
     def _volume_path(self, name: str) -> str:
-        return self._dir("volumes", check_name(name, "volume name"))
+        return os.path.join(self.volumes_dir, check_name(name, "volume name"))
 
     def _existing_volume(self, name: str) -> str:
         path = self._volume_path(name)
@@ -169,7 +189,7 @@ class BtrfsVolumeDriver(VolumeDriver):
         """
         tmp = f".{kind}-{name}-{uuidlib.uuid4().hex[:12]}"
         with state.held(self._dir(".locks", "tmp", tmp)):
-            yield self._dir("volumes", tmp)
+            yield os.path.join(self.volumes_dir, tmp)
 
     # -- volumes -------------------------------------------------------------------
 
@@ -181,9 +201,17 @@ class BtrfsVolumeDriver(VolumeDriver):
                 f"unknown volume option {sorted(unknown)[0]!r} (known: copyonwrite, compression)"
             )
         compression = str(options.get("compression", self.opts.compression)).strip().lower()
+        if compression in _TRUE:
+            # buttervolume's compression=true: compressed, with the configured
+            # algorithm, or zstd (btrfs' best) when the configuration says none.
+            default = str(self.opts.compression).strip().lower()
+            compression = default if default in COMPRESSIONS and default != "none" else "zstd"
+        elif compression in _FALSE:
+            compression = "none"
         if compression not in COMPRESSIONS:
             raise InvalidArgument(
-                f"invalid compression {compression!r}: use one of {', '.join(COMPRESSIONS)}"
+                f"invalid compression {compression!r}: use one of {', '.join(COMPRESSIONS)}, "
+                "true or false"
             )
         if "copyonwrite" in options:
             cow = _bool_option("copyonwrite", options["copyonwrite"])
@@ -225,13 +253,56 @@ class BtrfsVolumeDriver(VolumeDriver):
 
     def _snapshot_counts(self) -> collections.Counter[str]:
         counts: collections.Counter[str] = collections.Counter()
-        for sub in ("snapshots", "received"):
-            with os.scandir(self._dir(sub)) as it:
+        # The names as snapshots are counted everywhere else (show, lists):
+        # valid names only, buttervolume's sent markers (NAME@STAMP@HOST) not.
+        for where in self._snapshot_dirs():
+            with os.scandir(where) as it:
                 for entry in it:
-                    volume, sep, _ = entry.name.partition(SNAPSHOT_SEPARATOR)
-                    if sep and not entry.name.startswith("."):
-                        counts[volume] += 1
+                    volume, sep, stamp = entry.name.partition(SNAPSHOT_SEPARATOR)
+                    if not sep:
+                        continue
+                    if _OWN_STAMP.fullmatch(stamp) and _is_name(volume):
+                        counts[volume] += 1  # stowkit's own form: no strptime per entry
+                        continue
+                    with contextlib.suppress(InvalidName):
+                        counts[self.split_name(entry.name)[0]] += 1
         return counts
+
+    def _snapshot_dirs(self) -> tuple[str, ...]:
+        """snapshots/ then received/ (one, if they are the same directory)."""
+        if self.received_dir == self.snapshots_dir:
+            return (self.snapshots_dir,)
+        return (self.snapshots_dir, self.received_dir)
+
+    def split_name(self, name: object) -> tuple[str, dt.datetime]:
+        """``VOLUME@STAMP`` in stowkit's form or a configured foreign one; InvalidName."""
+        return split_snapshot_name(name, self.formats)
+
+    def _marker(self, name: str) -> tuple[str, str, str] | None:
+        """buttervolume's sent marker ``VOLUME@STAMP@HOST`` -> (volume, snapshot, host)."""
+        head, sep, host = name.partition(SNAPSHOT_SEPARATOR)
+        stamp, sep2, host = host.partition(SNAPSHOT_SEPARATOR)
+        if not (sep and sep2 and host) or any(c in host for c in "/\0"):
+            return None
+        snapshot = f"{head}{SNAPSHOT_SEPARATOR}{stamp}"
+        try:
+            volume, _ = self.split_name(snapshot)
+        except InvalidName:
+            return None
+        return volume, snapshot, host
+
+    def _markers(self, volume: str) -> list[tuple[str, str, str]]:
+        """(host, snapshot, marker path) of ``volume``'s buttervolume sent markers, oldest first."""
+        found = []
+        with os.scandir(self.snapshots_dir) as it:
+            for entry in it:
+                if not entry.name.startswith(volume + SNAPSHOT_SEPARATOR):
+                    continue
+                marker = self._marker(entry.name)
+                if marker is not None and marker[0] == volume:
+                    when = self.split_name(marker[1])[1]
+                    found.append((when, marker[2], marker[1], entry.path))
+        return [(h, s, p) for _, h, s, p in sorted(found)]
 
     def _mount_table(self) -> dict[str, list[str]]:
         table = {}
@@ -286,7 +357,7 @@ class BtrfsVolumeDriver(VolumeDriver):
         counts = self._snapshot_counts()
         mounts = self._mount_table()
         volumes = []
-        with os.scandir(self._dir("volumes")) as it:
+        with os.scandir(self.volumes_dir) as it:
             entries = sorted((e for e in it if _is_name(e.name)), key=lambda e: e.name)
         for entry in entries:
             try:
@@ -398,7 +469,7 @@ class BtrfsVolumeDriver(VolumeDriver):
         """
         self._setup()
         done = []
-        with os.scandir(self._dir("volumes")) as it:
+        with os.scandir(self.volumes_dir) as it:
             temps = sorted((e for e in it if _TEMP.fullmatch(e.name)), key=lambda e: e.name)
         for entry in temps:
             kind, volume = _TEMP.fullmatch(entry.name).group(1, 2)
@@ -433,9 +504,9 @@ class BtrfsVolumeDriver(VolumeDriver):
             subvol.rename(path, keep, subvol.RENAME_NOREPLACE)
             if self.mounts(volume):
                 return f"kept in .detached/ until {volume} is unmounted"
-            before = set(os.listdir(self._dir("snapshots")))
+            before = set(os.listdir(self.snapshots_dir))
             self._settle_detached(volume)
-            made = sorted(set(os.listdir(self._dir("snapshots"))) - before)
+            made = sorted(set(os.listdir(self.snapshots_dir)) - before)
             return f"kept as snapshot {', '.join(made)}"
 
     def _settle_detached(self, name: str) -> None:
@@ -452,7 +523,7 @@ class BtrfsVolumeDriver(VolumeDriver):
     def _free_snapshot_path(self, volume: str) -> str:
         when = dt.datetime.now(dt.UTC)
         while True:
-            path = self._dir("snapshots", snapshot_name(volume, when))
+            path = os.path.join(self.snapshots_dir, snapshot_name(volume, when))
             if not os.path.lexists(path):
                 return path
             when += dt.timedelta(microseconds=1)
@@ -461,23 +532,23 @@ class BtrfsVolumeDriver(VolumeDriver):
         """(volume, created, path) of every valid snapshot name, local and received."""
         self._setup()
         found = []
-        for sub in ("snapshots", "received"):
-            with os.scandir(self._dir(sub)) as it:
+        for where in self._snapshot_dirs():
+            with os.scandir(where) as it:
                 for entry in it:
                     if volume is not None and not entry.name.startswith(volume + "@"):
                         continue
                     try:
-                        vol, created = split_snapshot_name(entry.name)
+                        vol, created = self.split_name(entry.name)
                     except InvalidName:
-                        continue
-                    if sub == "received" and not self._complete(entry.path):
+                        continue  # not a snapshot name (a sent marker, a stray file)
+                    if where == self.received_dir and not self._complete(entry.path):
                         continue  # a receive in progress
                     found.append((vol, created, entry.path))
         return found
 
     def _snapshot(self, path: str) -> Snapshot:
         name = os.path.basename(path)
-        volume, created = split_snapshot_name(name)
+        volume, created = self.split_name(name)
         info = subvol.info(path)
         return Snapshot(
             name=name,
@@ -487,7 +558,7 @@ class BtrfsVolumeDriver(VolumeDriver):
             uuid=info["uuid"],
             received_uuid=info["received_uuid"],
             parent_uuid=info["parent_uuid"],
-            received=os.path.basename(os.path.dirname(path)) == "received",
+            received=os.path.dirname(path) == self.received_dir,
         )
 
     @staticmethod
@@ -499,11 +570,11 @@ class BtrfsVolumeDriver(VolumeDriver):
             return False
 
     def _snapshot_path(self, name: str) -> str:
-        split_snapshot_name(name)
+        self.split_name(name)
         self._setup()
-        for sub in ("snapshots", "received"):
-            path = self._dir(sub, name)
-            if subvol.is_subvolume(path) and (sub == "snapshots" or self._complete(path)):
+        for where in self._snapshot_dirs():
+            path = os.path.join(where, name)
+            if subvol.is_subvolume(path) and (where == self.snapshots_dir or self._complete(path)):
                 return path
         raise NotFound(f"no such snapshot: {name}")
 
@@ -549,7 +620,7 @@ class BtrfsVolumeDriver(VolumeDriver):
         else:
             source = self._newest_snapshot(name)
         snap = os.path.basename(source)
-        volume = split_snapshot_name(snap)[0]
+        volume = self.split_name(snap)[0]
         target = check_name(target if target is not None else volume, "target volume name")
         dst = self._volume_path(target)
         with self._lock(target), self._temporary("restore", target) as fresh:
@@ -602,26 +673,47 @@ class BtrfsVolumeDriver(VolumeDriver):
     def _peer(self, host: str) -> transport.Peer:
         return transport.parse_peer(host, self.opts.ssh_user, self.opts.ssh_port)
 
-    def _remote_root(self) -> str:
-        return os.path.abspath(self.opts.remote_root or self.root)
+    def _remote_dirs(self) -> tuple[str, str]:
+        """(received dir, snapshots dir) on peers: where sends land, and where else to look."""
+        remote_root = self.opts.remote_root
+        if remote_root:
+            received = posixpath.join(os.path.abspath(remote_root), "received")
+            snapshots = posixpath.join(os.path.abspath(remote_root), "snapshots")
+        else:
+            received, snapshots = self.received_dir, self.snapshots_dir
+        received = os.path.abspath(self.opts.remote_received_path or received)
+        snapshots = os.path.abspath(self.opts.remote_snapshots_path or snapshots)
+        return received, snapshots
 
-    def _remote_held(self, peer: transport.Peer, volume: str) -> dict[str, str]:
-        """{received_uuid: name} of ``volume``'s complete snapshots in the peer's received/."""
-        received = posixpath.join(self._remote_root(), "received")
-        argv = self._ssh().argv(peer) + [transport.remote_command(transport.LIST_SCRIPT, received)]
+    def _remote_held(self, peer: transport.Peer, volume: str) -> tuple[dict[str, str], set[str]]:
+        """{received_uuid: name} of ``volume``'s complete snapshots the peer holds,
+        and the names of those in the directory sends land in.
+
+        Only subvolumes directly in the peer's configured received/ directory
+        (where sends land) or its snapshots/ directory (where buttervolume
+        receives) count: ``btrfs subvolume list`` covers the whole filesystem,
+        so every listed path is compared with the exact place of those two
+        directories on it, never with a directory name.
+        """
+        received, snapshots = self._remote_dirs()
+        dirs = [received] if snapshots == received else [received, snapshots]
+        argv = self._ssh().argv(peer) + [transport.remote_command(transport.LIST_SCRIPT, *dirs)]
         out = transport.run(argv, what=f"listing snapshots on {peer.spec}")
-        held = {}
-        for sub in transport.parse_subvolume_list(out):
-            parts = sub.path.split("/")
-            if len(parts) < 2 or parts[-2] != "received" or not sub.received_uuid:
-                continue
+        held: dict[str, str] = {}
+        landed: set[str] = set()
+        for sub in transport.parse_listing(out, dirs):
+            if not sub.received_uuid:
+                continue  # a receive in progress, or the peer's own snapshot
+            name = posixpath.basename(sub.path)
             try:
-                vol, _ = split_snapshot_name(parts[-1])
+                vol, _ = self.split_name(name)
             except InvalidName:
                 continue
             if vol == volume:
-                held[sub.received_uuid] = parts[-1]
-        return held
+                held.setdefault(sub.received_uuid, name)
+                if sub.where == received:
+                    landed.add(name)
+        return held, landed
 
     @staticmethod
     def _stream_uuid(snap: Snapshot) -> str | None:
@@ -639,12 +731,27 @@ class BtrfsVolumeDriver(VolumeDriver):
                 "at": dt.datetime.now(dt.UTC).isoformat(),
             }
             state.write_json(record, sent)
+        # buttervolume's markers of sends to this peer are superseded by the record.
+        names = {peer.spec, peer.host, peer.destination, f"{peer.destination}:{peer.port}"}
+        for host, _, marker in self._markers(snap.volume):
+            if host in names:
+                with contextlib.suppress(NotFound):
+                    subvol.delete(marker)
 
     def sent(self, volume: str) -> dict[str, dict[str, str]]:
-        """{peer: {"snapshot", "uuid", "at"}}: the last snapshot sent to each peer."""
+        """{peer: {"snapshot", "uuid", "at"}}: the last snapshot sent to each peer.
+
+        buttervolume's sent markers (read-only ``VOLUME@STAMP@HOST`` snapshots
+        in snapshots/) count as records too: the newest per host, for a host
+        stowkit has no record of.
+        """
         check_name(volume, "volume name")
         self._setup()
-        return state.read_json(self._dir(".sent", volume), {})
+        records = state.read_json(self._dir(".sent", volume), {})
+        for host, snapshot, marker in self._markers(volume):
+            if host not in records or records[host].get("marker"):
+                records[host] = {"snapshot": snapshot, "marker": os.path.basename(marker)}
+        return records
 
     def send_snapshot(
         self,
@@ -672,12 +779,12 @@ class BtrfsVolumeDriver(VolumeDriver):
         self, path: str, peer: transport.Peer, host: str, compress: bool, rate: int
     ) -> SendResult:
         snap = self._snapshot(path)
-        held = self._remote_held(peer, snap.volume)
+        held, landed = self._remote_held(peer, snap.volume)
         key = self._stream_uuid(snap)
         if key in held:
             self._record_sent(peer, snap)
             return SendResult(snap.name, host, None, 0, already_there=True)
-        if snap.name in held.values():
+        if snap.name in landed:
             raise Conflict(f"{peer.spec} holds a different snapshot named {snap.name}")
         # The newest snapshot both sides hold, by UUID, is the incremental parent.
         candidates = [
@@ -690,7 +797,7 @@ class BtrfsVolumeDriver(VolumeDriver):
         if parent is not None:
             send_argv += ["-p", parent.path]
         send_argv += ["--", path]
-        received = posixpath.join(self._remote_root(), "received")
+        received = self._remote_dirs()[0]
         receive = transport.remote_command(
             transport.RECEIVE_SCRIPT, received, snap.name, "zstd" if compress else "none"
         )
@@ -710,7 +817,13 @@ class BtrfsVolumeDriver(VolumeDriver):
             raise InvalidArgument("sync needs at least one host")
         path = self._existing_volume(volume)
         backup = self.create_snapshot(volume).name
-        remote = posixpath.join(self._remote_root(), "volumes", volume) + "/"
+        remote_root = self.opts.remote_root
+        remote_volumes = (
+            posixpath.join(os.path.abspath(remote_root), "volumes")
+            if remote_root
+            else self.volumes_dir
+        )
+        remote = posixpath.join(remote_volumes, volume) + "/"
         results: dict[str, str] = {}
         for peer in peers:
             argv = [
@@ -747,24 +860,31 @@ class BtrfsVolumeDriver(VolumeDriver):
             items = [(os.path.basename(p), created) for _, created, p in found]
             paths = {os.path.basename(p): p for _, _, p in found}
             protect: dict[str, str] = {}
-            received = [
-                i for i in items if os.path.basename(os.path.dirname(paths[i[0]])) == "received"
-            ]
+            received = [i for i in items if os.path.dirname(paths[i[0]]) == self.received_dir]
             if received:
                 protect[max(received, key=lambda i: (i[1], i[0]))[0]] = "newest received snapshot"
-            for peer, record in sorted(self.sent(volume).items()):
+            records = self.sent(volume)
+            for peer, record in sorted(records.items()):
                 if record.get("snapshot") in paths:
                     protect[record["snapshot"]] = f"last sent to {peer}"
+            # buttervolume's markers are records: all but the newest per host
+            # are stale and go, whatever the pattern (buttervolume deletes them
+            # at its next send).
+            current = {r.get("marker") for r in records.values()}
+            stale = [p for _, _, p in self._markers(volume) if os.path.basename(p) not in current]
             plan = retention.plan_purge(items, parsed, now, protect)
             if not dry_run:
                 for name in plan.delete:
                     with contextlib.suppress(NotFound):
                         subvol.delete(paths[name])
+                for marker in stale:
+                    with contextlib.suppress(NotFound):
+                        subvol.delete(marker)
         return PurgeResult(
             volume=volume,
             pattern=parsed.text,
             dry_run=dry_run,
-            deleted=list(plan.delete),
+            deleted=list(plan.delete) + [os.path.basename(p) for p in stale],
             kept=list(plan.keep),
             protected=dict(plan.protected),
         )

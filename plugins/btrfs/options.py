@@ -10,11 +10,27 @@ OPTIONS: list[cfg.Opt] = [
         default="$state_dir/btrfs",
         help="Directory on a btrfs filesystem holding volumes/, snapshots/ and received/.",
     ),
+    cfg.StrOpt(
+        "volumes_path",
+        help="Where the volumes are (default: ROOT/volumes); on btrfs, on the filesystem of "
+        "snapshots_path, and of ROOT (ROOT/.detached receives trees moved out of it).",
+    ),
+    cfg.StrOpt("snapshots_path", help="Where snapshots are taken (default: ROOT/snapshots)."),
+    cfg.StrOpt(
+        "received_path", help="Where other hosts' snapshots are received (default: ROOT/received)."
+    ),
+    cfg.ListOpt(
+        "foreign_time_formats",
+        default=["%Y-%m-%dT%H:%M:%S.%f"],
+        help="strftime formats of other tools' snapshot names VOLUME@STAMP, read as local "
+        "time (default: buttervolume's DTFORMAT).  stowkit's own UTC form is always read.",
+    ),
     cfg.BoolOpt(
         "copyonwrite",
-        default=False,
-        help="Default copy-on-write setting of new volumes (false, as buttervolume does: "
-        "better for databases; snapshots still work).",
+        default=True,
+        help="Default copy-on-write setting of new volumes (true, as btrfs, Docker's local "
+        "driver and buttervolume 3.13: files keep checksums and can be compressed; "
+        "set false, or -o copyonwrite=false per volume, for databases and VM images).",
     ),
     cfg.StrOpt(
         "compression",
@@ -36,6 +52,16 @@ OPTIONS: list[cfg.Opt] = [
     cfg.StrOpt(
         "remote_root",
         help="The btrfs root on peers (default: the same path as root).",
+    ),
+    cfg.StrOpt(
+        "remote_received_path",
+        help="Where peers receive (default: REMOTE_ROOT/received if remote_root is set, "
+        "else the same path as received_path).",
+    ),
+    cfg.StrOpt(
+        "remote_snapshots_path",
+        help="The peers' snapshot directory, also searched for shared parents (default: "
+        "REMOTE_ROOT/snapshots if remote_root is set, else the same path as snapshots_path).",
     ),
     cfg.BoolOpt(
         "send_compression",

@@ -15,6 +15,7 @@ which is how every reader (here and on the peer) tells it from a snapshot.
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import re
 import shlex
 import subprocess
@@ -80,8 +81,30 @@ class SshConfig:
 
 # -- remote scripts: fixed text, inputs only as "$1" "$2" ... ------------------
 
-#: $1 = the peer's received/ directory.  Prints `btrfs subvolume list -R -u`.
-LIST_SCRIPT = 'mkdir -p -- "$1" && exec btrfs subvolume list -R -u -- "$1"'
+#: $1... = directories on the peer (the first, where sends land, is made if
+#: missing).  For each existing one, in order: ``stowkit-dir N ROOTID REL``
+#: (the ID of the subvolume holding it, and its path below that subvolume's
+#: root directory, the nearest inode 256 above it), then
+#: ``btrfs subvolume list -R -u`` of the filesystem, which names a subvolume
+#: below the one holding the listed path by its path below that one.
+#: :func:`parse_listing` keeps only the subvolumes directly in each directory.
+LIST_SCRIPT = r"""
+mkdir -p -- "$1" || exit 1
+n=0
+for d in "$@"; do
+    n=$((n + 1))
+    real=$(cd -P -- "$d" 2>/dev/null && pwd -P) || continue
+    top=$real
+    while [ "$(stat -c %i -- "$top")" != 256 ] && [ "$top" != / ]; do
+        top=$(dirname -- "$top")
+    done
+    id=$(btrfs inspect-internal rootid -- "$real") || exit 1
+    rel=${real#"$top"}
+    printf 'stowkit-dir %s %s /%s\n' "$n" "$id" "${rel#/}"
+    btrfs subvolume list -R -u -- "$real" || exit 1
+done
+"""
+
 
 #: $1 = received/ dir, $2 = snapshot name, $3 = "zstd" to decompress.
 #: A received subvolume is read-only and a read-only subvolume cannot move to
@@ -144,6 +167,60 @@ def parse_subvolume_list(output: str) -> list[RemoteSubvolume]:
         result.append(
             RemoteSubvolume(
                 path.strip(),
+                None if uuid == "-" else uuid,
+                None if received == "-" else received,
+            )
+        )
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldSubvolume:
+    where: str  #: the directory asked about, as given
+    path: str  #: its path relative to the filesystem's top level
+    uuid: str | None
+    received_uuid: str | None
+
+
+_HELD_LINE = re.compile(
+    r"^ID (\d+) gen \d+ top level (\d+) received_uuid (\S+)\s+uuid (\S+) path (.+)$"
+)
+
+
+def parse_listing(output: str, dirs: Sequence[str]) -> list[HeldSubvolume]:
+    """The subvolumes directly in each of ``dirs``, from :data:`LIST_SCRIPT`'s output.
+
+    ``btrfs subvolume list`` covers the whole filesystem.  A subvolume counts
+    only when its parent subvolume is the one holding the directory and its
+    path's parent is exactly the directory's path below that subvolume, so a
+    directory of the same name elsewhere (another stowkit root's received/,
+    on the same filesystem) never counts.
+    """
+    result: list[HeldSubvolume] = []
+    where: str | None = None
+    top_id = ""
+    rel = ""
+    for line in output.splitlines():
+        if line.startswith("stowkit-dir "):
+            fields = line.split(" ", 3)
+            if len(fields) != 4 or not fields[1].isdigit() or not fields[3].startswith("/"):
+                raise BackendUnavailable(f"unexpected listing from the peer: {line!r}")
+            position = int(fields[1]) - 1
+            if not 0 <= position < len(dirs):
+                raise BackendUnavailable(f"unexpected listing from the peer: {line!r}")
+            where, top_id, rel = dirs[position], fields[2], fields[3].strip("/")
+            continue
+        m = _HELD_LINE.match(line.strip())
+        if where is None or not m:
+            continue
+        _, parent, received, uuid, path = m.groups()
+        path = path.strip()
+        if parent != top_id or posixpath.dirname(path) != rel:
+            continue
+        result.append(
+            HeldSubvolume(
+                where,
+                path,
                 None if uuid == "-" else uuid,
                 None if received == "-" else received,
             )

@@ -45,7 +45,8 @@ def test_create_list_show_delete(a):
 def test_cli_create_list_show_delete(a):
     proc = a.stowkit("volume", "create", "web", "-f", "json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["options"] == "compression=none,copyonwrite=false"
+    # copy-on-write by default, as btrfs, Docker's local driver and buttervolume 3.13
+    assert json.loads(proc.stdout)["options"] == "compression=none,copyonwrite=true"
     listed = json.loads(a.stowkit("volume", "list", "-f", "json").stdout)
     assert [row["Name"] for row in listed] == ["web"]
     shown = json.loads(a.stowkit("volume", "show", "web", "-f", "json").stdout)
@@ -58,15 +59,23 @@ def test_cli_create_list_show_delete(a):
     assert missing.returncode == NotFound.exit_code and "Traceback" not in missing.stderr
 
 
-def test_nocow_by_default_and_compression_really_set(a):
+def test_nocow_on_request_and_compression_really_set(a):
     drv = a.driver
-    plain = drv.create_volume("db")
+    plain = drv.create_volume("db", {"copyonwrite": "false"})
     packed = drv.create_volume("logs", {"compression": "zstd"})
+    default = drv.create_volume("web")
     lsattr = subprocess.run(
-        ["lsattr", "-d", plain.path, packed.path], capture_output=True, text=True, check=True
+        ["lsattr", "-d", plain.path, packed.path, default.path],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.splitlines()
     assert "C" in lsattr[0].split()[0]  # no copy-on-write
     assert "C" not in lsattr[1].split()[0]
+    assert "C" not in lsattr[2].split()[0]  # copy-on-write by default
+    assert drv.get_volume("web").options == {"copyonwrite": "true", "compression": "none"}
+    # buttervolume's compression=true
+    assert drv.create_volume("bv", {"compression": "true"}).options["compression"] == "zstd"
     prop = subprocess.run(
         ["btrfs", "property", "get", packed.path, "compression"],
         capture_output=True,
@@ -469,6 +478,9 @@ def test_volume_unmount_forgets_stale_ids(a):
 
 
 def test_compression_forcing_copy_on_write_is_said(a):
+    # said when the configured default is copyonwrite=false
+    with open(a.config_file, "a") as f:
+        f.write("copyonwrite = false\n")
     proc = a.stowkit("volume", "create", "z", "-o", "compression=zstd", "-f", "json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["options"] == "compression=zstd,copyonwrite=true"

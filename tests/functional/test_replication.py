@@ -14,7 +14,7 @@ import btrfsutil
 import pytest
 
 from stowkit.corelib.errors import BackendUnavailable
-from tests.functional.test_btrfs_fixtures import REPO, peers  # noqa: F401 - fixture
+from tests.functional.test_btrfs_fixtures import REPO, peers, wipe  # noqa: F401 - fixture
 
 
 def received(host, volume=None):
@@ -203,3 +203,32 @@ def test_sync_pulls_newer_files_after_a_local_snapshot(peers):  # noqa: F811
     assert cli.returncode == BackendUnavailable.exit_code
     assert "failed from 1 host" in cli.stderr
     assert "127.0.0.1:1" in cli.stdout and "ok" in cli.stdout
+
+
+def test_a_copy_in_another_roots_received_is_not_there(peers):  # noqa: F811
+    """Two stowkit roots on one peer filesystem: a snapshot received by one root
+    is not "already there" for the other (the peer's subvolume list covers the
+    whole filesystem; only the configured received/ counts)."""
+    a, b, remote = peers
+    a.driver.create_volume("v")
+    write(a, "v", "f", b"one" * 1000)
+    s1 = a.driver.create_snapshot("v")
+    assert not a.driver.send_snapshot(s1.name, remote).already_there
+    second_root = b.root.parent / f"{b.root.name}-second"
+    other = a.make_driver(remote_root=str(second_root))
+    try:
+        first = other.send_snapshot(s1.name, remote)
+        assert not first.already_there and not first.incremental and first.bytes_sent > 3000
+        got = second_root / "received" / s1.name
+        assert (got / "f").read_bytes() == b"one" * 1000
+        assert btrfsutil.subvolume_info(str(got)).received_uuid != bytes(16)
+        # and from then on, incremental against what that root holds
+        write(a, "v", "g", b"two")
+        s2 = a.driver.create_snapshot("v")
+        assert other.send_snapshot(s2.name, remote).parent == s1.name
+        assert other.send_snapshot(s2.name, remote).already_there
+        # the first root still holds only s1 and goes on incrementally from it
+        assert received(b) == [s1.name]
+        assert a.driver.send_snapshot(s2.name, remote).parent == s1.name
+    finally:
+        wipe(second_root)

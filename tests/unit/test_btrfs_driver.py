@@ -93,13 +93,19 @@ def test_not_btrfs_is_backend_unavailable(driver):
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        (None, (False, "none")),
-        ({}, (False, "none")),
+        # copy-on-write by default, as btrfs, Docker's local driver and buttervolume 3.13
+        (None, (True, "none")),
+        ({}, (True, "none")),
         ({"copyonwrite": "true"}, (True, "none")),
         ({"copyonwrite": "False"}, (False, "none")),
         ({"compression": "zstd"}, (True, "zstd")),  # compression implies copy-on-write
         ({"compression": "LZO", "copyonwrite": "yes"}, (True, "lzo")),
         ({"compression": "none", "copyonwrite": "0"}, (False, "none")),
+        # buttervolume's compression=true|false
+        ({"compression": "true"}, (True, "zstd")),
+        ({"compression": "True"}, (True, "zstd")),
+        ({"compression": "false"}, (True, "none")),
+        ({"compression": "false", "copyonwrite": "false"}, (False, "none")),
     ],
 )
 def test_options(driver, options, expected):
@@ -118,6 +124,20 @@ def test_options(driver, options, expected):
 def test_bad_options(driver, options):
     with pytest.raises(InvalidArgument):
         driver._parse_options(options)
+
+
+def test_compression_true_uses_the_configured_algorithm(tmp_path):
+    conf = config.load_conf()
+    drv = registry.load("volume", conf, "btrfs", root=str(tmp_path), compression="lzo")
+    assert drv._parse_options({"compression": "true"}) == (True, "lzo")
+    with pytest.raises(InvalidArgument, match="copy-on-write"):
+        drv._parse_options({"compression": "true", "copyonwrite": "false"})
+
+
+def test_copyonwrite_false_by_configuration(tmp_path):
+    conf = config.load_conf()
+    drv = registry.load("volume", conf, "btrfs", root=str(tmp_path), copyonwrite=False)
+    assert drv._parse_options({}) == (False, "none")
 
 
 def test_config_defaults_apply(tmp_path):

@@ -304,10 +304,28 @@ def test_create_refuses_an_option_the_backend_has_no_capability_for():
     assert call(plain, "/VolumeDriver.Create", {"Name": "v1"}) == {"Err": ""}
 
 
+def test_create_of_an_existing_volume_succeeds(app):
+    # Idempotent, as Docker's local driver and buttervolume 3.13 answer.
+    assert call(app, "/VolumeDriver.Create", {"Name": "v1"}) == {"Err": ""}
+    assert call(app, "/VolumeDriver.Create", {"Name": "v1"}) == {"Err": ""}
+    assert [c for c in app.driver.calls if c[0] == "create"] == [("create", "v1", {})] * 2
+    # options are still checked first
+    bad = call(app, "/VolumeDriver.Create", {"Name": "v1", "Opts": {"size": "1G"}})
+    assert "unknown volume option" in bad["Err"]
+
+
+def test_create_over_something_that_is_not_a_volume_fails():
+    class Taken(FakeDriver):
+        def create_volume(self, name, options=None):
+            raise AlreadyExists(f"volume {name} already exists")
+
+    answer = call(PluginApp(Taken()), "/VolumeDriver.Create", {"Name": "v1"})
+    assert "exists and is not a volume" in answer["Err"]
+
+
 def test_errors_are_err_strings(app):
     assert "not found" in call(app, "/VolumeDriver.Get", {"Name": "nope"})["Err"]
     call(app, "/VolumeDriver.Create", {"Name": "v1"})
-    assert "already exists" in call(app, "/VolumeDriver.Create", {"Name": "v1"})["Err"]
     assert (
         "unknown volume option"
         in call(app, "/VolumeDriver.Create", {"Name": "v2", "Opts": {"size": "1G"}})["Err"]
