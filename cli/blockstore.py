@@ -212,8 +212,13 @@ class UnlockDevice(Command):
         return parser
 
     def take_action(self, parsed_args):
-        broken = self.driver("blockstore").unlock(parsed_args.name, force=True)
+        store = self.driver("blockstore")
+        holder = store.get_lock(parsed_args.name)
+        # Break the lock just read, naming it: one taken meanwhile by someone
+        # else is left alone (DeviceLocked says whose it is now).
+        broken = None if holder is None else store.unlock(parsed_args.name, expected=holder)
         if broken is None:
+            store.get_device(parsed_args.name)  # NotFound beats "not locked"
             self.app.stdout.write(f"device {parsed_args.name} was not locked\n")
         else:
             self.app.stdout.write(

@@ -72,7 +72,7 @@ class ServeBlockDevices(Command):
             readahead=readahead,
             lease=parsed_args.lease,
             max_block=protocol.MAX_PAYLOAD,
-        )
+        ).apply_conf(self.app.conf)
         store = self.driver("blockstore")
         for name in parsed_args.names:
             names.check_name(name, "device name")

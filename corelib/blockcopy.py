@@ -21,7 +21,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 
-from stowkit.corelib.blockstore import DEFAULT_LEASE, BlockStore, DeviceLocked, LockInfo, is_zeros
+from stowkit.corelib.blockstore import DEFAULT_LEASE, BlockStore, Lease, LeaseLost, is_zeros
 from stowkit.corelib.errors import BackendUnavailable, InvalidArgument
 
 LOG = logging.getLogger(__name__)
@@ -89,8 +89,12 @@ def _run(
             raise
 
 
+#: Owner named by the lock upload() takes when its caller holds none.
+UPLOAD_OWNER = "stowkit upload"
+
+
 def upload(
-    store: BlockStore,
+    store: BlockStore | Lease,
     device: str,
     path: str,
     threads: int = 8,
@@ -98,8 +102,19 @@ def upload(
 ) -> CopyStats:
     """Make ``device`` hold the bytes of file ``path`` (zeros past its end).
 
-    The caller holds the device's lock (see held_lock).
+    Every object goes through the device's :class:`Lease`: the one given as
+    ``store``, else the one this process holds on the device through
+    ``store`` (see held_lock), else one taken for the copy.  Once the lease
+    is lost nothing more is stored and LeaseLost is raised.
     """
+    lease = store if isinstance(store, Lease) else store.held_lease(device)
+    if lease is None:
+        with held_lock(store, device, UPLOAD_OWNER) as own:  # type: ignore[arg-type]
+            return upload(own, device, path, threads, progress)
+    if lease.device != device:
+        raise InvalidArgument(f"the lease given is for device {lease.device}, not {device}")
+    lease.check()
+    store = lease.store
     dev = store.get_device(device)
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -126,20 +141,27 @@ def upload(
                 data += bytes(osize - len(data))
             if is_zeros(data):
                 if index in stored:
-                    store.delete_object(device, index)
+                    lease.delete_object(index)
                     with lock:
                         stats.deleted += 1
                 else:
                     with lock:
                         stats.holes += 1
             else:
-                store.write_object(device, index, data)
+                lease.write_object(index, data)
                 with lock:
                     stats.stored += 1
             return osize
 
         jobs = (lambda i=i: one(i) for i in range(dev.object_count))
-        _run(jobs, threads, dev.size, progress)
+        try:
+            _run(jobs, threads, dev.size, progress)
+        except LeaseLost as err:
+            raise LeaseLost(
+                f"{err}; upload stopped after {stats.stored} objects stored and "
+                f"{stats.deleted} deleted: the device does not hold the file",
+                err.holder,
+            ) from None
         stats.bytes = dev.size
         return stats
     finally:
@@ -242,45 +264,22 @@ def _umask() -> int:
 @contextlib.contextmanager
 def held_lock(
     store: BlockStore, device: str, owner: str, lease_seconds: float = DEFAULT_LEASE
-) -> Iterator[LockInfo]:
-    """Hold ``device``'s lock for the ``with`` block, renewing it in the background.
+) -> Iterator[Lease]:
+    """Hold a :class:`Lease` on ``device`` for the ``with`` block, renewed in the background.
 
-    If the lock is lost (broken by hand), the block's work cannot be stopped
-    from here: DeviceLocked is raised when the block ends.
+    Objects stored through the lease (upload() does) stop the moment it is
+    lost; LeaseLost is raised when the block ends if it was, whatever the
+    block did, and the lock of whoever holds it now is left alone.
     """
-    lock = store.lock(device, owner, lease_seconds)
-    if lock.taken_over is not None:
-        LOG.warning("device %s: took over the stale lock of %s", device, lock.taken_over.describe())
-    stop = threading.Event()
-    state: dict[str, object] = {"lock": lock, "error": None}
-
-    def renew() -> None:
-        while not stop.wait(lease_seconds / 3):
-            try:
-                state["lock"] = store.renew(device, state["lock"], lease_seconds)  # type: ignore[arg-type]
-            except DeviceLocked as exc:
-                state["error"] = exc
-                return
-            except Exception as exc:
-                LOG.warning("device %s: cannot renew the lock: %s", device, exc)
-
-    thread = threading.Thread(target=renew, name=f"renew-{device}", daemon=True)
-    thread.start()
+    lease = store.lease(device, owner, lease_seconds).acquire()
+    if lease.info is not None and lease.info.taken_over is not None:
+        LOG.warning(
+            "device %s: took over the stale lock of %s", device, lease.info.taken_over.describe()
+        )
+    lease.start()
     try:
-        yield lock
+        yield lease
     finally:
-        stop.set()
-        thread.join()
-        if state["error"] is None:
-            held: LockInfo = state["lock"]  # type: ignore[assignment]
-            current = store.get_lock(device)
-            if current is None or current.token != held.token:
-                who = current.describe() if current else "nobody (it was unlocked)"
-                state["error"] = DeviceLocked(
-                    f"device {device}: our lock was lost during the work; it is now held by {who}",
-                    current,
-                )
-            else:
-                store.unlock(device, held)
-    if state["error"] is not None:
-        raise state["error"]  # type: ignore[misc]
+        lease.release()
+    if lease.lost:
+        raise lease.error()

@@ -31,6 +31,10 @@ what ``stowkit blockstore lock`` takes by hand) never goes stale.  Leases are
 compared with the wall clock of whoever reads them, so hosts sharing a device
 need roughly synchronised clocks (NTP), as with any lease.
 
+Writers hold a :class:`Lease` (:meth:`BlockStore.lease`): it takes, confirms,
+renews and releases the lock, and is the only path by which the NBD cache
+and the whole-device copies store or delete a locked device's objects.
+
 Thread safety: every backend must allow ``read_object``, ``write_object``,
 ``delete_object`` and ``list_objects`` from many threads at once (the NBD
 cache uploads in parallel).  ``write_object`` returns only once the object is
@@ -47,12 +51,13 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from stowkit.corelib import names
 from stowkit.corelib.driver import Driver
-from stowkit.corelib.errors import InvalidArgument, Locked
+from stowkit.corelib.errors import BackendUnavailable, InvalidArgument, Locked
 
 LOG = logging.getLogger(__name__)
 
@@ -221,6 +226,14 @@ class LockInfo:
             acquired=now,
             expires=None if lease_seconds is None else now + lease_seconds,
         )
+
+
+class StorageFull(BackendUnavailable):
+    """The backend is out of space, or the account is over its quota (NBD: ENOSPC)."""
+
+
+class StorageDenied(BackendUnavailable):
+    """The backend refused the change: permissions, read-only storage (NBD: EPERM)."""
 
 
 class DeviceLocked(Locked):
@@ -483,7 +496,9 @@ class BlockStore(Driver):
         current = self.get_lock(device)
         if current is None or current.token != lock.token:
             who = current.describe() if current else "nobody (it was unlocked)"
-            raise DeviceLocked(f"device {device}: our lock is gone; it is now held by {who}")
+            raise DeviceLocked(
+                f"device {device}: our lock is gone; it is now held by {who}", current
+            )
         now = time.time()
         # Past (or about to pass) its lease, a taker may be replacing it right
         # now: overwriting could clobber the taker's lock, so give up instead;
@@ -499,26 +514,334 @@ class BlockStore(Driver):
         return renewed
 
     def unlock(
-        self, device: str, lock: LockInfo | None = None, force: bool = False
+        self,
+        device: str,
+        lock: LockInfo | None = None,
+        force: bool = False,
+        expected: LockInfo | None = None,
     ) -> LockInfo | None:
-        """Release ``lock`` (ours), or with ``force`` break whatever lock there is.
+        """Release ``lock`` (ours), or break the lock of ``expected`` (someone else's).
 
-        Returns the lock that was removed (None when there was none).  Without
-        ``force``, a lock held by someone else raises DeviceLocked.
+        Returns the lock that was removed (None when there was none).  A lock
+        held by anyone but ``lock``/``expected`` is left alone and raises
+        DeviceLocked (with its ``holder``): whoever breaks a lock must say
+        whose lock it means to break, so that a lock taken meanwhile by a
+        third party survives.  ``force`` without ``expected`` breaks
+        whatever lock there is at this moment (tests, emergencies).
         """
         current = self.get_lock(device)
         if current is None:
             self.get_device(device)  # NotFound beats "not locked"
             return None
-        if not force and (lock is None or current.token != lock.token):
+        wanted = lock or expected
+        if wanted is not None and current.token != wanted.token:
+            raise DeviceLocked(
+                f"device {device} is now locked by {current.describe()}, "
+                f"not by {wanted.describe()}; left alone",
+                current,
+            )
+        if wanted is None and not force:
             raise DeviceLocked(
                 f"device {device} is locked by {current.describe()}; use --force to break it",
                 current,
             )
         self._control_delete(device, LOCK_KEY)
-        if lock is None or current.token != lock.token:
+        if lock is None:
             LOG.info("device %s: broke the lock of %s", device, current.describe())
         return current
+
+    def lease(
+        self, device: str, owner: str = "", lease_seconds: float | None = DEFAULT_LEASE
+    ) -> Lease:
+        """A :class:`Lease` on ``device`` for ``owner``, not yet acquired."""
+        return Lease(self, device, owner, lease_seconds)
+
+    def held_lease(self, device: str) -> Lease | None:
+        """The lease this process holds on ``device`` through this store, if any."""
+        with _LEASES_GUARD:
+            return self.__dict__.get("_leases", {}).get(device)
+
+
+_LEASES_GUARD = threading.Lock()
+
+
+class LeaseLost(DeviceLocked):
+    """The lease is gone (broken, taken over, expired unrenewed): stop writing."""
+
+
+class Lease:
+    """The one answer to "may I write to this device now?".
+
+    Created from a store for a device and an owner (:meth:`BlockStore.lease`),
+    a lease takes the device lock (:meth:`acquire`), confirms it
+    (:meth:`confirm`), renews it from a thread of its own (:meth:`start`),
+    and releases it (:meth:`release`).  It is also the only path by which
+    the NBD cache and the whole-device copies store or delete a locked
+    device's objects: :meth:`write_object` and :meth:`delete_object` check
+    the lease before every call and refuse with :class:`LeaseLost` once it
+    is lost.
+
+    States: ``new`` -> ``unconfirmed`` (created, its re-read pending) ->
+    ``valid`` -> ``released``; or ``lost`` from ``unconfirmed``/``valid``,
+    which is final.  A valid lease becomes lost when a renewal finds the
+    lock is no longer ours (the rival is logged), or when its lease time
+    runs out (measured on this host's monotonic clock from the start of the
+    last successful renewal) because renewals kept failing: a taker may be
+    at work by then.  ``on_lost`` callbacks run once, in the thread that
+    noticed.
+
+    Renewal, confirmation and release are serialised by one lock: a renewal
+    already talking to the backend when :meth:`release` is called finishes
+    first, and none starts after, so a renewal's PUT can never bring the
+    lock back after the release removed it.
+    """
+
+    def __init__(
+        self,
+        store: BlockStore,
+        device: str,
+        owner: str = "",
+        lease_seconds: float | None = DEFAULT_LEASE,
+    ) -> None:
+        self.store = store
+        self.device = device
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        self.info: LockInfo | None = None
+        self.state = "new"
+        self.reason: str | None = None  # why it was lost
+        self.rival: LockInfo | None = None  # who holds the lock once it was lost
+        #: Objects a write or delete was refused for after the loss.
+        self.refused: set[int] = set()
+        self._io = threading.RLock()  # serialises lock, confirm, renew, release
+        self._state_lock = threading.Lock()  # state changes only: never held over I/O
+        self.confirmed = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._valid_until = 0.0  # time.monotonic(); None lease: inf
+        self._started = 0.0  # monotonic time of the lock's creation
+        self._on_lost: list[Callable[[LeaseLost], None]] = []
+
+    # -- state -------------------------------------------------------------------
+    @property
+    def lost(self) -> bool:
+        self._check_time()
+        return self.state == "lost"
+
+    @property
+    def valid(self) -> bool:
+        """True while writes are allowed: confirmed, not lost, lease not run out."""
+        self._check_time()
+        return self.state == "valid"
+
+    def on_lost(self, callback: Callable[[LeaseLost], None]) -> None:
+        """Call ``callback(error)`` when the lease is lost (at once if it already is)."""
+        with self._state_lock:
+            if self.state != "lost":
+                self._on_lost.append(callback)
+                return
+        callback(self.error())
+
+    def error(self) -> LeaseLost:
+        return LeaseLost(
+            f"device {self.device}: the lock is lost, nothing more is stored: {self.reason}",
+            self.rival,
+        )
+
+    def check(self) -> None:
+        """Raise unless writing is allowed now: LeaseLost, or DeviceLocked before confirmation."""
+        self._check_time()
+        if self.state == "valid":
+            return
+        if self.state == "lost":
+            raise self.error()
+        raise DeviceLocked(f"device {self.device}: the lock is {self.state}, not confirmed")
+
+    def _check_time(self) -> None:
+        if self.state == "valid" and time.monotonic() >= self._valid_until:
+            self._lose("the lease ran out before it could be renewed", None)
+
+    def _lose(self, reason: str, rival: LockInfo | None) -> None:
+        with self._state_lock:
+            if self.state not in ("unconfirmed", "valid"):
+                return
+            self.state = "lost"
+            self.reason = reason
+            self.rival = rival
+            callbacks, self._on_lost = self._on_lost, []
+        self._stop.set()
+        LOG.error(
+            "device %s: lost the lock (%s); holder now: %s; nothing more is stored",
+            self.device,
+            reason,
+            rival.describe() if rival else "none known",
+        )
+        error = self.error()
+        for callback in callbacks:
+            try:
+                callback(error)
+            except Exception:
+                LOG.exception("device %s: lease-lost callback failed", self.device)
+
+    def _extend(self, since: float) -> None:
+        if self.lease_seconds is None:
+            self._valid_until = float("inf")
+        else:
+            self._valid_until = since + self.lease_seconds - RENEW_MARGIN
+
+    # -- life cycle -----------------------------------------------------------------
+    def acquire(
+        self,
+        confirm: bool = True,
+        breakable: Callable[[LockInfo], bool] | None = None,
+    ) -> Lease:
+        """Take the lock; DeviceLocked when held.  ``confirm=False`` leaves the re-read to
+        :meth:`confirm`.  A holder for which ``breakable(holder)`` is true (a dead server
+        of this host) has its lock broken, naming it, and the lock is taken again."""
+        with self._io:
+            if self.state != "new":
+                raise RuntimeError(f"lease of {self.device} is already {self.state}")
+            self._started = time.monotonic()
+            try:
+                info = self.store.lock_unconfirmed(self.device, self.owner, self.lease_seconds)
+            except DeviceLocked as err:
+                holder = err.holder
+                if holder is None or breakable is None or not breakable(holder):
+                    raise
+                LOG.warning(
+                    "device %s: breaking the lock of a dead holder: %s",
+                    self.device,
+                    holder.describe(),
+                )
+                # Names the dead holder: a lock taken meanwhile by anyone else stays.
+                self.store.unlock(self.device, expected=holder)
+                info = self.store.lock_unconfirmed(self.device, self.owner, self.lease_seconds)
+            self.info = info
+            self.state = "unconfirmed"
+            with _LEASES_GUARD:
+                self.store.__dict__.setdefault("_leases", {})[self.device] = self
+        if confirm:
+            self.confirm()
+        return self
+
+    def confirm(self) -> LockInfo:
+        """Make sure the lock is ours (the backend's re-read); lost if a rival won."""
+        with self._io:
+            if self.state == "valid":
+                assert self.info is not None
+                return self.info
+            if self.state != "unconfirmed":
+                raise self.error() if self.state == "lost" else RuntimeError(self.state)
+            assert self.info is not None
+            try:
+                self.store.confirm_lock(self.device, self.info)
+            except DeviceLocked as err:
+                self._lose(f"lost the lock race: {err}", err.holder)
+                raise self.error() from None
+            except Exception as err:
+                # Unsure is not ours.
+                self._lose(f"could not confirm the lock: {err}", None)
+                raise self.error() from None
+            self._extend(self._started)
+            with self._state_lock:
+                if self.state != "unconfirmed":
+                    raise self.error()
+                self.confirmed = True
+                self.state = "valid"
+            return self.info
+
+    def start(self, every: float | None = None) -> Lease:
+        """Renew in a background thread every ``every`` seconds (a third of the lease)."""
+        if self.lease_seconds is None or self._thread is not None:
+            return self
+        interval = every if every is not None else max(self.lease_seconds / 3, 0.05)
+        self._thread = threading.Thread(
+            target=self._renew_loop, args=(interval,), name=f"lease-{self.device}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def _renew_loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.renew()
+
+    def renew(self) -> bool:
+        """One renewal; False when it failed (the lease may then be lost)."""
+        with self._io:
+            if self._stop.is_set() or self.state != "valid":
+                return False
+            assert self.info is not None
+            since = time.monotonic()
+            try:
+                self.info = self.store.renew(self.device, self.info, self.lease_seconds)
+            except DeviceLocked as err:
+                self._lose(str(err), err.holder)
+                return False
+            except Exception as err:
+                LOG.warning("device %s: could not renew the lock: %s", self.device, err)
+                self._check_time()
+                return False
+            self._extend(since)
+            return True
+
+    def release(self) -> LockInfo | None:
+        """Stop renewing and remove our lock (never anyone else's).  Idempotent."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._io:
+            with self._state_lock:
+                state = self.state
+                if state in ("unconfirmed", "valid"):
+                    self.state = "released"
+            with _LEASES_GUARD:
+                leases = self.store.__dict__.get("_leases", {})
+                if leases.get(self.device) is self:
+                    del leases[self.device]
+            if state == "released" or self.info is None:
+                return None
+            # Lost too: the lease may have run out here (a stall) while the lock
+            # is still ours; unlock() names our token, so a rival's stays.
+            try:
+                removed = self.store.unlock(self.device, self.info)
+            except DeviceLocked as err:
+                removed, rival = None, err.holder
+            else:
+                rival = None
+            if removed is None and state == "valid":
+                # Gone before we let it go: broken by hand, or taken over.
+                who = rival.describe() if rival else "nobody (it was unlocked)"
+                with self._state_lock:
+                    self.state = "lost"
+                    self.reason = f"our lock is gone; it is now held by {who}"
+                    self.rival = rival
+                LOG.error("device %s: %s", self.device, self.reason)
+            return removed
+
+    # -- the only way to change a locked device ------------------------------------------
+    def write_object(self, index: int, data: bytes) -> None:
+        self._guarded(index)
+        self.store.write_object(self.device, index, data)
+
+    def delete_object(self, index: int) -> None:
+        self._guarded(index)
+        self.store.delete_object(self.device, index)
+
+    def _guarded(self, index: int) -> None:
+        try:
+            self.check()
+        except LeaseLost:
+            self.refused.add(index)
+            raise
+
+    def __enter__(self) -> Lease:
+        if self.state == "new":
+            self.acquire()
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
 
 
 __all__ = [
@@ -529,7 +852,11 @@ __all__ = [
     "DEFAULT_OBJECT_SIZE",
     "DeviceLocked",
     "FORMAT_VERSION",
+    "Lease",
+    "LeaseLost",
     "LockInfo",
+    "StorageDenied",
+    "StorageFull",
     "check_geometry",
     "is_zeros",
     "object_index",

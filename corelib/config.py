@@ -96,6 +96,7 @@ _ENGINE_OPTS: tuple[tuple[str, str, str], ...] = (
     ("stowkit.corelib.dockerplugin", "GROUP", "opts"),
     ("stowkit.corelib.imagesync.config", "GROUP", "image_sync_opts"),
     ("stowkit.corelib.catalogapi.server", "GROUP", "api_opts"),
+    ("stowkit.corelib.nbd.export", "GROUP", "opts"),
 )
 
 

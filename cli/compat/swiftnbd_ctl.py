@@ -237,11 +237,8 @@ class Ctl:
             LOG.warning("%s is not locked, nothing to do", name)
             return 1
         LOG.info("%s lock is: %s", name, holder.describe())
-        broken = store.unlock(name, force=True)
-        if broken is not None and broken.token != holder.token:
-            LOG.info(
-                "%s: the lock changed meanwhile; broke the lock of %s", name, broken.describe()
-            )
+        # Only the lock just shown: one taken meanwhile is left alone (DeviceLocked).
+        store.unlock(name, expected=holder)
         LOG.info("Done, %s is unlocked", name)
         return 0
 

@@ -26,6 +26,7 @@ from stowkit.cli.compat.swiftnbd_ctl import (
     Secrets,
     add_common_arguments,
 )
+from stowkit.corelib import config
 from stowkit.corelib.errors import StowkitError
 from stowkit.corelib.nbd.export import ExportSettings
 
@@ -122,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def ready(server) -> None:
         LOG.info("Starting to serve on %s:%s", server.bind, server.port)
 
-    settings = ExportSettings(cache_size=args.cache_limit << 20)
+    # Write-back retry budget, shutdown bound, in-flight bytes: [blockstore] of stowkit.conf.
+    settings = ExportSettings(cache_size=args.cache_limit << 20).apply_conf(config.load_conf([]))
     try:
         serve_many(entries, args.bind_address, args.bind_port, settings, ready)
     except OSError as exc:

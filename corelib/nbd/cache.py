@@ -28,6 +28,15 @@ Rules it keeps:
   loaded whole (it has locality, and would stay cached).  Scattered 4 KiB
   reads of 4 MiB objects would otherwise move a thousand times the bytes
   asked for, and evict each object before its next read.
+* Objects are stored and deleted through the device's Lease when one is
+  given (a writable export always gives one).  :meth:`ObjectCache.abort`
+  (the lease is lost) fails every pending and later FLUSH, FUA and write
+  at once, and nothing more is stored.
+* A retry budget (``retry_attempts`` failed uploads in a row, or
+  ``retry_time`` seconds of failures) bounds how long anyone waits for a
+  failing backend: once spent, FLUSH and FUA fail at once, writers needing
+  room fail, readers stop waiting for room, and one dirty object is retried
+  now and then until the backend is back.
 """
 
 from __future__ import annotations
@@ -36,22 +45,28 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+import time
 from collections.abc import Iterable
 
 from stowkit.corelib.blockstore import (
     BlockDevice,
     BlockStore,
     BlockStoreCapability,
+    Lease,
     is_zeros,
     zeros,
 )
-from stowkit.corelib.errors import NotFound
+from stowkit.corelib.errors import BackendUnavailable, NotFound
 
 LOG = logging.getLogger(__name__)
 
 #: Bytes an entry without data (a known hole) is charged, so that a huge run
 #: of holes cannot grow the index without bound.
 _HOLE_COST = 128
+
+
+class BackendFailing(BackendUnavailable):
+    """Write-back kept failing for the whole retry budget; FLUSH/FUA get EIO meanwhile."""
 
 
 class _Entry:
@@ -103,6 +118,9 @@ class ObjectCache:
         executor: concurrent.futures.Executor | None = None,
         ranged_reads: bool | None = None,
         gate: asyncio.Future | None = None,
+        lease: Lease | None = None,
+        retry_time: float = 60.0,
+        retry_attempts: int = 5,
     ) -> None:
         self.store = store
         self.device = device
@@ -113,6 +131,20 @@ class ObjectCache:
         self.trust_listing = trust_listing
         # Awaited before anything is stored: the export's lock confirmation.
         self._gate = gate
+        # The only path to storing or deleting objects when given (a writable
+        # export always gives one); without, the cache writes to the store
+        # directly (an unlocked device: tests, embedding).
+        self.lease = lease
+        self._aborted: BaseException | None = None
+        # The retry budget: consecutive failed uploads, since when, the last error.
+        self.retry_time = retry_time
+        self.retry_attempts = max(1, retry_attempts)
+        self._failing_since: float | None = None
+        self._failed_attempts = 0
+        self._last_error: BaseException | None = None
+        self._probe: asyncio.Task | None = None
+        self._closed = False
+        self._abort_event = asyncio.Event()
         if ranged_reads is None:
             ranged_reads = store.supports(BlockStoreCapability.RANGED_READ)
         self.ranged_reads = ranged_reads
@@ -222,6 +254,17 @@ class ObjectCache:
     def _release(self, entry: _Entry) -> None:
         entry.pins -= 1
 
+    async def _acquire_all(self, indices: list[int]) -> list[_Entry]:
+        """The pinned entries of ``indices``, loaded in parallel; on a failure none stays pinned."""
+        results = await asyncio.gather(*(self._acquire(i) for i in indices), return_exceptions=True)
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is not None:
+            for result in results:
+                if isinstance(result, _Entry):
+                    self._release(result)
+            raise failure
+        return results  # type: ignore[return-value]
+
     def _prefetch(self, first: int, count: int) -> None:
         last = min(first + count, self.device.object_count)
         for index in range(first, last):
@@ -261,7 +304,7 @@ class ObjectCache:
             # A write that raced with this read may be newer: that order is
             # the client's to choose (it had not been answered yet).
             return self._zeros[:length] if data is None else data
-        entries = await asyncio.gather(*(self._acquire(s[0]) for s in spans))
+        entries = await self._acquire_all([s[0] for s in spans])
         try:
             parts = [
                 self._zeros[: end - start]
@@ -296,7 +339,52 @@ class ObjectCache:
             self._ranged_once.popitem(last=False)
         return True
 
+    # -- the lease lost ----------------------------------------------------------------
+    def abort(self, error: BaseException) -> None:
+        """Nothing more may be stored (the lease is lost): fail every waiter now and later.
+
+        Pending FLUSHes, FUA writes and writers waiting for room get ``error``
+        at once; dirty data stays in memory (it can no longer be stored) and
+        is reported by :meth:`close`.
+        """
+        if self._aborted is None:
+            self._aborted = error
+            self._abort_event.set()
+            self._changed.set()
+
+    @property
+    def aborted(self) -> BaseException | None:
+        return self._aborted
+
+    def _check_aborted(self) -> None:
+        if self._aborted is not None:
+            raise self._aborted
+
+    async def _or_abort(self, awaitable) -> object:
+        """Await ``awaitable``, or raise the abort error as soon as the cache is aborted."""
+        task = asyncio.ensure_future(awaitable)
+        if task.done() or self._aborted is not None:
+            if not task.done():
+                task.add_done_callback(_ignore_result)
+                self._check_aborted()
+            return task.result()
+        stop = asyncio.ensure_future(self._abort_event.wait())
+        try:
+            await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            return task.result()
+        task.add_done_callback(_ignore_result)
+        self._check_aborted()
+        return None
+
+    def unstored(self) -> list[int]:
+        """Indexes of the objects whose latest data is not stored."""
+        return sorted(i for i, e in self._entries.items() if e.dirty)
+
     async def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
+        self._check_aborted()
         view = memoryview(data)
         touched = []
         for index, start, end, pos in self._span(offset, len(view)):
@@ -337,6 +425,7 @@ class ObjectCache:
         Whole objects become holes (deleted on write-back) unless ``punch`` is
         false (NO_HOLE), in which case they are stored as real zero objects.
         """
+        self._check_aborted()
         touched = []
         for index, start, end, _ in self._span(offset, length):
             olen = self.object_length(index)
@@ -367,7 +456,8 @@ class ObjectCache:
         if fua:
             await self.flush(touched)
         self._background_writeback()
-        await self._make_room()
+        await self._or_abort(self._make_room(raise_on_failure=True))
+        self._check_aborted()
 
     def extents(self, offset: int, length: int) -> list[tuple[int, int]]:
         """base:allocation extents (length, HOLE|ZERO flags) from what exists."""
@@ -389,8 +479,10 @@ class ObjectCache:
 
     # -- write-back -------------------------------------------------------------------
     async def _store(self, index: int, entry: _Entry) -> None:
+        self._check_aborted()
         if self._gate is not None:
             await asyncio.shield(self._gate)  # raises if the lock is not ours
+        self._check_aborted()
         version = entry.version
         entry.fresh = 0
         data = entry.data
@@ -398,14 +490,20 @@ class ObjectCache:
         name = self.device.name
         if data is None or (not keep and is_zeros(data)):
             try:
-                await self._call(self.store.delete_object, name, index)
+                if self.lease is not None:
+                    await self._call(self.lease.delete_object, index)
+                else:
+                    await self._call(self.store.delete_object, name, index)
             except NotFound:
                 pass
             self.exists.discard(index)
             self.stats.deletes += 1
             stored_hole = True
         else:
-            await self._call(self.store.write_object, name, index, bytes(data))
+            if self.lease is not None:
+                await self._call(self.lease.write_object, index, bytes(data))
+            else:
+                await self._call(self.store.write_object, name, index, bytes(data))
             self.exists.add(index)
             self.stats.uploads += 1
             stored_hole = False
@@ -431,6 +529,12 @@ class ObjectCache:
     async def _store_then_clear(self, index: int, entry: _Entry) -> None:
         try:
             await self._store(index, entry)
+        except Exception as err:
+            if self._aborted is None:
+                self._note_failure(err)
+            raise
+        else:
+            self._note_success()
         finally:
             # Cleared by the task itself, so nobody can ever wait on a
             # finished upload (that would spin without yielding).
@@ -449,9 +553,68 @@ class ObjectCache:
             self.failures += 1
             LOG.warning("write-back of %s failed: %s", self.device.name, task.exception())
 
+    # -- the retry budget -------------------------------------------------------------
+    def _note_failure(self, err: BaseException) -> None:
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        self._failed_attempts += 1
+        self._last_error = err
+        if self.backend_failing and (self._probe is None or self._probe.done()):
+            LOG.error(
+                "device %s: write-back keeps failing (%d attempts in %.0f s): %s; "
+                "FLUSH and FUA get EIO until the backend is back",
+                self.device.name,
+                self._failed_attempts,
+                time.monotonic() - self._failing_since,
+                err,
+            )
+            if not self._closed:
+                self._probe = asyncio.ensure_future(self._probe_backend())
+
+    def _note_success(self) -> None:
+        if self._failing_since is not None and self.backend_failing:
+            LOG.warning("device %s: the backend is back, writing back again", self.device.name)
+        self._failing_since = None
+        self._failed_attempts = 0
+        self._last_error = None
+
+    @property
+    def backend_failing(self) -> bool:
+        """True once write-back failed ``retry_attempts`` times in a row, or for ``retry_time``."""
+        if self._failing_since is None:
+            return False
+        return (
+            self._failed_attempts >= self.retry_attempts
+            or time.monotonic() - self._failing_since >= self.retry_time
+        )
+
+    def _failing_error(self) -> BackendFailing:
+        error = BackendFailing(
+            f"device {self.device.name}: write-back failed {self._failed_attempts} times "
+            f"in a row: {self._last_error}"
+        )
+        error.__cause__ = self._last_error  # what it was: the NBD errno follows it
+        return error
+
+    async def _probe_backend(self) -> None:
+        """While the budget is spent, retry the oldest dirty object now and then."""
+        interval = min(5.0, max(self.retry_time / 4, 0.05))
+        while self.backend_failing and self._aborted is None and not self._closed:
+            await asyncio.sleep(interval)
+            target = next(((i, e) for i, e in self._entries.items() if e.dirty), None)
+            if target is None:
+                self._note_success()
+                break
+            try:
+                await self._upload(*target)
+            except Exception:
+                continue
+        if not self.backend_failing and self._aborted is None:
+            self._background_writeback_all()
+
     def _background_writeback(self) -> None:
         """Start writing back the oldest dirty objects once a quarter of the cache is dirty."""
-        if self._dirty_bytes * 4 < self.capacity:
+        if self._dirty_bytes * 4 < self.capacity or self.backend_failing:
             return
         room = self.workers * 2 - len(self._background)
         if room <= 0:
@@ -463,9 +626,18 @@ class ObjectCache:
                 if room <= 0:
                     break
 
-    async def _make_room(self) -> None:
-        """Evict clean objects; while only dirty ones are left, write back and wait."""
-        while self._bytes > self.capacity:
+    def _budget_left(self) -> float | None:
+        if self._failing_since is None:
+            return None
+        return max(0.05, self._failing_since + self.retry_time - time.monotonic())
+
+    async def _make_room(self, raise_on_failure: bool = False) -> None:
+        """Evict clean objects; while only dirty ones are left, write back and wait.
+
+        Once the retry budget is spent, readers stop waiting (the cache goes
+        over its size) and writers get BackendFailing.
+        """
+        while self._bytes > self.capacity and self._aborted is None:
             # Cleared before looking, so a write-back finishing after the
             # look wakes us up rather than being missed.
             self._changed.clear()
@@ -478,17 +650,26 @@ class ObjectCache:
                     self._bytes -= self._cost(entry, index)
             if self._bytes <= self.capacity:
                 return
+            if self.backend_failing:
+                if raise_on_failure:
+                    raise self._failing_error()
+                return  # reads: let it overflow until the backend is back
             self._background_writeback_all()
             if not self._background and not any(
                 e.upload is not None for e in self._entries.values()
             ):
                 return  # everything left is pinned by running requests: let it overflow
             failures = self.failures
-            await self._changed.wait()
+            try:
+                await asyncio.wait_for(self._changed.wait(), self._budget_left())
+            except TimeoutError:
+                continue  # loops to the check above
             if self.failures != failures:
                 await asyncio.sleep(0.5)  # the backend is failing: do not hammer it
 
     def _background_writeback_all(self) -> None:
+        if self.backend_failing:
+            return  # the probe retries until the backend is back
         room = self.workers * 2 - len(self._background)
         for index, entry in self._entries.items():
             if room <= 0:
@@ -498,7 +679,11 @@ class ObjectCache:
                 room -= 1
 
     async def flush(self, indices: Iterable[int] | None = None) -> None:
-        """Return once every object dirty now is stored; raise the first failure."""
+        """Return once every object dirty now is stored; raise the first failure.
+
+        While the retry budget is spent, raise BackendFailing at once.
+        """
+        self._check_aborted()
         if indices is None:
             targets = [(i, e) for i, e in self._entries.items() if e.dirty or e.upload]
         else:
@@ -509,18 +694,43 @@ class ObjectCache:
                     targets.append((i, entry))
         if not targets:
             return
-        results = await asyncio.gather(
-            *(self._upload(i, e) for i, e in targets), return_exceptions=True
+        if self.backend_failing:
+            raise self._failing_error()
+        results = await self._or_abort(
+            asyncio.gather(*(self._upload(i, e) for i, e in targets), return_exceptions=True)
         )
-        for result in results:
+        for result in results:  # type: ignore[union-attr]
             if isinstance(result, BaseException):
                 raise result
 
-    async def close(self) -> None:
-        """Flush everything and stop the worker threads."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Flush everything and stop the worker threads; say what could not be stored.
+
+        Gives up after ``timeout`` seconds (or at once when the retry budget
+        is spent or the lease is lost) and raises, after logging which
+        objects were not stored.
+        """
         try:
-            await self.flush()
+            await asyncio.wait_for(self.flush(), timeout)
+        except BaseException as err:
+            unstored = self.unstored()
+            if unstored:
+                LOG.error(
+                    "device %s: %d objects were not stored (%s): %s",
+                    self.device.name,
+                    len(unstored),
+                    _ranges(unstored),
+                    err,
+                )
+            if isinstance(err, TimeoutError):
+                raise BackendFailing(
+                    f"device {self.device.name}: write-back did not finish in {timeout:g} s"
+                ) from None
+            raise
         finally:
+            self._closed = True
+            if self._probe is not None:
+                self._probe.cancel()
             if self._own_executor:
                 self._executor.shutdown(wait=False)
 
@@ -548,6 +758,17 @@ class ReadStreams:
         if len(self._ends) > self._max:
             self._ends.popitem(last=False)
         return match is not None
+
+
+def _ranges(indices: list[int]) -> str:
+    """'3, 7-9' for [3, 7, 8, 9] (sorted)."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def _ignore_result(task: asyncio.Future) -> None:

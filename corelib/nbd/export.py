@@ -15,6 +15,13 @@ the client starts at once, its writes go into the cache, and nothing is
 stored, not even a FLUSH answered, until the confirmation says the lock is
 ours.  If a rival won, the cache's uploads fail, FLUSH gets EIO and writes
 are refused: the device is never touched.
+
+Everything about the lock is the :class:`~stowkit.corelib.blockstore.Lease`'s:
+it renews itself, and it is the cache's only way to store or delete
+objects.  When it is lost (a rival won the confirmation, a renewal found
+someone else's lock, or renewals failed for a whole lease) the cache is
+aborted: every pending and later WRITE, FLUSH and FUA answers EIO at once,
+and nothing more is stored.
 """
 
 from __future__ import annotations
@@ -25,11 +32,13 @@ import logging
 import os
 import socket
 
+from oslo_config import cfg
+
 from stowkit.corelib.blockstore import (
     DEFAULT_LEASE,
     BlockDevice,
     BlockStore,
-    DeviceLocked,
+    Lease,
     LockInfo,
 )
 from stowkit.corelib.nbd import protocol as p
@@ -38,6 +47,44 @@ from stowkit.corelib.nbd.cache import ObjectCache
 LOG = logging.getLogger(__name__)
 
 LOCK_OWNER = "stowkit nbd server"
+
+#: The NBD server's options live in the existing ``[blockstore]`` group.
+GROUP = "blockstore"
+opts = [
+    cfg.FloatOpt(
+        "writeback_retry_time",
+        default=60.0,
+        min=0.0,
+        help="Seconds write-back may keep failing (backend down) before FLUSH and FUA "
+        "writes answer EIO at once; write-back resumes when the backend is back.",
+    ),
+    cfg.IntOpt(
+        "writeback_retry_attempts",
+        default=5,
+        min=1,
+        help="Failed uploads in a row after which FLUSH and FUA writes answer EIO at once "
+        "(whichever of this and writeback_retry_time comes first).",
+    ),
+    cfg.FloatOpt(
+        "shutdown_timeout",
+        default=120.0,
+        min=0.0,
+        help="Seconds the last disconnect or SIGTERM waits for requests and write-back "
+        "before giving up, logging the objects that were not stored.",
+    ),
+    cfg.IntOpt(
+        "max_inflight_bytes",
+        default=64 << 20,
+        min=p.MAX_PAYLOAD,
+        help="Payload bytes of one connection's requests in flight (WRITE data read, "
+        "READ data to send), at least 32 MiB, the largest request; beyond it the "
+        "server stops reading that connection (TCP backpressure).",
+    ),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(opts, group=GROUP)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -60,12 +107,30 @@ class ExportSettings:
         readahead: int = 4 << 20,
         lease: float = DEFAULT_LEASE,
         max_block: int = p.MAX_PAYLOAD,
+        retry_time: float = 60.0,
+        retry_attempts: int = 5,
+        shutdown_timeout: float = 120.0,
+        max_inflight_bytes: int = 64 << 20,
     ) -> None:
         self.cache_size = cache_size
         self.workers = workers
         self.readahead = readahead
         self.lease = lease
         self.max_block = max_block
+        self.retry_time = retry_time
+        self.retry_attempts = retry_attempts
+        self.shutdown_timeout = shutdown_timeout
+        self.max_inflight_bytes = max_inflight_bytes
+
+    def apply_conf(self, conf: cfg.ConfigOpts) -> ExportSettings:
+        """Take the ``[blockstore]`` options of ``conf`` (registering them if needed)."""
+        register_opts(conf)
+        group = conf[GROUP]
+        self.retry_time = group.writeback_retry_time
+        self.retry_attempts = group.writeback_retry_attempts
+        self.shutdown_timeout = group.shutdown_timeout
+        self.max_inflight_bytes = group.max_inflight_bytes
+        return self
 
 
 class Export:
@@ -83,11 +148,12 @@ class Export:
         self.settings = settings or ExportSettings()
         self._executor = executor
         self.cache: ObjectCache | None = None
-        self.lock: LockInfo | None = None
+        #: The device's lease while a client uses a writable export: the only
+        #: path by which the cache stores or deletes objects.
+        self.lease: Lease | None = None
         self.lost_lock: str | None = None
         self._clients = 0
         self._guard = asyncio.Lock()
-        self._renewer: asyncio.Task | None = None
         self._confirmed: asyncio.Task | None = None  # the lock's confirmation
 
     @property
@@ -125,11 +191,15 @@ class Export:
         """A client starts using the export: lock on first use; DeviceLocked if held."""
         async with self._guard:
             if self._clients == 0:
+                lease = None
                 if not self.read_only:
-                    self.lock = await self._call(self._take_lock)
+                    lease = self.store.lease(self.name, LOCK_OWNER, self.settings.lease)
+                    await self._call(lease.acquire, False, self._dead_local_server)
+                    self.lease = lease
                     self.lost_lock = None
-                    self._confirmed = asyncio.ensure_future(self._confirm_lock(self.lock))
-                    self._renewer = asyncio.ensure_future(self._renew_loop())
+                    loop = asyncio.get_running_loop()
+                    lease.on_lost(lambda err: loop.call_soon_threadsafe(self._lease_lost, err))
+                    self._confirmed = asyncio.ensure_future(self._confirm_lock(lease))
                 cache = ObjectCache(
                     self.store,
                     self.device,
@@ -139,6 +209,9 @@ class Export:
                     trust_listing=not self.read_only,
                     executor=self._executor,
                     gate=self._confirmed,
+                    lease=lease,
+                    retry_time=self.settings.retry_time,
+                    retry_attempts=self.settings.retry_attempts,
                 )
                 try:
                     await cache.start()
@@ -146,42 +219,37 @@ class Export:
                     await self._release_lock()
                     raise
                 self.cache = cache
+                if lease is not None and lease.lost:
+                    cache.abort(lease.error())  # lost while the cache was starting
             self._clients += 1
             assert self.cache is not None
             return self.cache
 
-    async def _confirm_lock(self, lock: LockInfo) -> None:
-        try:
-            await self._call(self.store.confirm_lock, self.name, lock)
-        except Exception as err:
-            # A backend error is treated as a lost race: unsure is not ours.
-            self.lost_lock = str(err)
-            LOG.error("device %s: the lock is not ours, refusing writes: %s", self.name, err)
-            raise
+    @property
+    def lock(self) -> LockInfo | None:
+        """The lock this export holds now (None when read-only or unused)."""
+        return self.lease.info if self.lease is not None else None
 
-    def _take_lock(self) -> LockInfo:
-        """The device lock, not yet confirmed (see the module's docstring)."""
-        try:
-            return self.store.lock_unconfirmed(self.name, LOCK_OWNER, self.settings.lease)
-        except DeviceLocked as err:
-            holder = err.holder
-            # A server on this very host that died (SIGKILL, power cut of the
-            # process) leaves its lock behind; nobody else can be using it.
-            if (
-                holder is not None
-                and holder.owner == LOCK_OWNER
-                and holder.host == socket.gethostname()
-                and holder.pid != os.getpid()
-                and not _pid_alive(holder.pid)
-            ):
-                LOG.warning(
-                    "device %s: breaking the lock of a dead server: %s",
-                    self.name,
-                    holder.describe(),
-                )
-                self.store.unlock(self.name, force=True)
-                return self.store.lock_unconfirmed(self.name, LOCK_OWNER, self.settings.lease)
-            raise
+    def _lease_lost(self, err: Exception) -> None:
+        """On the loop: every pending and later change answers EIO; nothing more is stored."""
+        self.lost_lock = str(err)
+        if self.cache is not None:
+            self.cache.abort(err)
+
+    async def _confirm_lock(self, lease: Lease) -> None:
+        await self._call(lease.confirm)  # a failure loses the lease (and aborts the cache)
+        lease.start(max(self.settings.lease / 3, 0.5))
+
+    @staticmethod
+    def _dead_local_server(holder: LockInfo) -> bool:
+        """A server on this very host that died (SIGKILL) leaves its lock behind;
+        nobody else can be using it."""
+        return (
+            holder.owner == LOCK_OWNER
+            and holder.host == socket.gethostname()
+            and holder.pid != os.getpid()
+            and not _pid_alive(holder.pid)
+        )
 
     async def detach(self) -> None:
         """A client is gone: on the last one, write everything back and unlock."""
@@ -192,42 +260,19 @@ class Export:
             cache, self.cache = self.cache, None
             try:
                 if cache is not None:
-                    await cache.close()
+                    await cache.close(self.settings.shutdown_timeout)
             finally:
                 await self._release_lock()
 
     async def _release_lock(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            self._renewer = None
         confirmed, self._confirmed = self._confirmed, None
         if confirmed is not None:
             # Unlocking a lock a rival won would fail (or worse): know first.
             await asyncio.gather(confirmed, return_exceptions=True)
-        lock, self.lock = self.lock, None
-        if lock is not None and self.lost_lock is None:
+        lease, self.lease = self.lease, None
+        if lease is not None:
             try:
-                await self._call(self.store.unlock, self.name, lock)
+                # Waits for a renewal in flight: the lock cannot come back after this.
+                await self._call(lease.release)
             except Exception as err:
                 LOG.error("device %s: could not release the lock: %s", self.name, err)
-
-    async def _renew_loop(self) -> None:
-        lease = self.settings.lease
-        if self._confirmed is not None:
-            try:
-                await asyncio.shield(self._confirmed)
-            except Exception:
-                return  # not ours: nothing to renew
-        while True:
-            await asyncio.sleep(max(lease / 3, 0.5))
-            lock = self.lock
-            if lock is None:
-                return
-            try:
-                self.lock = await self._call(self.store.renew, self.name, lock, lease)
-            except DeviceLocked as err:
-                self.lost_lock = str(err)
-                LOG.error("device %s: lost the lock, refusing writes: %s", self.name, err)
-                return
-            except Exception as err:
-                LOG.warning("device %s: could not renew the lock: %s", self.name, err)

@@ -12,27 +12,53 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import logging
 import signal
 from collections.abc import Callable, Iterable
 
-from stowkit.corelib.blockstore import BlockStore, DeviceLocked
-from stowkit.corelib.errors import StowkitError
+from stowkit.corelib.blockstore import BlockStore, DeviceLocked, StorageDenied, StorageFull
+from stowkit.corelib.errors import InvalidArgument, StowkitError
 from stowkit.corelib.nbd import protocol as p
-from stowkit.corelib.nbd.cache import ObjectCache
+from stowkit.corelib.nbd.cache import BackendFailing, ObjectCache
 from stowkit.corelib.nbd.export import Export, ExportSettings
 from stowkit.corelib.nbd.stream import NbdStream
 
 LOG = logging.getLogger(__name__)
 
 #: Requests of one connection being served at once; reading the next request
-#: waits beyond that, which bounds the memory one client can make us hold.
+#: waits beyond that.  Their payload bytes are bounded too (the export's
+#: ``max_inflight_bytes``): 64 requests of 32 MiB would be 2 GiB.
 MAX_IN_FLIGHT = 64
 META_CONTEXT_ID = 1
 
 
 class _Abort(Exception):
     """End this connection now (framing lost, client gone or asked to stop)."""
+
+
+class _ByteBudget:
+    """At most ``limit`` payload bytes held at once; acquiring waits for room."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.held = 0
+        self.peak = 0
+        self._room = asyncio.Event()
+
+    async def acquire(self, n: int) -> int:
+        n = min(n, self.limit)  # one request larger than the budget still goes alone
+        while self.held + n > self.limit:
+            self._room.clear()
+            await self._room.wait()
+        self.held += n
+        self.peak = max(self.peak, self.held)
+        return n
+
+    def release(self, n: int) -> None:
+        if n:
+            self.held -= n
+            self._room.set()
 
 
 class RequestError(Exception):
@@ -54,6 +80,7 @@ class Connection:
         self._write_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._budget: _ByteBudget | None = None  # payload bytes in flight, once attached
 
     # -- io ---------------------------------------------------------------------
     async def _read(self, n: int) -> bytes:
@@ -219,6 +246,8 @@ class Connection:
 
     # -- transmission -------------------------------------------------------------------
     async def transmission(self) -> None:
+        assert self.export is not None
+        self._budget = _ByteBudget(self.export.settings.max_inflight_bytes)
         while True:
             await self._slots.acquire()
             try:
@@ -231,33 +260,58 @@ class Connection:
                 self._slots.release()
                 raise _Abort(f"bad request magic {magic:#x}")
             payload: bytes | bytearray = b""
+            held = 0
             if cmd == p.CMD_WRITE:
                 if length > p.MAX_PAYLOAD:
                     self._slots.release()
                     raise _Abort(f"write of {length} bytes")  # too big to read: hang up
+                # Not reading the payload until there is room leaves it in the
+                # socket: the client's sends block (TCP backpressure).
+                held = await self._budget.acquire(length)
                 try:
                     payload = await self._read_payload(length)
                 except _Abort:
+                    self._budget.release(held)
                     self._slots.release()
                     raise
+            elif cmd == p.CMD_READ and length <= p.MAX_PAYLOAD:
+                held = await self._budget.acquire(length)  # the reply's bytes
             if cmd == p.CMD_DISC:
                 self._slots.release()
                 return
             task = asyncio.ensure_future(self._serve(flags, cmd, cookie, offset, length, payload))
             self._tasks.add(task)
-            task.add_done_callback(self._done)
+            task.add_done_callback(lambda t, held=held: self._done(t, held))
 
-    def _done(self, task: asyncio.Task) -> None:
+    def _done(self, task: asyncio.Task, held: int = 0) -> None:
         self._tasks.discard(task)
         self._slots.release()
+        if self._budget is not None:
+            self._budget.release(held)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             if not isinstance(exc, (_Abort, ConnectionError)):
                 LOG.error("request failed on %s: %r", self.peer, exc)
 
     async def drain_requests(self) -> None:
+        """Let running requests finish, for at most the export's ``shutdown_timeout``."""
+        timeout = self.export.settings.shutdown_timeout if self.export is not None else None
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                LOG.error(
+                    "%s: %d requests still running after %g s; giving up on them",
+                    self.peer,
+                    len(self._tasks),
+                    timeout,
+                )
+                for task in list(self._tasks):
+                    task.cancel()
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+                return
+            await asyncio.wait(list(self._tasks), timeout=left)
 
     async def _serve(
         self,
@@ -275,7 +329,7 @@ class Connection:
             return
         except Exception as err:
             LOG.error("%s on %s: %s", p.COMMAND_NAMES.get(cmd, cmd), self.export.name, err)
-            await self._error(cookie, p.EIO, f"backend error: {err}")
+            await self._error(cookie, nbd_errno(err), f"backend error: {err}")
             return
         if cmd == p.CMD_READ:
             if self.structured:
@@ -358,6 +412,41 @@ _ALLOWED_FLAGS = {
     p.CMD_TRIM: p.CMD_FLAG_FUA,
     p.CMD_WRITE_ZEROES: p.CMD_FLAG_FUA | p.CMD_FLAG_NO_HOLE,
     p.CMD_BLOCK_STATUS: p.CMD_FLAG_FUA | p.CMD_FLAG_REQ_ONE,
+}
+
+
+def nbd_errno(err: BaseException) -> int:
+    """The NBD error (ENOSPC, EPERM, EINVAL or EIO) for what really went wrong.
+
+    A lost lease is EIO (the data's fate is unknown to the client); a spent
+    retry budget takes the error of the failure behind it.
+    """
+    seen = 0
+    while isinstance(err, BackendFailing) and err.__cause__ is not None and seen < 8:
+        err, seen = err.__cause__, seen + 1
+    if isinstance(err, RequestError):
+        return err.errno
+    if isinstance(err, DeviceLocked):
+        return p.EIO
+    if isinstance(err, StorageFull):
+        return p.ENOSPC
+    if isinstance(err, StorageDenied):
+        return p.EPERM
+    if isinstance(err, InvalidArgument):
+        return p.EINVAL
+    if isinstance(err, OSError) and err.errno is not None:
+        return _OS_ERRNOS.get(err.errno, p.EIO)
+    return p.EIO
+
+
+_OS_ERRNOS = {
+    errno.ENOSPC: p.ENOSPC,
+    errno.EDQUOT: p.ENOSPC,
+    errno.EFBIG: p.ENOSPC,
+    errno.EPERM: p.EPERM,
+    errno.EACCES: p.EPERM,
+    errno.EROFS: p.EPERM,
+    errno.EINVAL: p.EINVAL,
 }
 
 

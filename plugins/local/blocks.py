@@ -33,6 +33,8 @@ from stowkit.corelib.blockstore import (
     BlockDevice,
     BlockStore,
     BlockStoreCapability,
+    StorageDenied,
+    StorageFull,
     check_geometry,
     object_index,
     object_name,
@@ -82,7 +84,12 @@ def _write_temp(directory: str, data: bytes) -> str:
 
 
 def _os_error(exc: OSError, what: str) -> BackendUnavailable:
-    return BackendUnavailable(f"local block store: cannot {what}: {exc.strerror or exc}")
+    message = f"local block store: cannot {what}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(message)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StorageDenied(message)
+    return BackendUnavailable(message)
 
 
 class LocalBlockStore(BlockStore):

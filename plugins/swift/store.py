@@ -34,6 +34,8 @@ from stowkit.corelib.blockstore import (
     BlockDevice,
     BlockStore,
     BlockStoreCapability,
+    StorageDenied,
+    StorageFull,
     check_geometry,
     object_index,
     object_name,
@@ -119,9 +121,11 @@ class SwiftBlockStore(BlockStore):
             return fn(conn, *args, **kwargs)
         except ClientException as exc:
             if exc.http_status in (401, 403):
-                raise BackendUnavailable(
+                raise StorageDenied(
                     f"swift refused to {what}: {describe_error(exc)} (check credentials)"
                 ) from None
+            if exc.http_status in (413, 507):  # over quota; no space on the object servers
+                raise StorageFull(f"swift: cannot {what}: {describe_error(exc)}") from None
             raise BackendUnavailable(f"swift: cannot {what}: {describe_error(exc)}") from None
         except Exception as exc:
             if is_transport_error(exc):

@@ -26,7 +26,8 @@ class MemoryBlockStore(BlockStore):
         self.deletes: list[tuple[str, int]] = []
         self.reads: list[tuple[str, int]] = []
         self.ranges: list[tuple[str, int, int, int]] = []
-        self.fail_writes = False
+        self.fail_writes: bool | BaseException = False  # an exception: raised as it is
+        self.fail_reads: set[int] = set()  # indexes whose read_object raises
         self.write_gate: threading.Event | None = None  # when set: writes wait for it
 
     def create_device(self, name, size, object_size=65536):
@@ -50,6 +51,8 @@ class MemoryBlockStore(BlockStore):
         del self.devices[name], self.objects[name], self.control[name]
 
     def read_object(self, device, index):
+        if index in self.fail_reads:
+            raise OSError(f"cannot read object {index}")
         with self.guard:
             self.reads.append((device, index))
             return self.objects[device].get(index)
@@ -63,6 +66,8 @@ class MemoryBlockStore(BlockStore):
     def write_object(self, device, index, data):
         if self.write_gate is not None:
             self.write_gate.wait(10)
+        if isinstance(self.fail_writes, BaseException):
+            raise self.fail_writes
         if self.fail_writes:
             raise OSError("backend down")
         assert len(data) == self.devices[device].object_size

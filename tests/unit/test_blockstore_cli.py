@@ -171,3 +171,24 @@ def test_swiftnbd_ctl_usage_errors(tmp_path, capsys):
     secrets.write_text("")
     assert swiftnbd_ctl.main(["--secrets", str(secrets), "lock", "nothere"]) == 5
     assert "nothere not found in" in capsys.readouterr().err
+
+
+def test_unlock_breaks_only_the_lock_it_read(run, monkeypatch):
+    from stowkit.corelib.blockstore import BlockStore
+
+    run("setup", "img", "--size", "128K", "--object-size", "64K")
+    run("lock", "img", "--owner", "first")
+    real = BlockStore.get_lock
+
+    def rival_takes_over(self, device):
+        seen = real(self, device)
+        monkeypatch.setattr(BlockStore, "get_lock", real)
+        self.unlock(device, force=True)  # between the look and the break:
+        self.lock(device, "second", lease_seconds=None)  # someone else locks it
+        return seen
+
+    monkeypatch.setattr(BlockStore, "get_lock", rival_takes_over)
+    _, err = run("unlock", "img", code=8)
+    assert "second" in err
+    out, _ = run("show", "img", "-f", "value", "-c", "lock_owner")
+    assert out.strip() == "second"  # the newer lock is left alone

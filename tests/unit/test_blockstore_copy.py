@@ -95,11 +95,11 @@ def test_download_refuses_a_directory(store, tmp_path):
 
 
 def test_held_lock_renews_and_releases(store):
-    with blockcopy.held_lock(store, "d", "copy", lease_seconds=3) as lock:
+    with blockcopy.held_lock(store, "d", "copy", lease_seconds=3) as lease:
         first = store.get_lock("d").expires
         while store.get_lock("d").expires == first:
             threading.Event().wait(0.1)
-        assert store.get_lock("d").token == lock.token
+        assert store.get_lock("d").token == lease.info.token
         with pytest.raises(DeviceLocked):
             store.lock("d", "other")
     assert store.get_lock("d") is None

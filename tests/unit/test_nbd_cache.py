@@ -304,3 +304,22 @@ def test_sequential_reads_prefetch_ahead():
     run(go())
     assert cache.stats.prefetched >= 8
     assert {("dev", i) for i in range(2, 10)} <= set(store.reads)
+
+
+def test_a_failed_multi_object_read_leaves_nothing_pinned():
+    store, cache = make(capacity=4 * OSIZE, size=64 * OSIZE, trust_listing=False)
+    for i in range(64):
+        store.objects["dev"][i] = bytes([i + 1]) * OSIZE
+    store.fail_reads = {i for i in range(64) if i % 2}
+
+    async def go() -> None:
+        await cache.start()
+        for first in range(0, 64, 2):
+            with pytest.raises(OSError):
+                await cache.read(first * OSIZE, 2 * OSIZE)  # the second object fails
+        assert all(e.pins == 0 for e in cache._entries.values())
+        store.fail_reads = set()
+        await cache.read(0, OSIZE)  # any later request makes room again
+        assert cache.cached_bytes <= cache.capacity
+
+    run(go())
