@@ -447,6 +447,58 @@ class LoadBackups(Lister):
         return ("Region", "Images"), sorted(loaded.items())
 
 
+class Serve(Command):
+    """Serve GlanceSync's REST API (v1): region status, sync tasks (cheroot)."""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("--bind", metavar="ADDR", help="listen address ([image_sync_api] bind)")
+        parser.add_argument(
+            "--port", type=int, metavar="N", help="TCP port ([image_sync_api] port)"
+        )
+        parser.add_argument("--workers", type=int, metavar="N", help="server processes")
+        parser.add_argument(
+            "--no-auth",
+            action="store_true",
+            help="no Keystone: every caller may read, sync and delete. Only for a single "
+            "trusted host.",
+        )
+        add_sync_options(parser)
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        # Imported here: only the server needs the API module (and cheroot).
+        from stowkit.corelib.imagesync import api
+
+        conf = self.app.conf
+        api.register_opts(conf)
+        opts = conf[api.GROUP]
+        tasks = self.driver("imagetask")
+        ended = api.start(tasks)
+        if ended:
+            self.app.stderr.write(f"{ended} task(s) left syncing by a stopped service: failed\n")
+        overrides = sync_config.parse_overrides(parsed_args.config)
+        auth = "noauth" if parsed_args.no_auth else None
+        wsgi, app = api.build_app(
+            conf,
+            self.driver("image"),
+            tasks,
+            auth=auth,
+            sync_config=parsed_args.sync_config,
+            overrides=overrides,
+        )
+        tasks.close()  # no pooled connection may cross into forked workers
+        bind = parsed_args.bind or opts.bind
+        port = parsed_args.port or opts.port
+        n = parsed_args.workers or opts.workers
+        self.app.stderr.write(
+            f"GlanceSync API on http://{bind}:{port} ({n} worker(s), "
+            f"auth {'none' if parsed_args.no_auth else opts.auth_strategy})\n"
+        )
+        api.serve(wsgi, bind, port, n, on_stop=app.runner.shutdown)
+        return 0
+
+
 COMMANDS = {
     "image create": CreateImage,
     "image list": ListImages,
@@ -457,4 +509,5 @@ COMMANDS = {
     "image sync": Sync,
     "image backup": Backup,
     "image load-backups": LoadBackups,
+    "image serve": Serve,
 }

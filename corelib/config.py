@@ -25,6 +25,7 @@ DEFAULT_BACKENDS: dict[str, str] = {
     "image": "local",
     "blockstore": "local",
     "catalog": "sql",
+    "imagetask": "sql",
 }
 
 _DESCRIPTIONS = {
@@ -32,6 +33,7 @@ _DESCRIPTIONS = {
     "image": "images of a region (Glance or a local directory)",
     "blockstore": "block devices made of fixed-size objects",
     "catalog": "the backup catalog",
+    "imagetask": "the GlanceSync REST service's sync tasks",
 }
 
 common_opts = [
@@ -97,6 +99,7 @@ _ENGINE_OPTS: tuple[tuple[str, str, str], ...] = (
     ("stowkit.corelib.imagesync.config", "GROUP", "image_sync_opts"),
     ("stowkit.corelib.catalogapi.server", "GROUP", "api_opts"),
     ("stowkit.corelib.nbd.export", "GROUP", "opts"),
+    ("stowkit.corelib.imagesync.api", "GROUP", "api_opts"),
 )
 
 

@@ -17,6 +17,7 @@ from stowkit.corelib.catalog import CatalogCapability
 from stowkit.corelib.driver import Driver
 from stowkit.corelib.errors import InvalidArgument
 from stowkit.corelib.image import ImageCapability
+from stowkit.corelib.imagesync.tasks import TaskStoreCapability
 from stowkit.corelib.volume import VolumeCapability, check_create_options
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -26,6 +27,7 @@ ENUMS: dict[str, type[enum.StrEnum]] = {
     "image": ImageCapability,
     "blockstore": BlockStoreCapability,
     "catalog": CatalogCapability,
+    "imagetask": TaskStoreCapability,
 }
 
 

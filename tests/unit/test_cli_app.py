@@ -31,7 +31,7 @@ def test_backends_json_lists_every_namespace(tmp_path):
         stowkit("--config-file", str(conf), "backends", "-f", "json", check=True).stdout
     )
     by_key = {(r["Namespace"], r["Name"]): r for r in rows}
-    assert {ns for ns, _ in by_key} == {"volume", "image", "blockstore", "catalog"}
+    assert {ns for ns, _ in by_key} == {"volume", "image", "blockstore", "catalog", "imagetask"}
     assert by_key[("image", "glance")]["Selected"] is True
     assert by_key[("image", "local")]["Selected"] is False
 
