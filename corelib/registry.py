@@ -1,7 +1,8 @@
 """Finding and loading backends through stevedore.
 
-Namespaces are ``stowkit.volume``, ``stowkit.image``, ``stowkit.blockstore``
-and ``stowkit.catalog``.  A third-party distribution adds a backend by
+Namespaces are ``stowkit.NAME`` for each NAME of
+:data:`stowkit.corelib.config.DEFAULT_BACKENDS` (volume, image, blockstore,
+catalog, imagetask).  A third-party distribution adds a backend by
 declaring an entry point in one of them; ``load()`` then finds it by name.
 """
 
