@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from stowkit.corelib.catalog import ID_FIELDS, KINDS
-from stowkit.corelib.catalogapi.schemas import check_id
+from stowkit.corelib.catalogapi.schemas import check_id, check_storable
 from stowkit.corelib.catalogapi.service import CatalogService, Identity
 from stowkit.corelib.errors import InvalidArgument, StowkitError
 
@@ -45,6 +47,7 @@ _REASONS = {
     403: "403 Forbidden",
     404: "404 Not Found",
     405: "405 Method Not Allowed",
+    408: "408 Request Timeout",
     409: "409 Conflict",
     411: "411 Length Required",
     413: "413 Request Entity Too Large",
@@ -58,11 +61,22 @@ MAX_LIMIT = 1000
 #: Beyond this an offset cannot be a real position (and overflows SQL integers).
 MAX_OFFSET = 2**53
 KIND_SET = frozenset(KINDS)
+#: A Content-Length is digits and nothing else (no sign, no spaces inside).
+_LENGTH = re.compile(r"[0-9]{1,19}")
+#: Bodies are read in pieces of at most this many bytes, the deadline checked between.
+READ_CHUNK = 65536
 
 
 def _no_constant(name: str) -> Any:
     # NaN and Infinity are not JSON: stored, they would be served back unreadable.
     raise ValueError(f"{name} is not a JSON value")
+
+
+def _header_text(value: str, name: str) -> str:
+    """A header value that ends up stored: short, printable (no NUL, no controls)."""
+    if len(value) > 255 or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise HTTPError(400, f"{name} must be at most 255 printable characters")
+    return value
 
 
 class HTTPError(Exception):
@@ -187,6 +201,9 @@ class CatalogApp:
 
     # -- WSGI entry ------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        has_body = bool(environ.get("CONTENT_LENGTH")) or self._chunked(environ)
+        if not has_body:
+            self._read_done(environ)  # nothing to wait for: stop the request clock
         try:
             status, body, headers = self.dispatch(environ)
         except HTTPError as err:
@@ -198,6 +215,11 @@ class CatalogApp:
         except Exception:  # a bug: log it, never show internals to the client
             LOG.error("catalog request failed:\n%s", traceback.format_exc())
             status, body, headers = 500, error_body(500, "internal error (logged)"), []
+        finally:
+            self._read_done(environ)
+        if has_body and not environ.get("stowkit.body_read"):
+            # A body left unread (or half read) must not become the next request.
+            environ["stowkit.close"] = True
         if status == 204:
             start_response(_REASONS[204], headers)
             return []
@@ -206,36 +228,93 @@ class CatalogApp:
             _REASONS.get(status) or f"{status} Error",
             [*([] if own_type else _JSON), ("Content-Length", str(len(body))), *headers],
         )
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            return []  # the headers GET would send, never a body
         return [body]
 
     # -- request helpers ---------------------------------------------------------------
-    def _read_body(self, environ: dict[str, Any], required: bool) -> Any:
-        length_text = environ.get("CONTENT_LENGTH") or ""
-        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-        if length_text:
-            try:
-                length = int(length_text)
-            except ValueError:
-                raise HTTPError(400, "Content-Length is not a number") from None
-            if length > self.max_body:
-                raise HTTPError(413, f"body too large: {length} bytes (limit {self.max_body})")
-            raw = environ["wsgi.input"].read(length) if length else b""
-        elif chunked:
-            raw = environ["wsgi.input"].read(self.max_body + 1)
-            if len(raw) > self.max_body:
-                raise HTTPError(413, f"body too large (limit {self.max_body} bytes)")
+    @staticmethod
+    def _chunked(environ: dict[str, Any]) -> bool:
+        return "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+
+    @staticmethod
+    def _read_done(environ: dict[str, Any]) -> None:
+        done = environ.get("stowkit.read_done")  # set by our server: stop the request clock
+        if done is not None:
+            done()
+
+    def _read_raw(self, environ: dict[str, Any]) -> bytes:
+        """The body, through the bounded reader: never more than ``max_body`` bytes.
+
+        A Content-Length must be plain digits (400) and at most ``max_body``
+        (413); a chunked body is counted as it comes (413 past the limit); a
+        body shorter than its Content-Length is a 400, one that does not
+        arrive before the request's deadline (``stowkit.read_deadline``, set
+        by the server) or stalls past the connection timeout a 408.
+        """
+        length_text = (environ.get("CONTENT_LENGTH") or "").strip()
+        if self._chunked(environ):
+            known = None
+        elif length_text:
+            if not _LENGTH.fullmatch(length_text):
+                raise HTTPError(400, "Content-Length must be a whole number of bytes")
+            known = int(length_text)
+            if known > self.max_body:
+                raise HTTPError(413, f"body too large: {known} bytes (limit {self.max_body})")
         else:
-            raw = b""
+            environ["stowkit.body_read"] = True
+            return b""
+        stream = environ["wsgi.input"]
+        deadline = environ.get("stowkit.read_deadline")
+        want = self.max_body + 1 if known is None else known
+        parts: list[bytes] = []
+        got = 0
+
+        def late() -> bool:
+            return deadline is not None and time.monotonic() >= deadline
+
+        while got < want:
+            if late():
+                raise HTTPError(408, "the request body did not arrive in time")
+            try:
+                piece = stream.read(min(READ_CHUNK, want - got))
+            except TimeoutError:
+                raise HTTPError(408, "the client stopped sending its request body") from None
+            except OSError:
+                raise HTTPError(400, "the connection broke while reading the body") from None
+            except ValueError:
+                raise HTTPError(400, "the chunked body is malformed") from None
+            if not piece:
+                break
+            parts.append(piece)
+            got += len(piece)
+        if known is not None and got < known:
+            if late():
+                raise HTTPError(408, "the request body did not arrive in time")
+            raise HTTPError(400, f"the body ended after {got} of its {known} bytes")
+        if got > self.max_body:
+            raise HTTPError(413, f"body too large (limit {self.max_body} bytes)")
+        environ["stowkit.body_read"] = True
+        return b"".join(parts)
+
+    def _read_body(self, environ: dict[str, Any], required: bool) -> Any:
+        try:
+            raw = self._read_raw(environ)
+        finally:
+            self._read_done(environ)
         if not raw.strip():
             if required:
                 raise HTTPError(400, "a JSON body is required")
             return None
         try:
-            return json.loads(raw, parse_constant=_no_constant)
+            doc = json.loads(raw, parse_constant=_no_constant)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise HTTPError(400, f"body is not valid JSON: {exc}") from None
+            raise HTTPError(400, f"body is not valid JSON: {str(exc)[:200]}") from None
         except RecursionError:
             raise HTTPError(400, "body is not acceptable JSON: nested too deeply") from None
+        # Before any schema or copy: deep, non-finite, NUL or surrogate data stops here.
+        check_storable(doc, "body")
+        return doc
 
     @staticmethod
     def _roles(environ: dict[str, Any]) -> frozenset[str]:
@@ -247,7 +326,8 @@ class CatalogApp:
         roles = self._roles(environ)
         if self.auth == "noauth":
             project = url_project or environ.get("HTTP_X_PROJECT_ID") or self.default_project
-            user = environ.get("HTTP_X_USER_ID") or "anonymous"
+            check_id(project, "project id")
+            user = _header_text(environ.get("HTTP_X_USER_ID") or "anonymous", "X-User-Id")
             return Identity(project, user, environ.get("HTTP_X_USER_NAME", ""), roles)
         if environ.get("HTTP_X_IDENTITY_STATUS") != "Confirmed":
             raise HTTPError(401, "authentication required", [("WWW-Authenticate", "Keystone")])
@@ -255,6 +335,7 @@ class CatalogApp:
         user = environ.get("HTTP_X_USER_ID")
         if not project or not user:
             raise HTTPError(403, "the token is not scoped to a project")
+        check_id(project, "project id")
         if url_project is not None and url_project != project:
             # Never reveal whether another project's documents exist.
             raise HTTPError(403, f"the token is not valid for project {url_project!r}")
@@ -380,7 +461,7 @@ class CatalogApp:
         return f"{environ.get('wsgi.url_scheme', 'http')}://{host}{environ.get('SCRIPT_NAME', '')}"
 
     def _collection(self, environ: dict[str, Any], method: str, who: Identity, kind: str):
-        if method == "GET":
+        if method in ("GET", "HEAD"):
             limit, offset = self._paging(environ)
             search = self._read_body(environ, False)
             everywhere = self._flag(environ, "all_projects")
@@ -392,7 +473,7 @@ class CatalogApp:
         return 201, json.dumps({ID_FIELDS[kind]: new_id}).encode(), []
 
     def _item(self, environ: dict[str, Any], method: str, who: Identity, kind: str, doc_id: str):
-        if method == "GET":
+        if method in ("GET", "HEAD"):
             everywhere = self._flag(environ, "all_projects")
             return 200, self.service.get_json(who, kind, doc_id, everywhere).encode(), []
         if method == "DELETE":

@@ -9,6 +9,7 @@ jobs and sessions reject fields they do not know.
 from __future__ import annotations
 
 import datetime
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -118,7 +119,11 @@ _SESSION_PROPS: dict[str, Any] = {
     "schedule": SCHEDULE,
     # A map {job_id: {...}} as stored, or (as freezer clients may send) a
     # list of objects each naming its job_id.
-    "jobs": {"type": ["object", "array"], "items": {"type": "object"}},
+    "jobs": {
+        "type": ["object", "array"],
+        "items": {"type": "object"},
+        "additionalProperties": {"type": "object"},
+    },
     "status": {"enum": ["active", "running", "completed", ""]},
     "result": {"enum": ["", "success", "fail", "aborted"]},
     "time_start": _int,
@@ -273,8 +278,109 @@ def validate(schema: Mapping[str, Any], doc: Any, what: str = "document") -> Non
     raise InvalidArgument(f"{what}: {where}: {error.message}")
 
 
+#: What a document may hold, so that both databases can store and search it:
+#: objects and lists nested at most this deep ...
+MAX_DEPTH = 32
+#: ... strings (values and keys) of at most this many characters ...
+MAX_STRING = 65536
+#: ... and integers that fit the databases' 64-bit ones (PostgreSQL's jsonb
+#: takes more, SQLite's JSON functions turn larger ones into floats).
+MAX_INT = 2**63 - 1
+#: A search has at most this many ``field: value`` terms (``match`` and
+#: ``match_not`` together), each value at most MAX_SEARCH_VALUE characters
+#: as JSON: freezer's scheduler sends one or two.
+MAX_SEARCH_TERMS = 32
+MAX_SEARCH_VALUE = 1024
+
+
+def _at(path: tuple[Any, ...]) -> str:
+    text = ".".join(str(p) for p in path) or "the document"
+    # The path is the client's own input; shortened and escaped, never raw.
+    return ascii(text[:80])[1:-1] if len(text) <= 80 else ascii(text[:80])[1:-1] + "..."
+
+
+def _check_text(text: str, what: str, path: tuple[Any, ...], key: bool = False) -> None:
+    name = "a key in " + _at(path) if key else _at(path)
+    if len(text) > MAX_STRING:
+        raise InvalidArgument(f"{what}: {name} is longer than {MAX_STRING} characters")
+    if "\x00" in text:
+        raise InvalidArgument(f"{what}: {name} contains a NUL character (\\u0000)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(
+            f"{what}: {name} is not valid Unicode (a lone surrogate like \\ud800)"
+        ) from None
+
+
+def check_storable(doc: Any, what: str = "document") -> None:
+    """Refuse what a database could not store or search (400), before anything else.
+
+    Finite numbers, 64-bit integers, strings without NUL and of valid Unicode
+    (no lone surrogates), keys the same, at most MAX_DEPTH levels of nesting,
+    MAX_STRING characters per string.  Iterative: a deep document cannot
+    exhaust the stack here.
+    """
+    stack: list[tuple[Any, int, tuple[Any, ...]]] = [(doc, 0, ())]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, dict | list):
+            if depth >= MAX_DEPTH:
+                raise InvalidArgument(f"{what}: nested deeper than {MAX_DEPTH} levels")
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    if not isinstance(key, str):
+                        raise InvalidArgument(f"{what}: {_at(path)} has a key that is not text")
+                    _check_text(key, what, path, key=True)
+                    stack.append((item, depth + 1, (*path, key)))
+            else:
+                stack.extend((item, depth + 1, (*path, i)) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            _check_text(value, what, path)
+        elif value is None or isinstance(value, bool):
+            continue
+        elif isinstance(value, int):
+            if not -MAX_INT - 1 <= value <= MAX_INT:
+                raise InvalidArgument(f"{what}: {_at(path)} is an integer beyond 64 bits")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise InvalidArgument(
+                    f"{what}: {_at(path)} is not a finite number (too large, or NaN)"
+                )
+        else:
+            raise InvalidArgument(f"{what}: {_at(path)} is not a JSON value")
+
+
+def check_search_terms(match: list[Any], match_not: list[Any]) -> None:
+    """A search's bounds: MAX_SEARCH_TERMS terms, MAX_SEARCH_VALUE characters each (400)."""
+    terms = [*match, *match_not]
+    count = sum(len(t) if isinstance(t, dict) else 1 for t in terms)
+    if count > MAX_SEARCH_TERMS:
+        raise InvalidArgument(f"search: {count} terms, at most {MAX_SEARCH_TERMS} are allowed")
+    for term in terms:
+        if not isinstance(term, dict):
+            continue
+        check_storable(term, "search")
+        for field, value in term.items():
+            if len(field) > 255:
+                raise InvalidArgument("search: a field name is longer than 255 characters")
+            size = len(value) if isinstance(value, str) else len(_dumps(value))
+            if size > MAX_SEARCH_VALUE:
+                raise InvalidArgument(
+                    f"search: the value of {_at((field,))} is longer than "
+                    f"{MAX_SEARCH_VALUE} characters"
+                )
+
+
+def _dumps(value: Any) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":"))
+
+
 def check_id(value: str, what: str = "id") -> str:
-    if not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        value = value if isinstance(value, str) else repr(value)
         raise InvalidArgument(
             f"invalid {what} {value[:80]!r}: use 1 to 255 letters, digits, '_', '-' or '.'"
         )

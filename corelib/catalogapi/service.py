@@ -71,9 +71,11 @@ def parse_search(body: Any) -> tuple[list[dict], list[dict]]:
     """The ``match``/``match_not`` lists of a list request's search body."""
     if body is None:
         return [], []
+    schemas.check_storable(body, "search")
     schemas.validate(schemas.SEARCH, body, "search")
     match = list(body.get("match", []))
     match_not = list(body.get("match_not", []))
+    schemas.check_search_terms(match, match_not)
     return match, match_not
 
 
@@ -104,6 +106,19 @@ def session_jobs(value: Any) -> dict[str, dict[str, Any]]:
                 "time_ended": -1,
                 **entry,
             }
+    return jobs
+
+
+def _session_jobs_of(doc: Document, session_id: str) -> dict[str, dict[str, Any]]:
+    """A stored session's ``jobs`` map; entries that are not objects (stored before
+    the schema refused them) become empty entries instead of failing every action."""
+    jobs = doc.get("jobs")
+    if not isinstance(jobs, dict):
+        jobs = {}
+    for key, entry in list(jobs.items()):
+        if not isinstance(entry, dict):
+            jobs[key] = {}
+    doc["jobs"] = jobs
     return jobs
 
 
@@ -182,6 +197,7 @@ class CatalogService:
     # -- create -----------------------------------------------------------------
     def create(self, who: Identity, kind: str, body: Any, doc_id: str | None = None) -> str:
         check_kind(kind)
+        schemas.check_storable(body, kind[:-1])
         return getattr(self, f"_create_{kind}")(who, body, doc_id)
 
     def _create_backups(self, who: Identity, body: Any, doc_id: str | None) -> str:
@@ -206,7 +222,7 @@ class CatalogService:
         schemas.validate(schemas.CLIENT, body, "client")
         if body.get("is_central") and not who.is_admin:
             raise Forbidden("only an admin or a service user may register a central client")
-        client_id = body["client_id"]
+        client_id = schemas.check_id(body["client_id"], "client_id")
         if doc_id is not None and doc_id != client_id:
             raise InvalidArgument(f"client_id {client_id!r} differs from the URL's {doc_id!r}")
         doc = {
@@ -288,7 +304,9 @@ class CatalogService:
         given = doc.get(field)
         if url_id is not None and given and given != url_id:
             raise InvalidArgument(f"{field} {given!r} differs from the URL's {url_id!r}")
-        return url_id or given or uuid.uuid4().hex
+        # The schema's pattern lets a trailing newline through (Python's "$"):
+        # an id is checked once more as the URL would check it.
+        return schemas.check_id(url_id or given or uuid.uuid4().hex, field)
 
     # -- replace (POST to an item) ------------------------------------------------
     def replace(self, who: Identity, kind: str, doc_id: str, body: Any) -> int:
@@ -296,6 +314,7 @@ class CatalogService:
         schemas.check_id(doc_id, f"{kind[:-1]} id")
         if kind not in ("jobs", "actions", "sessions"):
             raise InvalidArgument(f"{kind} cannot be replaced; delete and create instead")
+        schemas.check_storable(body, kind[:-1])
         doc = getattr(self, f"_prepare_{kind[:-1]}")(who, body, doc_id)
         try:
             return self.catalog.put(who.project, kind, doc_id, doc)
@@ -315,6 +334,7 @@ class CatalogService:
         }.get(kind)
         if schema is None:
             raise InvalidArgument(f"{kind} cannot be changed; delete and register again")
+        schemas.check_storable(body, f"{kind[:-1]} update")
         schemas.validate(schema, body, f"{kind[:-1]} update")
         id_field = ID_FIELDS[kind]
         if body.get(id_field, doc_id) != doc_id:
@@ -434,7 +454,7 @@ class CatalogService:
         now = int(time.time())
 
         def start(doc: Document) -> str:
-            jobs = doc.get("jobs", {})
+            jobs = _session_jobs_of(doc, session_id)
             if job_id not in jobs:
                 raise NotFound(f"job {job_id!r} is not in session {session_id!r}")
             current = doc.get("session_tag", 0)
@@ -456,7 +476,7 @@ class CatalogService:
             return result
 
         def end(doc: Document) -> str:
-            jobs = doc.get("jobs", {})
+            jobs = _session_jobs_of(doc, session_id)
             if job_id not in jobs:
                 raise NotFound(f"job {job_id!r} is not in session {session_id!r}")
             jobs[job_id].update(
@@ -477,4 +497,5 @@ class CatalogService:
     def list_docs(
         self, who: Identity, kind: str, limit: int = 100, offset: int = 0, match: Sequence = ()
     ) -> list[Document]:
+        schemas.check_search_terms(list(match), [])
         return self.catalog.search(who.project, kind, limit, offset, list(match))

@@ -31,8 +31,11 @@ from stowkit.corelib.errors import (
     ConfigError,
     InvalidArgument,
     NotFound,
+    StowkitError,
 )
 from stowkit.plugins.sql.tables import documents as T
+
+LOG = logging.getLogger(__name__)
 
 MIGRATIONS = pathlib.Path(__file__).resolve().parent / "migrations"
 
@@ -162,6 +165,26 @@ class SqlCatalog(Catalog):
         orig = getattr(exc, "orig", exc)
         return BackendUnavailable(f"catalog database error: {orig}")
 
+    def _db_error(self, exc: Exception, searching: bool = False) -> StowkitError:
+        """What a database error means for the caller; never the database's own text
+        unless it only says the database is unreachable (a refused statement's
+        message may quote a stored document: it goes to the log).
+
+        * the database cannot be reached, is busy or out of resources: 503;
+        * the request exceeds a database limit, or a written value is refused: 400;
+        * a search the stored data cannot answer: 500 (logged), as that is ours.
+        """
+        orig = getattr(exc, "orig", exc)
+        verdict = classify_db_error(orig)
+        if verdict == "unavailable":
+            return self._unavailable(exc)
+        LOG.warning("catalog database refused a statement (%s): %s", verdict, orig)
+        if verdict == "limit":
+            return InvalidArgument("the request is too large or complex for the catalog database")
+        if searching:
+            return _ServerFault("the catalog database could not run this search (logged)")
+        return InvalidArgument("the catalog database refused the document's data")
+
     # -- raw DBAPI fast path ----------------------------------------------------
     # The three statements every request runs (insert, fetch one, fetch a page)
     # skip SQLAlchemy's statement building: plain SQL on a pooled DBAPI
@@ -172,7 +195,7 @@ class SqlCatalog(Catalog):
     def _raw(self, text: str, params: tuple, fetch: str | None, commit: bool = False) -> Any:
         try:
             conn = self.engine.raw_connection()
-        except sa.exc.OperationalError as exc:
+        except (sa.exc.OperationalError, sa.exc.TimeoutError) as exc:
             raise self._unavailable(exc) from None
         try:
             cur = conn.cursor()
@@ -198,8 +221,8 @@ class SqlCatalog(Catalog):
                 pass
             if _is_integrity(exc):
                 raise AlreadyExists("duplicate") from None
-            if _is_operational(exc):
-                raise self._unavailable(exc) from None
+            if _is_db_error(exc):
+                raise self._db_error(exc, searching=fetch == "all") from None
             raise
         finally:
             conn.close()
@@ -250,7 +273,7 @@ class SqlCatalog(Catalog):
                 "INSERT INTO catalog_documents "
                 "(project_id, kind, doc_id, version, created_at, updated_at, body) "
                 "VALUES (?, ?, ?, 1, ?, ?, ?)",
-                (project, kind, doc_id, now, now, json.dumps(doc, separators=(",", ":"))),
+                (project, kind, doc_id, now, now, _encode(doc)),
                 None,
                 commit=True,
             )
@@ -265,8 +288,8 @@ class SqlCatalog(Catalog):
         try:
             with self.engine.connect() as conn:
                 row = conn.execute(stmt).first()
-        except sa.exc.OperationalError as exc:
-            raise self._unavailable(exc) from None
+        except sa.exc.DBAPIError as exc:
+            raise self._db_error(exc) from None
         if row is None:
             raise NotFound(f"{kind[:-1]} {doc_id!r} not found")
         return Stored(json.loads(row.body), row.version)
@@ -299,7 +322,7 @@ class SqlCatalog(Catalog):
             T.update()
             .where(*where)
             .values(
-                body=json.dumps(doc, separators=(",", ":")),
+                body=_encode(doc),
                 version=T.c.version + 1,
                 updated_at=time.time(),
             )
@@ -308,8 +331,8 @@ class SqlCatalog(Catalog):
         try:
             with self.engine.begin() as conn:
                 new = conn.execute(stmt).scalar()
-        except sa.exc.OperationalError as exc:
-            raise self._unavailable(exc) from None
+        except sa.exc.DBAPIError as exc:
+            raise self._db_error(exc) from None
         if new is None:
             if version is not None and self._exists(project, kind, doc_id):
                 raise VersionConflict(f"{kind[:-1]} {doc_id!r} was changed concurrently")
@@ -329,8 +352,8 @@ class SqlCatalog(Catalog):
         try:
             with self.engine.begin() as conn:
                 count = conn.execute(stmt).rowcount
-        except sa.exc.OperationalError as exc:
-            raise self._unavailable(exc) from None
+        except sa.exc.DBAPIError as exc:
+            raise self._db_error(exc) from None
         if not count:
             raise NotFound(f"{kind[:-1]} {doc_id!r} not found")
 
@@ -453,10 +476,10 @@ class SqlCatalog(Catalog):
         try:
             with self.engine.connect() as conn:
                 return list(conn.execute(stmt).scalars())
-        except sa.exc.OperationalError as exc:
-            raise self._unavailable(exc) from None
-        except (sa.exc.DataError, OverflowError) as exc:
-            raise InvalidArgument(f"invalid search: {getattr(exc, 'orig', exc)}") from None
+        except sa.exc.DBAPIError as exc:
+            raise self._db_error(exc, searching=True) from None
+        except OverflowError:
+            raise InvalidArgument("invalid search: a number is too large") from None
 
     def search(
         self,
@@ -475,5 +498,57 @@ def _is_integrity(exc: BaseException) -> bool:
     return type(exc).__name__ in ("IntegrityError", "UniqueViolation")
 
 
-def _is_operational(exc: BaseException) -> bool:
-    return type(exc).__name__ in ("OperationalError", "InterfaceError")
+def _is_db_error(exc: BaseException) -> bool:
+    """A DB-API error (sqlite3's or psycopg's), as opposed to a bug of ours."""
+    return any(
+        c.__name__ == "DatabaseError" or c.__name__ == "InterfaceError" for c in type(exc).__mro__
+    )
+
+
+class _ServerFault(StowkitError):
+    """The stored data, not the request, is at fault (HTTP 500, logged)."""
+
+    http_status = 500
+
+
+#: SQLite messages that mean "not now" rather than "not this".
+_SQLITE_UNAVAILABLE = (
+    "locked",
+    "busy",
+    "unable to open",
+    "disk i/o",
+    "readonly",
+    "read-only",
+    "no such table",
+    "disk is full",
+    "not a database",
+    "interrupted",
+)
+_SQLITE_LIMIT = ("too many", "too large", "too big", "too complex", "stack overflow", "depth")
+
+
+def classify_db_error(orig: BaseException) -> str:
+    """``unavailable``, ``limit`` (the request exceeds a database limit) or ``data``."""
+    if type(orig).__name__ == "InterfaceError":
+        return "unavailable"
+    state = getattr(orig, "sqlstate", None)
+    if state:  # PostgreSQL (psycopg): the SQLSTATE class says it
+        if state[:2] in ("08", "53", "57", "58", "40", "XX") and state != "57014":
+            return "unavailable"
+        if state[:2] == "54" or state == "57014":  # program limit; statement timeout
+            return "limit"
+        return "data"
+    text = str(orig).lower()
+    if any(word in text for word in _SQLITE_UNAVAILABLE):
+        return "unavailable"
+    if any(word in text for word in _SQLITE_LIMIT):
+        return "limit"
+    return "data"
+
+
+def _encode(doc: Mapping[str, Any]) -> str:
+    """Compact JSON; never NaN or Infinity, which would be stored as invalid JSON."""
+    try:
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise InvalidArgument("a document may not hold NaN or infinite numbers") from None
