@@ -21,12 +21,9 @@ token); ``noauth`` trusts every caller (one host, tests).
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import logging
-import os
-import signal
 import traceback
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -35,9 +32,8 @@ from typing import Any
 
 from oslo_config import cfg
 
-from stowkit.corelib import imagesync
+from stowkit.corelib import imagesync, wsgiserve
 from stowkit.corelib.errors import (
-    BackendUnavailable,
     ConfigError,
     Conflict,
     InvalidArgument,
@@ -398,70 +394,15 @@ THREADS = 8
 def serve(
     app: Any, bind: str, port: int, n_workers: int, on_stop: Callable[[], Any] = lambda: None
 ) -> None:
-    """Serve with cheroot until SIGTERM or SIGINT, in ``n_workers`` processes.
+    """Serve until SIGTERM or SIGINT, as the catalog is served (:mod:`stowkit.corelib.wsgiserve`).
 
-    As the catalog's server: one cheroot server per process on the same port
-    (SO_REUSEPORT when several).  ``on_stop`` runs in each process once its
-    server has stopped (the runner ends its unfinished tasks as failed).
+    ``on_stop`` runs in each process once its server has stopped (the runner
+    ends its unfinished tasks as failed).
     """
-    try:
-        from cheroot import wsgi
-    except ImportError:
-        raise ConfigError("the GlanceSync API server needs cheroot (pip install cheroot)") from None
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    def run_worker() -> None:
-        server = wsgi.Server(
-            (bind, port),
-            app,
-            numthreads=THREADS,
-            request_queue_size=256,
-            timeout=30,
-            server_name="stowkit-glancesync",
-            reuse_port=n_workers > 1,
-        )
-        signal.signal(signal.SIGTERM, interrupt)
-        try:
-            server.start()
-        except KeyboardInterrupt:
-            server.stop()
-        except OSError as exc:
-            raise BackendUnavailable(f"cannot listen on {bind}:{port}: {exc}") from None
-        finally:
-            on_stop()
-
-    if n_workers <= 1:
-        run_worker()
-        return
-    children: set[int] = set()
-
-    def forward(signum: int, frame: Any) -> None:
-        for child in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGTERM)
-
-    for _ in range(n_workers):
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-                run_worker()
-            except BaseException:  # a worker must never return into the parent's code
-                traceback.print_exc()
-                code = 1
-            os._exit(code)
-        children.add(pid)
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    while children:
-        try:
-            pid, _status = os.wait()
-        except ChildProcessError:
-            break
-        children.discard(pid)
+    wsgiserve.serve(
+        app, bind, port, n_workers, threads=THREADS, client_timeout=30,
+        request_timeout=30, name="stowkit-glancesync", on_stop=on_stop,
+    )  # fmt: skip
 
 
 def start(tasks: TaskStore) -> int:

@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from stowkit.corelib import config
+from stowkit.corelib import config, wsgiserve
 from stowkit.corelib.catalogapi import schemas, server
+from stowkit.corelib.errors import BackendUnavailable
 from stowkit.plugins.sql import catalog as sql_catalog
 
 BACKUP = {
@@ -315,14 +316,14 @@ def _time_wait_port() -> int:
 
 
 def test_port_check_passes_after_a_crash_and_fails_on_a_live_listener():
-    server._check_port("127.0.0.1", _time_wait_port())  # a crashed server's leftovers
+    wsgiserve._check_port("127.0.0.1", _time_wait_port())  # a crashed server's leftovers
     live = socket.socket()
     live.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     live.bind(("127.0.0.1", 0))
     live.listen(1)
     try:
-        with pytest.raises(server.BackendUnavailable):
-            server._check_port("127.0.0.1", live.getsockname()[1])
+        with pytest.raises(BackendUnavailable):
+            wsgiserve._check_port("127.0.0.1", live.getsockname()[1])
     finally:
         live.close()
 
@@ -332,12 +333,12 @@ def test_a_worker_dies_with_its_master(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal, sys, time
-        from stowkit.corelib.catalogapi import server
+        from stowkit.corelib import wsgiserve
         master = os.getpid()
         pid = os.fork()
         if pid == 0:
             try:
-                server._die_with_parent(master)
+                wsgiserve._die_with_parent(master)
             except Exception:
                 pass
             time.sleep(60)
@@ -361,7 +362,7 @@ def test_a_worker_dies_with_its_master(tmp_path):
 
 
 def test_the_reaper_disconnects_a_request_past_its_deadline():
-    reaper = server.Reaper(0.2)
+    reaper = wsgiserve.Reaper(0.2)
     ours, theirs = socket.socketpair()
     ours.settimeout(5)
 
