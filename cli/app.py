@@ -17,6 +17,7 @@ from typing import Any
 
 from cliff.app import App
 from cliff.commandmanager import CommandManager
+from oslo_config import cfg as oslo_cfg
 
 from stowkit.cli.common import install_log_handlers, one_line_errors, report
 from stowkit.corelib import config, registry
@@ -43,12 +44,33 @@ def _version() -> str:
         return "0+unknown"
 
 
-def split_config_files(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Pull every ``--config-file F`` out of ``argv``, wherever it stands.
+def split_config_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """Pull every ``--config-file F`` and ``--config-dir D`` out of ``argv``, wherever they stand.
 
     cliff only knows global options placed before the command; users write
     ``stowkit volume list --config-file F`` too, and both must work.
+    Returns ``(files, dirs, rest)``.
     """
+    found: dict[str, list[str]] = {"--config-file": [], "--config-dir": []}
+    rest: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        option, eq, value = arg.partition("=")
+        if option in found and eq:
+            found[option].append(value)
+        elif arg in found:
+            following = next(it, None)
+            if following is None:
+                rest.append(arg)  # let argparse say the value is missing
+            else:
+                found[arg].append(following)
+        else:
+            rest.append(arg)
+    return found["--config-file"], found["--config-dir"], rest
+
+
+def split_config_files(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """:func:`split_config_args` for ``--config-file`` only (``--config-dir`` stays in rest)."""
     files: list[str] = []
     rest: list[str] = []
     it = iter(argv)
@@ -69,7 +91,7 @@ def split_config_files(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 class StowkitApp(App):
     NAME = "stowkit"
 
-    def __init__(self, config_files: Sequence[str] = ()) -> None:
+    def __init__(self, config_files: Sequence[str] = (), config_dirs: Sequence[str] = ()) -> None:
         manager = CommandManager("stowkit.cli")
         for module_name in BUILTIN_MODULES:
             # A built-in module that cannot be imported is a broken install or
@@ -84,6 +106,7 @@ class StowkitApp(App):
             deferred_help=True,
         )
         self._config_files = list(config_files)
+        self._config_dirs = list(config_dirs)
         self._drivers: dict[str, Any] = {}
 
     def build_option_parser(self, description, version, argparse_kwargs=None):
@@ -97,17 +120,39 @@ class StowkitApp(App):
             help=f"Configuration file (repeatable; default {config.DEFAULT_CONFIG_FILE} "
             "when it exists). May also follow the command.",
         )
+        parser.add_argument(
+            "--config-dir",
+            metavar="DIR",
+            action="append",
+            help="Directory whose files ending in .conf are read, in name order, after the "
+            "config files "
+            f"(repeatable; default {config.DEFAULT_CONFIG_DIR} when it exists). "
+            "May also follow the command.",
+        )
         one_line_errors(parser, "stowkit")
         return parser
 
     @functools.cached_property
     def conf(self):
-        return config.load_conf(self._config_files)
+        return config.load_conf(self._config_files, config_dirs=self._config_dirs)
 
     def driver(self, namespace: str) -> Any:
-        """The configured backend of ``namespace``, loaded once per run."""
+        """The configured backend of ``namespace``, loaded once per run.
+
+        Every option registered by then (the backend's group included) is
+        checked first, so a bad value is one line naming it, before any work.
+        """
         if namespace not in self._drivers:
-            self._drivers[namespace] = registry.load(namespace, self.conf)
+            conf = self.conf
+            registry.entry_point_namespace(namespace)
+            backend = conf[namespace].backend
+            cls = registry.driver_class(namespace, backend)
+            conf.register_opts(cls.options, group=registry.group_name(namespace, backend))
+            config.check_values(conf)
+            try:
+                self._drivers[namespace] = registry.load(namespace, conf)
+            except oslo_cfg.Error as exc:
+                raise config.as_config_error(conf, exc) from None
         return self._drivers[namespace]
 
     def configure_logging(self) -> None:
@@ -131,9 +176,9 @@ class StowkitApp(App):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    files, rest = split_config_files(list(sys.argv[1:] if argv is None else argv))
+    files, dirs, rest = split_config_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        return StowkitApp(files).run(rest)
+        return StowkitApp(files, dirs).run(rest)
     except StowkitError as err:
         return report(err)
 

@@ -22,7 +22,7 @@ class ListBackends(Lister):
     def take_action(self, parsed_args):
         namespaces = (parsed_args.namespace,) if parsed_args.namespace else registry.NAMESPACES
         configured = {ns: self.app.conf[ns].backend for ns in namespaces}
-        columns = ("Namespace", "Name", "Selected", "Capabilities", "Target", "Status")
+        columns = ("namespace", "name", "selected", "capabilities", "target", "status")
         data = [
             (
                 info.namespace,

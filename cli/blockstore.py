@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from stowkit.cli.common import Command, Lister, ShowOne, parse_size
+from stowkit.cli.common import Bytes, Command, Lister, ShowOne, human, parse_size, utc_time
 from stowkit.corelib import blockcopy
 from stowkit.corelib.blockstore import (
     DEFAULT_OBJECT_SIZE,
@@ -26,21 +26,6 @@ UPLOAD_OWNER = "stowkit blockstore upload"
 MANUAL_OWNER = "stowkit blockstore lock"
 
 
-def human(size: int) -> str:
-    """1073741824 -> '1 GiB'; exact multiples stay exact, others get one decimal."""
-    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if size >= 1 << shift:
-            value = size / (1 << shift)
-            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
-    return f"{size} B"
-
-
-def _when(epoch: float | None) -> str:
-    if epoch is None:
-        return "never"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
-
-
 def lock_fields(lock: LockInfo | None) -> dict[str, Any]:
     if lock is None:
         return {"locked_by": None}
@@ -50,8 +35,8 @@ def lock_fields(lock: LockInfo | None) -> dict[str, Any]:
         "lock_host": lock.host,
         "lock_pid": lock.pid,
         "lock_token": lock.token,
-        "lock_acquired": _when(lock.acquired),
-        "lock_expires": _when(lock.expires),
+        "lock_acquired": utc_time(lock.acquired),
+        "lock_expires": utc_time(lock.expires),  # None: never
         "lock_stale": lock.expired(),
     }
 
@@ -59,15 +44,14 @@ def lock_fields(lock: LockInfo | None) -> dict[str, Any]:
 def device_fields(dev: BlockDevice) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "name": dev.name,
-        "size": dev.size,
-        "size_human": human(dev.size),
-        "object_size": dev.object_size,
+        "size": Bytes(dev.size),
+        "object_size": Bytes(dev.object_size),
         "objects": dev.object_count,
         "format": dev.format_version,
     }
     if dev.objects_stored is not None:
         fields["objects_stored"] = dev.objects_stored
-        fields["bytes_stored"] = dev.objects_stored * dev.object_size
+        fields["bytes_stored"] = Bytes(dev.objects_stored * dev.object_size)
     fields.update(lock_fields(dev.lock))
     return fields
 
@@ -150,15 +134,15 @@ class ListDevices(Lister):
 
     def take_action(self, parsed_args):
         devices = self.driver("blockstore").list_devices(details=not parsed_args.quick)
-        columns = ("Name", "Size", "Object Size", "Objects", "Objects Stored", "Locked By")
+        columns = ("name", "size", "object_size", "objects", "objects_stored", "locked_by")
         data = [
             (
                 d.name,
-                human(d.size),
-                human(d.object_size),
+                Bytes(d.size),
+                Bytes(d.object_size),
                 d.object_count,
-                "" if d.objects_stored is None else d.objects_stored,
-                d.locked_by or "",
+                d.objects_stored,
+                d.locked_by,
             )
             for d in devices
         ]

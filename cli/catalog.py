@@ -6,7 +6,8 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from stowkit.cli.common import Command, Lister, ShowOne
+from stowkit.cli.common import Command, Lister, ShowOne, port_type, utc_time
+from stowkit.corelib import config
 
 if TYPE_CHECKING:
     from stowkit.corelib.catalogapi.service import CatalogService, Identity
@@ -21,7 +22,9 @@ class Serve(Command):
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         parser.add_argument("--bind", metavar="ADDR", help="listen address ([catalog_api] bind)")
-        parser.add_argument("--port", type=int, metavar="N", help="TCP port ([catalog_api] port)")
+        parser.add_argument(
+            "--port", type=port_type(), metavar="N", help="TCP port ([catalog_api] port)"
+        )
         parser.add_argument("--workers", type=int, metavar="N", help="server processes")
         parser.add_argument(
             "--no-auth",
@@ -32,11 +35,17 @@ class Serve(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
+        from stowkit.corelib import wsgiserve
         from stowkit.corelib.catalogapi import server
 
         conf = self.app.conf
         server.register_opts(conf)
+        config.check_values(conf)  # before the database is touched
         opts = conf[server.GROUP]
+        bind = parsed_args.bind or opts.bind
+        port = parsed_args.port or opts.port
+        # A taken port or a foreign address: said before any work or announcement.
+        wsgiserve._check_port(bind, port)
         catalog = self.driver("catalog")
         if opts.auto_sync:
             self.app.stderr.write(catalog.sync() + "\n")
@@ -44,8 +53,6 @@ class Serve(Command):
         app = server.build_app(conf, catalog, auth)
         # The parent's connections must not be shared with the forked workers.
         catalog.close()
-        bind = parsed_args.bind or opts.bind
-        port = parsed_args.port or opts.port
         n = parsed_args.workers or server.workers(conf)
         self.app.stderr.write(
             f"catalog API on http://{bind}:{port} ({n} workers, "
@@ -98,7 +105,7 @@ def _summary(kind: str, doc: dict[str, Any]) -> tuple[Any, ...]:
             doc.get("backup_id"),
             meta.get("hostname", ""),
             meta.get("backup_name", ""),
-            meta.get("time_stamp", ""),
+            _time(meta.get("time_stamp")),
             meta.get("curr_backup_level", meta.get("level", "")),
         )
     if kind == "jobs":
@@ -122,10 +129,19 @@ def _summary(kind: str, doc: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def _time(value: Any) -> Any:
+    """freezer's epoch ``time_stamp`` as the one time format; anything else as it is."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return utc_time(value)
+    return value
+
+
+# The documents' own field names (as `catalog ... show` prints them), counts
+# named like volume list's snapshot_count.
 _HEADERS = {
-    "backups": ("Backup ID", "Hostname", "Backup Name", "Time Stamp", "Level"),
-    "jobs": ("Job ID", "Client ID", "Description", "Actions", "Status", "Event", "Result"),
-    "sessions": ("Session ID", "Tag", "Description", "Status", "Result", "Jobs"),
+    "backups": ("backup_id", "hostname", "backup_name", "time_stamp", "level"),
+    "jobs": ("job_id", "client_id", "description", "action_count", "status", "event", "result"),
+    "sessions": ("session_id", "session_tag", "description", "status", "result", "job_count"),
 }
 
 

@@ -8,14 +8,27 @@ line too, so no user mistake ever prints a traceback or a page of usage.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NoReturn
 
-from cliff import command, lister, show
+from cliff import columns, command, lister, show
+from oslo_config import cfg
 
-from stowkit.corelib.errors import StowkitError
+from stowkit.corelib import config
+from stowkit.corelib.errors import InvalidArgument, StowkitError
+
+
+class UsageError(InvalidArgument):
+    """The command line itself is wrong, as argparse would say (e.g. an unknown ``-c``).
+
+    Exit code 2, argparse's: not in :data:`~stowkit.corelib.errors.EXIT_CODES`,
+    which holds the codes of errors the library raises.
+    """
+
+    exit_code = 2
 
 
 def one_line_errors(parser: argparse.ArgumentParser, prog: str | None = None) -> None:
@@ -52,10 +65,24 @@ def report(err: StowkitError, prog: str = "stowkit", stream: Any = None) -> int:
     return err.exit_code
 
 
+def port_type(lowest: int = 1):
+    """An argparse ``type`` for a TCP port from ``lowest`` to 65535 (a usage error otherwise)."""
+
+    def port(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if not lowest <= value <= 65535:
+            raise argparse.ArgumentTypeError(f"invalid port {text!r}: use {lowest} to 65535")
+        return value
+
+    port.__name__ = "port"
+    return port
+
+
 def parse_size(text: str) -> int:
     """'64K', '1G', '1.5M', '4096' -> bytes (binary multiples, as dd and qemu-img use)."""
-    from stowkit.corelib.errors import InvalidArgument
-
     units = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     raw = text.strip().upper().removesuffix("IB").removesuffix("B") if text else ""
     number, unit = raw, ""
@@ -68,6 +95,64 @@ def parse_size(text: str) -> int:
     if value <= 0 or value != int(value):
         raise InvalidArgument(f"invalid size {text!r}: must be a positive whole number of bytes")
     return int(value)
+
+
+def human(size: int) -> str:
+    """1073741824 -> '1 GiB'; exact multiples stay exact, others get one decimal."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift:
+            value = size / (1 << shift)
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{size} B"
+
+
+class Bytes(columns.FormattableColumn):
+    """A size: integer bytes for json/yaml/csv/value/shell, human units in a table.
+
+    The one machine-output convention (doc/cli.md): no formatter but
+    ``table`` ever prints ``"1 MiB"``.  ``None`` (unknown) is null / empty.
+    """
+
+    def human_readable(self) -> str:
+        return "" if self._value is None else human(self._value)
+
+    def machine_readable(self) -> int | None:
+        return None if self._value is None else int(self._value)
+
+    def __lt__(self, other: object) -> bool:  # --sort-column on a size
+        mine = -1 if self._value is None else self._value
+        theirs = getattr(other, "_value", other)
+        return mine < (-1 if theirs is None else theirs)
+
+
+def utc_time(value: dt.datetime | float | int | None) -> str | None:
+    """A time as ISO-8601 UTC with ``Z`` (``2026-01-31T12:00:00Z``), the one time format.
+
+    Takes an aware datetime, a naive one (taken as UTC, as stowkit stores
+    them) or seconds since the epoch; ``None`` stays ``None``.  To the
+    second, the one precision of every time column (doc/cli.md).
+    """
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        value = dt.datetime.fromtimestamp(value, dt.UTC)
+    elif value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _for_output(value: Any, table: bool) -> Any:
+    """A value as the formatter should see it (doc/cli.md, "Machine output").
+
+    A table shows sizes in human units (cliff asks :class:`Bytes` itself,
+    and sorts by the bytes) and nothing for an unknown value; every other
+    format gets the plain integer (a number in csv, not a quoted string).
+    """
+    if table:
+        return "" if value is None else value
+    if isinstance(value, Bytes):
+        return value.machine_readable()
+    return value
 
 
 class _Base:
@@ -93,13 +178,36 @@ class _Base:
 
     def run(self, parsed_args: argparse.Namespace) -> int:
         try:
-            self.app.conf  # noqa: B018 - a bad config file is reported here, once
-            return super().run(parsed_args)  # type: ignore[misc]
+            try:
+                self.app.conf  # noqa: B018 - a bad config file is reported here, once
+                return super().run(parsed_args)  # type: ignore[misc]
+            except cfg.Error as exc:
+                # An option read in the middle of the work (registered late):
+                # still one line naming it, and the config exit code.
+                raise config.as_config_error(self.app.conf, exc) from None
+        except UsageError as err:
+            print(f"{self.app.NAME}: error: {err} (see --help)", file=self.app.stderr)
+            return err.exit_code
         except StowkitError as err:
             return report(err, self.app.NAME, self.app.stderr)
 
     def driver(self, namespace: str) -> Any:
         return self.app.driver(namespace)
+
+    def produce_output(self, parsed_args, column_names, data):
+        # cliff ignores an unknown -c when another one matches, and says an
+        # internal ValueError (exit 1) when none does: a usage error instead.
+        unknown = [c for c in getattr(parsed_args, "columns", None) or () if c not in column_names]
+        if unknown:
+            raise UsageError(
+                f"unknown column {unknown[0]!r} (-c): choose from {', '.join(column_names)}"
+            )
+        table = getattr(parsed_args, "formatter", "table") == "table"
+        if isinstance(self, lister.Lister):
+            data = (tuple(_for_output(v, table) for v in row) for row in data)
+        else:
+            data = tuple(_for_output(v, table) for v in data)
+        return super().produce_output(parsed_args, column_names, data)  # type: ignore[misc]
 
 
 class Command(_Base, command.Command):
@@ -119,11 +227,12 @@ def rows(
 ) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
     """(headers, rows) for a Lister from objects' attributes.
 
-    ``columns`` are attribute names; headers are them title-cased with spaces.
+    ``columns`` are attribute names, and the headers too (doc/cli.md: one
+    snake_case name per field, the same in every command and format).
     ``getters`` maps a column to a function for computed values.
     """
     getters = getters or {}
-    headers = tuple(c.replace("_", " ").title() for c in columns)
+    headers = tuple(columns)
     data = [
         tuple(getters[c](o) if c in getters else getattr(o, c) for c in columns) for o in objects
     ]

@@ -15,8 +15,8 @@ import sys
 import time
 from typing import Any
 
-from stowkit.cli.common import Command, Lister, ShowOne
-from stowkit.corelib import imagesync
+from stowkit.cli.common import Bytes, Command, Lister, ShowOne, port_type
+from stowkit.corelib import config, imagesync
 from stowkit.corelib.errors import EXIT_CODES, InvalidArgument, StowkitError
 from stowkit.corelib.image import Image, ImageCapability
 from stowkit.corelib.imagesync import config as sync_config
@@ -142,8 +142,13 @@ def properties(pairs: list[str]) -> dict[str, str]:
     return result
 
 
+def _image_value(image: Image, column: str) -> Any:
+    value = getattr(image, column)
+    return Bytes(value) if column == "size" else value
+
+
 def image_row(image: Image) -> tuple[Any, ...]:
-    return tuple(getattr(image, c) for c in IMAGE_COLUMNS)
+    return tuple(_image_value(image, c) for c in IMAGE_COLUMNS)
 
 
 class _RegionCommand:
@@ -224,7 +229,7 @@ class CreateImage(_RegionCommand, ShowOne):
 
 def show(image: Image) -> tuple[tuple[str, ...], tuple[Any, ...]]:
     columns = (*IMAGE_COLUMNS, "os_hash_value", "kernel_id", "ramdisk_id", "properties")
-    values = [getattr(image, c) for c in columns[:-1]]
+    values = [_image_value(image, c) for c in columns[:-1]]
     values.append(" ".join(f"{k}={v}" for k, v in sorted(image.properties.items())))
     return columns, tuple(values)
 
@@ -296,7 +301,7 @@ class Regions(Lister):
             rows.append((sync_config.MASTER, sync.config.master_region, "master"))
         for target, regions in per_target.items():
             rows.extend((target, region, "") for region in regions)
-        return ("Target", "Region", "Role"), rows
+        return ("target", "region", "role"), rows
 
 
 class _Failures:
@@ -336,7 +341,7 @@ class Status(_Failures, Lister):
             if r.plan
             for entry in r.plan.entries
         ]
-        return ("Status", "Region", "Image"), rows
+        return ("status", "region", "image"), rows
 
     def produce_output(self, parsed_args, column_names, data):
         if parsed_args.formatter == "csv":
@@ -394,9 +399,11 @@ class Sync(_Failures, Lister):
         self._total = len(report.results)
         self._summary = report.summary()
         rows = [
-            (r.region, d.action, d.image, d.size, d.detail) for r in report.results for d in r.done
+            (r.region, d.action, d.image, Bytes(d.size), d.detail)
+            for r in report.results
+            for d in r.done
         ]
-        return ("Region", "Action", "Image", "Size", "Detail"), rows
+        return ("region", "action", "image", "size", "detail"), rows
 
     def run(self, parsed_args):
         self._failed, self._total, self._summary = [], 0, ""
@@ -421,7 +428,7 @@ class Backup(_Failures, Lister):
         rows = sync.backup(parsed_args.dir, parsed_args.regions)
         self._failed = [(region, err, StowkitError) for region, _p, err in rows if err]
         self._total = len(rows)
-        return ("Region", "File"), [(region, path) for region, path, err in rows if not err]
+        return ("region", "file"), [(region, path) for region, path, err in rows if not err]
 
     def run(self, parsed_args):
         self._failed, self._total = [], 0
@@ -444,7 +451,7 @@ class LoadBackups(Lister):
         store = self.app.driver("image")
         store.require(ImageCapability.LOAD_BACKUP)
         loaded = store.load_backups(parsed_args.directory, replace=parsed_args.replace)
-        return ("Region", "Images"), sorted(loaded.items())
+        return ("region", "images"), sorted(loaded.items())
 
 
 class Serve(Command):
@@ -454,7 +461,7 @@ class Serve(Command):
         parser = super().get_parser(prog_name)
         parser.add_argument("--bind", metavar="ADDR", help="listen address ([image_sync_api] bind)")
         parser.add_argument(
-            "--port", type=int, metavar="N", help="TCP port ([image_sync_api] port)"
+            "--port", type=port_type(), metavar="N", help="TCP port ([image_sync_api] port)"
         )
         parser.add_argument("--workers", type=int, metavar="N", help="server processes")
         parser.add_argument(
@@ -468,11 +475,17 @@ class Serve(Command):
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
         # Imported here: only the server needs the API module (and cheroot).
+        from stowkit.corelib import wsgiserve
         from stowkit.corelib.imagesync import api
 
         conf = self.app.conf
         api.register_opts(conf)
+        config.check_values(conf)  # before any task is touched
         opts = conf[api.GROUP]
+        bind = parsed_args.bind or opts.bind
+        port = parsed_args.port or opts.port
+        # A taken port or a foreign address: said before any work or announcement.
+        wsgiserve._check_port(bind, port)
         tasks = self.driver("imagetask")
         ended = api.start(tasks)
         if ended:
@@ -488,8 +501,6 @@ class Serve(Command):
             overrides=overrides,
         )
         tasks.close()  # no pooled connection may cross into forked workers
-        bind = parsed_args.bind or opts.bind
-        port = parsed_args.port or opts.port
         n = parsed_args.workers or opts.workers
         self.app.stderr.write(
             f"GlanceSync API on http://{bind}:{port} ({n} worker(s), "

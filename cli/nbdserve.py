@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 
-from stowkit.cli.common import Command, parse_size
+from stowkit.cli.common import Command, parse_size, port_type
 from stowkit.corelib import names
 from stowkit.corelib.blockstore import DEFAULT_LEASE
-from stowkit.corelib.errors import InvalidArgument
+from stowkit.corelib.errors import BackendUnavailable, InvalidArgument
 from stowkit.corelib.nbd import protocol
 from stowkit.corelib.nbd.export import ExportSettings
 
@@ -34,7 +36,9 @@ class ServeBlockDevices(Command):
         parser = super().get_parser(prog_name)
         parser.add_argument("names", nargs="*", metavar="NAME", help="Devices to serve.")
         parser.add_argument("--bind", default="127.0.0.1", help="Address to listen on.")
-        parser.add_argument("--port", type=int, default=10809, help="TCP port (0: any free one).")
+        parser.add_argument(
+            "--port", type=port_type(0), default=10809, help="TCP port (0: any free one)."
+        )
         parser.add_argument(
             "--cache-size",
             default="64M",
@@ -82,21 +86,37 @@ class ServeBlockDevices(Command):
         for name in devices:
             store.get_device(name)  # NotFound before listening
 
+        listening = False
+
         def ready(server) -> None:
+            nonlocal listening
+            listening = True
             mode = " (read-only)" if parsed_args.read_only else ""
             for name in server.exports:
                 print(f"serving nbd://{server.bind}:{server.port}/{name}{mode}", flush=True)
             sys.stdout.flush()
 
-        serve(
-            store,
-            devices,
-            bind=parsed_args.bind,
-            port=parsed_args.port,
-            read_only=parsed_args.read_only,
-            settings=settings,
-            ready=ready,
-        )
+        try:
+            serve(
+                store,
+                devices,
+                bind=parsed_args.bind,
+                port=parsed_args.port,
+                read_only=parsed_args.read_only,
+                settings=settings,
+                ready=ready,
+            )
+        except OSError as exc:
+            # asyncio says "[Errno 98] error while attempting to bind on address
+            # ('127.0.0.1', 10809): address already in use": one line of ours.
+            if listening or not (isinstance(exc, socket.gaierror) or "bind" in str(exc)):
+                raise
+            reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else str(exc)
+            if isinstance(exc, socket.gaierror):
+                reason = exc.strerror or str(exc)
+            raise BackendUnavailable(
+                f"cannot listen on {parsed_args.bind}:{parsed_args.port}: {reason}"
+            ) from None
         return 0
 
 

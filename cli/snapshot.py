@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from stowkit.cli.common import Command, Lister, ShowOne
+from stowkit.cli.common import Bytes, Command, Lister, ShowOne, utc_time
 from stowkit.corelib.volume import Snapshot, parse_rate
 
 SNAPSHOT_COLUMNS = ("name", "volume", "created", "received", "uuid", "received_uuid", "path")
@@ -13,8 +13,7 @@ SNAPSHOT_COLUMNS = ("name", "volume", "created", "received", "uuid", "received_u
 
 def snapshot_row(snap: Snapshot) -> tuple[Any, ...]:
     return tuple(
-        getattr(snap, c).isoformat() if c == "created" else getattr(snap, c)
-        for c in SNAPSHOT_COLUMNS
+        utc_time(getattr(snap, c)) if c == "created" else getattr(snap, c) for c in SNAPSHOT_COLUMNS
     )
 
 
@@ -42,8 +41,7 @@ class ListSnapshots(Lister):
 
     def take_action(self, parsed_args: argparse.Namespace):
         snaps = self.driver("volume").list_snapshots(parsed_args.volume)
-        headers = tuple(c.replace("_", " ").title() for c in SNAPSHOT_COLUMNS)
-        return headers, [snapshot_row(s) for s in snaps]
+        return SNAPSHOT_COLUMNS, [snapshot_row(s) for s in snaps]
 
 
 class DeleteSnapshot(Command):
@@ -115,7 +113,13 @@ class SendSnapshot(ShowOne):
             if result.already_there
             else ("incremental" if result.incremental else "full")
         )
-        return columns, (result.snapshot, result.host, mode, result.parent, result.bytes_sent)
+        return columns, (
+            result.snapshot,
+            result.host,
+            mode,
+            result.parent,
+            Bytes(result.bytes_sent),
+        )
 
 
 class PurgeSnapshots(Lister):
@@ -141,7 +145,7 @@ class PurgeSnapshots(Lister):
         rows = [(name, verb, "") for name in result.deleted]
         rows += [(name, "kept", result.protected.get(name, "")) for name in result.kept]
         rows.sort(key=lambda r: r[0])
-        return ("Snapshot", "Action", "Reason"), rows
+        return ("snapshot", "action", "reason"), rows
 
 
 COMMANDS = {

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from stowkit.cli.common import Command, Lister, ShowOne
+from stowkit.cli.common import Bytes, Command, Lister, ShowOne, utc_time
 from stowkit.corelib.errors import BackendUnavailable, InvalidArgument
 from stowkit.corelib.volume import Volume, check_create_options
 
@@ -28,8 +28,10 @@ def show_volume(volume: Volume) -> tuple[tuple[str, ...], tuple[Any, ...]]:
     values = []
     for column in VOLUME_COLUMNS:
         value = getattr(volume, column)
-        if column == "created" and value is not None:
-            value = value.isoformat()
+        if column == "created":
+            value = utc_time(value)
+        elif column == "size":
+            value = Bytes(value)
         elif column == "options":
             value = ",".join(f"{k}={v}" for k, v in sorted(value.items()))
         values.append(value)
@@ -81,11 +83,11 @@ class ListVolumes(Lister):
     """List volumes with their snapshot and mount counts."""
 
     def take_action(self, parsed_args: argparse.Namespace):
-        columns = ("Name", "Created", "Snapshots", "Mounts", "Path")
+        columns = ("name", "created", "snapshot_count", "mount_count", "path")
         rows = [
             (
                 v.name,
-                v.created.isoformat() if v.created else None,
+                utc_time(v.created),
                 v.snapshot_count,
                 v.mount_count,
                 v.path,
@@ -158,10 +160,10 @@ class SyncVolume(Lister):
         rows = [(peer, status) for peer, status in result.peers.items()]
         if not result.ok:
             # Print the table, then fail: a partial sync is not a success.
-            self.produce_output(parsed_args, ("Host", "Result"), rows)
+            self.produce_output(parsed_args, ("host", "result"), rows)
             failed = sum(1 for _, status in rows if status != "ok")
             raise BackendUnavailable(f"sync of {result.volume} failed from {failed} host(s)")
-        return ("Host", "Result"), rows
+        return ("host", "result"), rows
 
 
 class UnmountVolume(Lister):
@@ -193,7 +195,7 @@ class UnmountVolume(Lister):
                 driver.unmount(parsed_args.name, mount_id)
                 if mount_id in held:
                     cleared.append(mount_id)
-        return ("Mount ID",), [(i,) for i in cleared]
+        return ("mount_id",), [(i,) for i in cleared]
 
 
 class CleanupVolumes(Lister):
@@ -205,7 +207,7 @@ class CleanupVolumes(Lister):
     """
 
     def take_action(self, parsed_args: argparse.Namespace):
-        return ("Item", "Result"), list(self.driver("volume").cleanup())
+        return ("item", "result"), list(self.driver("volume").cleanup())
 
 
 COMMANDS = {

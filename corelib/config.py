@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from collections.abc import Iterable, Sequence
 
 from oslo_config import cfg
@@ -18,6 +19,9 @@ from oslo_config import cfg
 from stowkit.corelib.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "/etc/stowkit/stowkit.conf"
+#: Read (its ``*.conf`` files, in name order, after the config files) when no
+#: ``--config-dir`` is given and it exists: oslo.config's ``PROJECT.conf.d``.
+DEFAULT_CONFIG_DIR = "/etc/stowkit/stowkit.conf.d"
 
 #: namespace -> backend used when the config names none
 DEFAULT_BACKENDS: dict[str, str] = {
@@ -65,12 +69,18 @@ def register_core_opts(conf: cfg.ConfigOpts) -> None:
 def load_conf(
     config_files: Sequence[str] | None = None,
     overrides: Iterable[tuple[str | None, str, object]] = (),
+    config_dirs: Sequence[str] | None = None,
 ) -> cfg.ConfigOpts:
-    """Build a ConfigOpts from ``config_files`` (or the default file if it exists).
+    """Build a ConfigOpts from ``config_files`` and ``config_dirs``.
 
-    ``overrides`` are ``(group, option, value)`` triples applied on top, for
-    command-line flags and tests.  A missing or unparsable file named by the
-    user is a :class:`ConfigError`.
+    As oslo.config does: ``config_files`` default to :data:`DEFAULT_CONFIG_FILE`
+    and ``config_dirs`` to :data:`DEFAULT_CONFIG_DIR`, each default read only
+    when it exists, each replaced (not extended) by what the caller names.
+    The ``*.conf`` files of each directory are parsed in name order after
+    the files, later values winning.  ``overrides`` are ``(group, option,
+    value)`` triples applied on top, for command-line flags and tests.  A
+    missing file or directory named by the caller, an unparsable file and a
+    bad value of a core option are a :class:`ConfigError`.
     """
     if config_files:
         files = [os.path.abspath(f) for f in config_files]
@@ -79,17 +89,86 @@ def load_conf(
             raise ConfigError(f"config file not found: {missing[0]}")
     else:
         files = [DEFAULT_CONFIG_FILE] if os.path.isfile(DEFAULT_CONFIG_FILE) else []
+    if config_dirs:
+        dirs = [os.path.abspath(d) for d in config_dirs]
+        missing = [d for d in dirs if not os.path.isdir(d)]
+        if missing:
+            raise ConfigError(f"config directory not found: {missing[0]}")
+    else:
+        dirs = [DEFAULT_CONFIG_DIR] if os.path.isdir(DEFAULT_CONFIG_DIR) else []
     conf = cfg.ConfigOpts()
     register_core_opts(conf)
     try:
-        conf(args=[], project="stowkit", default_config_files=files, default_config_dirs=[])
+        conf(args=[], project="stowkit", default_config_files=files, default_config_dirs=dirs)
     except cfg.ConfigFileParseError as exc:
         raise ConfigError(f"cannot parse config file {exc.config_file}: {exc.msg}") from None
     except cfg.Error as exc:
         raise ConfigError(f"bad configuration: {exc}") from None
     for group, name, value in overrides:
         conf.set_override(name, value, group)
+    check_values(conf)
     return conf
+
+
+_OSLO_VALUE_ERROR = re.compile(
+    r"Value for option (?P<name>\S+)(?: from (?P<loc>LocationInfo\(.*?\)))? is not valid: "
+    r"(?P<reason>.*)$",
+    re.S,
+)
+_LOCATION_DETAIL = re.compile(r"detail='(?P<detail>[^']*)'")
+
+
+def value_error(group: str | None, name: str, exc: Exception) -> ConfigError:
+    """One line for a bad option value: ``[group] name`` and where it was set.
+
+    oslo.config says ``Value for option NAME from LocationInfo(...) is not
+    valid: REASON``, without the group; this names the group and the file.
+    """
+    text = " ".join(str(exc).split())
+    reason, where = text, ""
+    match = _OSLO_VALUE_ERROR.match(text)
+    if match:
+        reason = match["reason"]
+        detail = _LOCATION_DETAIL.search(match["loc"] or "")
+        if detail and detail["detail"]:
+            where = f" (set in {detail['detail']})"
+    return ConfigError(f"invalid value for [{group or 'DEFAULT'}] {name}{where}: {reason}")
+
+
+def check_values(conf: cfg.ConfigOpts, groups: Iterable[str | None] | None = None) -> None:
+    """Read every option registered so far (or of ``groups``); a bad value is a ConfigError.
+
+    oslo.config converts values only when they are read, so a typo in a file
+    would otherwise surface in the middle of the work, in oslo's own words.
+    Commands call this once their options are registered, before any work.
+    """
+    wanted = None if groups is None else set(groups)
+    for name in list(conf):
+        try:
+            value = conf[name]
+        except (cfg.Error, ValueError) as exc:
+            if wanted is None or None in wanted:
+                raise value_error(None, name, exc) from None
+            continue
+        if not isinstance(value, cfg.ConfigOpts.GroupAttr):
+            continue
+        if wanted is not None and name not in wanted:
+            continue
+        for opt in list(value):
+            try:
+                value[opt]
+            except (cfg.Error, ValueError) as exc:
+                raise value_error(name, opt, exc) from None
+
+
+def as_config_error(conf: cfg.ConfigOpts | None, exc: cfg.Error) -> ConfigError:
+    """A ConfigError for an oslo.config error raised while reading an option."""
+    if conf is not None and isinstance(exc, cfg.ConfigFileValueError):
+        try:
+            check_values(conf)
+        except ConfigError as err:
+            return err
+    return ConfigError(f"bad configuration: {' '.join(str(exc).split())}")
 
 
 #: Engines in corelib with option groups of their own: (module, group attr, opts attr).

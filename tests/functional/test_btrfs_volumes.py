@@ -48,7 +48,7 @@ def test_cli_create_list_show_delete(a):
     # copy-on-write by default, as btrfs, Docker's local driver and buttervolume 3.13
     assert json.loads(proc.stdout)["options"] == "compression=none,copyonwrite=true"
     listed = json.loads(a.stowkit("volume", "list", "-f", "json").stdout)
-    assert [row["Name"] for row in listed] == ["web"]
+    assert [row["name"] for row in listed] == ["web"]
     shown = json.loads(a.stowkit("volume", "show", "web", "-f", "json").stdout)
     assert shown["path"] == str(a.path("volumes", "web")) and shown["size"] == 0
     again = a.stowkit("volume", "create", "web")
@@ -136,7 +136,7 @@ def test_snapshots_create_list_delete(a):
     assert cli.returncode == 0, cli.stderr
     name = json.loads(cli.stdout)["name"]
     listed = json.loads(a.stowkit("snapshot", "list", "v", "-f", "json").stdout)
-    assert [r["Name"] for r in listed] == [s2.name, name]
+    assert [r["name"] for r in listed] == [s2.name, name]
     assert a.stowkit("snapshot", "delete", name).returncode == 0
 
 
@@ -321,7 +321,7 @@ def test_purge_dry_run_then_real(a):
     assert [s.name for s in drv.list_snapshots("v")] == names[2:]
     cli = a.stowkit("snapshot", "purge", "v", "1h:1d", "--dry-run", "-f", "json")
     assert cli.returncode == 0, cli.stderr
-    assert json.loads(cli.stdout) == [{"Snapshot": names[2], "Action": "kept", "Reason": ""}]
+    assert json.loads(cli.stdout) == [{"snapshot": names[2], "action": "kept", "reason": ""}]
     bad = a.stowkit("snapshot", "purge", "v", "4h")
     assert bad.returncode == 3 and "pattern" in bad.stderr
 
@@ -410,7 +410,7 @@ def test_a_crashed_create_is_collected_but_a_running_one_is_not(a):
         subvol.create(busy)
         proc = a.stowkit("volume", "cleanup", "-f", "json")
         assert proc.returncode == 0, proc.stderr
-        assert json.loads(proc.stdout) == [{"Item": left, "Result": "deleted"}]
+        assert json.loads(proc.stdout) == [{"item": left, "result": "deleted"}]
         assert hidden(a) == [os.path.basename(busy)]
         subvol.delete(busy)
     assert hidden(a) == []

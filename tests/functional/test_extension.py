@@ -92,10 +92,10 @@ def test_a_backend_from_another_distribution_loads_by_name(tmp_path):
         check=True,
         timeout=60,
     )
-    rows = {r["Name"]: r for r in json.loads(listing.stdout)}
-    assert rows["throwaway"]["Selected"] is True
-    assert rows["throwaway"]["Capabilities"] == "trim zero"
-    assert rows["throwaway"]["Status"] == "ok"
+    rows = {r["name"]: r for r in json.loads(listing.stdout)}
+    assert rows["throwaway"]["selected"] is True
+    assert rows["throwaway"]["capabilities"] == "trim zero"
+    assert rows["throwaway"]["status"] == "ok"
 
     probe = textwrap.dedent(
         f"""

@@ -191,7 +191,7 @@ def status(stack, *regions, config=()):
     for pair in config:
         args += ["--config", pair]
     proc = cli(stack, *args, check=0)
-    return {(r["Region"], r["Image"]): r["Status"] for r in json.loads(proc.stdout)}
+    return {(r["region"], r["image"]): r["status"] for r in json.loads(proc.stdout)}
 
 
 def snapshot(stack):
@@ -283,7 +283,7 @@ def test_regions_per_target(stack):
     proc = cli(
         stack, "image", "regions", "--sync-config", stack["sync_file"], "-f", "json", check=0
     )
-    rows = [(r["Target"], r["Region"]) for r in json.loads(proc.stdout)]
+    rows = [(r["target"], r["region"]) for r in json.loads(proc.stdout)]
     assert rows == [
         ("master", "RegionOne"),
         ("master", "RegionThree"),
@@ -341,7 +341,7 @@ def test_full_scenario(stack, scenario):
         "json",
         check=0,
     )
-    planned = {(r["Region"], r["Action"], r["Image"]) for r in json.loads(proc.stdout)}
+    planned = {(r["region"], r["action"], r["image"]) for r in json.loads(proc.stdout)}
     assert ("RegionTwo", "upload", "kernel") in planned
     assert ("RegionTwo", "obsolete", "old_obsolete") in planned
     assert snapshot(stack) == before

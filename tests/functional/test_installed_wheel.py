@@ -123,7 +123,7 @@ def test_backends_all_available_from_the_wheel(installed):
         )
     )
     rows = json.loads(out)
-    names = {(r["Namespace"], r["Name"]) for r in rows}
+    names = {(r["namespace"], r["name"]) for r in rows}
     assert {
         ("volume", "btrfs"),
         ("image", "local"),
@@ -132,7 +132,7 @@ def test_backends_all_available_from_the_wheel(installed):
         ("blockstore", "swift"),
         ("catalog", "sql"),
     } <= names
-    broken = [r for r in rows if r["Status"] != "ok"]
+    broken = [r for r in rows if r["status"] != "ok"]
     assert not broken, broken
 
 
@@ -155,7 +155,7 @@ def test_one_real_command_of_each_job(installed, service):
 
     try:
         assert sk("volume", "create", "wheelvol")["name"] == "wheelvol"
-        assert [v["Name"] for v in sk("volume", "list")] == ["wheelvol"]
+        assert [v["name"] for v in sk("volume", "list")] == ["wheelvol"]
     finally:
         wipe(root)
 

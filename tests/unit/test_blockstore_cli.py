@@ -38,12 +38,12 @@ def run(tmp_path, capsys):
 
 def test_setup_show_list_delete(run):
     out, _ = run("setup", "d1", "--size", "2M", "--object-size", "64K", "-f", "value")
-    assert out.split()[:3] == ["d1", "2097152", "2"]
+    assert out.split()[:3] == ["d1", "2097152", "65536"]
     run("setup", "d2", "--size", "1G")
     out, _ = run("list", "-f", "csv")
     assert out.splitlines()[1:] == [
-        '"d1","2 MiB","64 KiB",32,0,""',
-        '"d2","1 GiB","4 MiB",256,0,""',
+        '"d1",2097152,65536,32,0,""',
+        '"d2",1073741824,4194304,256,0,""',
     ]
     out, _ = run("show", "d2", "-f", "value", "-c", "objects", "-c", "object_size")
     assert out.split() == ["4194304", "256"]
@@ -52,7 +52,7 @@ def test_setup_show_list_delete(run):
     run("delete", "d3")
     out, _ = run("delete", "d1")
     assert out == "deleted device d1\n"
-    out, _ = run("list", "-f", "value", "-c", "Name")
+    out, _ = run("list", "-f", "value", "-c", "name")
     assert out == "d2\n"
 
 

@@ -66,8 +66,8 @@ def test_every_capability_is_consulted_outside_the_backends():
 
 def test_backends_shows_capabilities_as_plain_names(capsys):
     assert main(["backends", "--namespace", "blockstore", "-f", "json"]) == 0
-    rows = {r["Name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert rows["local"]["Capabilities"] == "ranged_read"
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["local"]["capabilities"] == "ranged_read"
 
 
 class _Compressing(Driver):

@@ -59,8 +59,8 @@ def test_list_show_delete(conf_file, seeded, capsys):
     code, out, _ = run(conf_file, capsys, "backup", "list", "-f", "json")
     assert code == 0
     rows = json.loads(out)
-    assert [r["Backup ID"] for r in rows] == [seeded["backup"]]
-    assert rows[0]["Level"] == 1
+    assert [r["backup_id"] for r in rows] == [seeded["backup"]]
+    assert rows[0]["level"] == 1
     code, out, _ = run(
         conf_file, capsys, "backup", "list", "--match", "hostname=nope", "-f", "json"
     )
@@ -68,7 +68,7 @@ def test_list_show_delete(conf_file, seeded, capsys):
     code, out, _ = run(conf_file, capsys, "job", "show", seeded["job"], "-f", "json")
     assert code == 0 and json.loads(out)["description"] == "d"
     code, out, _ = run(conf_file, capsys, "session", "list", "-f", "json")
-    assert [r["Session ID"] for r in json.loads(out)] == [seeded["session"]]
+    assert [r["session_id"] for r in json.loads(out)] == [seeded["session"]]
     # Another project sees nothing.
     code, out, _ = run(conf_file, capsys, "job", "list", "--project", "other", "-f", "json")
     assert json.loads(out) == []
@@ -77,3 +77,27 @@ def test_list_show_delete(conf_file, seeded, capsys):
     assert code == 5 and "not found" in err and "Traceback" not in err
     code, _, err = run(conf_file, capsys, "job", "show", "bad id!")
     assert code == 3 and "invalid job id" in err
+
+
+def test_serve_on_a_busy_port_fails_before_any_work(conf_file, tmp_path):
+    import socket
+    import subprocess
+
+    from tests.commands import STOWKIT
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [*STOWKIT, "--config-file", str(conf_file), "catalog", "serve", "--no-auth"]
+            + ["--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 9
+    assert proc.stderr.splitlines() == [
+        f"stowkit: cannot listen on 127.0.0.1:{port}: [Errno 98] Address already in use"
+    ]
+    assert not (tmp_path / "catalog.sqlite").exists()  # no database made, nothing announced

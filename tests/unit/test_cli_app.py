@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from stowkit.cli.app import split_config_files
+from stowkit.cli.app import split_config_args, split_config_files
 from stowkit.cli.common import parse_size
 from stowkit.corelib.errors import InvalidArgument
 
@@ -30,10 +30,10 @@ def test_backends_json_lists_every_namespace(tmp_path):
     rows = json.loads(
         stowkit("--config-file", str(conf), "backends", "-f", "json", check=True).stdout
     )
-    by_key = {(r["Namespace"], r["Name"]): r for r in rows}
+    by_key = {(r["namespace"], r["name"]): r for r in rows}
     assert {ns for ns, _ in by_key} == {"volume", "image", "blockstore", "catalog", "imagetask"}
-    assert by_key[("image", "glance")]["Selected"] is True
-    assert by_key[("image", "local")]["Selected"] is False
+    assert by_key[("image", "glance")]["selected"] is True
+    assert by_key[("image", "local")]["selected"] is False
 
 
 def test_config_file_may_follow_the_command(tmp_path):
@@ -51,7 +51,7 @@ def test_config_file_may_follow_the_command(tmp_path):
             check=True,
         ).stdout
     )
-    assert all(r["Selected"] is False for r in rows)
+    assert all(r["selected"] is False for r in rows)
 
 
 @pytest.mark.parametrize(
@@ -79,6 +79,32 @@ def test_split_config_files():
     assert files == ["a", "b"]
     assert rest == ["volume", "list", "-f", "json"]
     assert split_config_files(["x", "--config-file"]) == ([], ["x", "--config-file"])
+
+
+def test_split_config_args_lifts_config_dir_too():
+    files, dirs, rest = split_config_args(
+        ["--config-dir", "d1", "volume", "list", "--config-file=b", "--config-dir=d2", "-f", "json"]
+    )
+    assert (files, dirs) == (["b"], ["d1", "d2"])
+    assert rest == ["volume", "list", "-f", "json"]
+    assert split_config_args(["x", "--config-dir"]) == ([], [], ["x", "--config-dir"])
+
+
+def test_config_dir_may_follow_the_command(tmp_path):
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    (conf_d / "backend.conf").write_text("[image]\nbackend = glance\n")
+    for argv in (
+        ["--config-dir", str(conf_d), "backends", "--namespace", "image", "-f", "json"],
+        ["backends", "--namespace", "image", "-f", "json", "--config-dir", str(conf_d)],
+    ):
+        proc = stowkit(*argv)
+        assert proc.returncode == 0, proc.stderr
+        selected = {r["name"] for r in json.loads(proc.stdout) if r["selected"]}
+        assert selected == {"glance"}
+    proc = stowkit("backends", "--config-dir", str(tmp_path / "nope"))
+    assert proc.returncode == 10
+    assert proc.stderr.strip() == f"stowkit: config directory not found: {tmp_path / 'nope'}"
 
 
 @pytest.mark.parametrize(
@@ -118,5 +144,5 @@ def test_backends_checks_availability_quietly():
     # Importing the client libraries must not print (alembic logs while loading).
     proc = stowkit("backends", "-f", "json", check=True)
     assert proc.stderr == ""
-    rows = {(r["Namespace"], r["Name"]): r for r in json.loads(proc.stdout)}
-    assert rows[("catalog", "sql")]["Status"] == "ok"
+    rows = {(r["namespace"], r["name"]): r for r in json.loads(proc.stdout)}
+    assert rows[("catalog", "sql")]["status"] == "ok"

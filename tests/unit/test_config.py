@@ -48,3 +48,39 @@ def _write(tmp_path, text):
     path = tmp_path / "stowkit.conf"
     path.write_text(text)
     return path
+
+
+def test_config_dir_files_in_name_order_after_the_config_files(tmp_path):
+    path = _write(tmp_path, "[DEFAULT]\nstate_dir = /from/file\n[image]\nbackend = glance\n")
+    conf_d = tmp_path / "stowkit.conf.d"
+    conf_d.mkdir()
+    (conf_d / "20-late.conf").write_text("[DEFAULT]\nstate_dir = /from/20\n")
+    (conf_d / "10-early.conf").write_text("[DEFAULT]\nstate_dir = /from/10\n")
+    (conf_d / "99-ignored.conf.orig").write_text("[DEFAULT]\nstate_dir = /not/a/conf\n")
+    conf = config.load_conf([str(path)], config_dirs=[str(conf_d)])
+    assert conf.state_dir == "/from/20"
+    assert conf.image.backend == "glance"  # the file still counts
+
+
+def test_missing_config_dir_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="config directory not found: .*nope.d"):
+        config.load_conf(config_dirs=[str(tmp_path / "nope.d")])
+
+
+def test_default_config_dir_is_read_when_it_exists(tmp_path, monkeypatch):
+    conf_d = tmp_path / "stowkit.conf.d"
+    monkeypatch.setattr(config, "DEFAULT_CONFIG_DIR", str(conf_d))
+    assert config.load_conf().state_dir == "/var/lib/stowkit"  # absent: no error
+    conf_d.mkdir()
+    (conf_d / "state.conf").write_text("[DEFAULT]\nstate_dir = /srv/d\n")
+    assert config.load_conf().state_dir == "/srv/d"
+    # as oslo.config does: the default directory goes with named files too ...
+    assert config.load_conf([str(_write(tmp_path, ""))]).state_dir == "/srv/d"
+    # ... and a named directory replaces it
+    other = tmp_path / "other.d"
+    other.mkdir()
+    assert config.load_conf(config_dirs=[str(other)]).state_dir == "/var/lib/stowkit"
+
+
+def test_default_config_dir_is_etc_stowkit_conf_d():
+    assert config.DEFAULT_CONFIG_DIR == "/etc/stowkit/stowkit.conf.d"

@@ -47,7 +47,7 @@ def test_master_region_named_in_cli_and_front_end(env, capsys, tmp_path):  # noq
     env("image", "create", str(tmp_path / "a.img"), "--name", "a", "--region", "One", "--public")
     capsys.readouterr()
     assert env("image", "status", "One", "-f", "json") == 0
-    assert rows(capsys) == [{"Status": "ok", "Region": "One", "Image": "a"}]
+    assert rows(capsys) == [{"status": "ok", "region": "One", "image": "a"}]
     assert env("--show-status", "One", front=glancesync_main()) == 0
     assert capsys.readouterr().out == "ok,One,a\n"
     assert env("image", "sync", "One") == 0

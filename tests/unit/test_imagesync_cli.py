@@ -74,19 +74,19 @@ def test_create_list_status_sync(env, capsys, tmp_path):
     capsys.readouterr()
     assert env("image", "status", "-f", "json") == 0
     assert rows(capsys) == [
-        {"Status": "pending_upload", "Region": "Three", "Image": "a"},
-        {"Status": "pending_upload", "Region": "Two", "Image": "a"},
+        {"status": "pending_upload", "region": "Three", "image": "a"},
+        {"status": "pending_upload", "region": "Two", "image": "a"},
     ]
     assert env("image", "sync", "Two", "--dry-run", "-f", "json") == 0
     assert rows(capsys) == [
-        {"Region": "Two", "Action": "upload", "Image": "a", "Size": 1000, "Detail": ""}
+        {"region": "Two", "action": "upload", "image": "a", "size": 1000, "detail": ""}
     ]
     assert env("image", "list", "--region", "Two", "-f", "json") == 0
     assert rows(capsys) == []
     assert env("image", "sync", "--parallel", "-f", "json") == 0
     assert len(rows(capsys)) == 2
     assert env("image", "status", "Two", "-f", "json") == 0
-    assert rows(capsys) == [{"Status": "ok", "Region": "Two", "Image": "a"}]
+    assert rows(capsys) == [{"status": "ok", "region": "Two", "image": "a"}]
     # --config reaches the sync configuration
     assert (
         env("image", "status", "Two", "--config", "master.metadata_condition=False", "-f", "json")
@@ -95,15 +95,15 @@ def test_create_list_status_sync(env, capsys, tmp_path):
     assert rows(capsys) == []
     assert env("image", "regions", "-f", "json") == 0
     assert rows(capsys) == [
-        {"Target": "master", "Region": "One", "Role": "master"},
-        {"Target": "master", "Region": "Three", "Role": ""},
-        {"Target": "master", "Region": "Two", "Role": ""},
+        {"target": "master", "region": "One", "role": "master"},
+        {"target": "master", "region": "Three", "role": ""},
+        {"target": "master", "region": "Two", "role": ""},
     ]
     assert env("image", "list", "--region", "Two", "-f", "json") == 0
     (copy,) = rows(capsys)
     assert env("image", "delete", copy["id"], "--region", "Two") == 0
     assert env("image", "backup", "--dir", str(tmp_path / "bk"), "-f", "json") == 0
-    assert {r["Region"] for r in rows(capsys)} == {"One", "Two", "Three"}
+    assert {r["region"] for r in rows(capsys)} == {"One", "Two", "Three"}
     assert (tmp_path / "bk" / "backup_One.csv").read_text().startswith("One,")
 
 
@@ -137,7 +137,7 @@ def test_failed_region_exit_code_and_summary(env, capsys, tmp_path):
     assert env("image", "sync", "-f", "json") == 9
     captured = capsys.readouterr()
     assert json.loads(captured.out) == [
-        {"Region": "Three", "Action": "upload", "Image": "a", "Size": 1000, "Detail": ""}
+        {"region": "Three", "action": "upload", "image": "a", "size": 1000, "detail": ""}
     ]
     assert "failed in 1 of 2 region(s): Two:" in captured.err
 
@@ -177,6 +177,6 @@ def test_load_backups_scenario(env, capsys, tmp_path):
         "Two,base,22222222-1111-1111-1111-111111111111,active,10,abc,,True,{u'type': u'old'}\n"
     )
     assert env("image", "load-backups", str(bk), "-f", "json") == 0
-    assert rows(capsys) == [{"Region": "One", "Images": 1}, {"Region": "Two", "Images": 1}]
+    assert rows(capsys) == [{"region": "One", "images": 1}, {"region": "Two", "images": 1}]
     assert env("image", "status", "Two", "-f", "json") == 0
-    assert rows(capsys) == [{"Status": "pending_metadata", "Region": "Two", "Image": "base"}]
+    assert rows(capsys) == [{"status": "pending_metadata", "region": "Two", "image": "base"}]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import threading
 
@@ -36,6 +37,24 @@ def test_serve_bad_cache_size_and_no_devices(conf):
     assert out.returncode == 3 and "invalid size" in out.stderr
     out = stowkit(conf, "blockstore", "serve", "--port", "0")
     assert out.returncode == 3 and "no device to serve" in out.stderr
+
+
+def test_serve_port_out_of_range_is_a_usage_error(conf):
+    out = stowkit(conf, "blockstore", "serve", "--port", "99999")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "invalid port '99999': use 0 to 65535" in out.stderr
+
+
+def test_serve_on_a_busy_port_names_the_address_and_the_reason(conf):
+    assert stowkit(conf, "blockstore", "setup", "d", "--size", "1M").returncode == 0
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = stowkit(conf, "blockstore", "serve", "--port", str(port), "--read-only")
+    assert out.returncode == 9, out.stderr
+    assert out.stderr == f"stowkit: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    assert out.stdout == ""  # nothing announced
 
 
 def test_serve_prints_uri_and_stops_cleanly_on_sigterm(conf):

@@ -161,12 +161,12 @@ def test_stowkit_backends_shows_an_unavailable_backend_and_why(fake_distribution
     from stowkit.cli.app import main
 
     assert main(["backends", "--namespace", "volume", "-f", "json"]) == 0
-    rows = {r["Name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert rows["unready"]["Status"] == (
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["unready"]["status"] == (
         "unavailable: cannot import fakebackend_client_missing: "
         "No module named 'fakebackend_client_missing'"
     )
-    assert rows["fake"]["Status"] == "ok"
+    assert rows["fake"]["status"] == "ok"
 
 
 def test_btrfs_without_its_bindings_is_unavailable(monkeypatch, capsys):
@@ -176,8 +176,8 @@ def test_btrfs_without_its_bindings_is_unavailable(monkeypatch, capsys):
     monkeypatch.setattr(subvol, "btrfsutil", None)
     monkeypatch.setattr(subvol, "_IMPORT_ERROR", "No module named 'btrfsutil'")
     assert main(["backends", "--namespace", "volume", "-f", "json"]) == 0
-    rows = {r["Name"]: r for r in json.loads(capsys.readouterr().out)}
-    status = rows["btrfs"]["Status"]
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    status = rows["btrfs"]["status"]
     assert status.startswith("unavailable: the btrfs backend needs libbtrfsutil")
     assert "No module named 'btrfsutil'" in status and "pip install btrfsutil" in status
     with pytest.raises(BackendUnavailable, match="needs libbtrfsutil"):

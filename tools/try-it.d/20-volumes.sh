@@ -58,7 +58,7 @@ expect_eq "greeting in snapshot ${made[0]}" "$(cat "$mnt/stowkit/snapshots/${mad
 ok "3 snapshots listed, the first holds the greeting"
 
 say "stowkit snapshot purge demo 1h:1d --dry-run (nothing is deleted)"
-purge=$(sk snapshot purge demo 1h:1d --dry-run -f value -c Snapshot -c Action)
+purge=$(sk snapshot purge demo 1h:1d --dry-run -f value -c snapshot -c action)
 sk snapshot purge demo 1h:1d --dry-run
 expect_eq "snapshots the dry-run keeps" "$(grep -c ' kept$' <<<"$purge")" 3
 expect_eq "snapshots after the dry-run" "$(sk snapshot list demo -f value -c name)" "$listed"

@@ -42,13 +42,13 @@ md5() { md5sum <"$1" | cut -d' ' -f1; }
 
 say "regions"
 sk image regions "${sync_conf[@]}"
-expect_eq "regions" "$(sk image regions "${sync_conf[@]}" -f value -c Region -c Role)" \
+expect_eq "regions" "$(sk image regions "${sync_conf[@]}" -f value -c region -c role)" \
     "$(printf 'RegionOne master\nRegionTwo ')"
 
 say "status before"
 sk image status "${sync_conf[@]}"
 expect_eq "status before the sync" \
-    "$(sk image status "${sync_conf[@]}" -f value -c Status -c Image | LC_ALL=C sort)" \
+    "$(sk image status "${sync_conf[@]}" -f value -c status -c image | LC_ALL=C sort)" \
     "$(printf 'pending_metadata base\npending_upload tools')"
 ok "tools is to upload, base needs its metadata; private is not public: not synchronised"
 
@@ -58,7 +58,7 @@ sk image sync "${sync_conf[@]}"
 say "status after"
 sk image status "${sync_conf[@]}"
 expect_eq "status after the sync" \
-    "$(sk image status "${sync_conf[@]}" -f value -c Status -c Image | LC_ALL=C sort)" \
+    "$(sk image status "${sync_conf[@]}" -f value -c status -c image | LC_ALL=C sort)" \
     "$(printf 'ok base\nok tools')"
 
 say "RegionTwo"
