@@ -52,7 +52,7 @@ import sys
 import figures
 
 HERE = pathlib.Path(__file__).resolve().parent
-BENCHMARKS = ("btrfs_plugin", "catalog_api", "imagesync", "nbd_throughput")
+BENCHMARKS = ("btrfs_plugin", "catalog_api", "imagesync", "nbd_throughput", "replication")
 
 
 @dataclasses.dataclass

@@ -34,10 +34,6 @@ def store(app: Any) -> scheduler.ScheduleStore:
     return scheduler.ScheduleStore(app.conf[scheduler.GROUP].schedule_file)
 
 
-def _headers() -> tuple[str, ...]:
-    return tuple(c.replace("_", " ").title() for c in COLUMNS)
-
-
 class AddJob(ShowOne):
     """Schedule an action on a volume every MINUTES (replaces the interval if already there)."""
 
@@ -55,7 +51,7 @@ class AddJob(ShowOne):
             parsed_args.volume, parsed_args.action, parsed_args.minutes, not parsed_args.paused
         )
         row = scheduler.job_rows([job], s.load().paused)[0]
-        return _headers(), tuple(row[c] for c in COLUMNS)
+        return COLUMNS, tuple(row[c] for c in COLUMNS)
 
 
 class RemoveJob(Command):
@@ -83,7 +79,7 @@ class ListJobs(Lister):
         schedule = store(self.app).load()
         jobs = [j for j in schedule.jobs if parsed_args.volume in (None, j.volume)]
         rows = scheduler.job_rows(jobs, schedule.paused)
-        return _headers(), [tuple(r[c] for c in COLUMNS) for r in rows]
+        return COLUMNS, [tuple(r[c] for c in COLUMNS) for r in rows]
 
 
 class _Switch(Command):
@@ -133,7 +129,7 @@ class ImportJobs(Lister):
         s = store(self.app)
         jobs = s.import_csv(text)
         rows = scheduler.job_rows(jobs, s.load().paused)
-        return _headers(), [tuple(r[c] for c in COLUMNS) for r in rows]
+        return COLUMNS, [tuple(r[c] for c in COLUMNS) for r in rows]
 
 
 def _read(path: str, stdin: Any) -> str:

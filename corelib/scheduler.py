@@ -37,7 +37,6 @@ import io
 import json
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
@@ -46,7 +45,7 @@ from typing import Any
 
 from oslo_config import cfg
 
-from stowkit.corelib import retention
+from stowkit.corelib import names, retention
 from stowkit.corelib.errors import (
     BackendUnavailable,
     InvalidArgument,
@@ -90,18 +89,18 @@ OK = "ok"
 FAILED = "failed"
 SKIPPED = "skipped"
 
-# A host as ssh understands it: [user@]host[:port]; never an option, never a
-# shell word.  The driver checks again; this keeps garbage out of the file.
-_HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(@[A-Za-z0-9_.:\[\]-]+)?(:[0-9]{1,5})?")
-
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(opts, group=GROUP)
 
 
 def check_host(host: str) -> str:
-    if not host or not _HOST.fullmatch(host):
-        raise InvalidArgument(f"invalid host {host!r}: use [user@]host[:port]")
+    """The rule ``volume send``/``sync`` apply (:func:`stowkit.corelib.names.check_host`).
+
+    Checked when a job is added, so a host its run would refuse never gets
+    into the schedule file.
+    """
+    names.check_host(host)
     return host
 
 
@@ -598,10 +597,7 @@ def job_rows(jobs: Sequence[Job], paused: bool = False) -> list[dict[str, Any]]:
     def iso(stamp: float | None) -> str | None:
         if stamp is None:
             return None
-        return (
-            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp))
-            + f".{int(stamp % 1 * 1000):03d}Z"
-        )
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
 
     rows = []
     for job in jobs:

@@ -37,6 +37,13 @@ def _name(body: Mapping[str, Any]) -> str:
     return check_name(body.get("Name"), "volume name")
 
 
+def _mount_id(body: Mapping[str, Any], what: str) -> str:
+    value = body.get("ID")
+    if not isinstance(value, str | int) or isinstance(value, bool) or value in ("", 0):
+        raise InvalidArgument(f"{what} needs an ID (a string)")
+    return str(value)
+
+
 def rfc3339(when: dt.datetime) -> str:
     """UTC, as Docker's Go side parses ``CreatedAt`` (time.Time from RFC 3339)."""
     return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
@@ -82,11 +89,14 @@ class PluginApp:
             # buttervolume 3.13 clients GET /VolumeDriver.Snapshot.List/VOLUME
             handler, suffix = self.snapshot_list, path[len(_SNAPSHOT_LIST_PREFIX) :]
         if handler is None:
-            return 404, {"Err": f"unknown endpoint {path}"}
+            return 404, {"Err": f"unknown endpoint {path[:200]!r}"}
         try:
             body = json.loads(raw) if raw and raw.strip() else {}
         except ValueError as exc:
             return 200, {"Err": f"invalid JSON request: {exc}"}
+        except RecursionError:
+            # json's decoder recurses per level: 100k '[' would end the thread.
+            return 200, {"Err": "invalid JSON request: nested too deeply"}
         if not isinstance(body, dict):
             return 200, {"Err": "invalid request: the body must be a JSON object"}
         if suffix:
@@ -117,6 +127,8 @@ class PluginApp:
             opts = {}
         if not isinstance(opts, dict):
             raise InvalidArgument("Opts must be a JSON object of strings")
+        if not all(isinstance(v, str | int | float | bool) for v in opts.values()):
+            raise InvalidArgument("Opts must be a JSON object of strings")
         options = {str(k): str(v) for k, v in opts.items()}
         check_create_options(self.driver, options)
         try:
@@ -138,16 +150,12 @@ class PluginApp:
 
     def mount(self, body: Mapping[str, Any]) -> dict[str, Any]:
         name = _name(body)
-        mount_id = str(body.get("ID") or "")
-        if not mount_id:
-            raise InvalidArgument("Mount needs an ID")
+        mount_id = _mount_id(body, "Mount")
         return {"Mountpoint": self.driver.mount(name, mount_id), "Err": ""}
 
     def unmount(self, body: Mapping[str, Any]) -> dict[str, Any]:
         name = _name(body)
-        mount_id = str(body.get("ID") or "")
-        if not mount_id:
-            raise InvalidArgument("Unmount needs an ID")
+        mount_id = _mount_id(body, "Unmount")
         self.driver.unmount(name, mount_id)
         return {"Err": ""}
 

@@ -97,6 +97,9 @@ Env = Mapping[str, Any]
 Fn = Callable[[Env], Any]
 
 
+#: deepest expression tree accepted (GlanceSync's conditions are a few levels deep)
+MAX_DEPTH = 100
+
 #: a line break that is not a backslash continuation (ConfigParser's multi-line values)
 _NEWLINE = re.compile(r"(?<!\\)\n")
 
@@ -117,8 +120,17 @@ class Condition:
             tree = ast.parse(text, mode="eval")
         except SyntaxError as exc:
             raise ConditionError(
-                f"malformed metadata_condition {text!r}: {exc.msg} at column {exc.offset}"
+                f"malformed metadata_condition {_short(text)}: {exc.msg} at column {exc.offset}"
             ) from None
+        except ValueError as exc:  # a NUL byte (Python 3.11 says ValueError)
+            raise ConditionError(f"malformed metadata_condition {_short(text)}: {exc}") from None
+        except (RecursionError, MemoryError):
+            # CPython's parser gives up on a few thousand nested operators.
+            raise ConditionError(_too_deep(text)) from None
+        # Compiling and evaluating recurse once per level: bounded here, so a
+        # deep expression is a configuration error, not a crash.
+        if _depth(tree.body) > MAX_DEPTH:
+            raise ConditionError(_too_deep(text))
         self._fn = _compile(tree.body, text)
 
     def evaluate(self, image: Any, metadata_set: frozenset[str] | set[str]) -> bool:
@@ -133,6 +145,27 @@ class Condition:
 
     def __repr__(self) -> str:
         return f"Condition({self.source!r})"
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+def _too_deep(text: str) -> str:
+    return f"metadata_condition {_short(text)} is nested deeper than {MAX_DEPTH} levels"
+
+
+def _depth(root: ast.AST) -> int:
+    """How deep the tree goes, without recursing (the tree may be very deep)."""
+    deepest = 0
+    stack = [(root, 1)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in ast.iter_child_nodes(node))
+    return deepest
 
 
 def _reject(node: ast.AST, text: str, why: str) -> ConditionError:

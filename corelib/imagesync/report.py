@@ -75,55 +75,74 @@ def parse_properties(text: str) -> dict[str, str]:
     text = text.strip()
     if not text:
         return {}
+    # What a hostile file can make literal_eval raise besides a syntax error:
+    # deep nesting (RecursionError, MemoryError), a huge int (ValueError),
+    # unhashable keys (TypeError).
+    unreadable = (ValueError, SyntaxError, TypeError, RecursionError, MemoryError)
     try:
         value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except unreadable:
         # GlanceSync also accepted the keyword form: a='1', b='2'
         try:
             tree = ast.parse(f"dict({text})", mode="eval")
             call = tree.body
             if not isinstance(call, ast.Call) or call.args:
                 raise ValueError
+            if any(kw.arg is None for kw in call.keywords):
+                raise ValueError  # **mapping
             value = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
-        except (ValueError, SyntaxError):
+        except unreadable:
             raise InvalidArgument(f"cannot read properties {text[:40]!r}") from None
     if not isinstance(value, dict):
         raise InvalidArgument(f"properties must be a dict, got {text[:40]!r}")
-    return {str(k): str(v) for k, v in value.items()}
+    try:
+        return {str(k): str(v) for k, v in value.items()}
+    except (RecursionError, MemoryError, ValueError):
+        raise InvalidArgument(f"cannot read properties {text[:40]!r}") from None
 
 
 def read_backup(path: str) -> list[Image]:
     """Images of a ``backup_REGION.csv`` file."""
     images: list[Image] = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        for lineno, row in enumerate(csv.reader(fh), 1):
-            if not row:
-                continue
-            if len(row) < 9:
-                raise InvalidArgument(f"{path}:{lineno}: expected 9 fields, got {len(row)}")
-            region, name, image_id, status, size, checksum, owner, public = row[:8]
-            # the id names a file in the embedded store: refused here, at load time
-            check_name(image_id, f"image id at {path}:{lineno}")
-            props = parse_properties(",".join(row[8:]))
-            kernel = props.pop("kernel_id", None) or None
-            ramdisk = props.pop("ramdisk_id", None) or None
-            try:
-                size_value = int(size)
-            except ValueError:
-                raise InvalidArgument(f"{path}:{lineno}: size {size!r} is not a number") from None
-            images.append(
-                Image(
-                    id=image_id,
-                    name=name,
-                    region=region,
-                    owner=owner or None,
-                    size=size_value,
-                    checksum=checksum or None,
-                    status=status,
-                    visibility="public" if public.strip() == "True" else "private",
-                    properties=props,
-                    kernel_id=kernel,
-                    ramdisk_id=ramdisk,
-                )
-            )
+    lineno = 0
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            for lineno, row in enumerate(csv.reader(fh), 1):
+                if row:
+                    images.append(_backup_image(path, lineno, row))
+    except (csv.Error, UnicodeDecodeError) as exc:
+        # a field past csv's limit, bytes that are not UTF-8: one line, not a trace
+        reason = str(exc).splitlines()[0][:120]
+        raise InvalidArgument(f"{path}:{lineno + 1}: unreadable backup line: {reason}") from None
     return images
+
+
+def _backup_image(path: str, lineno: int, row: list[str]) -> Image:
+    """One row of a backup file; every field checked before it is used."""
+    if len(row) < 9:
+        raise InvalidArgument(f"{path}:{lineno}: expected 9 fields, got {len(row)}")
+    region, name, image_id, status, size, checksum, owner, public = row[:8]
+    # the id names a file in the embedded store: refused here, at load time
+    check_name(image_id, f"image id at {path}:{lineno}")
+    props = parse_properties(",".join(row[8:]))
+    kernel = props.pop("kernel_id", None) or None
+    ramdisk = props.pop("ramdisk_id", None) or None
+    try:
+        size_value = int(size)
+    except ValueError:
+        size_value = -1
+    if size_value < 0:
+        raise InvalidArgument(f"{path}:{lineno}: size {size[:40]!r} is not a number of bytes")
+    return Image(
+        id=image_id,
+        name=name,
+        region=region,
+        owner=owner or None,
+        size=size_value,
+        checksum=checksum or None,
+        status=status,
+        visibility="public" if public.strip() == "True" else "private",
+        properties=props,
+        kernel_id=kernel,
+        ramdisk_id=ramdisk,
+    )

@@ -240,7 +240,15 @@ class BtrfsVolumeDriver(VolumeDriver):
                 if compression != "none":
                     subvol.set_compression(tmp, compression)
                 subvol.mark_created(tmp, now)
-                subvol.rename(tmp, path, subvol.RENAME_NOREPLACE)
+                with self._lock(name):
+                    # Under the lock Mount and Remove take: a mount record left
+                    # for a volume of this name that is gone (an older stowkit's
+                    # race, a crash) must not make the new volume "mounted".
+                    if os.path.lexists(path):
+                        raise AlreadyExists(f"volume {name} already exists")
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._dir(".mounts", name))
+                    subvol.rename(tmp, path, subvol.RENAME_NOREPLACE)
             except BaseException:
                 subvol.delete(tmp)
                 raise
@@ -382,8 +390,12 @@ class BtrfsVolumeDriver(VolumeDriver):
         return self._existing_volume(name)
 
     def delete_volume(self, name: str, force: bool = False) -> None:
-        path = self._existing_volume(name)
+        self._volume_path(name)  # the name first: nothing is touched for a bad one
+        self._setup()
+        # The lock before the existence check: a Mount waiting on it then sees
+        # the volume gone instead of recording an ID for a deleted volume.
         with self._lock(name):
+            path = self._existing_volume(name)
             users = self.mounts(name)
             if users and not force:
                 raise Conflict(
@@ -411,8 +423,11 @@ class BtrfsVolumeDriver(VolumeDriver):
     def mount(self, name: str, mount_id: str) -> str:
         check_name(name, "volume name")
         _check_mount_id(mount_id)
-        path = self._existing_volume(name)
+        self._setup()
+        # Checked under the lock Remove holds while it deletes: a volume removed
+        # meanwhile is NotFound here, never a mountpoint with a stale record.
         with self._lock(name):
+            path = self._existing_volume(name)
             record = self._dir(".mounts", name)
             ids = state.read_mounts(record, self._boot)
             if mount_id not in ids:
@@ -442,8 +457,10 @@ class BtrfsVolumeDriver(VolumeDriver):
         return state.read_mounts(self._dir(".mounts", name), self._boot)
 
     def clear_mounts(self, name: str) -> list[str]:
-        self._existing_volume(name)  # checks the name first
-        with self._lock(name):
+        self._volume_path(name)  # checks the name first
+        self._setup()
+        with self._lock(name):  # as Mount and Remove: the lock, then the existence check
+            self._existing_volume(name)
             ids = state.read_mounts(self._dir(".mounts", name), self._boot)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._dir(".mounts", name))
@@ -685,9 +702,22 @@ class BtrfsVolumeDriver(VolumeDriver):
         snapshots = os.path.abspath(self.opts.remote_snapshots_path or snapshots)
         return received, snapshots
 
+    def _listing_dirs(self) -> list[str]:
+        """The peer directories a send lists: its received/ (first), its snapshots/."""
+        received, snapshots = self._remote_dirs()
+        return [received] if snapshots == received else [received, snapshots]
+
     def _remote_held(self, peer: transport.Peer, volume: str) -> tuple[dict[str, str], set[str]]:
         """{received_uuid: name} of ``volume``'s complete snapshots the peer holds,
-        and the names of those in the directory sends land in.
+        and the names of those in the directory sends land in (one ssh call;
+        a send gets the same from its own session, see :meth:`_send`)."""
+        dirs = self._listing_dirs()
+        argv = self._ssh().argv(peer) + [transport.remote_command(transport.LIST_SCRIPT, *dirs)]
+        out = transport.run(argv, what=f"listing snapshots on {peer.spec}")
+        return self._held(out, dirs, volume)
+
+    def _held(self, out: str, dirs: Sequence[str], volume: str) -> tuple[dict[str, str], set[str]]:
+        """:meth:`_remote_held` from a listing's text.
 
         Only subvolumes directly in the peer's configured received/ directory
         (where sends land) or its snapshots/ directory (where buttervolume
@@ -695,10 +725,7 @@ class BtrfsVolumeDriver(VolumeDriver):
         so every listed path is compared with the exact place of those two
         directories on it, never with a directory name.
         """
-        received, snapshots = self._remote_dirs()
-        dirs = [received] if snapshots == received else [received, snapshots]
-        argv = self._ssh().argv(peer) + [transport.remote_command(transport.LIST_SCRIPT, *dirs)]
-        out = transport.run(argv, what=f"listing snapshots on {peer.spec}")
+        received = dirs[0]
         held: dict[str, str] = {}
         landed: set[str] = set()
         for sub in transport.parse_listing(out, dirs):
@@ -778,33 +805,38 @@ class BtrfsVolumeDriver(VolumeDriver):
     def _send(
         self, path: str, peer: transport.Peer, host: str, compress: bool, rate: int
     ) -> SendResult:
-        snap = self._snapshot(path)
-        held, landed = self._remote_held(peer, snap.volume)
-        key = self._stream_uuid(snap)
-        if key in held:
-            self._record_sent(peer, snap)
-            return SendResult(snap.name, host, None, 0, already_there=True)
-        if snap.name in landed:
-            raise Conflict(f"{peer.spec} holds a different snapshot named {snap.name}")
-        # The newest snapshot both sides hold, by UUID, is the incremental parent.
-        candidates = [
-            s
-            for s in self.list_snapshots(snap.volume)
-            if s.name != snap.name and s.created <= snap.created and self._stream_uuid(s) in held
-        ]
-        parent = candidates[-1] if candidates else None
-        send_argv = [self.opts.btrfs_command, "send", "-q"]
-        if parent is not None:
-            send_argv += ["-p", parent.path]
-        send_argv += ["--", path]
-        received = self._remote_dirs()[0]
-        receive = transport.remote_command(
-            transport.RECEIVE_SCRIPT, received, snap.name, "zstd" if compress else "none"
-        )
-        subvol.sync(path)
-        sent_bytes = transport.send_stream(
-            send_argv, self._ssh().argv(peer) + [receive], compress, rate
-        )
+        # One ssh connection for the whole send: the peer lists what it holds,
+        # then receives on the same session (or is told there is nothing).
+        # It is opened first, so the local work below overlaps its handshake.
+        dirs = self._listing_dirs()
+        with transport.SendSession(self._ssh().argv(peer), dirs) as session:
+            snap = self._snapshot(path)
+            subvol.sync(path)
+            local = self.list_snapshots(snap.volume)
+            held, landed = self._held(
+                session.listing(f"listing snapshots on {peer.spec}"), dirs, snap.volume
+            )
+            key = self._stream_uuid(snap)
+            if key in held:
+                session.nothing()
+                self._record_sent(peer, snap)
+                return SendResult(snap.name, host, None, 0, already_there=True)
+            if snap.name in landed:
+                raise Conflict(f"{peer.spec} holds a different snapshot named {snap.name}")
+            # The newest snapshot both sides hold, by UUID, is the incremental parent.
+            candidates = [
+                s
+                for s in local
+                if s.name != snap.name
+                and s.created <= snap.created
+                and self._stream_uuid(s) in held
+            ]
+            parent = candidates[-1] if candidates else None
+            send_argv = [self.opts.btrfs_command, "send", "-q"]
+            if parent is not None:
+                send_argv += ["-p", parent.path]
+            send_argv += ["--", path]
+            sent_bytes = session.stream(send_argv, snap.name, compress, rate)
         self._record_sent(peer, snap)
         return SendResult(snap.name, host, parent.name if parent else None, sent_bytes)
 

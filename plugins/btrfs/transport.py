@@ -14,9 +14,14 @@ which is how every reader (here and on the peer) tells it from a snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
+import os
 import posixpath
 import re
+import selectors
 import shlex
 import subprocess
 import tempfile
@@ -25,12 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import IO
 
 from stowkit.corelib.errors import BackendUnavailable, InvalidArgument
-
-_HOST = re.compile(
-    r"(?:(?P<user>[A-Za-z_][A-Za-z0-9_.-]{0,31})@)?"
-    r"(?P<host>[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\])"
-    r"(?::(?P<port>[0-9]{1,5}))?"
-)
+from stowkit.corelib.names import check_host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,17 +46,13 @@ class Peer:
 
 
 def parse_peer(spec: object, default_user: str, default_port: int) -> Peer:
-    """``[user@]host[:port]`` -> Peer; anything else (spaces, ';', a leading '-') is refused."""
-    if not isinstance(spec, str) or not _HOST.fullmatch(spec):
-        raise InvalidArgument(
-            f"invalid host {spec!r}: expected [user@]host[:port] with a plain host name or address"
-        )
-    match = _HOST.fullmatch(spec)
-    assert match is not None
-    port = int(match.group("port") or default_port)
-    if not 0 < port < 65536:
-        raise InvalidArgument(f"invalid host {spec!r}: port out of range")
-    return Peer(spec, match.group("user") or default_user, match.group("host"), port)
+    """``[user@]host[:port]`` -> Peer; anything else (spaces, ';', a leading '-') is refused.
+
+    The rule is :func:`stowkit.corelib.names.check_host`, the one the scheduler
+    checks hosts with at ``schedule add``.
+    """
+    user, host, port = check_host(spec)
+    return Peer(str(spec), user or default_user, host, port or default_port)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +92,7 @@ for d in "$@"; do
     real=$(cd -P -- "$d" 2>/dev/null && pwd -P) || continue
     top=$real
     while [ "$(stat -c %i -- "$top")" != 256 ] && [ "$top" != / ]; do
-        top=$(dirname -- "$top")
+        top=${top%/*}; top=${top:-/}
     done
     id=$(btrfs inspect-internal rootid -- "$real") || exit 1
     rel=${real#"$top"}
@@ -140,6 +136,43 @@ fi
 grep -v '^At subvol' "$err" >&2; rm -f -- "$err"
 exit 1
 """
+
+
+#: One ssh session per send: discovery, receive and checks.  $1... = the
+#: directories :data:`LIST_SCRIPT` lists ($1, where sends land, is made if
+#: missing).  It prints that listing, then :data:`LISTED`, then reads one
+#: line from the sender on its stdin: ``done`` (nothing to send) or
+#: ``receive NAME zstd|none``, after which the rest of its stdin is the
+#: stream, received by :data:`RECEIVE_SCRIPT` into $1.  ``read`` takes its
+#: line a byte at a time from the pipe, so ``btrfs receive`` gets the stream
+#: from its first byte.  NAME arrives on stdin, not in the command line, so it
+#: is checked here as well: a plain name, no ``/``, no leading ``.``.
+SESSION_SCRIPT = (
+    "list() {"
+    + LIST_SCRIPT
+    + "}\nreceive() {"
+    + RECEIVE_SCRIPT
+    + "}\n"
+    + r"""dest=$1
+list "$@" || exit 1
+echo stowkit-listed
+ok=
+read -r verb name codec rest || exit 1
+case $verb in
+done) [ -z "$name" ] && exit 0 ;;
+receive)
+    case $name in
+    "" | .* | */*) ;;
+    *) [ -z "$rest" ] && { [ "$codec" = zstd ] || [ "$codec" = none ]; } && ok=1 ;;
+    esac ;;
+esac
+[ -n "${ok-}" ] || { echo "unexpected request from the sender" >&2; exit 1; }
+receive "$dest" "$name" "$codec"
+"""
+)
+
+#: The line :data:`SESSION_SCRIPT` prints after its listing.
+LISTED = "stowkit-listed"
 
 
 def remote_command(script: str, *args: str) -> str:
@@ -267,6 +300,23 @@ class RateLimiter:
 
 
 CHUNK = 64 * 1024
+#: Pipe buffer asked for on the stream's pipes (Linux caps it at
+#: /proc/sys/fs/pipe-max-size, 1 MiB by default): fewer wake-ups per MiB.
+PIPE_SIZE = 1 << 20
+#: The largest move per splice call with no rate limit.
+SPLICE = 1 << 20
+
+
+def _fileno(f: object) -> int | None:
+    try:
+        return f.fileno()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _grow_pipe(fd: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
 
 def pump(
@@ -275,12 +325,41 @@ def pump(
     rate: int,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Copy ``source`` to ``sink`` at most ``rate`` bytes/s; return the bytes copied."""
+    """Copy ``source`` to ``sink`` at most ``rate`` bytes/s; return the bytes copied.
+
+    Between two pipes the bytes move with ``splice(2)``, inside the kernel:
+    this process never copies them, it only counts them (for the result,
+    ``progress`` and the rate limit).  ``progress`` is called with the total
+    so far after each move.
+    """
     limiter = RateLimiter(rate, clock)
     # Small chunks under a limit keep the flow smooth rather than bursty.
     size = min(CHUNK, max(4096, rate // 8)) if rate else CHUNK
+    src, dst = _fileno(source), _fileno(sink)
     total = 0
+    if src is not None and dst is not None and hasattr(os, "splice"):
+        if hasattr(sink, "flush"):
+            sink.flush()
+        step = size if rate else SPLICE
+        while True:
+            try:
+                moved = os.splice(src, dst, step)
+            except OSError as exc:
+                if exc.errno == errno.EPIPE:
+                    raise BrokenPipeError(exc.errno, exc.strerror) from None
+                if exc.errno in (errno.EINVAL, errno.ENOSYS) and total == 0:
+                    break  # not pipes after all: copy below
+                raise
+            if not moved:
+                return total
+            total += moved
+            if progress is not None:
+                progress(total)
+            wait = limiter.delay_for(moved)
+            if wait:
+                sleep(wait)
     while True:
         chunk = source.read1(size) if hasattr(source, "read1") else source.read(size)
         if not chunk:
@@ -290,59 +369,64 @@ def pump(
             sleep(wait)
         sink.write(chunk)
         total += len(chunk)
+        if progress is not None:
+            progress(total)
 
 
-def send_stream(
-    send_argv: Sequence[str],
-    ssh_argv: Sequence[str],
-    compress: bool,
-    rate: int,
-) -> int:
-    """``send_argv | [zstd] | (rate limit) | ssh_argv``; bytes on the wire.
-
-    Raises BackendUnavailable naming the stage that failed.  Every process is
-    waited for; none is left behind on failure.
-    """
-    errs = [tempfile.TemporaryFile() for _ in range(3)]
+def _start_sender(
+    send_argv: Sequence[str], compress: bool, errs: list[IO[bytes]]
+) -> tuple[list[subprocess.Popen[bytes]], IO[bytes]]:
+    """``send_argv [| zstd]``: the processes and the stream's read end."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
         sender = subprocess.Popen(list(send_argv), stdout=subprocess.PIPE, stderr=errs[0])
         procs.append(sender)
-        stream = sender.stdout
+        assert sender.stdout is not None
+        stream: IO[bytes] = sender.stdout
         if compress:
             zstd = subprocess.Popen(
                 ["zstd", "-q", "-c", "-3"], stdin=stream, stdout=subprocess.PIPE, stderr=errs[1]
             )
             procs.append(zstd)
-            assert sender.stdout is not None
             sender.stdout.close()  # zstd holds it now; send sees SIGPIPE if zstd dies
+            assert zstd.stdout is not None
             stream = zstd.stdout
-        ssh = subprocess.Popen(
-            list(ssh_argv), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errs[2]
-        )
-        procs.append(ssh)
     except FileNotFoundError as exc:
         for p in procs:
             p.kill()
             p.wait()
         raise BackendUnavailable(f"send: {exc.filename} is not installed") from None
-    assert stream is not None and ssh.stdin is not None
+    _grow_pipe(stream.fileno())
+    return procs, stream
+
+
+def _copy_and_wait(
+    procs: list[subprocess.Popen[bytes]],
+    stream: IO[bytes],
+    receiver: subprocess.Popen[bytes],
+    errs: list[IO[bytes]],
+    compress: bool,
+    rate: int,
+    progress: Callable[[int], None] | None,
+) -> int:
+    """Pump ``stream`` into ``receiver``'s stdin, wait for all, name the stage that failed."""
+    assert receiver.stdin is not None
     total = 0
     broken = False
     try:
-        total = pump(stream, ssh.stdin, rate)
+        total = pump(stream, receiver.stdin, rate, progress=progress)
     except BrokenPipeError:
         broken = True
     finally:
-        for f in (stream, ssh.stdin):
+        for f in (stream, receiver.stdin):
             try:
                 f.close()
             except BrokenPipeError:
                 broken = True
     if broken:
-        for p in procs[:-1]:
+        for p in procs:
             p.kill()
-    codes = [p.wait() for p in procs]
+    codes = [p.wait() for p in [*procs, receiver]]
     texts = []
     for f in errs:
         f.seek(0)
@@ -355,3 +439,144 @@ def send_stream(
         if code != 0:
             raise BackendUnavailable(f"{name} failed: {last_line(text, f'exit status {code}')}")
     return total
+
+
+def send_stream(
+    send_argv: Sequence[str],
+    ssh_argv: Sequence[str],
+    compress: bool,
+    rate: int,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """``send_argv | [zstd] | (rate limit) | ssh_argv``; bytes on the wire.
+
+    Raises BackendUnavailable naming the stage that failed.  Every process is
+    waited for; none is left behind on failure.
+    """
+    errs = [tempfile.TemporaryFile() for _ in range(3)]
+    procs, stream = _start_sender(send_argv, compress, errs)
+    try:
+        receiver = subprocess.Popen(
+            list(ssh_argv), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errs[2]
+        )
+    except FileNotFoundError as exc:
+        stream.close()
+        for p in procs:
+            p.kill()
+            p.wait()
+        raise BackendUnavailable(f"send: {exc.filename} is not installed") from None
+    return _copy_and_wait(procs, stream, receiver, errs, compress, rate, progress)
+
+
+class SendSession:
+    """One ssh connection for a whole send: the peer's listing, then the stream.
+
+    ``ssh_argv`` ends with the destination; the session runs
+    :data:`SESSION_SCRIPT` there with ``dirs``.  Use as a context manager:
+    :meth:`listing` returns the peer's listing, then exactly one of
+    :meth:`nothing` (the peer holds it already) or :meth:`stream`.  The ssh
+    connection is started at once, so the caller's local work overlaps its
+    handshake.  On any way out, the ssh process is waited for.
+    """
+
+    def __init__(self, ssh_argv: Sequence[str], dirs: Sequence[str], timeout: float = 120) -> None:
+        self.timeout = timeout
+        self.err = tempfile.TemporaryFile()
+        self.dirs = list(dirs)
+        try:
+            self.proc: subprocess.Popen[bytes] = subprocess.Popen(
+                [*ssh_argv, remote_command(SESSION_SCRIPT, *self.dirs)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self.err,
+            )
+        except FileNotFoundError:
+            self.err.close()
+            raise BackendUnavailable(f"ssh: {ssh_argv[0]} is not installed") from None
+        assert self.proc.stdin is not None
+        _grow_pipe(self.proc.stdin.fileno())
+
+    def __enter__(self) -> SendSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        for f in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                if f is not None:
+                    f.close()
+        self.proc.wait()
+        self.err.close()
+
+    def _stderr(self, default: str) -> str:
+        self.err.seek(0)
+        return last_line(self.err.read(), default)
+
+    def listing(self, what: str = "listing snapshots") -> str:
+        """The peer's :data:`LIST_SCRIPT` output (BackendUnavailable if it failed)."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + self.timeout
+        data = b""
+        marker = ("\n" + LISTED + "\n").encode()
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while not (b"\n" + data).endswith(marker):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.close_quietly()
+                    raise BackendUnavailable(f"{what}: timed out after {self.timeout} s")
+                if not sel.select(left):
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    code = self.proc.wait()
+                    raise BackendUnavailable(
+                        f"{what} failed: {self._stderr(f'exit status {code}')}"
+                    )
+                data += chunk
+        text = data.decode(errors="replace")
+        return text[: len(text) - len(LISTED) - 1]
+
+    def close_quietly(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+    def _tell(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        try:
+            os.write(self.proc.stdin.fileno(), line.encode())
+        except BrokenPipeError:
+            pass  # the peer is gone; its exit status says why
+
+    def nothing(self) -> None:
+        """End the session without a stream."""
+        self._tell("done\n")
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        code = self.proc.wait()
+        if code != 0:
+            raise BackendUnavailable(f"ssh failed: {self._stderr(f'exit status {code}')}")
+
+    def stream(
+        self,
+        send_argv: Sequence[str],
+        name: str,
+        compress: bool,
+        rate: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """``send_argv [| zstd]`` into the peer's receive of ``name``; bytes on the wire."""
+        if not name or name.startswith(".") or any(c in name for c in "/ \t\r\n"):
+            raise InvalidArgument(f"invalid snapshot name {name!r}")
+        self._tell(f"receive {name} {'zstd' if compress else 'none'}\n")
+        errs = [tempfile.TemporaryFile() for _ in range(2)] + [self.err]
+        procs, stream = _start_sender(send_argv, compress, errs)
+        try:
+            return _copy_and_wait(procs, stream, self.proc, errs, compress, rate, progress)
+        finally:
+            self.err = tempfile.TemporaryFile()  # closed above; close() closes this one

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -232,3 +234,36 @@ def test_a_copy_in_another_roots_received_is_not_there(peers):  # noqa: F811
         assert a.driver.send_snapshot(s2.name, remote).parent == s1.name
     finally:
         wipe(second_root)
+
+
+def test_one_ssh_connection_per_send(peers, tmp_path):  # noqa: F811
+    """Discovery, receive and checks share one ssh connection: full, incremental,
+    compressed and rate-limited, and "already there" sends each open exactly one."""
+    a, b, remote = peers
+    log = tmp_path / "connections"
+    wrapper = tmp_path / "ssh"
+    real = shutil.which("ssh")
+    assert real
+    wrapper.write_text(f'#!/bin/sh\necho connection >> {shlex.quote(str(log))}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    drv = a.make_driver(ssh_command=str(wrapper))
+
+    def connections():
+        count = len(log.read_text().splitlines()) if log.exists() else 0
+        log.unlink(missing_ok=True)
+        return count
+
+    drv.create_volume("v")
+    write(a, "v", "f", os.urandom(300_000))
+    s1 = drv.create_snapshot("v")
+    full = drv.send_snapshot(s1.name, remote)
+    assert connections() == 1 and not full.incremental and full.bytes_sent > 300_000
+    write(a, "v", "g", b"two" * 50_000)
+    s2 = drv.create_snapshot("v")
+    incr = drv.send_snapshot(s2.name, remote, compress=True, bwlimit=4 << 20)
+    assert connections() == 1 and incr.parent == s1.name
+    assert 0 < incr.bytes_sent < 150_000  # compressed: fewer bytes than the new file
+    assert (b.path("received", s2.name) / "g").read_bytes() == b"two" * 50_000
+    again = drv.send_snapshot(s2.name, remote)
+    assert connections() == 1 and again.already_there and again.bytes_sent == 0
+    assert received(b) == [s1.name, s2.name]

@@ -25,7 +25,7 @@ def plugin(service, tmp_path):
 def jobs(plugin: PluginProcess) -> dict[tuple[str, str], dict]:
     proc = plugin.stowkit("schedule", "list", "-f", "json")
     assert proc.returncode == 0, proc.stderr
-    return {(r["Volume"], r["Action"]): r for r in json.loads(proc.stdout)}
+    return {(r["volume"], r["action"]): r for r in json.loads(proc.stdout)}
 
 
 def wait_for(plugin: PluginProcess, predicate, what: str, limit: float = 120.0) -> dict:
@@ -54,23 +54,23 @@ def test_jobs_run_at_their_own_rates_and_failures_are_recorded(plugin):
         assert added.returncode == 0, added.stderr
 
     rows = wait_for(
-        plugin, lambda r: r[(slow, "snapshot")]["Runs"] >= 3, "three runs of the slow job"
+        plugin, lambda r: r[(slow, "snapshot")]["runs"] >= 3, "three runs of the slow job"
     )
-    fast_runs = rows[(fast, "snapshot")]["Runs"]
-    slow_runs = rows[(slow, "snapshot")]["Runs"]
+    fast_runs = rows[(fast, "snapshot")]["runs"]
+    slow_runs = rows[(slow, "snapshot")]["runs"]
     # 1.2 s against 6 s: the fast job ran about five times as often; a scheduler that
     # ran every job on every tick would show equal counts.
     assert fast_runs >= 2 * slow_runs, rows
     for key in [(fast, "snapshot"), (slow, "snapshot"), (fast, "purge:1h:1d")]:
-        assert rows[key]["Last Result"] == "ok", rows[key]
+        assert rows[key]["last_result"] == "ok", rows[key]
     # next run = last run + interval, shown in the listing
     row = rows[(slow, "snapshot")]
-    assert row["Next Run"] > row["Last Run"]
+    assert row["next_run"] > row["last_run"]
 
     failed = rows[(slow, f"replicate:{unreachable}")]
-    assert failed["Last Result"] == "failed", failed
-    assert failed["Failures"] == failed["Runs"] >= 1
-    assert "127.0.0.1" in failed["Last Message"], failed  # says which peer, and why
+    assert failed["last_result"] == "failed", failed
+    assert failed["failures"] == failed["runs"] >= 1
+    assert "127.0.0.1" in failed["last_message"], failed  # says which peer, and why
 
     # the snapshots really exist, named after the volume
     snaps = plugin.call("/VolumeDriver.Snapshot.List", {"Name": slow})["Snapshots"]
@@ -81,21 +81,21 @@ def test_pause_and_resume_one_job(plugin):
     vol = f"pz-{uuid.uuid4().hex[:4]}"
     assert plugin.call("/VolumeDriver.Create", {"Name": vol}) == {"Err": ""}
     assert plugin.stowkit("schedule", "add", vol, "snapshot", "0.01").returncode == 0
-    wait_for(plugin, lambda r: r[(vol, "snapshot")]["Runs"] >= 1, "a first run")
+    wait_for(plugin, lambda r: r[(vol, "snapshot")]["runs"] >= 1, "a first run")
     assert plugin.stowkit("schedule", "pause", vol, "snapshot").returncode == 0
-    paused_runs = jobs(plugin)[(vol, "snapshot")]["Runs"]
+    paused_runs = jobs(plugin)[(vol, "snapshot")]["runs"]
     # while paused, other work goes on: a second job on another volume keeps running
     other = f"po-{uuid.uuid4().hex[:4]}"
     assert plugin.call("/VolumeDriver.Create", {"Name": other}) == {"Err": ""}
     assert plugin.stowkit("schedule", "add", other, "snapshot", "0.01").returncode == 0
-    wait_for(plugin, lambda r: r[(other, "snapshot")]["Runs"] >= 3, "the other job's runs")
+    wait_for(plugin, lambda r: r[(other, "snapshot")]["runs"] >= 3, "the other job's runs")
     rows = jobs(plugin)
     # a run already started when the pause landed may finish: at most one more
-    assert rows[(vol, "snapshot")]["Runs"] <= paused_runs + 1
-    assert rows[(vol, "snapshot")]["State"] == "paused"
+    assert rows[(vol, "snapshot")]["runs"] <= paused_runs + 1
+    assert rows[(vol, "snapshot")]["state"] == "paused"
     assert plugin.stowkit("schedule", "resume", vol, "snapshot").returncode == 0
     wait_for(
         plugin,
-        lambda r: r[(vol, "snapshot")]["Runs"] >= paused_runs + 2,
+        lambda r: r[(vol, "snapshot")]["runs"] >= paused_runs + 2,
         "runs after resume",
     )

@@ -156,3 +156,51 @@ def test_line_continuations_are_joined():
     split = Condition("image.is_public\nand image.name == 'a  b'")
     assert split.evaluate(image(name="a  b"), set()) is True
     assert split.evaluate(image(name="a b"), set()) is False
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "not " * 2000 + "True",
+        "-" * 2000 + "1",
+        "not " * 100_000 + "True",
+        " + ".join(["1"] * 5000),
+        "image.user_properties" + "[0]" * 2000,
+        "(" * 2000 + "1" + ")" * 2000,
+    ],
+)
+def test_deep_nesting_is_a_one_line_config_error(source):
+    with pytest.raises(ConditionError) as err:
+        Condition(source)
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 300
+    assert "recursion" not in message
+
+
+def test_nesting_within_the_bound_still_works():
+    assert Condition("not " * 50 + "True").evaluate(image(), set()) is True
+    assert Condition(" or ".join(["False"] * 2000) + " or True").evaluate(image(), set())
+
+
+def test_deep_condition_exits_10_from_the_cli(tmp_path, monkeypatch, capsys):
+    from stowkit.cli.app import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GLANCESYNC_CONFIG", raising=False)
+    conf = tmp_path / "stowkit.conf"
+    conf.write_text(
+        f"[DEFAULT]\nstate_dir = {tmp_path / 'state'}\n"
+        f"[image_sync]\nconfig_file = {tmp_path / 'glancesync.conf'}\n"
+    )
+    (tmp_path / "glancesync.conf").write_text("[main]\nmaster_region = One\n")
+    (tmp_path / "state" / "images" / "One").mkdir(parents=True)
+    deep = "master.metadata_condition=" + "not " * 3000 + "True"
+    assert main(["--config-file", str(conf), "image", "status", "--config", deep]) == 10
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nested deeper" in err
+
+
+@pytest.mark.parametrize("source", ["\x00", "image.name == 'a\x00'", "True\x00"])
+def test_nul_bytes_are_a_config_error(source):
+    with pytest.raises(ConditionError, match="malformed"):
+        Condition(source)

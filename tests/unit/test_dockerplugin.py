@@ -487,3 +487,12 @@ def test_a_regular_file_is_never_removed(tmp_path):
     with pytest.raises(InvalidArgument, match="not a socket"):
         PluginServer(str(path), PluginApp(FakeDriver()))
     assert path.read_text() == "precious"
+
+
+def test_a_socket_that_cannot_be_made_names_the_path_and_the_reason(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where the socket's directory should be
+    with pytest.raises(
+        BackendUnavailable, match=r"cannot listen on .*file/p\.sock: Not a directory"
+    ):
+        PluginServer(str(blocker / "p.sock"), PluginApp(FakeDriver()))

@@ -69,10 +69,8 @@ WRITES: dict[str, list[str]] = {
 #: columns come from the same helpers and are tested with the real backends.
 ELSEWHERE = {
     "volume sync", "volume cleanup", "snapshot send", "image load-backups",
-    "schedule add", "schedule import",
+    "schedule add", "schedule import", "catalog register",
 }  # fmt: skip
-#: Owned by cli/schedule.py, still Title Case ("Last Run"): see the report of issue 13.
-PENDING = {"schedule list"}
 
 
 class Volumes(FakeDriver):
@@ -174,8 +172,6 @@ def test_json_shapes_follow_the_convention(env):
     kinds: dict[str, dict[str, set[str]]] = {}
     for name in [*COMMANDS, *WRITES]:
         objects = _objects(env(name))
-        if name in PENDING:
-            continue
         assert objects or name == "volume unmount", f"{name} printed nothing to check"
         for obj in objects:
             for key, value in obj.items():
@@ -191,13 +187,6 @@ def test_json_shapes_follow_the_convention(env):
     # The same field has the same name: what `show` calls a field, `list` does too.
     assert {"name", "size", "object_size", "locked_by"} <= set(_objects(env("blockstore list"))[0])
     assert set(_objects(env("volume list"))[0]) <= set(_objects(env("volume show"))[0])
-
-
-@pytest.mark.parametrize("name", sorted(PENDING))
-@pytest.mark.xfail(strict=True, reason="cli/schedule.py is not converted yet")
-def test_pending_commands(env, name):
-    for obj in _objects(env(name)):
-        assert all(NAME.match(key) for key in obj)
 
 
 def test_sizes_are_human_only_in_a_table(env):

@@ -103,6 +103,58 @@ def test_add_refuses_hostile_volume_names(tmp_path, name):
         store.add(name, "snapshot", 1)
 
 
+BAD_HOSTS = [
+    "127.0.0.1:99999",
+    "host:0",
+    "h" * 300,
+    "u" * 40 + "@host",
+    "-oProxyCommand=id",
+    "a;b",
+    "host:",
+    "user@",
+    "[::1",
+]
+
+
+@pytest.mark.parametrize("host", BAD_HOSTS)
+@pytest.mark.parametrize("kind", ["replicate:{}", "synchronize:ok,{}"])
+def test_add_refuses_hosts_send_and_sync_refuse(tmp_path, kind, host):
+    from stowkit.plugins.btrfs import transport
+
+    with pytest.raises(InvalidArgument):  # what a run would meet
+        transport.parse_peer(host, "root", 22)
+    store = ScheduleStore(str(tmp_path / "s.json"))
+    with pytest.raises(InvalidArgument, match="invalid host"):
+        store.add("v1", kind.format(host), 1)
+    assert not os.path.exists(store.path)
+
+
+@pytest.mark.parametrize(
+    "host", ["h1", "root@10.0.0.1:2222", "[::1]:22", "backup.example.org", "_svc@h", "h:65535"]
+)
+def test_add_takes_hosts_send_and_sync_take(tmp_path, host):
+    from stowkit.plugins.btrfs import transport
+
+    transport.parse_peer(host, "root", 22)
+    store = ScheduleStore(str(tmp_path / "s.json"))
+    assert store.add("v1", f"replicate:{host}", 1).action == f"replicate:{host}"
+
+
+def test_import_refuses_hosts_send_and_sync_refuse(tmp_path):
+    store = ScheduleStore(str(tmp_path / "s.json"))
+    with pytest.raises(InvalidArgument, match="line 2: invalid host"):
+        store.import_csv("v1,snapshot,60\nv1,replicate:127.0.0.1:99999,60\n")
+    assert not os.path.exists(store.path)
+
+
+def test_cli_add_refuses_an_out_of_range_port(tmp_path):
+    conf = tmp_path / "s.conf"
+    conf.write_text(f"[DEFAULT]\nstate_dir = {tmp_path}/state\n")
+    proc = stowkit(conf, "schedule", "add", "v1", "replicate:127.0.0.1:99999", "1")
+    assert proc.returncode == 3, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "port out of range" in proc.stderr
+
+
 # -- when jobs run ---------------------------------------------------------------------------
 
 
@@ -391,8 +443,8 @@ def test_rows_show_last_and_next_run(tmp_path):
         "v1", "snapshot", 1, added=0.0, last_run=120.5, last_result="failed", last_message="x"
     )
     row = scheduler.job_rows([job])[0]
-    assert row["last_run"] == "1970-01-01T00:02:00.500Z"
-    assert row["next_run"] == "1970-01-01T00:03:00.500Z"
+    assert row["last_run"] == "1970-01-01T00:02:00Z"
+    assert row["next_run"] == "1970-01-01T00:03:00Z"
     assert row["last_result"] == "failed" and row["state"] == "active"
     assert scheduler.job_rows([job], paused=True)[0]["state"] == "paused (all)"
 
@@ -437,16 +489,16 @@ def test_cli_add_list_pause_remove(tmp_path):
     rows = json.loads(stowkit(conf, "schedule", "list", "-f", "json").stdout)
     assert rows == [
         {
-            "Volume": "v1",
-            "Action": "replicate:h1",
-            "Minutes": 0.5,
-            "State": "paused",
-            "Last Run": None,
-            "Last Result": None,
-            "Last Message": "",
-            "Next Run": None,
-            "Runs": 0,
-            "Failures": 0,
+            "volume": "v1",
+            "action": "replicate:h1",
+            "minutes": 0.5,
+            "state": "paused",
+            "last_run": None,
+            "last_result": None,
+            "last_message": "",
+            "next_run": None,
+            "runs": 0,
+            "failures": 0,
         }
     ]
     assert stowkit(conf, "schedule", "remove", "v1", "replicate:h1").returncode == 0

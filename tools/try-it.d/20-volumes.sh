@@ -68,7 +68,7 @@ say "a snapshot of demo every 60 minutes, and a buttervolume schedule imported"
 sk schedule add demo snapshot 60 -c volume -c action -c minutes -c state
 printf 'demo,purge:4h:1d:2w,120,True\n' >"$demo_dir/schedule.csv"
 sk schedule import "$demo_dir/schedule.csv" -c volume -c action -c minutes -c state
-sk schedule list -c volume -c action -c minutes -c state -c "next run"
+sk schedule list -c volume -c action -c minutes -c state -c next_run
 expect_eq "scheduled jobs" "$(sk schedule list -f value -c volume -c action -c minutes)" \
     "$(printf 'demo snapshot 60.0\ndemo purge:4h:1d:2w 120.0')"
 ok "2 jobs: the snapshot every 60 min, the imported purge every 120 min"
