@@ -34,6 +34,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "stowkit.cli.nbdserve",
     "stowkit.cli.image",
     "stowkit.cli.catalog",
+    "stowkit.cli.catalog_register",
 )
 
 
@@ -129,12 +130,24 @@ class StowkitApp(App):
             f"(repeatable; default {config.DEFAULT_CONFIG_DIR} when it exists). "
             "May also follow the command.",
         )
+        parser.add_argument(
+            "--os-cloud",
+            metavar="NAME",
+            default=None,
+            help="clouds.yaml entry every OpenStack backend logs in with (over the "
+            "credentials of its config group; OS_CLOUD is used only when the group has none).",
+        )
         one_line_errors(parser, "stowkit")
         return parser
 
     @functools.cached_property
     def conf(self):
-        return config.load_conf(self._config_files, config_dirs=self._config_dirs)
+        conf = config.load_conf(self._config_files, config_dirs=self._config_dirs)
+        cloud = getattr(getattr(self, "options", None), "os_cloud", None)
+        if cloud:
+            # Not defaulted from OS_CLOUD: the environment must not beat the config file.
+            conf.set_override("os_cloud", cloud)
+        return conf
 
     def driver(self, namespace: str) -> Any:
         """The configured backend of ``namespace``, loaded once per run.

@@ -46,6 +46,11 @@ common_opts = [
         default="/var/lib/stowkit",
         help="Where the embedded backends keep their data; other paths default below it.",
     ),
+    cfg.StrOpt(
+        "os_cloud",
+        help="clouds.yaml entry every OpenStack backend logs in with, over the credentials "
+        "of its own group (the command line's --os-cloud sets it).",
+    ),
 ]
 
 

@@ -96,20 +96,26 @@ class ImageCapability(enum.StrEnum):
 
 @dataclasses.dataclass(frozen=True)
 class Credentials:
-    """How to reach another target's regions (GlanceSync's ``credential``)."""
+    """How to reach another target's regions (GlanceSync's ``credential``).
+
+    A password (the four fields), a clouds.yaml entry (``cloud``), or
+    ``environment``: OS_CLOUD or the OS_* variables.  The OpenStack backends
+    turn it into a Keystone login (``stowkit.plugins.openstack_auth``).
+    """
 
     user: str | None = None
     password: str | None = None
     auth_url: str | None = None
     project: str | None = None
     cloud: str | None = None  # a clouds.yaml entry instead of the four above
+    environment: bool = False  # OS_CLOUD / OS_* instead of the above
     user_domain: str = "Default"
     project_domain: str = "Default"
 
     def __repr__(self) -> str:  # never print a password in a log or traceback
         return (
             f"Credentials(user={self.user!r}, auth_url={self.auth_url!r}, "
-            f"project={self.project!r}, cloud={self.cloud!r})"
+            f"project={self.project!r}, cloud={self.cloud!r}, environment={self.environment!r})"
         )
 
 

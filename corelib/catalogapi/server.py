@@ -2,7 +2,8 @@
 
 Production: keystonemiddleware's ``auth_token`` in front of the app (options in
 ``[keystone_authtoken]``), so the project and user come from a validated
-token.  ``--no-auth``: the app alone, trusting the URL and ``X-User-Id``; meant
+token, and oslo.policy rules (``policy``) decide what its roles allow.
+``--no-auth``: the app alone, trusting the URL and ``X-User-Id``; meant
 for the embedded, single-host default and tests.
 
 The server is cheroot, one process per worker with SO_REUSEPORT: measured here
@@ -92,11 +93,17 @@ def build_app(conf: cfg.ConfigOpts, catalog: Any = None, auth: str | None = None
     opts = conf[GROUP]
     catalog = catalog or registry.load("catalog", conf)
     strategy = auth or opts.auth_strategy
+    authorize = None
+    if strategy == "keystone":
+        from stowkit.corelib.catalogapi.policy import Authorizer
+
+        authorize = Authorizer(conf)
     app = CatalogApp(
         CatalogService(catalog),
         auth=strategy,
         default_project=opts.default_project,
         max_body=opts.max_body_size,
+        authorize=authorize,
     )
     if strategy == "noauth":
         return app

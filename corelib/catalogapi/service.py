@@ -44,9 +44,14 @@ class Identity:
     user_id: str
     user_name: str = ""
     roles: frozenset[str] = frozenset()
+    #: Set by the API's policy for one request (``clients:create_central``,
+    #: ``jobs:get_all_projects`` granted); None: the roles decide (ADMIN_ROLES).
+    privileged: bool | None = None
 
     @property
     def is_admin(self) -> bool:
+        if self.privileged is not None:
+            return self.privileged
         return bool(self.roles & ADMIN_ROLES)
 
 

@@ -202,7 +202,12 @@ def _target(name: str, section: Mapping[str, str]) -> Target:
     }
     four = ("user", "password", "keystone_url", "tenant")
     values = {k: section[k].strip() for k in four if section.get(k, "").strip()}
-    if name == MASTER and "credential" not in section:
+    from_env = False
+    if name == MASTER and "credential" not in section and not section.get("cloud", "").strip():
+        # Nothing in the section: OS_CLOUD or the OS_* variables, read whole by the
+        # backend (any auth type, domains, region, cacert); the four GlanceSync
+        # reads are still filled in when present.
+        from_env = not values and bool(os.environ.get("OS_CLOUD") or os.environ.get("OS_AUTH_URL"))
         values = {**_env_credentials(), **values}
     if section.get("cloud", "").strip():
         creds = Credentials(cloud=section["cloud"].strip(), **domains)
@@ -212,10 +217,13 @@ def _target(name: str, section: Mapping[str, str]) -> Target:
             password=values["password"],
             auth_url=values["keystone_url"],
             project=values["tenant"],
+            environment=from_env,
             **domains,
         )
     elif section.get("credential", "").strip():
         creds = dataclasses.replace(parse_credential(name, section["credential"]), **domains)
+    elif from_env:
+        creds = Credentials(environment=True)
     elif name != MASTER:
         raise ConfigError(
             f"[{name}] a target needs credential = user,base64(password),auth_url,tenant "

@@ -2,8 +2,9 @@
 
 One store = one set of credentials = one Keystone; its regions are the
 ``image`` endpoints of the Keystone catalog (``[image_glance] interface``).
-Credentials come from ``[image_glance]`` (or a clouds.yaml ``cloud``), or,
-for another GlanceSync target, from :meth:`for_credentials`.
+Credentials come from ``stowkit.plugins.openstack_auth``: keystoneauth1's
+options in ``[image_glance]``, a clouds.yaml ``cloud``, OS_CLOUD / OS_*, or,
+for another GlanceSync target, the Credentials given to :meth:`for_credentials`.
 
 GlanceSync configurations carry Keystone v2.0 URLs; Keystone no longer
 serves v2.0, so a URL ending in ``/v2.0`` is used as ``/v3``.
@@ -11,7 +12,6 @@ serves v2.0, so a URL ending in ``/v2.0`` is used as ``/v3``.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -36,6 +36,8 @@ from stowkit.corelib.image import (
     check_visibility,
 )
 from stowkit.corelib.names import check_name
+from stowkit.plugins import openstack_auth
+from stowkit.plugins.openstack_auth import AuthOptions, Login
 
 #: fields of a Glance v2 image that are not user properties
 CORE_FIELDS = frozenset(
@@ -70,13 +72,6 @@ CORE_FIELDS = frozenset(
     }
 )
 
-CLOUDS_YAML = (
-    os.environ.get("OS_CLIENT_CONFIG_FILE", ""),
-    "clouds.yaml",
-    os.path.expanduser("~/.config/openstack/clouds.yaml"),
-    "/etc/openstack/clouds.yaml",
-)
-
 
 def _translate(exc: BaseException, what: str) -> StowkitError:
     """glanceclient / keystoneauth exception -> one stowkit error, one line."""
@@ -106,48 +101,24 @@ def _client_errors() -> tuple[type[BaseException], ...]:
     return (gexc.BaseException, gexc.HTTPException, kexc.ClientException, OSError)
 
 
-def _cloud_credentials(name: str) -> Credentials:
-    import yaml
-
-    for path in CLOUDS_YAML:
-        if not path or not os.path.isfile(path):
-            continue
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
-        cloud = (data.get("clouds") or {}).get(name)
-        if cloud is None:
-            continue
-        auth = cloud.get("auth") or {}
-        return Credentials(
-            user=auth.get("username"),
-            password=auth.get("password"),
-            auth_url=auth.get("auth_url"),
-            project=auth.get("project_name") or auth.get("project_id") or auth.get("tenant_name"),
-            user_domain=auth.get("user_domain_name") or "Default",
-            project_domain=auth.get("project_domain_name") or "Default",
-        )
-    raise ConfigError(f"cloud {name!r} not found in any clouds.yaml")
-
-
 class GlanceImageStore(ImageStore):
-    options = [
-        cfg.StrOpt("auth_url", help="Keystone URL, e.g. http://controller:5000/v3."),
-        cfg.StrOpt("username", help="Keystone user."),
-        cfg.StrOpt("password", secret=True, help="Keystone password."),
-        cfg.StrOpt("project_name", help="Project (tenant) the images belong to."),
-        cfg.StrOpt("user_domain_name", default="Default", help="Keystone v3 user domain."),
-        cfg.StrOpt("project_domain_name", default="Default", help="Keystone v3 project domain."),
-        cfg.StrOpt("cloud", help="Take the above from this clouds.yaml entry instead."),
-        cfg.StrOpt(
-            "interface",
-            default="public",
-            choices=["public", "internal", "admin"],
-            help="Which catalog endpoint of each region to use.",
-        ),
-        cfg.FloatOpt("timeout", default=120.0, help="Seconds to wait for one HTTP answer."),
-        cfg.BoolOpt("insecure", default=False, help="Skip TLS verification."),
-        cfg.StrOpt("cacert", help="CA bundle for TLS verification."),
-    ]
+    # ``cloud``, keystoneauth1's auth options (auth_type, auth_url, the password
+    # plugin's; another auth_type's own options are read when it is loaded),
+    # then the session and catalog settings of this store.
+    options = AuthOptions(
+        [
+            cfg.StrOpt(
+                "interface",
+                default="public",
+                choices=["public", "internal", "admin"],
+                help="Which catalog endpoint of each region to use (a clouds.yaml "
+                "entry or OS_INTERFACE names its own).",
+            ),
+            cfg.FloatOpt("timeout", default=120.0, help="Seconds to wait for one HTTP answer."),
+            cfg.BoolOpt("insecure", default=False, help="Skip TLS verification."),
+            cfg.StrOpt("cacert", help="CA bundle for TLS verification."),
+        ]
+    )
     # Glance computes checksum (md5) and os_hash_value (sha512) over what it stored.
     capabilities = frozenset({ImageCapability.SET_OWNER, ImageCapability.REPORTS_HASHES})
     # Both are imported where first used, so loading this class needs neither.
@@ -159,71 +130,39 @@ class GlanceImageStore(ImageStore):
         super().__init__(conf, group)
         self._credentials = credentials
         self._lock = threading.Lock()
-        self._session: Any = None
+        self._login: Login | None = None
         self._endpoints: dict[str, str] | None = None
         self._clients: dict[str, Any] = {}
 
     # -- connection --------------------------------------------------------------
 
-    def credentials(self) -> Credentials:
-        if self._credentials is not None:
-            creds = self._credentials
-        elif self.opts.cloud:
-            creds = Credentials(cloud=self.opts.cloud)
-        else:
-            creds = Credentials(
-                user=self.opts.username,
-                password=self.opts.password,
-                auth_url=self.opts.auth_url,
-                project=self.opts.project_name,
-                user_domain=self.opts.user_domain_name,
-                project_domain=self.opts.project_domain_name,
-            )
-        if creds.cloud:
-            creds = _cloud_credentials(creds.cloud)
-        missing = [k for k in ("user", "password", "auth_url", "project") if not getattr(creds, k)]
-        if missing:
-            raise ConfigError(
-                f"glance credentials incomplete: missing {', '.join(missing)} "
-                f"(set [{self.group}] or the target's credential)"
-            )
-        return creds
+    def login(self) -> Login:
+        with self._lock:
+            if self._login is None:
+                self._login = openstack_auth.login(
+                    self.conf,
+                    self.group,
+                    self._credentials,
+                    service_type="image",
+                    timeout=self.opts.timeout,
+                    insecure=self.opts.insecure,
+                    cacert=self.opts.cacert,
+                )
+            return self._login
 
     @property
     def where(self) -> str:
+        if self._login is not None:
+            return self._login.where
         creds = self._credentials
         return (creds.auth_url if creds else None) or self.opts.auth_url or "keystone"
 
-    def session(self) -> Any:
-        with self._lock:
-            if self._session is None:
-                from keystoneauth1 import session as ks_session
-                from keystoneauth1.identity import v3
+    @property
+    def interface(self) -> str:
+        return (self._login and self._login.interface) or self.opts.interface
 
-                creds = self.credentials()
-                url = creds.auth_url.rstrip("/")
-                if url.endswith("/v2.0"):
-                    url = url[: -len("/v2.0")] + "/v3"
-                project = creds.project
-                project_kw: dict[str, str] = {"project_name": project}
-                if len(project) == 32 and all(c in "0123456789abcdef" for c in project):
-                    project_kw = {"project_id": project}
-                else:
-                    project_kw["project_domain_name"] = creds.project_domain
-                auth = v3.Password(
-                    auth_url=url,
-                    username=creds.user,
-                    password=creds.password,
-                    user_domain_name=creds.user_domain,
-                    **project_kw,
-                )
-                verify: Any = not self.opts.insecure
-                if verify and self.opts.cacert:
-                    verify = self.opts.cacert
-                self._session = ks_session.Session(
-                    auth=auth, verify=verify, timeout=self.opts.timeout
-                )
-            return self._session
+    def session(self) -> Any:
+        return self.login().session
 
     def endpoints(self) -> dict[str, str]:
         if self._endpoints is None:
@@ -231,7 +170,7 @@ class GlanceImageStore(ImageStore):
                 sess = self.session()
                 access = sess.auth.get_access(sess)
                 found = access.service_catalog.get_endpoints(
-                    service_type="image", interface=self.opts.interface
+                    service_type="image", interface=self.interface
                 )
             except _client_errors() as exc:
                 raise _translate(exc, f"keystone {self.where}") from None
@@ -260,7 +199,7 @@ class GlanceImageStore(ImageStore):
                 endpoint_override=url,
                 service_type="image",
                 region_name=region,
-                interface=self.opts.interface,
+                interface=self.interface,
             )
             with self._lock:
                 self._clients[region] = client
@@ -448,6 +387,6 @@ class GlanceImageStore(ImageStore):
 
     def close(self) -> None:
         with self._lock:
-            if self._session is not None:
-                self._session.session.close()
-            self._session, self._clients, self._endpoints = None, {}, None
+            if self._login is not None:
+                self._login.session.session.close()
+            self._login, self._clients, self._endpoints = None, {}, None

@@ -17,27 +17,25 @@ from swiftclient.exceptions import ClientException
 
 from stowkit.corelib.errors import BackendUnavailable, ConfigError
 
+#: Swift's own options; ``auth_url`` (a Keystone URL, or tempauth's
+#: http://host:8080/auth/v1.0), ``cloud`` and keystoneauth1's auth options come
+#: from ``stowkit.plugins.openstack_auth.AuthOptions`` (see store.py).
 OPTIONS = [
-    cfg.StrOpt(
-        "auth_url",
-        help="Identity endpoint: a Keystone v3 URL (http://host:5000/v3) or a tempauth "
-        "v1 URL (http://host:8080/auth/v1.0).",
-    ),
     cfg.StrOpt(
         "auth_version",
         default="auto",
         choices=["auto", "1", "3"],
-        help="'1' for tempauth/swauth (user, key), '3' for Keystone v3 (username, "
-        "password, project_name, domains); 'auto' picks 1 when auth_url ends in /v1.0.",
+        help="'1' for tempauth/swauth (auth_url, user, key), '3' for Keystone (keystoneauth1 "
+        "options: auth_type, auth_url, ...; or cloud, or OS_CLOUD / OS_*); 'auto' picks 1 "
+        "when auth_url ends in /v1.0.",
     ),
     cfg.StrOpt("user", help="tempauth v1 user, as ACCOUNT:USER (e.g. test:tester)."),
     cfg.StrOpt("key", secret=True, help="tempauth v1 key."),
-    cfg.StrOpt("username", help="Keystone v3 user name."),
-    cfg.StrOpt("password", secret=True, help="Keystone v3 password."),
-    cfg.StrOpt("project_name", help="Keystone v3 project (scope of the token)."),
-    cfg.StrOpt("user_domain_name", default="Default", help="Keystone v3 user domain."),
-    cfg.StrOpt("project_domain_name", default="Default", help="Keystone v3 project domain."),
-    cfg.StrOpt("region_name", help="Region of the object-store endpoint (Keystone only)."),
+    cfg.StrOpt(
+        "region_name",
+        help="Region of the object-store endpoint (Keystone only; default: the clouds.yaml "
+        "entry's or OS_REGION_NAME when those give the credentials).",
+    ),
     cfg.StrOpt(
         "interface",
         default="public",
@@ -81,6 +79,10 @@ def auth_version(opts: Any) -> str:
     return "1" if url.endswith(("/v1.0", "/v1")) or "/auth/" in url + "/" else "3"
 
 
+def _verify(insecure: bool, cacert: str | None) -> bool | str:
+    return False if insecure else (cacert or True)
+
+
 def describe_error(exc: BaseException) -> str:
     """One line for a swiftclient/keystoneauth/socket failure."""
     if isinstance(exc, ClientException):
@@ -92,63 +94,68 @@ def describe_error(exc: BaseException) -> str:
 
 
 class ConnectionFactory:
-    """Thread-local swiftclient Connections built from the [blockstore_swift] options."""
+    """Thread-local swiftclient Connections built from the [blockstore_swift] options.
 
-    def __init__(self, opts: Any) -> None:
+    ``conf`` and ``group`` are where a Keystone login reads its credentials.
+    """
+
+    def __init__(self, opts: Any, conf: Any, group: str = "blockstore_swift") -> None:
         self.opts = opts
+        self.conf = conf
+        self.group = group
         self.version = auth_version(opts)
-        if not opts.auth_url:
-            raise ConfigError("[blockstore_swift] auth_url is not set")
-        if self.version == "1" and not (opts.user and opts.key):
-            raise ConfigError("[blockstore_swift] tempauth needs user and key")
-        if self.version == "3" and not (opts.username and opts.password and opts.project_name):
-            raise ConfigError(
-                "[blockstore_swift] Keystone v3 needs username, password and project_name"
-            )
+        if self.version == "1" and not (opts.auth_url and opts.user and opts.key):
+            raise ConfigError(f"[{group}] tempauth needs auth_url, user and key")
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[swift_client.Connection] = []
-        self._session: Any = None
+        self._login: Any = None
         self._preauth: tuple[str, str] | None = None
 
-    def _keystone_session(self) -> Any:
+    def login(self) -> Any:
+        """The Keystone login (stowkit.plugins.openstack_auth), made once."""
         with self._lock:
-            if self._session is None:
-                from keystoneauth1 import session as ks_session
-                from keystoneauth1.identity import v3
+            if self._login is None:
+                from stowkit.plugins import openstack_auth
 
-                auth = v3.Password(
-                    auth_url=self.opts.auth_url,
-                    username=self.opts.username,
-                    password=self.opts.password,
-                    project_name=self.opts.project_name,
-                    user_domain_name=self.opts.user_domain_name,
-                    project_domain_name=self.opts.project_domain_name,
+                self._login = openstack_auth.login(
+                    self.conf,
+                    self.group,
+                    service_type="object-store",
+                    timeout=self.opts.timeout,
+                    insecure=self.opts.insecure,
+                    cacert=self.opts.cacert,
                 )
-                verify: Any = self.opts.cacert or not self.opts.insecure
-                self._session = ks_session.Session(
-                    auth=auth, verify=verify, timeout=self.opts.timeout
-                )
-            return self._session
+            return self._login
+
+    @property
+    def where(self) -> str:
+        if self._login is not None:
+            return self._login.where
+        return self.opts.auth_url or "keystone"
 
     def _common(self) -> dict[str, Any]:
+        verify: Any = _verify(self.opts.insecure, self.opts.cacert)
+        if self._login is not None:
+            verify = self._login.verify
         return {
             "retries": self.opts.retries,
             "starting_backoff": 0.5,
             "max_backoff": self.opts.max_backoff,
             "timeout": self.opts.timeout,
-            "cacert": self.opts.cacert,
-            "insecure": self.opts.insecure,
+            "cacert": verify if isinstance(verify, str) else None,
+            "insecure": verify is False,
         }
 
     def _new(self) -> swift_client.Connection:
-        if self.version == "3":
+        if self.version != "1":
+            login = self.login()
             return swift_client.Connection(
-                session=self._keystone_session(),
+                session=login.session,
                 os_options={
                     "service_type": "object-store",
-                    "endpoint_type": self.opts.interface,
-                    "region_name": self.opts.region_name,
+                    "endpoint_type": login.interface or self.opts.interface,
+                    "region_name": self.opts.region_name or login.region_name,
                 },
                 **self._common(),
             )
@@ -185,12 +192,12 @@ class ConnectionFactory:
                 conn = self._new()
             except ClientException as exc:
                 raise BackendUnavailable(
-                    f"swift authentication failed at {self.opts.auth_url}: {describe_error(exc)}"
+                    f"swift authentication failed at {self.where}: {describe_error(exc)}"
                 ) from None
             except Exception as exc:
                 if is_transport_error(exc):
                     raise BackendUnavailable(
-                        f"swift: cannot reach {self.opts.auth_url}: {describe_error(exc)}"
+                        f"swift: cannot reach {self.where}: {describe_error(exc)}"
                     ) from None
                 raise
             self._local.conn = conn

@@ -41,6 +41,7 @@ from stowkit.corelib.blockstore import (
     object_name,
 )
 from stowkit.corelib.errors import AlreadyExists, BackendUnavailable, Conflict, NotFound
+from stowkit.plugins.openstack_auth import AuthOptions
 from stowkit.plugins.swift.auth import (
     OPTIONS,
     ConnectionFactory,
@@ -60,30 +61,34 @@ T = TypeVar("T")
 class SwiftBlockStore(BlockStore):
     """Block devices as Swift containers."""
 
-    options = [
-        *OPTIONS,
-        # Registered here rather than in auth.py: it names containers, not credentials.
-        cfg.StrOpt(
-            "container_prefix",
-            default="",
-            help="Prefix of the containers that hold devices: device NAME lives in "
-            "container PREFIX+NAME; list shows only containers with it.",
-        ),
-        cfg.FloatOpt(
-            "create_settle",
-            default=0.25,
-            min=0.0,
-            help="Seconds to wait before checking that an atomic create (device lock, "
-            "device setup) really was ours: Swift checks If-None-Match when a PUT "
-            "starts, so PUTs that start together may all succeed and the newest "
-            "stays.  Longer than any small PUT takes on this Swift.",
-        ),
-        cfg.BoolOpt(
-            "send_etag",
-            default=True,
-            help="Send each object's MD5 so Swift rejects a corrupted upload.",
-        ),
-    ]
+    # ``cloud``, keystoneauth1's auth options (auth_type, auth_url, ...; shared by
+    # every OpenStack backend), then Swift's own.
+    options = AuthOptions(
+        [
+            *OPTIONS,
+            # Registered here rather than in auth.py: it names containers, not credentials.
+            cfg.StrOpt(
+                "container_prefix",
+                default="",
+                help="Prefix of the containers that hold devices: device NAME lives in "
+                "container PREFIX+NAME; list shows only containers with it.",
+            ),
+            cfg.FloatOpt(
+                "create_settle",
+                default=0.25,
+                min=0.0,
+                help="Seconds to wait before checking that an atomic create (device lock, "
+                "device setup) really was ours: Swift checks If-None-Match when a PUT "
+                "starts, so PUTs that start together may all succeed and the newest "
+                "stays.  Longer than any small PUT takes on this Swift.",
+            ),
+            cfg.BoolOpt(
+                "send_etag",
+                default=True,
+                help="Send each object's MD5 so Swift rejects a corrupted upload.",
+            ),
+        ]
+    )
     capabilities = frozenset({BlockStoreCapability.RANGED_READ})  # a ranged GET
     # keystoneauth1: Keystone sessions, and the transport errors of every mode.
     client_modules = ("swiftclient", "keystoneauth1")
@@ -100,7 +105,7 @@ class SwiftBlockStore(BlockStore):
     @property
     def factory(self) -> ConnectionFactory:
         if self._factory is None:
-            self._factory = ConnectionFactory(self.opts)
+            self._factory = ConnectionFactory(self.opts, self.conf, self.group)
         return self._factory
 
     @property

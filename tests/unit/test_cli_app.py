@@ -146,3 +146,20 @@ def test_backends_checks_availability_quietly():
     assert proc.stderr == ""
     rows = {(r["namespace"], r["name"]): r for r in json.loads(proc.stdout)}
     assert rows[("catalog", "sql")]["status"] == "ok"
+
+
+def test_os_cloud_sets_the_cloud_every_openstack_backend_uses(tmp_path):
+    from stowkit.cli.app import StowkitApp
+
+    app = StowkitApp([str(_empty_conf(tmp_path))])
+    app.options, _ = app.parser.parse_known_args(["--os-cloud", "mycloud", "backends"])
+    assert app.conf.os_cloud == "mycloud"
+    plain = StowkitApp([str(_empty_conf(tmp_path))])
+    plain.options, _ = plain.parser.parse_known_args(["backends"])
+    assert plain.conf.os_cloud is None
+
+
+def _empty_conf(tmp_path):
+    path = tmp_path / "empty.conf"
+    path.write_text(f"[DEFAULT]\nstate_dir = {tmp_path}\n")
+    return path

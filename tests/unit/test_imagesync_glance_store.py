@@ -60,27 +60,61 @@ def test_errors_translate_to_one_line_stowkit_errors():
     assert isinstance(err, BackendUnavailable) and "\n" not in str(err)
 
 
+@pytest.fixture(autouse=True)
+def no_clouds(tmp_path, monkeypatch):
+    """No OS_* of the caller, no clouds.yaml but the test's own."""
+    import os
+
+    for var in [v for v in os.environ if v.startswith("OS_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+    monkeypatch.setenv("OS_CLIENT_SECURE_FILE", str(tmp_path / "secure.yaml"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+
+
 def test_incomplete_credentials_are_a_config_error():
-    with pytest.raises(ConfigError, match="missing"):
-        make(auth_url="http://k/v3").credentials()
+    with pytest.raises(ConfigError, match="incomplete.*password"):
+        make(auth_url="http://k/v3").login()
+    with pytest.raises(ConfigError, match=r"no Keystone credentials.*\[image_glance\]"):
+        make().login()
 
 
 def test_for_credentials_makes_another_store():
     base = make(auth_url="http://k/v3", username="u", password="p", project_name="x")
     assert base.for_credentials(None) is base
+    assert base.login().where == "http://k/v3" and base.login().source == "[image_glance]"
     other = base.for_credentials(Credentials("u2", "p2", "http://k2/v2.0", "t2"))
-    assert other is not base and other.credentials().auth_url == "http://k2/v2.0"
+    assert other is not base and other.login().where == "http://k2/v3"
+    assert other.login().session.auth.auth_url == "http://k2/v3"
     assert base.supports(ImageCapability.REPORTS_HASHES)
 
 
-def test_clouds_yaml(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_clouds_yaml(tmp_path):
     (tmp_path / "clouds.yaml").write_text(
         "clouds:\n  c1:\n    auth:\n      auth_url: http://k/v3\n      username: u\n"
-        "      password: p\n      project_name: x\n"
+        "      password: p\n      project_name: x\n    interface: internal\n"
     )
     store = make(cloud="c1")
-    creds = store.credentials()
-    assert (creds.user, creds.password, creds.project) == ("u", "p", "x")
-    with pytest.raises(ConfigError, match="not found"):
-        make(cloud="nope").credentials()
+    login = store.login()
+    assert login.source == "cloud c1" and login.where == "http://k/v3"
+    assert store.interface == "internal"  # the cloud's, over [image_glance] interface
+    assert login.session.auth._username == "u"
+    with pytest.raises(ConfigError, match="nope"):
+        make(cloud="nope").login()
+
+
+def test_application_credential_cloud(tmp_path):
+    (tmp_path / "clouds.yaml").write_text(
+        "clouds:\n  ac:\n    auth_type: v3applicationcredential\n    auth:\n"
+        "      auth_url: http://k/v3\n      application_credential_id: abc\n"
+    )
+    (tmp_path / "secure.yaml").write_text(
+        "clouds:\n  ac:\n    auth:\n      application_credential_secret: s3cret\n"
+    )
+    auth = make(cloud="ac").login().session.auth
+    method = auth.auth_methods[0]
+    assert (method.application_credential_id, method.application_credential_secret) == (
+        "abc",
+        "s3cret",
+    )

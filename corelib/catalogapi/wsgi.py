@@ -1,0 +1,165 @@
+"""The catalog API as a WSGI application, deployed the way OpenStack APIs are.
+
+``application`` (``stowkit.corelib.catalogapi.wsgi:application``) is what
+gunicorn, uwsgi or Apache mod_wsgi load; each worker builds it on its first
+request from the configuration files named by ``STOWKIT_CONFIG_FILE``
+(comma-separated, else ``/etc/stowkit/stowkit.conf`` when it exists).  The console script
+``stowkit-catalog-wsgi`` serves the same application with the standard
+library's server, for a quick check (``--host``, ``--port``); production
+uses a real WSGI server.
+
+The pipeline, outermost first: oslo.middleware's ``http_proxy_to_wsgi``
+(``[oslo_middleware] enable_proxy_headers_parsing``), ``request_id``
+(``x-openstack-request-id``), ``healthcheck`` (``GET /healthcheck``, before
+authentication), ``sizelimit``, then keystonemiddleware and the app with its
+policy.  The body limit has one owner, ``[catalog_api] max_body_size``: the
+app's bounded reader enforces it (JSON errors, chunked bodies counted,
+stalls and short bodies told apart) and sizelimit is set to that same number,
+so ``[oslo_middleware] max_request_body_size`` is overridden, never a second
+limit.
+
+Migrations are not applied here (several workers would race): run
+``stowkit catalog db-sync`` first, as ``freezer-manage db sync`` for freezer-api.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from oslo_config import cfg
+
+from stowkit.corelib import config
+from stowkit.corelib.catalogapi import server
+from stowkit.corelib.catalogapi.app import error_body
+
+LOG = logging.getLogger(__name__)
+
+#: Environment variable naming the configuration file(s), comma-separated.
+CONFIG_ENV = "STOWKIT_CONFIG_FILE"
+#: Where oslo.middleware's healthcheck answers (load balancers poll it).
+HEALTHCHECK_PATH = "/healthcheck"
+
+
+def config_files(environ: dict[str, str] | None = None) -> list[str]:
+    environ = os.environ if environ is None else environ
+    text = environ.get(CONFIG_ENV, "")
+    return [f.strip() for f in text.split(",") if f.strip()]
+
+
+def with_middleware(conf: cfg.ConfigOpts, app: Any) -> Any:
+    """``app`` behind oslo.middleware's sizelimit, healthcheck, request_id, proxy headers."""
+    from oslo_middleware import healthcheck, http_proxy_to_wsgi, request_id, sizelimit
+
+    limited = sizelimit.RequestBodySizeLimiter(app, conf)
+    # One limit: the catalog's.  (The limiter registered its options just above.)
+    conf.set_override(
+        "max_request_body_size", conf[server.GROUP].max_body_size, group="oslo_middleware"
+    )
+    # oslo's healthcheck answers whatever reaches it: it is mounted at its own
+    # path, ahead of authentication, as paste's urlmap does for freezer-api.
+    health = healthcheck.Healthcheck(None, conf)
+
+    def checked(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO", "").rstrip("/") == HEALTHCHECK_PATH:
+            return health(environ, start_response)
+        return limited(environ, start_response)
+
+    with_ids = request_id.RequestId(checked, conf)
+    return http_proxy_to_wsgi.HTTPProxyToWSGI(with_ids, conf)
+
+
+def build(conf: cfg.ConfigOpts | None = None, catalog: Any = None, auth: str | None = None) -> Any:
+    """The deployable WSGI application for ``conf`` (default: from the environment)."""
+    if conf is None:
+        conf = config.load_conf(config_files())
+    return with_middleware(conf, server.build_app(conf, catalog, auth))
+
+
+class Application:
+    """The WSGI callable servers import: built by the first request of each process.
+
+    A plain attribute (uwsgi looks ``application`` up in the module's namespace),
+    built late so that importing reads no configuration, and built in each worker
+    after the server forked, so no database connection is shared between processes
+    (gunicorn ``--preload`` and uwsgi without ``lazy-apps`` import before forking).
+    A configuration that cannot be loaded is logged and answered 500 until fixed.
+    """
+
+    def __init__(self) -> None:
+        self._app: Any = None
+        self._lock = threading.Lock()
+
+    def load(self) -> Any:
+        if self._app is None:
+            with self._lock:
+                if self._app is None:
+                    self._app = build()
+        return self._app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        try:
+            app = self.load()
+        except Exception as exc:  # a broken deployment: say so once per request, log why
+            LOG.error("catalog WSGI application cannot start: %s", exc)
+            body = error_body(500, "the catalog is not configured correctly (see its log)")
+            start_response(
+                "500 Internal Server Error",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
+        return app(environ, start_response)
+
+
+#: ``stowkit.corelib.catalogapi.wsgi:application`` for gunicorn, uwsgi, mod_wsgi.
+application = Application()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``stowkit-catalog-wsgi``: serve ``application`` with wsgiref (checks, not production)."""
+    from wsgiref import simple_server
+
+    from stowkit.corelib.errors import StowkitError
+
+    parser = argparse.ArgumentParser(
+        prog="stowkit-catalog-wsgi",
+        description="Serve the catalog's WSGI application with the standard library's "
+        "server (one thread; use gunicorn, uwsgi or mod_wsgi in production).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="listen address")
+    parser.add_argument("--port", type=int, default=9090, help="TCP port")
+    parser.add_argument(
+        "--config-file",
+        action="append",
+        default=None,
+        help=f"configuration file (repeatable; default: ${CONFIG_ENV})",
+    )
+    args = parser.parse_args(argv)
+    try:
+        conf = config.load_conf(args.config_file or config_files())
+        app = build(conf)
+        httpd = simple_server.make_server(args.host, args.port, app)
+    except StowkitError as err:
+        print(f"stowkit-catalog-wsgi: {err.message}", file=sys.stderr)
+        return err.exit_code
+    except OSError as err:
+        print(
+            f"stowkit-catalog-wsgi: cannot listen on {args.host}:{args.port}: {err}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"catalog WSGI application on http://{args.host}:{args.port}", file=sys.stderr)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
