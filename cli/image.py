@@ -485,7 +485,7 @@ class Serve(Command):
         bind = parsed_args.bind or opts.bind
         port = parsed_args.port or opts.port
         # A taken port or a foreign address: said before any work or announcement.
-        wsgiserve._check_port(bind, port)
+        wsgiserve.check_port(bind, port)
         tasks = self.driver("imagetask")
         ended = api.start(tasks)
         if ended:

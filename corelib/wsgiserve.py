@@ -207,7 +207,7 @@ def serve(
     if n_workers <= 1:
         run_worker()
         return
-    _check_port(bind, port)
+    check_port(bind, port)
     children: set[int] = set()
     stopping = False
     master = os.getpid()
@@ -269,7 +269,7 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _check_port(bind: str, port: int) -> None:
+def check_port(bind: str, port: int) -> None:
     """Fail early, in the parent, when the port is taken (SO_REUSEPORT would hide it).
 
     SO_REUSEADDR as the real listeners have: connections of a killed server

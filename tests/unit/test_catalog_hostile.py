@@ -316,14 +316,14 @@ def _time_wait_port() -> int:
 
 
 def test_port_check_passes_after_a_crash_and_fails_on_a_live_listener():
-    wsgiserve._check_port("127.0.0.1", _time_wait_port())  # a crashed server's leftovers
+    wsgiserve.check_port("127.0.0.1", _time_wait_port())  # a crashed server's leftovers
     live = socket.socket()
     live.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     live.bind(("127.0.0.1", 0))
     live.listen(1)
     try:
         with pytest.raises(BackendUnavailable):
-            wsgiserve._check_port("127.0.0.1", live.getsockname()[1])
+            wsgiserve.check_port("127.0.0.1", live.getsockname()[1])
     finally:
         live.close()
 
