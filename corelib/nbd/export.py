@@ -80,6 +80,13 @@ opts = [
         "READ data to send), at least 32 MiB, the largest request; beyond it the "
         "server stops reading that connection (TCP backpressure).",
     ),
+    cfg.FloatOpt(
+        "handshake_timeout",
+        default=30.0,
+        min=0.1,
+        help="Seconds a client may take from connecting to choosing an export; a "
+        "connection stuck in the handshake is closed after it.",
+    ),
 ]
 
 
@@ -111,6 +118,7 @@ class ExportSettings:
         retry_attempts: int = 5,
         shutdown_timeout: float = 120.0,
         max_inflight_bytes: int = 64 << 20,
+        handshake_timeout: float = 30.0,
     ) -> None:
         self.cache_size = cache_size
         self.workers = workers
@@ -121,6 +129,7 @@ class ExportSettings:
         self.retry_attempts = retry_attempts
         self.shutdown_timeout = shutdown_timeout
         self.max_inflight_bytes = max_inflight_bytes
+        self.handshake_timeout = handshake_timeout
 
     def apply_conf(self, conf: cfg.ConfigOpts) -> ExportSettings:
         """Take the ``[blockstore]`` options of ``conf`` (registering them if needed)."""
@@ -130,6 +139,7 @@ class ExportSettings:
         self.retry_attempts = group.writeback_retry_attempts
         self.shutdown_timeout = group.shutdown_timeout
         self.max_inflight_bytes = group.max_inflight_bytes
+        self.handshake_timeout = group.handshake_timeout
         return self
 
 

@@ -461,10 +461,19 @@ def _take_string(data: bytes) -> tuple[str, bytes]:
 class NbdServer:
     """Serve ``exports`` (name -> Export) on ``bind:port``."""
 
-    def __init__(self, exports: Iterable[Export], bind: str = "127.0.0.1", port: int = 10809):
+    def __init__(
+        self,
+        exports: Iterable[Export],
+        bind: str = "127.0.0.1",
+        port: int = 10809,
+        handshake_timeout: float = 30.0,
+    ):
         self.exports = {e.name: e for e in exports}
         self.bind = bind
         self.port = port
+        #: a client stuck before transmission (silent, or trickling options) is
+        #: closed after this long: idle handshakes must not pile up for ever
+        self.handshake_timeout = handshake_timeout
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[Connection] = set()
         self._handlers: set[asyncio.Task] = set()
@@ -489,10 +498,12 @@ class NbdServer:
         conn = Connection(self, stream)
         self._connections.add(conn)
         try:
-            if await conn.handshake():
+            if await asyncio.wait_for(conn.handshake(), self.handshake_timeout):
                 await conn.transmission()
         except _Abort as err:
             LOG.debug("closing %s: %s", conn.peer, err)
+        except TimeoutError:
+            LOG.info("closing %s: no export chosen within %g s", conn.peer, self.handshake_timeout)
         except asyncio.CancelledError:
             pass
         except Exception:
@@ -560,7 +571,7 @@ def serve_many(
     ]
 
     async def main() -> None:
-        server = NbdServer(exports, bind, port)
+        server = NbdServer(exports, bind, port, settings.handshake_timeout)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -222,7 +222,7 @@ class ServerThread:
             Export(store, store.get_device(n), read_only, self.settings, self.executor)
             for n in names
         ]
-        self.server = NbdServer(exports, "127.0.0.1", 0)
+        self.server = NbdServer(exports, "127.0.0.1", 0, self.settings.handshake_timeout)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.call(self.server.start())
