@@ -62,7 +62,7 @@ ok "the backup is listed in project demo, not in project other"
 say "stowkit catalog backup list --project demo"
 sk catalog backup list --project demo
 expect_eq "catalog backup list --project demo" \
-    "$(sk catalog backup list --project demo -f value)" "$backup_id web-1.example.org etc 1700000000 0"
+    "$(sk catalog backup list --project demo -f value)" "$backup_id web-1.example.org etc 2023-11-14T22:13:20Z 0"
 ok "the CLI lists the same backup"
 
 stop_server "$server"
