@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from stowkit.corelib.errors import NotFound, StowkitError
 from stowkit.corelib.image import Image, ImageCapability, ImageStore
 from stowkit.corelib.imagesync import apply as A
+from stowkit.corelib.imagesync import fanout, report
 from stowkit.corelib.imagesync import plan as P
-from stowkit.corelib.imagesync import report
 from stowkit.corelib.imagesync.config import (
     MASTER,
     SyncConfig,
@@ -84,6 +84,10 @@ class ImageSync:
         self._to_sync: dict[str, dict[str, Image]] = {}
         #: target -> error, for targets whose regions could not be listed by resolve()
         self.unreachable: dict[str, StowkitError] = {}
+        #: the fan-out of uploads: chunks queued per region, and how long (seconds)
+        #: a region may take none before it is dropped (and fails)
+        self.fanout_queue_chunks = fanout.QUEUE_CHUNKS
+        self.fanout_stall_timeout = fanout.STALL_TIMEOUT
 
     # -- targets and regions -------------------------------------------------
 
@@ -252,42 +256,75 @@ class ImageSync:
         names = self.resolve(regions)
         self.master_images()  # a master that cannot be read stops everything, once
 
-        def one(name: str) -> RegionResult:
+        def start(name: str) -> RegionResult:
             plan = self.plan(name)
             if before_apply:
                 before_apply(name, plan)
             target_name, _ = region_parts(name)
-            done: list[A.Done] = []
+            run = A.RegionApply(
+                plan,
+                self.store(target_name),
+                dry_run=dry_run,
+                owner=self.upload_owner(target_name),
+                progress=progress,
+                observer=(lambda image: observer(name, image)) if observer else None,
+            )
             try:
-                A.apply_plan(
-                    plan,
-                    self.store(MASTER),
-                    self.config.master_region,
-                    self.store(target_name),
-                    dry_run=dry_run,
-                    images_dir=self.config.images_dir,
-                    owner=self.upload_owner(target_name),
-                    progress=progress,
-                    done=done,
-                    observer=(lambda image: observer(name, image)) if observer else None,
-                )
+                run.start()
+                if dry_run:
+                    for upload in plan.uploads:
+                        run.uploaded(upload, None)
+                    run.finish()
             except Exception as exc:
                 # What was changed before the failure is reported with it.
-                failed = self._failure(name, exc)
-                failed.plan, failed.done = plan, done
-                return failed
-            return RegionResult(name, plan, done)
+                return self._failed_run(name, run, exc)
+            runs[name] = run
+            return RegionResult(name, plan, run.done)
 
+        runs: dict[str, A.RegionApply] = {}
+        results = self._each(names, start, parallel)
+        if not dry_run and runs:
+            # One read of each master image, fanned out to every region that needs it.
+            failures = A.apply_uploads(
+                {n: runs[n] for n in names if n in runs},
+                self.store(MASTER),
+                self.config.master_region,
+                images_dir=self.config.images_dir,
+                queue_chunks=self.fanout_queue_chunks,
+                stall_timeout=self.fanout_stall_timeout,
+            )
+
+            def finish(name: str) -> RegionResult:
+                run = runs[name]
+                try:
+                    if name in failures:
+                        raise failures[name]
+                    run.finish()
+                except Exception as exc:
+                    return self._failed_run(name, run, exc)
+                return RegionResult(name, run.plan, run.done)
+
+            finished = dict(zip(runs, self._each(list(runs), finish, parallel), strict=True))
+            results = [finished.get(r.region, r) for r in results]
+        return SyncReport(results + self._unreachable_results(), dry_run)
+
+    def _each(
+        self, names: list[str], func: Callable[[str], RegionResult], parallel: bool
+    ) -> list[RegionResult]:
+        """``func`` per region, in threads (up to ``max_children``) with ``parallel``."""
         workers = 1
         if parallel and len(names) > 1:
             workers = self.config.max_children if self.config.max_children > 1 else len(names)
             workers = min(workers, len(names))
         if workers == 1:
-            results = [self._guarded(n, one) for n in names]
-        else:
-            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-                results = list(pool.map(lambda n: self._guarded(n, one), names))
-        return SyncReport(results + self._unreachable_results(), dry_run)
+            return [self._guarded(n, func) for n in names]
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(lambda n: self._guarded(n, func), names))
+
+    def _failed_run(self, name: str, run: A.RegionApply, exc: Exception) -> RegionResult:
+        failed = self._failure(name, exc)
+        failed.plan, failed.done = run.plan, run.done
+        return failed
 
     def _unreachable_results(self) -> list[RegionResult]:
         return [

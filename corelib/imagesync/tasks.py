@@ -87,7 +87,7 @@ class TaskStore(Driver):
     def interrupt(self, message: str = INTERRUPTED) -> int:
         """End every ``syncing`` task as ``failed`` with ``message``; returns how many."""
 
-    def close(self) -> None:  # noqa: B027 - optional
+    def close(self) -> None:
         """Release connections (before a server forks its workers)."""
 
 
