@@ -35,7 +35,7 @@ class Serve(Command):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from stowkit.corelib import wsgiserve
+        from stowkit.corelib import notify, wsgiserve
         from stowkit.corelib.catalogapi import server
 
         conf = self.app.conf
@@ -58,7 +58,8 @@ class Serve(Command):
             f"catalog API on http://{bind}:{port} ({n} workers, "
             f"auth {'none' if parsed_args.no_auth else opts.auth_strategy})\n"
         )
-        server.serve(conf, app, bind, port, n)
+        # systemd (Type=notify) is told once every worker listens, and when it stops.
+        server.serve(conf, app, bind, port, n, ready=notify.ready, stopping=notify.stopping)
         return 0
 
 

@@ -7,7 +7,7 @@ import socket
 import sys
 
 from stowkit.cli.common import Command, parse_size, port_type
-from stowkit.corelib import names
+from stowkit.corelib import names, notify
 from stowkit.corelib.blockstore import DEFAULT_LEASE
 from stowkit.corelib.errors import BackendUnavailable, InvalidArgument
 from stowkit.corelib.nbd import protocol
@@ -95,6 +95,7 @@ class ServeBlockDevices(Command):
             for name in server.exports:
                 print(f"serving nbd://{server.bind}:{server.port}/{name}{mode}", flush=True)
             sys.stdout.flush()
+            notify.ready()  # systemd (Type=notify): the port accepts connections now
 
         try:
             serve(
@@ -105,6 +106,7 @@ class ServeBlockDevices(Command):
                 read_only=parsed_args.read_only,
                 settings=settings,
                 ready=ready,
+                stopping=notify.stopping,
             )
         except OSError as exc:
             # asyncio says "[Errno 98] error while attempting to bind on address

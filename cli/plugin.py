@@ -8,7 +8,7 @@ import threading
 from typing import Any, TextIO
 
 from stowkit.cli.common import Command
-from stowkit.corelib import dockerplugin, scheduler
+from stowkit.corelib import dockerplugin, notify, scheduler
 from stowkit.corelib.dockerplugin.app import PluginApp
 from stowkit.corelib.dockerplugin.server import PluginServer
 from stowkit.corelib.errors import StowkitError
@@ -44,8 +44,10 @@ def serve(
                 jobs.start()
             out.write(f"stowkit plugin listening on {socket_path}\n")
             out.flush()
+            notify.ready()  # systemd (Type=notify): the socket accepts requests now
             while not stop.wait(1.0):
                 pass
+            notify.stopping()
         finally:
             server.stop()
             if jobs is not None:

@@ -169,6 +169,8 @@ def serve(
     request_timeout: float = 20,
     name: str = "stowkit",
     on_stop: Callable[[], Any] = lambda: None,
+    ready: Callable[[], Any] = lambda: None,
+    stopping: Callable[[], Any] = lambda: None,
 ) -> None:
     """Serve ``app`` in ``n_workers`` processes until SIGTERM or SIGINT.
 
@@ -177,11 +179,13 @@ def serve(
     processes and no Python master sits in the request path.  Workers die
     with the master (``PR_SET_PDEATHSIG``), so a killed master leaves no
     orphan serving the port.  ``on_stop`` runs in each serving process once
-    its server has stopped.
+    its server has stopped.  ``ready`` runs once in this (the calling) process
+    when every worker listens, ``stopping`` once when a signal stops the service
+    (``stowkit.corelib.notify``'s functions tell systemd so).
     """
     _cheroot()  # in the master: one clear error, not one per worker
 
-    def run_worker() -> None:
+    def run_worker(listening: Callable[[], Any]) -> None:
         server = make_server(
             app,
             bind,
@@ -196,8 +200,12 @@ def serve(
         # loop (stop() called from a signal handler in that same thread hangs).
         signal.signal(signal.SIGTERM, _interrupt)
         try:
-            server.start()
+            server.prepare()  # binds and listens
+            listening()
+            server.serve()
         except KeyboardInterrupt:
+            if n_workers <= 1:
+                stopping()
             server.stop()  # joins the worker threads, closes the socket
         except OSError as exc:
             raise BackendUnavailable(f"cannot listen on {bind}:{port}: {exc}") from None
@@ -205,21 +213,31 @@ def serve(
             on_stop()
 
     if n_workers <= 1:
-        run_worker()
+        run_worker(ready)
         return
     check_port(bind, port)
     children: set[int] = set()
-    stopping = False
+    stopped = False
     master = os.getpid()
+    # Each first worker writes one byte here once it listens; the master reads them all.
+    ready_r, ready_w = os.pipe()
 
-    def spawn() -> None:
+    def spawn(first: bool = False) -> None:
         pid = os.fork()
         if pid == 0:  # the worker
             code = 0
+            if first:  # the master closed the pipe before any respawn
+                os.close(ready_r)
+
+            def listening() -> None:
+                if first:
+                    os.write(ready_w, b".")
+                    os.close(ready_w)
+
             try:
                 _die_with_parent(master)
                 signal.signal(signal.SIGINT, signal.default_int_handler)
-                run_worker()
+                run_worker(listening)
             except BaseException:  # a worker must never return into the parent's code
                 traceback.print_exc()
                 code = 1
@@ -227,8 +245,10 @@ def serve(
         children.add(pid)
 
     def forward(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
+        nonlocal stopped
+        if not stopped:
+            stopping()
+        stopped = True
         for child in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGTERM)
@@ -236,7 +256,19 @@ def serve(
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     for _ in range(n_workers):
-        spawn()
+        spawn(first=True)
+    os.close(ready_w)
+    # End of file before n bytes: a worker died before it listened, or a signal
+    # stopped them all; either way the service never was ready.
+    heard = 0
+    with os.fdopen(ready_r, "rb", buffering=0) as reports:
+        while heard < n_workers:
+            chunk = reports.read(n_workers - heard)
+            if not chunk:
+                break
+            heard += len(chunk)
+    if heard == n_workers and not stopped:
+        ready()
     respawns = 0
     while children:
         try:
@@ -244,7 +276,7 @@ def serve(
         except ChildProcessError:
             break
         children.discard(pid)
-        if stopping:
+        if stopped:
             continue
         # A worker that died on its own (a crash, the OOM killer) is replaced, a few
         # times: a worker that cannot start at all would otherwise loop forever.

@@ -14,6 +14,7 @@ it served this app faster than gunicorn (sync), waitress and bjoern
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from oslo_config import cfg
@@ -134,8 +135,19 @@ def workers(conf: cfg.ConfigOpts) -> int:
     return conf[GROUP].workers or (os.cpu_count() or 1)
 
 
-def serve(conf: cfg.ConfigOpts, app: Any, bind: str, port: int, n_workers: int) -> None:
-    """Serve the catalog until SIGTERM or SIGINT (see :func:`stowkit.corelib.wsgiserve.serve`)."""
+def serve(
+    conf: cfg.ConfigOpts,
+    app: Any,
+    bind: str,
+    port: int,
+    n_workers: int,
+    ready: Callable[[], Any] = lambda: None,
+    stopping: Callable[[], Any] = lambda: None,
+) -> None:
+    """Serve the catalog until SIGTERM or SIGINT (see :func:`stowkit.corelib.wsgiserve.serve`).
+
+    ``ready`` runs once every worker listens, ``stopping`` when the stop signal arrives.
+    """
     opts = conf[GROUP]
     wsgiserve.serve(
         app,
@@ -146,4 +158,6 @@ def serve(conf: cfg.ConfigOpts, app: Any, bind: str, port: int, n_workers: int) 
         client_timeout=opts.client_timeout,
         request_timeout=opts.request_timeout,
         name="stowkit-catalog",
+        ready=ready,
+        stopping=stopping,
     )

@@ -550,9 +550,11 @@ def serve(
     read_only: bool = False,
     settings: ExportSettings | None = None,
     ready: Callable[[NbdServer], None] | None = None,
+    stopping: Callable[[], None] | None = None,
 ) -> None:
     """Serve devices of one store until SIGTERM or SIGINT, then write everything back."""
-    serve_many([(store, name, read_only) for name in names], bind, port, settings, ready)
+    entries = [(store, name, read_only) for name in names]
+    serve_many(entries, bind, port, settings, ready, stopping)
 
 
 def serve_many(
@@ -561,8 +563,13 @@ def serve_many(
     port: int = 10809,
     settings: ExportSettings | None = None,
     ready: Callable[[NbdServer], None] | None = None,
+    stopping: Callable[[], None] | None = None,
 ) -> None:
-    """Serve (store, device name, read-only) entries; each device may have its own store."""
+    """Serve (store, device name, read-only) entries; each device may have its own store.
+
+    ``ready(server)`` runs once the port accepts connections; ``stopping()`` as
+    soon as the stop signal arrives, before the write-back.
+    """
     settings = settings or ExportSettings()
     executor = concurrent.futures.ThreadPoolExecutor(settings.workers + 4, "nbd-io")
     exports = [
@@ -580,6 +587,8 @@ def serve_many(
         if ready is not None:
             ready(server)
         await stop.wait()
+        if stopping is not None:
+            stopping()
         LOG.info("stopping: writing back dirty data")
         await server.shutdown()
 
