@@ -12,23 +12,11 @@ import datetime as dt
 import os
 import subprocess
 import sys
-import time
 
 import btrfsutil
-import pytest
 
 from tests.functional.test_btrfs_fixtures import REPO, peers  # noqa: F401 - fixture
-
-BV = "%Y-%m-%dT%H:%M:%S.%f"
-
-
-@pytest.fixture
-def paris(monkeypatch):
-    monkeypatch.setenv("TZ", "Europe/Paris")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+from tests.unit.test_buttervolume_takeover import BV, paris  # noqa: F401 - fixture
 
 
 def bv_name(volume, ago):

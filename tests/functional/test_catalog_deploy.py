@@ -21,7 +21,7 @@ import uuid
 import pytest
 
 from tests.commands import STOWKIT
-from tests.functional.test_catalog_freezer import BACKUP, Api, _free_port
+from tests.functional.test_catalog_freezer import BACKUP, Api, _free_port, authtoken_section
 
 
 def _admin_session(admin):
@@ -98,16 +98,7 @@ def server_url(request, keystone, tmp_path_factory):
 state_dir = {work}
 [catalog_api]
 auth_strategy = keystone
-[keystone_authtoken]
-www_authenticate_uri = {keystone["auth_url"]}
-auth_url = {keystone["auth_url"]}
-auth_type = password
-username = {svc["username"]}
-password = {svc["password"]}
-project_name = {svc["project_name"]}
-user_domain_name = {svc["user_domain_name"]}
-project_domain_name = {svc["project_domain_name"]}
-"""
+{authtoken_section(keystone, svc)}"""
     )
     sync = subprocess.run(
         [*STOWKIT, "--config-file", str(conf), "catalog", "db-sync"],

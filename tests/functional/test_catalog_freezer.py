@@ -37,6 +37,26 @@ BACKUP = {
 }
 
 
+def authtoken_section(keystone: dict[str, Any], svc: dict[str, Any]) -> str:
+    """``[keystone_authtoken]`` for a catalog served behind the harness Keystone."""
+    return (
+        "[keystone_authtoken]\n"
+        f"www_authenticate_uri = {keystone['auth_url']}\n"
+        f"auth_url = {keystone['auth_url']}\n"
+        "auth_type = password\n"
+        + "".join(
+            f"{key} = {svc[key]}\n"
+            for key in (
+                "username",
+                "password",
+                "project_name",
+                "user_domain_name",
+                "project_domain_name",
+            )
+        )
+    )
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -79,16 +99,7 @@ connection = {database}
 [catalog_api]
 auth_strategy = keystone
 max_body_size = 65536
-[keystone_authtoken]
-www_authenticate_uri = {keystone["auth_url"]}
-auth_url = {keystone["auth_url"]}
-auth_type = password
-username = {svc["username"]}
-password = {svc["password"]}
-project_name = {svc["project_name"]}
-user_domain_name = {svc["user_domain_name"]}
-project_domain_name = {svc["project_domain_name"]}
-"""
+{authtoken_section(keystone, svc)}"""
     )
     sync = subprocess.run(
         [*STOWKIT, "--config-file", str(conf), "catalog", "db-sync"],
