@@ -12,10 +12,10 @@ import argparse
 import logging
 import os
 import sys
-import time
 from typing import Any
 
 from stowkit.cli.common import Bytes, Command, Lister, ShowOne, port_type
+from stowkit.cli.progress import ByteMeter, SyncProgress
 from stowkit.corelib import config, imagesync
 from stowkit.corelib.errors import EXIT_CODES, InvalidArgument, StowkitError
 from stowkit.corelib.image import Image, ImageCapability
@@ -26,61 +26,6 @@ from stowkit.corelib.imagesync.engine import ImageSync, SyncReport
 LOG = logging.getLogger("stowkit.imagesync")
 
 IMAGE_COLUMNS = ("id", "name", "region", "status", "visibility", "size", "checksum", "owner")
-
-
-class ByteMeter:
-    """Per-image byte progress on one terminal line: bytes, rate, ETA.
-
-    ``update(data)`` is fed every chunk (it is a ChunkReader observer); the
-    line is redrawn at most five times a second and ends when the image is
-    complete (or at :meth:`finish`).  Disabled, it costs one attribute test.
-    """
-
-    def __init__(
-        self, label: str, total: int | None, stream: Any, enabled: bool, clock=time.monotonic
-    ) -> None:
-        self.label, self.total, self.stream = label, total, stream
-        self.enabled, self.clock = enabled, clock
-        self.done = 0
-        self.start = self.last = clock()
-        self.finished = False
-
-    def update(self, data: bytes) -> None:
-        if not self.enabled or self.finished:
-            return
-        self.done += len(data)
-        now = self.clock()
-        complete = self.total is not None and self.done >= self.total
-        if now - self.last < 0.2 and not complete:
-            return
-        self.last = now
-        self._draw(now)
-        if complete:
-            self.finish()
-
-    def _draw(self, now: float) -> None:
-        elapsed = max(now - self.start, 1e-6)
-        rate = self.done / elapsed
-        text = f"{self.label}: {_mib(self.done)}"
-        if self.total:
-            left = max(self.total - self.done, 0)
-            eta = f"{left / rate:.0f}s" if rate > 0 else "?"
-            text += f" of {_mib(self.total)} ({100 * self.done / self.total:.0f}%)"
-            text += f", {_mib(rate)}/s, ETA {eta}"
-        else:
-            text += f", {_mib(rate)}/s"
-        self.stream.write(f"\r{text}   ")
-        self.stream.flush()
-
-    def finish(self) -> None:
-        if self.enabled and not self.finished:
-            self.finished = True
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _mib(n: float) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
 
 
 class _MeteredFile:
@@ -381,20 +326,18 @@ class Sync(_Failures, Lister):
         def progress(region: str, done: Any) -> None:
             LOG.info("%s: %s %s", region, done.action, done.image)
 
-        enabled = progress_enabled(self.app, parsed_args)
-
-        def observer(region: str, image: Image) -> ByteMeter | None:
-            if not enabled:
-                return None
-            return ByteMeter(f"{region}: {image.name}", image.size, self.app.stderr, True)
-
-        report: SyncReport = sync.sync(
-            parsed_args.regions,
-            dry_run=parsed_args.dry_run,
-            parallel=parsed_args.parallel,
-            progress=progress,
-            observer=observer,
-        )
+        # One line for all regions: the fan-out copies an image to them at once.
+        board = SyncProgress(self.app.stderr, progress_enabled(self.app, parsed_args))
+        try:
+            report: SyncReport = sync.sync(
+                parsed_args.regions,
+                dry_run=parsed_args.dry_run,
+                parallel=parsed_args.parallel,
+                progress=progress,
+                observer=board.observer,
+            )
+        finally:
+            board.close()
         self._failed = [(r.region, r.error, r.error_type) for r in report.failed]
         self._total = len(report.results)
         self._summary = report.summary()

@@ -239,23 +239,6 @@ def test_status_csv_is_glancesync_lines(env, capsys, tmp_path):  # noqa: F811
 # -- progress: per-image bytes, rate and ETA on a terminal only ---------------------------
 
 
-def test_byte_meter_shows_bytes_rate_eta_and_ends_the_line():
-    import io
-
-    from stowkit.cli.image import ByteMeter
-
-    ticks = iter([0.0, 1.0, 2.0])
-    out = io.StringIO()
-    meter = ByteMeter("R: img", 4 << 20, out, True, clock=lambda: next(ticks))
-    meter.update(b"x" * (1 << 20))
-    assert "1.0 MiB of 4.0 MiB (25%), 1.0 MiB/s, ETA 3s" in out.getvalue()
-    meter.update(b"x" * (3 << 20))
-    assert out.getvalue().endswith("\n") and "(100%)" in out.getvalue()
-    quiet = io.StringIO()
-    ByteMeter("R: img", 10, quiet, False).update(b"x" * 10)
-    assert quiet.getvalue() == ""
-
-
 def test_sync_and_create_progress_only_when_asked_or_on_a_terminal(env, capsys, tmp_path):  # noqa: F811
     img = str(tmp_path / "a.img")
     assert env("image", "create", img, "--name", "a", "--region", "One", "--public") == 0
@@ -266,4 +249,4 @@ def test_sync_and_create_progress_only_when_asked_or_on_a_terminal(env, capsys, 
     assert "MiB/s" not in capsys.readouterr().err
     assert env("image", "sync", "Three", "--progress") == 0
     err = capsys.readouterr().err
-    assert "Three: a: 0.0 MiB of 0.0 MiB (100%)" in err and "ETA" in err
+    assert "a: Three 100%; 0.0 MiB of 0.0 MiB (100%)" in err and "ETA" in err
