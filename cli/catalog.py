@@ -36,7 +36,7 @@ class Serve(Command):
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
         from stowkit.corelib import notify, wsgiserve
-        from stowkit.corelib.catalogapi import server
+        from stowkit.corelib.catalogapi import server, wsgi
 
         conf = self.app.conf
         server.register_opts(conf)
@@ -50,7 +50,8 @@ class Serve(Command):
         if opts.auto_sync:
             self.app.stderr.write(catalog.sync() + "\n")
         auth = "noauth" if parsed_args.no_auth else None
-        app = server.build_app(conf, catalog, auth)
+        # The pipeline gunicorn and uwsgi serve (healthcheck, request ids, proxy headers).
+        app = wsgi.build(conf, catalog, auth)
         # The parent's connections must not be shared with the forked workers.
         catalog.close()
         n = parsed_args.workers or server.workers(conf)

@@ -146,6 +146,29 @@ def make_server(
     return server
 
 
+#: How long a stopping server waits for its running requests.  cheroot's stop()
+#: gives busy threads its shutdown_timeout (5 s), then closes their sockets and
+#: joins them without a bound: a thread stuck in the application (a database
+#: that does not answer) would hold the process forever.
+STOP_TIMEOUT = 15.0
+
+
+def stop_within(server: Any, timeout: float, name: str = "stowkit") -> bool:
+    """``server.stop()``, given ``timeout`` seconds; False (and a line saying so) if it hung."""
+    stopper = threading.Thread(target=server.stop, name=f"{name}-stop", daemon=True)
+    stopper.start()
+    stopper.join(timeout)
+    if stopper.is_alive():
+        print(
+            f"{name}: requests still running {timeout:g} s after the stop signal; "
+            "exiting without them",
+            file=sys.stderr,
+            flush=True,
+        )
+        return False
+    return True
+
+
 def _die_with_parent(parent: int) -> None:
     """Linux: the kernel sends this process SIGKILL when the master dies, however it dies."""
     with contextlib.suppress(OSError, AttributeError):
@@ -168,6 +191,7 @@ def serve(
     client_timeout: float = 10,
     request_timeout: float = 20,
     name: str = "stowkit",
+    stop_timeout: float = STOP_TIMEOUT,
     on_stop: Callable[[], Any] = lambda: None,
     ready: Callable[[], Any] = lambda: None,
     stopping: Callable[[], Any] = lambda: None,
@@ -181,7 +205,9 @@ def serve(
     orphan serving the port.  ``on_stop`` runs in each serving process once
     its server has stopped.  ``ready`` runs once in this (the calling) process
     when every worker listens, ``stopping`` once when a signal stops the service
-    (``stowkit.corelib.notify``'s functions tell systemd so).
+    (``stowkit.corelib.notify``'s functions tell systemd so).  A stop signal
+    ends each serving process within ``stop_timeout`` seconds, requests still
+    running or not (:func:`stop_within`).
     """
     _cheroot()  # in the master: one clear error, not one per worker
 
@@ -206,7 +232,9 @@ def serve(
         except KeyboardInterrupt:
             if n_workers <= 1:
                 stopping()
-            server.stop()  # joins the worker threads, closes the socket
+            if not stop_within(server, stop_timeout, name):
+                on_stop()
+                os._exit(1)  # a request thread is stuck: leave it, as promised
         except OSError as exc:
             raise BackendUnavailable(f"cannot listen on {bind}:{port}: {exc}") from None
         finally:

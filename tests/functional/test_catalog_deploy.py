@@ -84,8 +84,13 @@ def uwsgi(port: int, conf) -> list[str]:
     ]
 
 
+def catalog_serve(port: int, conf) -> list[str]:
+    # stowkit's own server: the same middleware pipeline as the WSGI application
+    return [*STOWKIT, "--config-file", str(conf), "catalog", "serve", "--port", str(port)]
+
+
 #: The WSGI servers the application is shown under: name -> argv(port, config file).
-SERVERS = {"gunicorn": gunicorn, "uwsgi": uwsgi}
+SERVERS = {"gunicorn": gunicorn, "uwsgi": uwsgi, "catalog-serve": catalog_serve}
 
 
 @pytest.fixture(scope="module", params=sorted(SERVERS))

@@ -1,0 +1,77 @@
+"""The serving module's stop bound: a request stuck in the application does not hold the
+process past ``stop_timeout`` (cheroot alone would join that thread forever)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+SERVER = textwrap.dedent(
+    """
+    import pathlib, sys, threading
+    from stowkit.corelib import wsgiserve
+
+    entered = pathlib.Path(sys.argv[2])
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/stuck":
+            entered.write_text("in")
+            threading.Event().wait()  # a backend that never answers
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    wsgiserve.serve(app, "127.0.0.1", int(sys.argv[1]), 1, stop_timeout=float(sys.argv[3]),
+                    ready=lambda: print("ready", flush=True))
+    """
+)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(tmp_path, stop_timeout: float):
+    port, entered = _port(), tmp_path / "entered"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(port), str(entered), str(stop_timeout)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    return proc, port, entered
+
+
+def test_a_stuck_request_does_not_hold_the_stop(tmp_path):
+    proc, port, entered = _start(tmp_path, 1.0)
+    try:
+        client = socket.create_connection(("127.0.0.1", port))
+        client.sendall(b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n")
+        while not entered.exists():
+            assert proc.poll() is None
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        # cheroot's own stop would wait 5 s and then join the stuck thread forever
+        assert proc.wait(timeout=60) == 1
+        assert "requests still running 1 s after the stop signal" in proc.stderr.read()
+        client.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_an_idle_server_stops_cleanly(tmp_path):
+    proc, port, _ = _start(tmp_path, 1.0)
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert client.recv(100).startswith(b"HTTP/1.1 200")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    assert "still running" not in proc.stderr.read()
