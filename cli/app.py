@@ -179,6 +179,13 @@ class StowkitApp(App):
             root.removeHandler(handler)
         install_log_handlers(added, root.level)
 
+    def setup_service_logging(self) -> None:
+        """oslo.log for a long-running command, with cliff's --debug/-vv/--log-file on top."""
+        from stowkit.corelib import servicelog
+
+        debug = bool(self.options.debug) or self.options.verbose_level >= 2
+        servicelog.setup(self.conf, debug=debug, log_file=self.options.log_file)
+
     def get_fuzzy_matches(self, cmd: str) -> list[str]:
         # An unknown *option* is not a misspelt command: say so in one line.
         return [] if cmd.startswith("-") else super().get_fuzzy_matches(cmd)

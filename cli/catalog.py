@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 class Serve(Command):
     """Serve the freezer-compatible catalog API (cheroot, one process per worker)."""
 
+    service = True  # logs through oslo.log
+
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         parser.add_argument("--bind", metavar="ADDR", help="listen address ([catalog_api] bind)")

@@ -159,6 +159,9 @@ class _Base:
     """Mixin for cliff commands: config loading and error mapping."""
 
     app: Any
+    #: A long-running command (a server, the plugin): it logs the OpenStack way,
+    #: through oslo.log's [DEFAULT] options (corelib/servicelog.py).
+    service = False
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)  # type: ignore[misc]
@@ -180,6 +183,8 @@ class _Base:
         try:
             try:
                 self.app.conf  # noqa: B018 - a bad config file is reported here, once
+                if self.service:
+                    self.app.setup_service_logging()
                 return super().run(parsed_args)  # type: ignore[misc]
             except cfg.Error as exc:
                 # An option read in the middle of the work (registered late):

@@ -400,6 +400,8 @@ class LoadBackups(Lister):
 class Serve(Command):
     """Serve GlanceSync's REST API (v1): region status, sync tasks (cheroot)."""
 
+    service = True  # logs through oslo.log
+
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         parser.add_argument("--bind", metavar="ADDR", help="listen address ([image_sync_api] bind)")

@@ -65,6 +65,8 @@ class Serve(Command):
     the socket file is removed.
     """
 
+    service = True  # logs through oslo.log
+
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
         parser.add_argument(

@@ -66,7 +66,10 @@ def _namespace_opts(namespace: str) -> list[cfg.Opt]:
 
 
 def register_core_opts(conf: cfg.ConfigOpts) -> None:
+    from stowkit.corelib import servicelog
+
     conf.register_opts(common_opts)
+    servicelog.register_opts(conf)
     for namespace in DEFAULT_BACKENDS:
         conf.register_opts(_namespace_opts(namespace), group=namespace)
 
