@@ -62,6 +62,9 @@ import uuid
 import figures
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from bench/: the harness's helpers
+from tools.stack.buttervolume_venv import ensure_buttervolume  # noqa: E402
+
 TARGET_LIST_MS = 50.0
 TARGET_CREATE_RATIO = 1.2
 
@@ -261,16 +264,6 @@ class Buttervolume:
     def close(self) -> None:
         stop(self.proc)
         delete_subvolumes(self.root)
-
-
-def ensure_buttervolume(venv: pathlib.Path) -> None:
-    if (venv / "bin" / "buttervolume").exists():
-        return
-    print(f"installing buttervolume 3.13 into {venv} ...", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", "buttervolume==3.13"], check=True, timeout=900
-    )
 
 
 # -- measuring ------------------------------------------------------------------------------

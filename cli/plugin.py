@@ -15,7 +15,12 @@ from stowkit.corelib.errors import StowkitError
 
 
 def serve(
-    conf: Any, driver: Any, socket_path: str, out: TextIO, with_scheduler: bool = True
+    conf: Any,
+    driver: Any,
+    socket_path: str,
+    out: TextIO,
+    with_scheduler: bool = True,
+    ready_line: str = "stowkit plugin listening on {socket}",
 ) -> int:
     """Serve ``driver`` on ``socket_path`` (and run the schedule) until SIGTERM/SIGINT.
 
@@ -29,7 +34,9 @@ def serve(
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server = PluginServer(socket_path, PluginApp(driver))
+        scheduler.register_opts(conf)
+        schedule = scheduler.ScheduleStore(conf[scheduler.GROUP].schedule_file)
+        server = PluginServer(socket_path, PluginApp(driver, schedule))
         # Collect what a crash left (hidden temporaries no live process holds)
         # before serving; a failure here must not keep Docker's volumes offline.
         try:
@@ -42,7 +49,7 @@ def serve(
             server.start()
             if jobs is not None:
                 jobs.start()
-            out.write(f"stowkit plugin listening on {socket_path}\n")
+            out.write(ready_line.format(socket=socket_path) + "\n")
             out.flush()
             notify.ready()  # systemd (Type=notify): the socket accepts requests now
             while not stop.wait(1.0):

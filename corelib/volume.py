@@ -233,6 +233,17 @@ class PurgeResult:
     protected: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True)
+class VolumeStatus:
+    """What the Docker plugin's Get shows of a volume (``docker volume inspect``)."""
+
+    snapshot_count: int
+    newest_snapshot: str | None
+    #: peer -> the last snapshot sent there (``{"snapshot": NAME}``, plus ``"at"`` when known)
+    replication: Mapping[str, Mapping[str, str]]
+    mount_count: int
+
+
 class VolumeDriver(Driver):
     """A place holding volumes and read-only snapshots of them."""
 
@@ -337,6 +348,27 @@ class VolumeDriver(Driver):
 
         A volume name with no snapshots gives an empty list, not ``NotFound``.
         """
+
+    def snapshot_entries(self, volume: str | None = None) -> Sequence[str]:
+        """Names in the snapshot directory as it holds them, for buttervolume's listing.
+
+        buttervolume lists its snapshot directory as is: in the order its
+        entries were made, sent markers (``VOLUME@STAMP@HOST``) included.  A
+        backend that keeps such records besides snapshots says so here; the
+        default is :meth:`list_snapshots`' names.
+        """
+        return [s.name for s in self.list_snapshots(volume)]
+
+    def volume_status(self, name: str) -> VolumeStatus:
+        """Counts for the Docker plugin's Get: cheap (no walk of the data).  ``NotFound``."""
+        self.volume_path(name)  # NotFound for a volume that is not there
+        snaps = self.list_snapshots(name)
+        return VolumeStatus(
+            snapshot_count=len(snaps),
+            newest_snapshot=snaps[-1].name if snaps else None,
+            replication={},
+            mount_count=len(self.mounts(name)),
+        )
 
     @abc.abstractmethod
     def delete_snapshot(self, name: str) -> None:

@@ -3,15 +3,22 @@
 Same verbs and arguments as buttervolume 3.13, so existing scripts and cron
 lines carry over: ``run``, ``snapshot``, ``snapshots``, ``schedule``,
 ``scheduled``, ``restore``, ``clone``, ``send``, ``sync``, ``rm``, ``purge``.
-The verbs call the library directly (no round trip through the plugin
-socket); ``schedule``/``scheduled`` edit the schedule file that ``run`` (or
-``stowkit plugin serve``) reads on every tick.
+Each verb prints what buttervolume 3.13's CLI prints for the same state,
+line for line (doc/compat/stowkit-buttervolume.md lists the few places where
+buttervolume is broken and stowkit is not); what buttervolume's verbs mean
+(``schedule`` timers, the globally paused schedule, ``scheduled`` lines) is
+owned by :mod:`stowkit.corelib.dockerplugin.buttervolume`, which also serves
+them on the plugin socket for buttervolume's own CLI.  The verbs call the
+library directly (no round trip through the socket); ``schedule``/``scheduled``
+edit the schedule file that ``run`` (or ``stowkit plugin serve``) reads on
+every tick.
 
 Differences a user may notice: errors are one line on stderr with a distinct
-exit code (see ``stowkit.corelib.errors``), names are checked before anything is
-touched, ``--config-file`` selects a stowkit configuration, and the socket
-``run`` listens on is ``--socket``, else buttervolume's ``SOCKET`` setting,
-by default ``/run/docker/plugins/btrfs.sock`` (so Docker keeps finding the
+exit code (see ``stowkit.corelib.errors``; 1, as buttervolume, for a globally
+paused schedule), names are checked before anything is touched,
+``--config-file`` selects a stowkit configuration, and the socket ``run``
+listens on is ``--socket``, else buttervolume's ``SOCKET`` setting, by
+default ``/run/docker/plugins/btrfs.sock`` (so Docker keeps finding the
 driver under the name ``btrfs``).
 
 buttervolume's own configuration is read as buttervolume reads it
@@ -36,6 +43,7 @@ from typing import Any, TextIO
 from stowkit.cli.app import split_config_files
 from stowkit.cli.common import one_line_errors, report
 from stowkit.corelib import config, registry, scheduler
+from stowkit.corelib.dockerplugin import buttervolume as bvroutes
 from stowkit.corelib.errors import BackendUnavailable, ConfigError, InvalidArgument, StowkitError
 
 PROG = "stowkit-buttervolume"
@@ -157,9 +165,11 @@ class Context:
         config_files: Sequence[str],
         out: TextIO,
         buttervolume: ButtervolumeConfig | None = None,
+        err: TextIO | None = None,
     ) -> None:
         self.conf = config.load_conf(config_files)
         self.out = out
+        self.err = err or sys.stderr
         self.bv = buttervolume or ButtervolumeConfig.load()
         self._driver: Any = None
         scheduler.register_opts(self.conf)
@@ -191,6 +201,11 @@ class Context:
         for line in lines:
             self.out.write(f"{line}\n")
 
+    def log(self, line: str) -> None:
+        """A line buttervolume writes to its log, not to the output: stderr, at INFO."""
+        if getattr(logging, self.bv.values["LOGLEVEL"].upper(), logging.INFO) <= logging.INFO:
+            self.err.write(f"{line}\n")
+
     def close(self) -> None:
         if self._driver is not None:
             self._driver.close()
@@ -202,10 +217,11 @@ class Context:
 def take_over_schedule(ctx: Context) -> str | None:
     """Import buttervolume's schedule.csv (or its globally paused ``.disabled``).
 
-    Done at ``run`` when the file is newer than stowkit's schedule (or that
-    does not exist yet), so buttervolume's jobs run on, and later changes made
-    with ``schedule``/``scheduled`` (which edit stowkit's file) are not undone
-    by a restart.  Returns what was done, or None.
+    Done at ``run``, ``schedule`` and ``scheduled`` when the file is newer
+    than stowkit's schedule (or that does not exist yet), so buttervolume's
+    jobs run on and show at once, and later changes made with
+    ``schedule``/``scheduled`` (which edit stowkit's file) are not undone by
+    a restart.  Returns what was done, or None.
     """
     csv_path = ctx.bv.schedule_csv
     disabled = f"{csv_path}.disabled"
@@ -234,7 +250,11 @@ def do_run(ctx: Context, args: argparse.Namespace) -> int:
     if done:
         ctx.print(done)
     path = args.socket or ctx.bv.values["SOCKET"]
-    return serve(ctx.conf, ctx.driver, path, ctx.out)
+    # buttervolume's two lines, the second once the socket answers.
+    ctx.print(f"Starting scheduler job every {ctx.bv.values['TIMER']}s")
+    return serve(
+        ctx.conf, ctx.driver, path, ctx.out, ready_line="Listening to requests on {socket}..."
+    )
 
 
 def do_snapshot(ctx: Context, args: argparse.Namespace) -> int:
@@ -243,39 +263,27 @@ def do_snapshot(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def do_snapshots(ctx: Context, args: argparse.Namespace) -> int:
-    ctx.print(*(s.name for s in ctx.driver.list_snapshots(args.name)))
+    # The snapshot directory as buttervolume lists it: in the order its
+    # entries were made, sent markers VOLUME@STAMP@HOST included.
+    ctx.print(*ctx.driver.snapshot_entries(args.name))
     return 0
 
 
-def _minutes_text(minutes: float) -> str:
-    return str(int(minutes)) if minutes == int(minutes) else str(minutes)
-
-
 def do_schedule(ctx: Context, args: argparse.Namespace) -> int:
-    action, timer, name = args.action[0], args.timer[0], args.name[0]
-    store = ctx.schedule
-    if timer in ("0", "delete"):
-        store.remove(name, action)
-    elif timer == "pause":
-        store.set_active(False, name, action)
-    elif timer == "resume":
-        store.set_active(True, name, action)
-    else:
-        store.add(name, action, timer)
+    take_over_schedule(ctx)  # buttervolume's jobs first, as they were when it stopped
+    bvroutes.change_schedule(ctx.schedule, args.name[0], args.action[0], args.timer[0])
     return 0
 
 
 def do_scheduled(ctx: Context, args: argparse.Namespace) -> int:
+    take_over_schedule(ctx)  # so buttervolume's jobs show before the first ``run``
     store = ctx.schedule
     if args.action == "pause":
         store.set_active(False)
     elif args.action == "resume":
         store.set_active(True)
     else:
-        schedule = store.load()
-        for job in schedule.jobs:
-            paused = " (paused)" if not job.active or schedule.paused else ""
-            ctx.print(f"{job.action} {_minutes_text(job.minutes)} {job.volume}{paused}")
+        ctx.print(*(bvroutes.scheduled_line(row) for row in bvroutes.schedule_rows(store)))
     return 0
 
 
@@ -294,7 +302,12 @@ def do_clone(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def do_send(ctx: Context, args: argparse.Namespace) -> int:
-    ctx.driver.send_snapshot(args.snapshot[0], args.host[0])
+    result = ctx.driver.send_snapshot(args.snapshot[0], args.host[0])
+    # buttervolume's CLI prints nothing; what was sent goes to stderr, as its log would.
+    how = bvroutes.send_mode(result)
+    if result.parent:
+        how += f" from {result.parent}"
+    ctx.log(f"Sent {result.snapshot} to {result.host} ({how})")
     return 0
 
 
@@ -315,10 +328,13 @@ def do_rm(ctx: Context, args: argparse.Namespace) -> int:
 
 def do_purge(ctx: Context, args: argparse.Namespace) -> int:
     result = ctx.driver.purge(args.name[0], args.pattern[0], dry_run=args.dryrun)
-    verb = "Would delete" if args.dryrun else "Deleted"
-    ctx.print(*(f"{verb} snapshot {name}" for name in result.deleted))
+    # buttervolume's CLI prints nothing: its plugin logs each snapshot.  These
+    # are its log lines, on stderr, so a --dryrun still tells what it would do.
+    verb = "(Dry run) Would delete" if args.dryrun else "Deleted"
+    for name in result.deleted:
+        ctx.log(f"{verb} snapshot {name}")
     for name, why in sorted(result.protected.items()):
-        ctx.print(f"Kept snapshot {name} ({why})")
+        ctx.log(f"Kept snapshot {name} ({why})")
     return 0
 
 
@@ -419,7 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
     files, rest = split_config_files(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(rest)
@@ -428,10 +446,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return 0
     ctx = None
     try:
-        ctx = Context(files + (args.config_file or []), out or sys.stdout)
+        ctx = Context(files + (args.config_file or []), out or sys.stdout, err=err)
         return args.func(ctx, args)
-    except StowkitError as err:
-        return report(err, PROG)
+    except StowkitError as exc:
+        return report(exc, PROG, err)
     finally:
         if ctx is not None:
             ctx.close()

@@ -3,9 +3,9 @@
 Docker's legacy volume plugin API (``/Plugin.Activate`` then
 ``/VolumeDriver.*``).  Every answer is HTTP 200 with ``{"Err": ""}`` on
 success or ``{"Err": "one-line message"}`` on failure, which Docker shows to
-the user as is.  Two buttervolume extensions (``VolumeDriver.Snapshot`` and
-``VolumeDriver.Snapshot.List``) are served too, so scripts that post to
-buttervolume's socket keep working.
+the user as is.  buttervolume 3.13's extension routes (``/VolumeDriver.Snapshot``,
+``.Schedule``, ``.Clone``, ... see :mod:`.buttervolume`) are served too, so
+buttervolume's own CLI and scripts that post to its socket keep working.
 
 Per-request work is kept to the one driver call the endpoint needs: no scans
 for ``Get``/``Path``/``Mount``, no processes spawned here.
@@ -20,15 +20,15 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from stowkit.corelib.dockerplugin.buttervolume import ButtervolumeRoutes, route_for
 from stowkit.corelib.errors import AlreadyExists, InvalidArgument, NotFound, StowkitError
 from stowkit.corelib.names import check_name
+from stowkit.corelib.scheduler import ScheduleStore
 from stowkit.corelib.volume import check_create_options
 
 LOG = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
-
-_SNAPSHOT_LIST_PREFIX = "/VolumeDriver.Snapshot.List/"
 
 Handler = Callable[[Mapping[str, Any]], dict[str, Any]]
 
@@ -57,14 +57,26 @@ def _entry(name: str, path: str, created: dt.datetime | None) -> dict[str, Any]:
     return entry
 
 
+def status(st: Any) -> dict[str, Any]:
+    """A VolumeStatus as ``docker volume inspect`` shows it under ``Status``."""
+    return {
+        "mounts": st.mount_count,
+        "snapshots": st.snapshot_count,
+        "newest_snapshot": st.newest_snapshot,
+        "replication": {peer: dict(record) for peer, record in st.replication.items()},
+    }
+
+
 class PluginApp:
     """Maps plugin requests onto a VolumeDriver.
 
     Mount IDs are counted by the driver (``mount``/``unmount``/``mounts``), so
     ``stowkit volume show`` and ``snapshot restore`` see what Docker holds.
+    ``schedule`` is the store buttervolume's schedule routes edit (without
+    one they answer an error).
     """
 
-    def __init__(self, driver: Any) -> None:
+    def __init__(self, driver: Any, schedule: ScheduleStore | None = None) -> None:
         self.driver = driver
         self.routes: dict[str, Handler] = {
             "/Plugin.Activate": self.activate,
@@ -76,18 +88,14 @@ class PluginApp:
             "/VolumeDriver.Get": self.get,
             "/VolumeDriver.List": self.list,
             "/VolumeDriver.Capabilities": self.capabilities,
-            # buttervolume extensions
-            "/VolumeDriver.Snapshot": self.snapshot,
-            "/VolumeDriver.Snapshot.List": self.snapshot_list,
+            # buttervolume's extensions
+            **ButtervolumeRoutes(driver, schedule).routes,
         }
 
     def handle(self, path: str, raw: bytes) -> tuple[int, dict[str, Any]]:
         """Answer one request: (HTTP status, JSON body)."""
-        handler = self.routes.get(path)
-        suffix = None
-        if handler is None and path.startswith(_SNAPSHOT_LIST_PREFIX):
-            # buttervolume 3.13 clients GET /VolumeDriver.Snapshot.List/VOLUME
-            handler, suffix = self.snapshot_list, path[len(_SNAPSHOT_LIST_PREFIX) :]
+        # buttervolume 3.13 clients GET /VolumeDriver.Snapshot.List/VOLUME
+        handler, suffix = route_for(self.routes, path)
         if handler is None:
             return 404, {"Err": f"unknown endpoint {path[:200]!r}"}
         try:
@@ -168,21 +176,10 @@ class PluginApp:
         # snapshots and may measure sizes.
         name = _name(body)
         entry = _entry(name, self.driver.volume_path(name), self.driver.volume_created(name))
-        entry["Status"] = {"mounts": len(self.driver.mounts(name))}
+        entry["Status"] = status(self.driver.volume_status(name))
         return {"Volume": entry, "Err": ""}
 
     def list(self, body: Mapping[str, Any]) -> dict[str, Any]:
         # Docker reads CreatedAt from Get only; List carries it too for other clients.
         volumes = [_entry(v.name, v.path, v.created) for v in self.driver.list_volumes()]
         return {"Volumes": volumes, "Err": ""}
-
-    # -- buttervolume extensions --------------------------------------------------
-
-    def snapshot(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        snap = self.driver.create_snapshot(_name(body))
-        return {"Snapshot": snap.name, "Err": ""}
-
-    def snapshot_list(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        name = body.get("Name")
-        volume = check_name(name, "volume name") if name else None
-        return {"Snapshots": [s.name for s in self.driver.list_snapshots(volume)], "Err": ""}

@@ -49,6 +49,7 @@ from stowkit.corelib.volume import (
     Volume,
     VolumeCapability,
     VolumeDriver,
+    VolumeStatus,
     parse_rate,
     snapshot_name,
     split_snapshot_name,
@@ -619,8 +620,58 @@ class BtrfsVolumeDriver(VolumeDriver):
         return result
 
     def delete_snapshot(self, name: str) -> None:
-        path = self._snapshot_path(name)
+        if isinstance(name, str) and self._marker(name) is not None:
+            # buttervolume's sent marker VOLUME@STAMP@HOST: its ``rm`` deletes those too.
+            self._setup()
+            path = os.path.join(self.snapshots_dir, name)
+            if not subvol.is_subvolume(path):
+                raise NotFound(f"no such snapshot: {name}")
+        else:
+            path = self._snapshot_path(name)
         subvol.delete(path)
+
+    def snapshot_entries(self, volume: str | None = None) -> Sequence[str]:
+        # Directory order is the order entries were made (btrfs lists a
+        # directory by its index), which is what buttervolume prints.
+        if volume is not None:
+            check_name(volume, "volume name")
+        self._setup()
+        names = []
+        for where in self._snapshot_dirs():
+            with os.scandir(where) as it:
+                for entry in it:
+                    if volume is not None and not entry.name.startswith(volume + "@"):
+                        continue
+                    try:
+                        vol = self.split_name(entry.name)[0]
+                    except InvalidName:
+                        marker = self._marker(entry.name) if where == self.snapshots_dir else None
+                        if marker is None:
+                            continue  # a stray file, not a snapshot nor a record
+                        vol = marker[0]
+                    else:
+                        if where == self.received_dir and not self._complete(entry.path):
+                            continue  # a receive in progress
+                    if volume is None or vol == volume:
+                        names.append(entry.name)
+        return names
+
+    def volume_status(self, name: str) -> VolumeStatus:
+        self._existing_volume(name)
+        found = [s for s in self._snapshot_names(name) if s[0] == name]
+        newest = max(found, key=lambda s: (s[1], s[2]))[2] if found else None
+        replication = {}
+        for peer, record in sorted(self.sent(name).items()):
+            entry = {"snapshot": record.get("snapshot", "")}
+            if record.get("at"):
+                entry["at"] = record["at"]
+            replication[peer] = entry
+        return VolumeStatus(
+            snapshot_count=len(found),
+            newest_snapshot=os.path.basename(newest) if newest else None,
+            replication=replication,
+            mount_count=len(self.mounts(name)),
+        )
 
     def _newest_snapshot(self, volume: str) -> str:
         check_name(volume, "volume name")

@@ -104,7 +104,10 @@ def test_stowkit_takes_over_a_buttervolume_tree(peers, paris):  # noqa: F811
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert cli.returncode == 0, cli.stderr
-    assert cli.stdout.split() == [s.name for s in drv.list_snapshots("v1")]
+    # as buttervolume lists them: the directory's order, its sent markers included
+    assert cli.stdout.split() == list(drv.snapshot_entries("v1"))
+    assert f"{names['2d']}@oldhost" in cli.stdout.split()
+    assert set(cli.stdout.split()) >= {s.name for s in drv.list_snapshots("v1")}
     rm = subprocess.run(
         [sys.executable, "-m", "stowkit.cli.compat.buttervolume", "--config-file",
          str(a.config_file), "rm", names["90m"]],
@@ -112,3 +115,13 @@ def test_stowkit_takes_over_a_buttervolume_tree(peers, paris):  # noqa: F811
     )  # fmt: skip
     assert rm.returncode == 0, rm.stderr
     assert not (snaps / names["90m"]).exists()
+    # buttervolume's rm deletes a sent marker too, as it lists them
+    marker = f"{names['2d']}@oldhost"
+    rm = subprocess.run(
+        [sys.executable, "-m", "stowkit.cli.compat.buttervolume", "--config-file",
+         str(a.config_file), "rm", marker],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert rm.returncode == 0, rm.stderr
+    assert not (snaps / marker).exists() and (snaps / names["2d"]).exists()
+    assert "oldhost" not in drv.sent("v1")

@@ -164,7 +164,7 @@ def test_container_writes_land_in_the_subvolume_and_rm_works(docker_env):
     listed = json.loads(docker("volume", "ls", "--format", "{{json .}}").stdout.splitlines()[0])
     assert listed["Driver"] == plugin.name
     inspect = json.loads(docker("volume", "inspect", vol).stdout)[0]
-    assert inspect["Mountpoint"] == str(subvol) and inspect["Status"] == {"mounts": 0}
+    assert inspect["Mountpoint"] == str(subvol) and inspect["Status"]["mounts"] == 0
     # Docker reads the time from Get's CreatedAt (no CreatedAt shows 0001-01-01T00:00:00Z)
     created = dt.datetime.fromisoformat(inspect["CreatedAt"])
     made = dt.datetime.fromtimestamp(btrfsutil.subvolume_info(str(subvol)).otime, dt.UTC)
@@ -182,12 +182,12 @@ def test_mount_counts_with_two_containers(docker_env):
     long_running = docker("run", "-d", "--network", "none", "-v", f"{vol}:/data", image,
                           "sleep", "600").stdout.strip()  # fmt: skip
     containers.append(long_running)
-    assert plugin.call("/VolumeDriver.Get", {"Name": vol})["Volume"]["Status"] == {"mounts": 1}
+    assert plugin.call("/VolumeDriver.Get", {"Name": vol})["Volume"]["Status"]["mounts"] == 1
     # a second container comes and goes; the first still holds the volume
     docker("run", "--rm", "--network", "none", "-v", f"{vol}:/data", image,
            "sh", "-c", "echo second > /data/g")  # fmt: skip
     assert (plugin.root / "volumes" / vol / "g").read_text() == "second\n"
-    assert plugin.call("/VolumeDriver.Get", {"Name": vol})["Volume"]["Status"] == {"mounts": 1}
+    assert plugin.call("/VolumeDriver.Get", {"Name": vol})["Volume"]["Status"]["mounts"] == 1
     # the plugin itself refuses to remove a mounted volume (not only dockerd)
     err = plugin.call("/VolumeDriver.Remove", {"Name": vol})["Err"]
     assert "mounted" in err
@@ -197,11 +197,11 @@ def test_mount_counts_with_two_containers(docker_env):
     other = docker("run", "-d", "--network", "none", "-v", f"{vol}:/data", image,
                    "sleep", "600").stdout.strip()  # fmt: skip
     containers.append(other)
-    assert plugin.call("/VolumeDriver.Get", {"Name": vol})["Volume"]["Status"] == {"mounts": 2}
+    assert plugin.call("/VolumeDriver.Get", {"Name": vol})["Volume"]["Status"]["mounts"] == 2
     docker("rm", "-f", long_running)
-    assert plugin.call("/VolumeDriver.Get", {"Name": vol})["Volume"]["Status"] == {"mounts": 1}
+    assert plugin.call("/VolumeDriver.Get", {"Name": vol})["Volume"]["Status"]["mounts"] == 1
     docker("rm", "-f", other)
-    assert plugin.call("/VolumeDriver.Get", {"Name": vol})["Volume"]["Status"] == {"mounts": 0}
+    assert plugin.call("/VolumeDriver.Get", {"Name": vol})["Volume"]["Status"]["mounts"] == 0
     docker("volume", "rm", vol)
     assert not (plugin.root / "volumes" / vol).exists()
 

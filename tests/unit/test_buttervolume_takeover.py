@@ -324,3 +324,22 @@ def test_run_takes_over_a_globally_paused_schedule(tmp_path):
     schedule = ctx.schedule.load()
     assert schedule.paused and [j.active for j in schedule.jobs] == [True]
     assert buttervolume.take_over_schedule(_ctx(tmp_path, "nothing.csv")) is None
+
+
+# -- what buttervolume's listing and rm need from the driver ------------------------------
+
+_HOSTILE = ["", "..", "../x", "a/b", "x;touch /tmp/p", "a b", "-rf", ".x", "x" * 300]
+
+
+@pytest.mark.parametrize("name", _HOSTILE)
+def test_listing_status_and_marker_rm_refuse_hostile_names_first(tmp_path, name):
+    drv = registry.load("volume", config.load_conf(), "btrfs", root=str(tmp_path / "root"))
+    for call in (
+        lambda: drv.snapshot_entries(name),
+        lambda: drv.volume_status(name),
+        lambda: drv.delete_snapshot(f"{name}@2026-01-15T10:30:00.123456@host"),
+        lambda: drv.delete_snapshot(f"v1@2026-01-15T10:30:00.123456@{name}/x"),
+    ):
+        with pytest.raises(InvalidName):
+            call()
+    assert not (tmp_path / "root").exists()

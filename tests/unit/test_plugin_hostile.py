@@ -21,6 +21,7 @@ from stowkit.corelib import config, registry
 from stowkit.corelib.dockerplugin.app import PluginApp
 from stowkit.corelib.dockerplugin.server import BACKLOG, PluginServer
 from stowkit.corelib.errors import Conflict, NotFound
+from stowkit.corelib.volume import VolumeDriver
 from stowkit.plugins.btrfs import state, subvol
 
 
@@ -196,6 +197,10 @@ class _Driver:
 
     def list_snapshots(self, volume=None):
         return []
+
+    # the interface's own defaults, over the methods above
+    snapshot_entries = VolumeDriver.snapshot_entries
+    volume_status = VolumeDriver.volume_status
 
     supports = staticmethod(lambda capability: True)
 
