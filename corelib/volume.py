@@ -274,6 +274,15 @@ class VolumeDriver(Driver):
         ``created`` may be None in lists when the backend cannot tell it cheaply.
         """
 
+    def volume_entries(self) -> Sequence[tuple[str, str, dt.datetime | None]]:
+        """``(name, path, created)`` of every volume, sorted by name: what Docker's List needs.
+
+        Docker calls List often (every ``docker volume ls``, and dockerd at
+        start for each volume it knows); a backend that can answer this
+        cheaper than :meth:`list_volumes` (no counts) overrides it.
+        """
+        return [(v.name, v.path, v.created) for v in self.list_volumes()]
+
     def volume_created(self, name: str) -> dt.datetime | None:
         """When the volume was created (aware UTC), as cheaply as the backend can.
 

@@ -181,5 +181,5 @@ class PluginApp:
 
     def list(self, body: Mapping[str, Any]) -> dict[str, Any]:
         # Docker reads CreatedAt from Get only; List carries it too for other clients.
-        volumes = [_entry(v.name, v.path, v.created) for v in self.driver.list_volumes()]
+        volumes = [_entry(n, path, created) for n, path, created in self.driver.volume_entries()]
         return {"Volumes": volumes, "Err": ""}

@@ -116,6 +116,8 @@ class BtrfsVolumeDriver(VolumeDriver):
         #: other tools' snapshot-name formats read besides stowkit's own
         self.formats = tuple(f for f in (self.opts.foreign_time_formats or ()) if f)
         self._ready = False
+        #: what the last scan of volumes/ found, per (name, d_ino); see _scan_volumes
+        self._scan: dict[tuple[str, int], tuple[str, str, dt.datetime | None]] = {}
         # Mount IDs are recorded per boot (plugins/btrfs/state.py); a driver never outlives one.
         self._boot = state.boot_id()
 
@@ -355,37 +357,62 @@ class BtrfsVolumeDriver(VolumeDriver):
         )
 
     def list_volumes(self) -> Sequence[Volume]:
-        # No ioctl and no process: one scan of each directory, then one lstat
-        # and one getxattr per volume.  Tree-search ioctls (what
-        # subvolume_info does as root) wait for the btrfs cleaner while it
-        # drops deleted subvolumes, which made List take 70-210 ms at 1,000
-        # volumes; an lstat of a cached dentry and an xattr of the volume's
-        # own tree do not.  A subvolume's root directory is inode 256
-        # (BTRFS_FIRST_FREE_OBJECTID); a plain directory in volumes/ never is.
         self._setup()
         counts = self._snapshot_counts()
         mounts = self._mount_table()
-        volumes = []
-        with os.scandir(self.volumes_dir) as it:
-            entries = sorted((e for e in it if _is_name(e.name)), key=lambda e: e.name)
-        for entry in entries:
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue  # gone meanwhile
-            if not stat.S_ISDIR(st.st_mode) or st.st_ino != subvol.SUBVOLUME_INODE:
-                continue
-            volumes.append(
-                Volume(
-                    name=entry.name,
-                    path=entry.path,
-                    # None for a volume another tool made (show reads the subvolume's time)
-                    created=subvol.created(entry.path),
-                    snapshot_count=counts.get(entry.name, 0),
-                    mount_count=len(mounts.get(entry.name, ())),
-                )
+        return [
+            Volume(
+                name=name,
+                path=path,
+                # None for a volume another tool made (show reads the subvolume's time)
+                created=created,
+                snapshot_count=counts.get(name, 0),
+                mount_count=len(mounts.get(name, ())),
             )
-        return volumes
+            for name, path, created in self._scan_volumes()
+        ]
+
+    def volume_entries(self) -> Sequence[tuple[str, str, dt.datetime | None]]:
+        self._setup()
+        return self._scan_volumes()
+
+    def _scan_volumes(self) -> list[tuple[str, str, dt.datetime | None]]:
+        """``(name, path, created)`` of each subvolume in volumes/, sorted by name.
+
+        No ioctl and no process: one scan of the directory, then, for a volume
+        not seen before, one lstat and one getxattr.  Tree-search ioctls (what
+        subvolume_info does as root) wait for the btrfs cleaner while it drops
+        deleted subvolumes, which made List take 70-210 ms at 1,000 volumes.
+        A subvolume's root directory is inode 256 (BTRFS_FIRST_FREE_OBJECTID);
+        a plain directory in volumes/ never is.
+
+        What the lstat and getxattr found is kept per ``(name, d_ino)``: the
+        inode number readdir gives for a subvolume's entry is its tree's id,
+        which a deleted and re-made volume of the same name never shares, and
+        a volume's recorded creation time never changes once set.  So every
+        call sees exactly the entries the directory has now; only a volume
+        whose time was not recorded yet (caught between its creation and its
+        xattr) is read again each time.
+        """
+        known = self._scan
+        fresh: dict[tuple[str, int], tuple[str, str, dt.datetime | None]] = {}
+        with os.scandir(self.volumes_dir) as it:
+            for entry in it:
+                if not _is_name(entry.name):
+                    continue
+                key = (entry.name, entry.inode())
+                found = known.get(key)
+                if found is None or found[2] is None:
+                    try:
+                        est = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue  # gone meanwhile
+                    if not stat.S_ISDIR(est.st_mode) or est.st_ino != subvol.SUBVOLUME_INODE:
+                        continue
+                    found = (entry.name, entry.path, subvol.created(entry.path))
+                fresh[key] = found
+        self._scan = fresh  # one assignment: other threads see the old map or the new
+        return sorted(fresh.values())
 
     def volume_path(self, name: str) -> str:
         return self._existing_volume(name)

@@ -493,3 +493,33 @@ def test_compression_forcing_copy_on_write_is_said(a):
     assert plain.returncode == 0 and plain.stderr == ""
     refused = a.stowkit("volume", "create", "w", "-o", "compression=zstd", "-o", "copyonwrite=no")
     assert refused.returncode == 3 and "compression needs copy-on-write" in refused.stderr
+
+
+def test_list_reuses_what_it_read_only_for_the_same_subvolume(a, monkeypatch):
+    drv = a.driver
+    first = drv.create_volume("kept")
+    drv.create_volume("replaced")
+    drv.list_volumes()  # what each volume is, read once
+    # another tool replaces one volume by a new subvolume of the same name, undated
+    btrfsutil.delete_subvolume(str(a.path("volumes", "replaced")))
+    btrfsutil.create_subvolume(str(a.path("volumes", "replaced")))
+    # a plain directory where a volume was: never a volume
+    btrfsutil.create_subvolume(str(a.path("volumes", "gone")))
+    assert "gone" in [v.name for v in drv.list_volumes()]
+    btrfsutil.delete_subvolume(str(a.path("volumes", "gone")))
+    os.makedirs(a.path("volumes", "gone"))
+    reads = []
+    real_created = subvol.created
+    monkeypatch.setattr(subvol, "created", lambda p: reads.append(p) or real_created(p))
+    listed = {v.name: v.created for v in drv.list_volumes()}
+    assert listed == {"kept": first.created, "replaced": None}
+    # the unchanged volume came from what was read before; the new one was read
+    assert reads == [str(a.path("volumes", "replaced"))]
+    # the new volume is undated, so it is read again next time; the old one never
+    reads.clear()
+    drv.list_volumes()
+    assert reads == [str(a.path("volumes", "replaced"))]
+    # and a volume removed meanwhile is gone at once
+    drv.delete_volume("kept")
+    assert [v.name for v in drv.list_volumes()] == ["replaced"]
+    assert drv.volume_entries() == [("replaced", str(a.path("volumes", "replaced")), None)]
