@@ -31,10 +31,9 @@ directory and each incremental one on exactly its parent.  Figures: the
 median time of each, and ``stowkit / raw`` with the target ``<= 1.1`` for
 full and incremental sends of each kind; ``buttervolume / raw`` is context.
 
-The harness's loop filesystems are 2 GiB: the default size, 512 MiB,
-finishes in a few minutes there; ``--size-mib 1024`` (the issue's 1 GiB) ran
-out of space on the receiving side in its one run here.  Needs
-root, ``python3 -m tools.stack start btrfs sshd``.
+The harness's loop filesystems are 4 GiB (sparse), room for the default
+1 GiB volumes with their snapshots on the sending side and the received
+copies on the other.  Needs root, ``python3 -m tools.stack start btrfs sshd``.
 """
 
 from __future__ import annotations
@@ -341,7 +340,7 @@ def median(values: list[float] | None) -> float | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--size-mib", type=int, default=512, help="data per volume (MiB)")
+    parser.add_argument("--size-mib", type=int, default=1024, help="data per volume (MiB)")
     parser.add_argument("--change", type=float, default=1.0, help="percent rewritten for s2")
     parser.add_argument("--repeat", type=int, default=3, help="rounds (medians are reported)")
     parser.add_argument("--skip-peers", action="store_true", help="leave buttervolume out")

@@ -16,7 +16,7 @@ from tools.stack.base import Context, StackError
 NAME = "btrfs"
 REQUIRES: list[str] = []
 HOSTS = ("a", "b")
-SIZE = "2G"
+SIZE = "4G"  # sparse; bench/replication.py sends 1 GiB volumes both ways
 
 
 def install(ctx: Context) -> None:
