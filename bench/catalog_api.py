@@ -21,7 +21,8 @@ full deployment pipeline (oslo.middleware's proxy headers, request id,
 healthcheck and sizelimit, then the app).  Prints requests/s, p50 and p99
 latency and the ratios, written as figures (bench/figures.py): throughput
 stowkit / freezer-api for each operation (target >= 10x), p99 latency
-freezer-api / stowkit, and throughput stowkit / empty app (no targets).  stowkit runs from the interpreter running this file (``python -m
+freezer-api / stowkit, and throughput stowkit / empty app (no targets).
+stowkit runs from the interpreter running this file (``python -m
 stowkit.cli.app``).  freezer-api is installed with ``pip install
 freezer-api==19.*`` into ``.stack/venvs/freezer-api`` when that venv is
 missing.  A server that does not start or answers with another status: its

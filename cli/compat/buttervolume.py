@@ -244,8 +244,13 @@ def take_over_schedule(ctx: Context) -> str | None:
 
 def do_run(ctx: Context, args: argparse.Namespace) -> int:
     from stowkit.cli.plugin import serve  # late: only ``run`` needs the server
+    from stowkit.corelib import servicelog
 
-    logging.basicConfig(level=getattr(logging, ctx.bv.values["LOGLEVEL"].upper(), logging.INFO))
+    # A service logs through oslo.log ([DEFAULT] log_file, syslog, ... of stowkit.conf);
+    # buttervolume's LOGLEVEL sets the level, DEBUG as oslo.log's debug.
+    level = getattr(logging, ctx.bv.values["LOGLEVEL"].upper(), logging.INFO)
+    servicelog.setup(ctx.conf, debug=level <= logging.DEBUG)
+    logging.getLogger().setLevel(level)
     done = take_over_schedule(ctx)
     if done:
         ctx.print(done)

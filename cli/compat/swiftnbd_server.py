@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import logging.handlers
 import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from typing import Any
 
-from stowkit.cli.common import install_log_handlers, one_line_errors
+from stowkit.cli.common import one_line_errors, report
 from stowkit.cli.compat.swiftnbd_ctl import (
     Ctl,
     Secrets,
@@ -60,20 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(args: argparse.Namespace) -> None:
-    handlers: list[logging.Handler] = []
-    if args.log_file:
-        handlers.append(logging.FileHandler(args.log_file))
-    if args.syslog:
-        handlers.append(
-            logging.handlers.SysLogHandler("/dev/log", logging.handlers.SysLogHandler.LOG_LOCAL0)
-        )
-    if not handlers:
-        handlers.append(logging.StreamHandler(sys.stderr))
-    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s")
-    for handler in handlers:
-        handler.setFormatter(fmt)
-    install_log_handlers(handlers, logging.DEBUG if args.verbose else logging.INFO)
+def _setup_logging(args: argparse.Namespace, conf: Any) -> None:
+    """swiftnbd's logging flags, as oslo.log's options (and stowkit.conf's [DEFAULT] ones)."""
+    from stowkit.corelib import servicelog
+
+    if args.syslog:  # swiftnbd logged to the local0 facility
+        conf.set_override("use_syslog", True)
+        conf.set_override("syslog_log_facility", "LOG_LOCAL0")
+    servicelog.setup(conf, debug=args.verbose, log_file=args.log_file)
     logging.getLogger("swiftclient").setLevel(logging.WARNING)
 
 
@@ -82,7 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cache_limit < 1:
         parser.error("Cache limit can't be less than 1MB")
-    _setup_logging(args)
+    conf = config.load_conf([])
+    try:
+        _setup_logging(args, conf)
+    except StowkitError as err:
+        return report(err, PROG)
     try:
         secrets = Secrets(args.secrets_file)
     except OSError as exc:
@@ -124,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         LOG.info("Starting to serve on %s:%s", server.bind, server.port)
 
     # Write-back retry budget, shutdown bound, in-flight bytes: [blockstore] of stowkit.conf.
-    settings = ExportSettings(cache_size=args.cache_limit << 20).apply_conf(config.load_conf([]))
+    settings = ExportSettings(cache_size=args.cache_limit << 20).apply_conf(conf)
     try:
         serve_many(entries, args.bind_address, args.bind_port, settings, ready)
     except OSError as exc:

@@ -107,3 +107,26 @@ def test_swiftnbd_server_refuses_a_tiny_cache_and_missing_secrets(tmp_path, caps
     with pytest.raises(SystemExit) as exc:
         swiftnbd_server.main(["--secrets", str(tmp_path / "none")])
     assert exc.value.code == 2 and "Failed to load secrets" in capsys.readouterr().err
+
+
+def test_swiftnbd_server_logs_through_oslo_log_with_swiftnbds_flags(tmp_path, capsys):
+    import logging
+
+    secrets = tmp_path / "secrets.conf"
+    secrets.write_text("")  # no container: the server says so and exits
+    log = tmp_path / "server.log"
+    argv = ["--secrets", str(secrets), "-f", "--pid-file", str(tmp_path / "pid"), "-v"]
+    try:
+        assert swiftnbd_server.main([*argv, "-l", str(log)]) == 1
+        text = log.read_text()
+        assert " ERROR swiftnbd [-] no container to serve" in text  # oslo.log's format
+        assert "DEBUG stowkit.corelib.servicelog" in text  # -v is oslo.log's debug
+        bad = tmp_path / "no" / "dir" / "x.log"
+        assert swiftnbd_server.main([*argv, "-l", str(bad)]) == 10
+        assert capsys.readouterr().err.splitlines()[-1].startswith(
+            f"swiftnbd-server: cannot open the log {bad}: "
+        )
+    finally:  # oslo.log configured this process's root logger: give pytest its own back
+        for handler in logging.getLogger().handlers[:]:
+            if not type(handler).__module__.startswith("_pytest"):
+                logging.getLogger().removeHandler(handler)

@@ -195,6 +195,9 @@ class _Driver:
     def list_volumes(self):
         return []
 
+    def volume_entries(self):
+        return [(name, f"/v/{name}", None) for name in sorted(self.volumes)]
+
     def list_snapshots(self, volume=None):
         return []
 
