@@ -35,6 +35,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "stowkit.cli.image",
     "stowkit.cli.catalog",
     "stowkit.cli.catalog_register",
+    "stowkit.cli.agent",
 )
 
 

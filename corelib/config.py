@@ -187,6 +187,7 @@ _ENGINE_OPTS: tuple[tuple[str, str, str], ...] = (
     ("stowkit.corelib.catalogapi.server", "GROUP", "api_opts"),
     ("stowkit.corelib.nbd.export", "GROUP", "opts"),
     ("stowkit.corelib.imagesync.api", "GROUP", "api_opts"),
+    ("stowkit.corelib.agent.options", "GROUP", "opts"),
 )
 
 

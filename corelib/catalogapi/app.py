@@ -51,6 +51,7 @@ _REASONS = {
     408: "408 Request Timeout",
     409: "409 Conflict",
     411: "411 Length Required",
+    412: "412 Precondition Failed",
     413: "413 Request Entity Too Large",
     415: "415 Unsupported Media Type",
     423: "423 Locked",
@@ -78,6 +79,22 @@ def _header_text(value: str, name: str) -> str:
     if len(value) > 255 or any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise HTTPError(400, f"{name} must be at most 255 printable characters")
     return value
+
+
+def _etag(version: int | None) -> list[tuple[str, str]]:
+    """The document version as a strong ETag (none for a document of another project)."""
+    return [] if version is None else [("ETag", f'"{version}"')]
+
+
+def _if_match(environ: dict[str, Any]) -> int | None:
+    """The version a PATCH's ``If-Match`` requires (an ETag this app gave), None without one."""
+    raw = environ.get("HTTP_IF_MATCH")
+    if raw is None or raw.strip() == "*":
+        return None  # "*": any version of an existing document, as a PATCH needs anyway
+    text = raw.strip().strip('"')
+    if not _LENGTH.fullmatch(text):
+        raise HTTPError(400, "If-Match must be one ETag this API gave (a quoted version number)")
+    return int(text)
 
 
 class HTTPError(Exception):
@@ -523,15 +540,19 @@ class CatalogApp:
             self._permit(f"{kind}:get", who)
             everywhere = self._everywhere(environ, who, kind)
             who = self._granted(who, everywhere)
-            return 200, self.service.get_json(who, kind, doc_id, everywhere).encode(), []
+            text, version = self.service.get_json_versioned(who, kind, doc_id, everywhere)
+            return 200, text.encode(), _etag(version)
         if method == "DELETE":
             self._permit(f"{kind}:delete", who)
             self.service.delete(who, kind, doc_id)
             return 204, b"", []
         if method == "PATCH":
             self._permit("clients:create" if kind == "clients" else f"{kind}:update", who)
-            version = self.service.patch(who, kind, doc_id, self._read_body(environ, True))
-            return 200, json.dumps({ID_FIELDS[kind]: doc_id, "version": version}).encode(), []
+            expected = _if_match(environ)
+            body = self._read_body(environ, True)
+            version = self.service.patch(who, kind, doc_id, body, expected)
+            answer = json.dumps({ID_FIELDS[kind]: doc_id, "version": version}).encode()
+            return 200, answer, _etag(version)
         if method == "POST":
             # freezer-api has a replace rule for actions and sessions only.
             rule = f"{kind}:replace" if kind in ("actions", "sessions") else f"{kind}:update"

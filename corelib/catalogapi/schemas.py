@@ -58,6 +58,20 @@ SCHEDULE: dict[str, Any] = {
             for name in ("month", "day", "week", "day_of_week", "hour", "minute", "second")
         },
         "current_pid": _int,
+        # stowkit's agent claims each run here under If-Match (doc/agent.md):
+        # run counter, the slot claimed, the owner and its last heartbeat.
+        "claim": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "run": {"type": "integer", "minimum": 0},
+                "due": _int,
+                "since": _int,
+                "heartbeat": _int,
+                "owner": {"type": "string", "maxLength": 255},
+                "message": {"type": "string", "maxLength": 2000},
+            },
+        },
     },
 }
 

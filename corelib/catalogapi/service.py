@@ -34,6 +34,12 @@ class Forbidden(StowkitError):
     http_status = 403
 
 
+class PreconditionFailed(Conflict):
+    """``If-Match`` named a version the document no longer has (HTTP 412)."""
+
+    http_status = 412
+
+
 #: Keystone roles that may act for every project (freezer-api's ``admin_or_service``).
 ADMIN_ROLES = frozenset({"admin", "service"})
 
@@ -155,12 +161,19 @@ class CatalogService:
         return self.catalog.search_json(project, kind, limit, offset, match, match_not)
 
     def get_json(self, who: Identity, kind: str, doc_id: str, all_projects: bool = False) -> str:
+        return self.get_json_versioned(who, kind, doc_id, all_projects)[0]
+
+    def get_json_versioned(
+        self, who: Identity, kind: str, doc_id: str, all_projects: bool = False
+    ) -> tuple[str, int | None]:
+        """The document's JSON and its version (None when found in another project)."""
         schemas.check_id(doc_id, f"{kind[:-1]} id")
         try:
-            getter = getattr(self.catalog, "get_json", None)
+            getter = getattr(self.catalog, "get_json_versioned", None)
             if getter is not None:
                 return getter(who.project, kind, doc_id)
-            return json.dumps(self.catalog.get(who.project, kind, doc_id))
+            stored = self.catalog.get_versioned(who.project, kind, doc_id)
+            return json.dumps(stored.doc), stored.version
         except NotFound:
             if not self._everywhere(who, kind, all_projects):
                 raise
@@ -168,7 +181,7 @@ class CatalogService:
             found = self.catalog.search_json(None, kind, 1, 0, [{f"{kind[:-1]}_id": doc_id}])
             if not found:
                 raise
-            return found[0]
+            return found[0], None
 
     def get(self, who: Identity, kind: str, doc_id: str) -> Document:
         schemas.check_id(doc_id, f"{kind[:-1]} id")
@@ -181,16 +194,33 @@ class CatalogService:
         self.catalog.delete(who.project, kind, doc_id)
 
     def _modify(
-        self, who: Identity, kind: str, doc_id: str, change: Callable[[Document], Any]
+        self,
+        who: Identity,
+        kind: str,
+        doc_id: str,
+        change: Callable[[Document], Any],
+        if_version: int | None = None,
     ) -> tuple[Document, int, Any]:
-        """Read, ``change`` in place, write back if the version did not move; retry."""
+        """Read, ``change`` in place, write back if the version did not move; retry.
+
+        With ``if_version`` (the client's ``If-Match``) there is one attempt,
+        on that version only: :class:`PreconditionFailed` when it moved.
+        """
         for _ in range(_RETRIES):
             stored = self.catalog.get_versioned(who.project, kind, doc_id)
+            if if_version is not None and stored.version != if_version:
+                raise PreconditionFailed(
+                    f"{kind[:-1]} {doc_id!r} is at version {stored.version}, not {if_version}"
+                )
             doc = stored.doc
             outcome = change(doc)
             try:
                 version = self.catalog.put(who.project, kind, doc_id, doc, stored.version)
             except VersionConflict:
+                if if_version is not None:
+                    raise PreconditionFailed(
+                        f"{kind[:-1]} {doc_id!r} changed after version {if_version}"
+                    ) from None
                 continue
             return doc, version, outcome
         raise Conflict(f"{kind[:-1]} {doc_id!r} is being changed by others; try again")
@@ -328,8 +358,14 @@ class CatalogService:
             return 1
 
     # -- patch --------------------------------------------------------------------
-    def patch(self, who: Identity, kind: str, doc_id: str, body: Any) -> int:
-        """Merge ``body`` into the document; fields not given are kept."""
+    def patch(
+        self, who: Identity, kind: str, doc_id: str, body: Any, if_version: int | None = None
+    ) -> int:
+        """Merge ``body`` into the document; fields not given are kept.
+
+        ``if_version``: only if the document is still at that version (else
+        :class:`PreconditionFailed`): how stowkit's agent claims a job's run.
+        """
         schemas.check_id(doc_id, f"{kind[:-1]} id")
         schema = {
             "jobs": schemas.JOB_PATCH,
@@ -365,7 +401,7 @@ class CatalogService:
                     {"action_defaults": patch["action_defaults"], "job_actions": doc["job_actions"]}
                 )
 
-        _, version, _ = self._modify(who, kind, doc_id, change)
+        _, version, _ = self._modify(who, kind, doc_id, change, if_version)
         return version
 
     # -- job events -----------------------------------------------------------------

@@ -118,6 +118,11 @@ class AutoprogramCliffAppDirective(cliff_sphinxext.AutoprogramCliffDirective):
                 )
             ]
             if names == [noun]:
+                # Labelled by the whole command line: a bare one-word label
+                # ("agent") would clash with the option group of that name.
+                for node in sections:
+                    if isinstance(node, nodes.section):
+                        node["names"] = [nodes.fully_normalize_name(f"{application} {noun}")]
                 output.extend(sections)
             else:
                 group = _section(noun, f"{application} {noun}".strip())

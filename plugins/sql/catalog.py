@@ -296,15 +296,20 @@ class SqlCatalog(Catalog):
 
     def get_json(self, project: str, kind: str, doc_id: str) -> str:
         """The stored JSON text of one document (served without re-encoding)."""
+        return self.get_json_versioned(project, kind, doc_id)[0]
+
+    def get_json_versioned(self, project: str, kind: str, doc_id: str) -> tuple[str, int]:
+        """:meth:`get_json` and the document's version (the API's ETag)."""
         check_kind(kind)
         row = self._raw(
-            "SELECT body FROM catalog_documents WHERE project_id = ? AND kind = ? AND doc_id = ?",
+            "SELECT body, version FROM catalog_documents "
+            "WHERE project_id = ? AND kind = ? AND doc_id = ?",
             (project, kind, doc_id),
             "one",
         )
         if row is None:
             raise NotFound(f"{kind[:-1]} {doc_id!r} not found")
-        return row[0]
+        return row[0], int(row[1])
 
     def put(
         self,

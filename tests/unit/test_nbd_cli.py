@@ -112,6 +112,11 @@ def test_swiftnbd_server_refuses_a_tiny_cache_and_missing_secrets(tmp_path, caps
 def test_swiftnbd_server_logs_through_oslo_log_with_swiftnbds_flags(tmp_path, capsys):
     import logging
 
+    # earlier in-process tests may have left this logger quietened (a logging
+    # config disables the loggers it does not name): start from a plain one
+    named = logging.getLogger("swiftnbd")
+    named.disabled, named.propagate = False, True
+    named.setLevel(logging.NOTSET)
     secrets = tmp_path / "secrets.conf"
     secrets.write_text("")  # no container: the server says so and exits
     log = tmp_path / "server.log"

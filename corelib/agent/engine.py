@@ -1,0 +1,271 @@
+"""The agent's loop: register, poll, decide (claims.py), run (runner.py), report.
+
+Each claimed run goes to a thread of its own, so the loop keeps polling:
+it sends the run's heartbeat and passes ``abort``/``stop``/``remove``
+events to it.  Every write that moves a job's state is made with
+``If-Match`` on the version the decision was taken from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from stowkit.corelib.agent import actions, claims, runner
+from stowkit.corelib.agent.client import CatalogClient, ClaimLost
+from stowkit.corelib.errors import NotFound, StowkitError
+
+LOG = logging.getLogger(__name__)
+#: Conditional writes of one step tried this many times before the next poll.
+_WRITE_TRIES = 5
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclasses.dataclass
+class Run:
+    job_id: str
+    number: int
+    ctx: actions.Context
+    thread: threading.Thread | None = None
+
+
+class Agent:
+    def __init__(
+        self,
+        catalog: CatalogClient,
+        client_id: str,
+        hostname: str,
+        make_context: Callable[[], actions.Context],
+        poll_interval: float = 60.0,
+        claim_timeout: float = 300.0,
+        clock: Callable[[], float] = time.time,
+        alive: Callable[[int], bool] = pid_alive,
+        pid: int | None = None,
+        run_action: runner.RunAction = actions.run,
+    ) -> None:
+        self.catalog = catalog
+        self.client_id = client_id
+        self.hostname = hostname
+        self.make_context = make_context
+        self.poll_interval = poll_interval
+        self.claim_timeout = claim_timeout
+        self.clock = clock
+        self.alive = alive
+        self.pid = os.getpid() if pid is None else pid
+        self.token = uuid.uuid4().hex[:12]
+        #: "HOST PID TOKEN": who owns a claim; the token tells this process from
+        #: an earlier one that had the same pid.
+        self.me = f"{hostname} {self.pid} {self.token}"
+        self.run_action = run_action
+        self.runs: dict[str, Run] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake: float | None = None
+
+    # -- registration -----------------------------------------------------------------
+    def register(self) -> None:
+        self.catalog.register_client(
+            {
+                "client_id": self.client_id,
+                "hostname": self.hostname,
+                "description": "stowkit agent",
+            }
+        )
+
+    # -- liveness of other agents' runs -------------------------------------------------
+    def dead(self, owner: str, heartbeat: int) -> bool:
+        parts = owner.split(" ")
+        if len(parts) == 3 and parts[0] == self.hostname and parts[1].isdigit():
+            pid = int(parts[1])
+            if pid == self.pid:
+                return parts[2] != self.token  # this pid's earlier process: gone
+            if not self.alive(pid):
+                return True
+        return self.clock() - heartbeat > self.claim_timeout
+
+    # -- one poll ------------------------------------------------------------------------
+    def poll_once(self) -> None:
+        """Look at every job of this client once."""
+        self._wake = None
+        for job in self.catalog.poll_jobs(self.client_id):
+            job_id = job.get("job_id")
+            if not job_id:
+                continue
+            try:
+                self._look(job_id, job)
+            except ClaimLost:
+                LOG.debug("job %s changed while deciding; next poll", job_id)
+            except StowkitError as err:
+                LOG.error("job %s: %s", job_id, err)
+
+    def _note_wake(self, when: float | None) -> None:
+        if when is not None and (self._wake is None or when < self._wake):
+            self._wake = when
+
+    def _look(self, job_id: str, job: Mapping[str, Any]) -> None:
+        with self._lock:
+            current = self.runs.get(job_id)
+        if current is not None:
+            self._tend(current, job)
+            return
+        step = claims.decide(job, self.clock(), self.me, self.pid, self.dead)
+        self._note_wake(step.wake)
+        if step.patch is None:
+            return
+        # Decide again on the version the write is conditioned on.
+        fresh, version = self.catalog.get_job(job_id)
+        step = claims.decide(fresh, self.clock(), self.me, self.pid, self.dead)
+        self._note_wake(step.wake)
+        if step.patch is None:
+            return
+        self.catalog.patch_job(job_id, {"job_schedule": step.patch}, version)
+        if step.note:
+            LOG.info("job %s: %s", job_id, step.note)
+        if step.run:
+            fresh = {**fresh, "job_schedule": {**claims.schedule_of(fresh), **step.patch}}
+            self._start(job_id, fresh, step.patch["claim"]["run"])
+
+    def _tend(self, run: Run, job: Mapping[str, Any]) -> None:
+        """A run of ours: pass it its job's event, and tell others it is alive."""
+        event = claims.schedule_of(job).get("event") or ""
+        if event in ("abort", "remove") and not run.ctx.cancel.is_set():
+            LOG.info("job %s: %s requested: aborting run %d", run.job_id, event, run.number)
+            run.ctx.cancel.set()
+            proc = run.ctx.process
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        for _ in range(_WRITE_TRIES):
+            fresh, version = self.catalog.get_job(run.job_id)
+            schedule = claims.schedule_of(fresh)
+            if not claims.owns(schedule, self.me, run.number):
+                return  # finished meanwhile, or declared lost by another agent
+            try:
+                self.catalog.patch_job(
+                    run.job_id, {"job_schedule": claims.heartbeat(schedule, self.clock())}, version
+                )
+                return
+            except ClaimLost:
+                continue
+
+    # -- runs -----------------------------------------------------------------------------
+    def _start(self, job_id: str, job: Mapping[str, Any], number: int) -> None:
+        ctx = self.make_context()
+        run = Run(job_id, number, ctx)
+        thread = threading.Thread(
+            target=self._run, args=(run, job), name=f"job-{job_id}", daemon=True
+        )
+        run.thread = thread
+        with self._lock:
+            self.runs[job_id] = run
+        thread.start()
+
+    def _run(self, run: Run, job: Mapping[str, Any]) -> None:
+        try:
+            result, message = runner.run_job(job, run.ctx, self.catalog.add_backup, self.run_action)
+        except Exception:  # never leave a claimed run without a result
+            LOG.exception("job %s: run %d crashed", run.job_id, run.number)
+            result, message = "fail", "the agent's run crashed (see its log)"
+        try:
+            self._finish(run, result, message)
+        finally:
+            with self._lock:
+                self.runs.pop(run.job_id, None)
+
+    def _finish(self, run: Run, result: str, message: str) -> None:
+        LOG.info("job %s: run %d: %s (%s)", run.job_id, run.number, result, message)
+        for _ in range(_WRITE_TRIES * 4):
+            try:
+                fresh, version = self.catalog.get_job(run.job_id)
+            except NotFound:
+                LOG.warning("job %s was deleted during run %d", run.job_id, run.number)
+                return
+            except StowkitError as err:
+                LOG.error(
+                    "job %s: cannot read it to report run %d: %s", run.job_id, run.number, err
+                )
+                time.sleep(1)
+                continue
+            schedule = claims.schedule_of(fresh)
+            if not claims.owns(schedule, self.me, run.number):
+                LOG.warning(
+                    "job %s: run %d was taken as lost meanwhile; result %s not written",
+                    run.job_id,
+                    run.number,
+                    result,
+                )
+                return
+            if run.ctx.cancel.is_set() and result == "success":
+                result = "aborted"
+            patch = claims.finished(schedule, result, self.clock())
+            patch["claim"]["message"] = message[:2000]
+            try:
+                self.catalog.patch_job(run.job_id, {"job_schedule": patch}, version)
+                return
+            except ClaimLost:
+                continue
+            except StowkitError as err:
+                LOG.error("job %s: cannot report run %d: %s", run.job_id, run.number, err)
+                time.sleep(1)
+        LOG.error("job %s: gave up reporting run %d (%s)", run.job_id, run.number, result)
+
+    def wait_runs(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                threads = [r.thread for r in self.runs.values() if r.thread is not None]
+            if not threads:
+                return
+            for thread in threads:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                thread.join(left)
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+
+    # -- the loop -------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def serve(self) -> None:
+        """Register, then poll until :meth:`stop`; runs in progress are aborted and reported."""
+        while not self._stop.is_set():
+            try:
+                self.register()
+                break
+            except StowkitError as err:
+                LOG.error("cannot register client %s: %s (retrying)", self.client_id, err)
+                self._stop.wait(self.poll_interval)
+        LOG.info(
+            "agent %s polling as client %s every %ss", self.me, self.client_id, self.poll_interval
+        )
+        while not self._stop.is_set():
+            try:
+                self.poll_once()
+            except StowkitError as err:
+                LOG.error("poll failed: %s", err)
+            pause = self.poll_interval
+            if self._wake is not None:
+                pause = min(pause, max(0.05, self._wake - self.clock()))
+            self._stop.wait(pause)
+        with self._lock:
+            running = list(self.runs.values())
+        for run in running:
+            LOG.info("job %s: agent stopping: aborting run %d", run.job_id, run.number)
+            run.ctx.cancel.set()
+            if run.ctx.process is not None and run.ctx.process.poll() is None:
+                run.ctx.process.terminate()
+        self.wait_runs()
