@@ -188,6 +188,7 @@ _ENGINE_OPTS: tuple[tuple[str, str, str], ...] = (
     ("stowkit.corelib.nbd.export", "GROUP", "opts"),
     ("stowkit.corelib.imagesync.api", "GROUP", "api_opts"),
     ("stowkit.corelib.agent.options", "GROUP", "opts"),
+    ("stowkit.corelib.catalogapi.trusts", "GROUP", "opts"),
 )
 
 

@@ -365,7 +365,8 @@ class CatalogApp:
         if url_project is not None and url_project != project:
             # Never reveal whether another project's documents exist.
             raise HTTPError(403, f"the token is not valid for project {url_project!r}")
-        return Identity(project, user, environ.get("HTTP_X_USER_NAME", ""), roles)
+        token = environ.get("HTTP_X_AUTH_TOKEN", "")
+        return Identity(project, user, environ.get("HTTP_X_USER_NAME", ""), roles, token=token)
 
     @staticmethod
     def _flag(environ: dict[str, Any], name: str) -> bool:

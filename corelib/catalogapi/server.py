@@ -99,8 +99,13 @@ def build_app(conf: cfg.ConfigOpts, catalog: Any = None, auth: str | None = None
         from stowkit.corelib.catalogapi.policy import Authorizer
 
         authorize = Authorizer(conf)
+    trusts = None
+    if strategy == "keystone":
+        from stowkit.corelib.catalogapi.trusts import TrustKeeper
+
+        trusts = TrustKeeper.from_conf(conf)  # centralized jobs get Keystone trusts
     app = CatalogApp(
-        CatalogService(catalog),
+        CatalogService(catalog, trusts),
         auth=strategy,
         default_project=opts.default_project,
         max_body=opts.max_body_size,

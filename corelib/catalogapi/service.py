@@ -14,12 +14,15 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from stowkit.corelib.catalog import ID_FIELDS, Catalog, Document, VersionConflict, check_kind
 from stowkit.corelib.catalogapi import schemas
 from stowkit.corelib.errors import Conflict, InvalidArgument, NotFound, StowkitError
+
+if TYPE_CHECKING:
+    from stowkit.corelib.catalogapi.trusts import TrustKeeper
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 #: How long (seconds) after a session started other jobs may still join that run.
@@ -53,6 +56,8 @@ class Identity:
     #: Set by the API's policy for one request (``clients:create_central``,
     #: ``jobs:get_all_projects`` granted); None: the roles decide (ADMIN_ROLES).
     privileged: bool | None = None
+    #: the request's Keystone token (a trust for a centralized job is made with it)
+    token: str = field(default="", repr=False, compare=False)
 
     @property
     def is_admin(self) -> bool:
@@ -134,8 +139,10 @@ def _session_jobs_of(doc: Document, session_id: str) -> dict[str, dict[str, Any]
 
 
 class CatalogService:
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, trusts: TrustKeeper | None = None) -> None:
         self.catalog = catalog
+        #: makes the Keystone trusts of centralized jobs (None: no trusts, e.g. noauth)
+        self.trusts = trusts
 
     # -- generic ----------------------------------------------------------------
     @staticmethod
@@ -189,9 +196,15 @@ class CatalogService:
 
     def delete(self, who: Identity, kind: str, doc_id: str) -> None:
         schemas.check_id(doc_id, f"{kind[:-1]} id")
+        trust_id = None
         if kind == "jobs":
+            trust_id = (self.get(who, "jobs", doc_id).get("user_credentials") or {}).get("trust_id")
             self._detach_job_from_sessions(who, doc_id)
         self.catalog.delete(who.project, kind, doc_id)
+        if trust_id and self.trusts is not None:
+            # as freezer-api: the trust goes with the last job that names it
+            if not self.catalog.search_json(None, "jobs", 1, 0, [{"trust_id": trust_id}]):
+                self.trusts.delete(who, trust_id)
 
     def _modify(
         self,
@@ -294,8 +307,22 @@ class CatalogService:
 
     def _create_jobs(self, who: Identity, body: Any, doc_id: str | None) -> str:
         doc = self._prepare_job(who, body, doc_id)
+        if self.trusts is not None and self.trusts.wanted(self._central(who, doc)):
+            # before the job exists: a trust that cannot be made leaves no job behind
+            doc["user_credentials"] = self.trusts.create(who)
         self.catalog.create(who.project, "jobs", doc["job_id"], doc)
         return doc["job_id"]
+
+    def _central(self, who: Identity, job: Document) -> bool:
+        """Whether the job's client is registered as central in the job's project."""
+        client_id = job.get("client_id")
+        if not client_id:
+            return False
+        try:
+            client = self.catalog.get(who.project, "clients", client_id)
+        except NotFound:
+            return False
+        return bool((client.get("client") or {}).get("is_central"))
 
     def _prepare_action(self, who: Identity, body: Any, doc_id: str | None) -> Document:
         schemas.validate(schemas.ACTION, body, "action")

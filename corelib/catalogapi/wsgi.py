@@ -65,13 +65,35 @@ def with_middleware(conf: cfg.ConfigOpts, app: Any) -> Any:
     # path, ahead of authentication, as paste's urlmap does for freezer-api.
     health = healthcheck.Healthcheck(None, conf)
 
+    limit = conf[server.GROUP].max_body_size
+
     def checked(environ: dict[str, Any], start_response: Any) -> Any:
         if environ.get("PATH_INFO", "").rstrip("/") == HEALTHCHECK_PATH:
             return health(environ, start_response)
+        if _declared_length(environ) > limit:
+            # sizelimit would answer in plain text; the catalog's clients read JSON
+            body = error_body(413, f"body too large (limit {limit} bytes)")
+            start_response(
+                "413 Request Entity Too Large",
+                [
+                    ("Content-Type", "application/json"),
+                    ("Content-Length", str(len(body))),
+                    ("Connection", "close"),  # the body is not read
+                ],
+            )
+            environ["stowkit.close"] = True
+            return [body]
         return limited(environ, start_response)
 
     with_ids = request_id.RequestId(checked, conf)
     return http_proxy_to_wsgi.HTTPProxyToWSGI(with_ids, conf)
+
+
+def _declared_length(environ: dict[str, Any]) -> int:
+    try:
+        return int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0  # the app's reader says what is wrong with it
 
 
 def build(conf: cfg.ConfigOpts | None = None, catalog: Any = None, auth: str | None = None) -> Any:

@@ -7,6 +7,7 @@ with real tokens checks project isolation and bad input.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -84,10 +85,12 @@ def keystone(service) -> dict[str, Any]:
     return service("keystone")
 
 
-@pytest.fixture(scope="module")
-def catalog_url(database, keystone, tmp_path_factory) -> str:
-    """stowkit's catalog on ``database``, validating tokens with the harness Keystone."""
-    work = tmp_path_factory.mktemp("catalog-server")
+@contextlib.contextmanager
+def catalog_server(work: pathlib.Path, database: str, keystone: dict[str, Any], extra: str = ""):
+    """``stowkit catalog serve`` on ``database`` behind the harness Keystone; yields its URL.
+
+    ``extra`` is appended to its configuration file (more groups).
+    """
     svc = keystone["service"]
     port = _free_port()
     conf = work / "stowkit.conf"
@@ -99,7 +102,7 @@ connection = {database}
 [catalog_api]
 auth_strategy = keystone
 max_body_size = 65536
-{authtoken_section(keystone, svc)}"""
+{authtoken_section(keystone, svc)}{extra}"""
     )
     sync = subprocess.run(
         [*STOWKIT, "--config-file", str(conf), "catalog", "db-sync"],
@@ -110,36 +113,36 @@ max_body_size = 65536
     assert sync.returncode == 0, sync.stderr
     log = open(work / "server.log", "wb")
     proc = subprocess.Popen(
-        [
-            *STOWKIT,
-            "--config-file",
-            str(conf),
-            "catalog",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        ],
+        [*STOWKIT, "--config-file", str(conf), "catalog", "serve", "--port", str(port)]
+        + ["--workers", "2"],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/", timeout=2)
-        except urllib.error.HTTPError:
-            break  # 300 Multiple Choices: it answers
-        except OSError:
-            assert proc.poll() is None, (work / "server.log").read_text()
-            assert time.monotonic() < deadline, "catalog server not ready"
-            time.sleep(0.2)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
-    log.close()
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url + "/", timeout=2)
+            except urllib.error.HTTPError:
+                break  # 300 Multiple Choices: it answers
+            except OSError:
+                assert proc.poll() is None, (work / "server.log").read_text()
+                assert time.monotonic() < deadline, "catalog server not ready"
+                time.sleep(0.2)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def catalog_url(database, keystone, tmp_path_factory) -> str:
+    """stowkit's catalog on ``database``, validating tokens with the harness Keystone."""
+    with catalog_server(tmp_path_factory.mktemp("catalog-server"), database, keystone) as url:
+        yield url
 
 
 def _token(user: dict[str, Any]) -> str:

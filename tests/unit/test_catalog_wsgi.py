@@ -114,3 +114,11 @@ def test_the_limit_is_the_catalogs(conf_file):
 def test_console_script_reports_a_bad_config(tmp_path, capsys):
     assert wsgi.main(["--config-file", str(tmp_path / "missing.conf")]) != 0
     assert "missing.conf" in capsys.readouterr().err
+
+
+def test_a_declared_oversize_body_is_a_json_413(application):
+    # oslo's sizelimit would answer in plain text before the app sees it
+    big = b"[" * (2 << 20)
+    status, headers, body = _call(application, "POST", "/v2/p/backups", big)
+    assert status == 413 and headers["Content-Type"] == "application/json"
+    assert "body too large" in json.loads(body)["description"]

@@ -36,6 +36,7 @@ def test_list_opts_has_core_groups_and_installed_backend_groups():
     groups = {group for group, _ in config.list_opts()}
     core = {None, "volume", "image", "blockstore", "catalog", "imagetask"}
     engines = {"scheduler", "docker_plugin", "image_sync", "catalog_api", "image_sync_api", "agent"}
+    engines |= {"centralized_scheduler"}
     assert core | engines <= groups
     assert {"volume_btrfs", "image_local", "blockstore_local", "catalog_sql"} <= groups
     # Every backend group follows NAMESPACE_BACKEND.

@@ -1,0 +1,62 @@
+"""Keystone trusts for centralized jobs, on the harness Keystone: the job gets a real trust
+from its user to the service user, the service user logs in with it into the user's
+project, and the trust goes with the last job that names it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.functional.test_catalog_freezer import Api, catalog_server, keystone  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def trusting_catalog(keystone, tmp_path_factory):  # noqa: F811
+    work = tmp_path_factory.mktemp("catalog-trusts")
+    extra = "[centralized_scheduler]\nenforce_trusts = true\n"
+    with catalog_server(work, f"sqlite:///{work}/catalog.sqlite", keystone, extra) as url:
+        yield url
+
+
+def _trust_session(svc: dict[str, Any], trust_id: str):
+    """The service user (the trustee) logged in with the trust."""
+    from keystoneauth1 import session
+    from keystoneauth1.identity import v3
+
+    auth = v3.Password(
+        auth_url=svc["auth_url"],
+        username=svc["username"],
+        password=svc["password"],
+        user_domain_name=svc["user_domain_name"],
+        trust_id=trust_id,
+    )
+    return session.Session(auth=auth)
+
+
+def test_a_centralized_job_gets_a_trust_the_service_user_can_use(keystone, trusting_catalog):  # noqa: F811
+    from keystoneauth1 import exceptions
+
+    member, svc = keystone["member"], keystone["service"]
+    api = Api(trusting_catalog, member)
+    base = f"/v2/{api.project}/jobs"
+    job = {"job_actions": [], "job_schedule": {}, "client_id": "central-host", "description": "x"}
+    status, made = api.call("POST", base, job)
+    assert status == 201, made
+    job_id = made["job_id"]
+    status, doc = api.call("GET", f"{base}/{job_id}")
+    creds = doc["user_credentials"]
+    assert creds["trustor_user_id"] == member["user_id"]
+    # what a central scheduler does with it: a token in the user's project, as the trustee
+    trusted = _trust_session(svc, creds["trust_id"])
+    assert trusted.get_project_id() == member["project_id"]
+    assert trusted.get_user_id() == svc["user_id"]
+    # a second job of the same user reuses the trust
+    status, again = api.call("POST", base, job)
+    second = again["job_id"]
+    assert api.call("GET", f"{base}/{second}")[1]["user_credentials"] == creds
+    assert api.call("DELETE", f"{base}/{job_id}")[0] == 204
+    assert _trust_session(svc, creds["trust_id"]).get_project_id() == member["project_id"]
+    assert api.call("DELETE", f"{base}/{second}")[0] == 204
+    with pytest.raises(exceptions.http.HttpError):  # the last job took its trust along
+        _trust_session(svc, creds["trust_id"]).get_token()
