@@ -35,7 +35,7 @@ def serve(
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         scheduler.register_opts(conf)
-        schedule = scheduler.ScheduleStore(conf[scheduler.GROUP].schedule_file)
+        schedule = scheduler.open_store(conf)
         server = PluginServer(socket_path, PluginApp(driver, schedule))
         # Collect what a crash left (hidden temporaries no live process holds)
         # before serving; a failure here must not keep Docker's volumes offline.
@@ -44,7 +44,9 @@ def serve(
                 out.write(f"cleanup: {item}: {outcome}\n")
         except StowkitError as exc:
             out.write(f"cleanup skipped: {exc}\n")
-        jobs = scheduler.Scheduler.from_conf(conf, driver) if with_scheduler else None
+        # With [scheduler] store = catalog, `stowkit agent` runs the jobs, not this process.
+        run_jobs = with_scheduler and schedule.runs_here
+        jobs = scheduler.Scheduler.from_conf(conf, driver) if run_jobs else None
         try:
             server.start()
             if jobs is not None:

@@ -1,7 +1,9 @@
 """``stowkit schedule add|remove|list|pause|resume|import``: periodic jobs per volume.
 
 The commands edit the schedule file the running ``stowkit plugin serve``
-reads on every tick, so changes apply without a restart.
+reads on every tick, so changes apply without a restart; with
+``[scheduler] store = catalog`` they edit this host's jobs in the backup
+catalog, which ``stowkit agent`` runs (``freezer job-list`` shows them).
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ COLUMNS = (
 ACTION_HELP = "snapshot, replicate:HOST, purge:PATTERN or synchronize:HOST1,HOST2"
 
 
-def store(app: Any) -> scheduler.ScheduleStore:
-    scheduler.register_opts(app.conf)
-    return scheduler.ScheduleStore(app.conf[scheduler.GROUP].schedule_file)
+def store(app: Any) -> scheduler.JobStore:
+    """The store ``[scheduler] store`` names: the schedule file, or this host's catalog jobs."""
+    return scheduler.open_store(app.conf)
 
 
 class AddJob(ShowOne):

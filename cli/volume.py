@@ -1,4 +1,4 @@
-"""``stowkit volume create|list|show|delete|clone|sync``."""
+"""``stowkit volume create|list|show|delete|clone|sync|pull|unmount|cleanup``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from stowkit.cli.common import Bytes, Command, Lister, ShowOne, utc_time
+from stowkit.corelib import catalogdocs, pull
 from stowkit.corelib.errors import BackendUnavailable, InvalidArgument
 from stowkit.corelib.volume import Volume, check_create_options
 
@@ -166,6 +167,76 @@ class SyncVolume(Lister):
         return ("host", "result"), rows
 
 
+PULL_COLUMNS = (
+    "volume",
+    "host",
+    "snapshot",
+    "mode",
+    "parent",
+    "bytes_received",
+    "backup",
+    "dry_run",
+    "backup_id",
+)
+
+
+class PullVolume(ShowOne):
+    """Bring here the newest copy of a volume the backup catalog knows on another host.
+
+    The copy is received over ssh (incremental from the newest snapshot both
+    hosts hold), becomes the volume VOLUME here (as snapshot restore), and
+    the pull is recorded as a backup document of this host.  The catalog is
+    reached as `stowkit agent` reaches it ([agent] options).
+    """
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("volume")
+        parser.add_argument(
+            "--from",
+            dest="source",
+            metavar="HOST",
+            help="Only copies on this host (its name in the catalog's backup documents).",
+        )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Say which copy, and full or incremental; move nothing.",
+        )
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="Replace a volume of that name here (its data is snapshotted first), "
+            "even a mounted one (as snapshot restore --force).",
+        )
+        parser.add_argument("--catalog-url", metavar="URL", help="[agent] catalog_url")
+        parser.add_argument("--project", help="[agent] project")
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace):
+        reach = catalogdocs.connect(self.app.conf, parsed_args.catalog_url, parsed_args.project)
+        result = pull.pull(
+            self.driver("volume"),
+            reach.catalog,
+            parsed_args.volume,
+            reach.hostname,
+            source=parsed_args.source,
+            dry_run=parsed_args.dry_run,
+            force=parsed_args.force,
+        )
+        return PULL_COLUMNS, (
+            result.volume,
+            result.host,
+            result.snapshot,
+            result.mode,
+            result.parent,
+            Bytes(result.bytes_received),
+            result.backup,
+            result.dry_run,
+            result.recorded,
+        )
+
+
 class UnmountVolume(Lister):
     """Forget mount IDs recorded for a volume (stale ones a crash left).
 
@@ -217,6 +288,7 @@ COMMANDS = {
     "volume delete": DeleteVolume,
     "volume clone": CloneVolume,
     "volume sync": SyncVolume,
+    "volume pull": PullVolume,
     "volume unmount": UnmountVolume,
     "volume cleanup": CleanupVolumes,
 }

@@ -21,6 +21,11 @@ Design choices, each against a fault of the seed tool:
   running daemon and ``stowkit schedule`` commands.  Every change is a
   read-modify-write under an exclusive lock on ``FILE.lock`` followed by an
   atomic rename, so a crash never leaves a half-written schedule.
+* Or, with ``[scheduler] store = catalog``, the jobs are this host's jobs in
+  the backup catalog (:class:`CatalogScheduleStore`): the same commands edit
+  them, ``freezer job-list`` shows them, ``stowkit agent`` runs them, and the
+  embedded :class:`Scheduler` does not (``JobStore.runs_here``).  One
+  interface, :class:`JobStore`; :func:`open_store` picks the implementation.
 
 The scheduler calls the same :class:`~stowkit.corelib.volume.VolumeDriver` methods as
 the CLI and imports no backend.
@@ -28,6 +33,7 @@ the CLI and imports no backend.
 
 from __future__ import annotations
 
+import abc
 import concurrent.futures
 import contextlib
 import csv
@@ -40,8 +46,8 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from oslo_config import cfg
 
@@ -60,6 +66,20 @@ LOG = logging.getLogger(__name__)
 GROUP = "scheduler"
 
 opts = [
+    cfg.StrOpt(
+        "store",
+        default="file",
+        choices=[
+            ("file", "the schedule file; the plugin's embedded scheduler runs the jobs"),
+            (
+                "catalog",
+                "this host's jobs in the backup catalog, reached as `stowkit agent` "
+                "reaches it ([agent] options); `stowkit agent` runs them, the embedded "
+                "scheduler does not",
+            ),
+        ],
+        help="Where `stowkit schedule` and the Docker plugin keep the scheduled jobs.",
+    ),
     cfg.StrOpt(
         "schedule_file",
         default="$state_dir/schedule.json",
@@ -188,7 +208,50 @@ class Schedule:
         raise NotFound(f"no scheduled job {action!r} for volume {volume!r}")
 
 
-class ScheduleStore:
+class JobStore(abc.ABC):
+    """Where the scheduled jobs live: what ``stowkit schedule`` and the plugin edit."""
+
+    #: Whether the embedded :class:`Scheduler` runs these jobs (else another
+    #: process does: ``stowkit agent`` for the catalog).
+    runs_here: bool = True
+
+    @abc.abstractmethod
+    def load(self) -> Schedule:
+        """Every job, and the global switch."""
+
+    @abc.abstractmethod
+    def add(
+        self,
+        volume: str,
+        action: str,
+        minutes: object,
+        active: bool = True,
+        now: float | None = None,
+    ) -> Job:
+        """Schedule ``action`` on ``volume``; an existing job gets the new interval."""
+
+    @abc.abstractmethod
+    def remove(self, volume: str, action: str) -> None:
+        """Unschedule one job; ``NotFound`` if there is none."""
+
+    @abc.abstractmethod
+    def set_active(self, active: bool, volume: str | None = None, action: str | None = None) -> int:
+        """Pause or resume one job, a volume's jobs, or all; how many it touched."""
+
+    @abc.abstractmethod
+    def import_csv(self, text: str, now: float | None = None) -> list[Job]:
+        """Merge a buttervolume schedule; one bad line refuses the whole file."""
+
+    def export_csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        for job in self.load().jobs:
+            minutes = int(job.minutes) if job.minutes == int(job.minutes) else job.minutes
+            writer.writerow([job.volume, job.action, minutes, str(job.active)])
+        return out.getvalue()
+
+
+class ScheduleStore(JobStore):
     """The schedule file: read, and change under a lock with an atomic rename."""
 
     def __init__(self, path: str) -> None:
@@ -338,13 +401,231 @@ class ScheduleStore:
 
         return self.update(change)
 
-    def export_csv(self) -> str:
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        for job in self.load().jobs:
-            minutes = int(job.minutes) if job.minutes == int(job.minutes) else job.minutes
-            writer.writerow([job.volume, job.action, minutes, str(job.active)])
-        return out.getvalue()
+
+FileScheduleStore = ScheduleStore
+
+#: scheduler action kind -> the agent's action (corelib/agent/actions.py) and its fields
+AGENT_ACTIONS = {
+    "snapshot": "stowkit-volume-snapshot",
+    "replicate": "stowkit-volume-replicate",
+    "purge": "stowkit-volume-purge",
+    "synchronize": "stowkit-volume-sync",
+}
+_KINDS = {agent: kind for kind, agent in AGENT_ACTIONS.items()}
+#: freezer's job results as the scheduler names them
+_RESULTS = {"success": OK, "fail": FAILED, "aborted": FAILED}
+_IDLE = frozenset({"stop", "removed", "completed"})
+
+
+def freezer_action(volume: str, action: str) -> dict[str, Any]:
+    """The ``freezer_action`` of the agent that does ``action`` on ``volume``."""
+    kind, args = parse_action(action)
+    body: dict[str, Any] = {"action": AGENT_ACTIONS[kind], "volume": volume}
+    if kind == "replicate":
+        body["host"] = args[0]
+    elif kind == "purge":
+        body["pattern"] = args[0]
+    elif kind == "synchronize":
+        body["hosts"] = list(args)
+    return body
+
+
+def action_of(job: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(volume, action)`` of a catalog job made of one stowkit volume action, else None."""
+    steps = job.get("job_actions")
+    if not isinstance(steps, list) or len(steps) != 1 or not isinstance(steps[0], Mapping):
+        return None
+    body = steps[0].get("freezer_action")
+    if not isinstance(body, Mapping) or body.get("action") not in _KINDS:
+        return None
+    kind, volume = _KINDS[body["action"]], body.get("volume")
+    arg = {"replicate": body.get("host"), "purge": body.get("pattern")}.get(kind)
+    if kind == "synchronize":
+        hosts = body.get("hosts")
+        arg = ",".join(hosts) if isinstance(hosts, list) else hosts
+    action = kind if kind == "snapshot" else f"{kind}:{arg}"
+    try:
+        check_name(volume, "volume name")
+        parse_action(action)
+    except InvalidArgument:
+        return None  # not one the schedule commands could have written
+    return volume, action
+
+
+def interval_text(minutes: float) -> str:
+    """Minutes as a ``schedule_interval`` (whole seconds: what the agent reads)."""
+    if minutes == int(minutes):
+        return f"{int(minutes)} minutes"
+    seconds = round(minutes * 60)
+    if seconds < 1:
+        raise InvalidArgument(f"invalid interval {minutes!r}: the catalog counts whole seconds")
+    return f"{seconds} seconds"
+
+
+class CatalogJobs(Protocol):
+    """The catalog requests the store makes (``catalogdocs.CommandCatalog``)."""
+
+    def register_client(self, client: Mapping[str, Any]) -> None: ...
+
+    def client_jobs(self, client_id: str) -> list[dict[str, Any]]: ...
+
+    def create_job(self, job: Mapping[str, Any]) -> str: ...
+
+    def patch_job(self, job_id: str, body: Mapping[str, Any], if_version: int | None) -> int: ...
+
+    def delete_job(self, job_id: str) -> None: ...
+
+    def job_event(self, job_id: str, event: str) -> None: ...
+
+
+class CatalogScheduleStore(JobStore):
+    """This host's jobs in the backup catalog, one stowkit volume action per job.
+
+    A job is ``job_actions`` = one ``freezer_action`` of the agent
+    (``stowkit-volume-snapshot``, ``-replicate``, ``-purge``, ``-sync``) and
+    ``job_schedule.schedule_interval``; pause and resume are freezer's
+    ``stop`` and ``start`` events, remove deletes the job.  The last run,
+    result and message are the agent's (``time_started``, ``result``,
+    ``claim.message``).  Jobs of the client that are not one such action
+    (freezer backups, image syncs) are left out.  There is no global switch:
+    ``--all`` stops or starts every job.
+    """
+
+    runs_here = False
+
+    def __init__(self, catalog: CatalogJobs, client_id: str, hostname: str) -> None:
+        self.catalog = catalog
+        self.client_id = client_id
+        self.hostname = hostname
+
+    def _jobs(self) -> list[tuple[str, Job]]:
+        found = []
+        for doc in self.catalog.client_jobs(self.client_id):
+            which = action_of(doc)
+            if which is None or not doc.get("job_id"):
+                continue
+            found.append((str(doc["job_id"]), self._job(which, doc)))
+        return found
+
+    @staticmethod
+    def _job(which: tuple[str, str], doc: Mapping[str, Any]) -> Job:
+        from stowkit.corelib.agent.triggers import parse_interval  # the agent's reading
+
+        sched = doc.get("job_schedule") or {}
+        try:
+            minutes = parse_interval(str(sched.get("schedule_interval", ""))) / 60.0
+        except InvalidArgument:
+            minutes = 0.0  # another schedule (cron, a date): not an interval
+        status, event = sched.get("status") or "", sched.get("event") or ""
+        active = event == "start" or (
+            status not in _IDLE and event not in ("stop", "abort", "remove")
+        )
+        claim = sched.get("claim") if isinstance(sched.get("claim"), Mapping) else {}
+        started, ended = sched.get("time_started"), sched.get("time_ended")
+        ran = isinstance(started, int) and started > 0
+        created = sched.get("time_created")
+        return Job(
+            volume=which[0],
+            action=which[1],
+            minutes=minutes,
+            active=active,
+            # The agent's first run is one interval after the job is scheduled.
+            added=(created if isinstance(created, int) else 0) + minutes * 60.0,
+            last_run=float(started) if ran else None,
+            last_result=_RESULTS.get(sched.get("result") or "") if ran else None,
+            last_message=str(claim.get("message", "")),
+            last_duration=(
+                float(ended - started)
+                if ran and isinstance(ended, int) and ended >= started
+                else None
+            ),
+            runs=int(claim.get("run", 0) or 0),
+        )
+
+    def load(self) -> Schedule:
+        return Schedule(jobs=[job for _, job in self._jobs()], paused=False)
+
+    def _find(self, volume: str, action: str) -> tuple[str, Job]:
+        for job_id, job in self._jobs():
+            if job.volume == volume and job.action == action:
+                return job_id, job
+        raise NotFound(f"no scheduled job {action!r} for volume {volume!r}")
+
+    def add(
+        self,
+        volume: str,
+        action: str,
+        minutes: object,
+        active: bool = True,
+        now: float | None = None,
+    ) -> Job:
+        check_name(volume, "volume name")
+        body = freezer_action(volume, action)
+        interval = interval_text(parse_minutes(minutes))
+        try:
+            job_id, job = self._find(volume, action)
+        except NotFound:
+            self.catalog.register_client(
+                {
+                    "client_id": self.client_id,
+                    "hostname": self.hostname,
+                    "description": "stowkit agent",
+                }
+            )
+            schedule: dict[str, Any] = {"schedule_interval": interval}
+            if not active:
+                schedule["status"] = "stop"  # an idle status: the agent leaves it alone
+            self.catalog.create_job(
+                {
+                    "description": f"stowkit schedule: {action} {volume}",
+                    "client_id": self.client_id,
+                    "job_actions": [{"freezer_action": body, "max_retries": 1}],
+                    "job_schedule": schedule,
+                }
+            )
+        else:
+            self.catalog.patch_job(job_id, {"job_schedule": {"schedule_interval": interval}}, None)
+            if job.active != active:
+                self.catalog.job_event(job_id, "start" if active else "stop")
+        return self._find(volume, action)[1]
+
+    def remove(self, volume: str, action: str) -> None:
+        check_name(volume, "volume name")
+        self.catalog.delete_job(self._find(volume, action)[0])
+
+    def set_active(self, active: bool, volume: str | None = None, action: str | None = None) -> int:
+        if volume is not None:
+            check_name(volume, "volume name")
+        jobs = self._jobs()
+        if action is not None and volume:
+            jobs = [self._find(volume, action)]
+        elif action is not None:
+            jobs = [(i, j) for i, j in jobs if j.action == action]
+        elif volume is not None:
+            jobs = [(i, j) for i, j in jobs if j.volume == volume]
+        if not jobs and (volume is not None or action is not None):
+            raise NotFound(f"no scheduled job matches volume {volume!r} action {action!r}")
+        for job_id, job in jobs:
+            if job.active != active:
+                # A start on an active job would reschedule it from now: only real changes.
+                self.catalog.job_event(job_id, "start" if active else "stop")
+        return len(jobs)
+
+    def import_csv(self, text: str, now: float | None = None) -> list[Job]:
+        parsed = parse_buttervolume_csv(text)  # every line checked before any write
+        return [self.add(v, a, m, active) for v, a, m, active in parsed]
+
+
+def open_store(conf: cfg.ConfigOpts) -> JobStore:
+    """The store ``[scheduler] store`` names."""
+    register_opts(conf)
+    group = conf[GROUP]
+    if group.store == "catalog":
+        from stowkit.corelib import catalogdocs  # late: the file store needs no HTTP client
+
+        reach = catalogdocs.connect(conf)
+        return CatalogScheduleStore(reach.catalog, reach.client_id, reach.hostname)
+    return ScheduleStore(group.schedule_file)
 
 
 def parse_buttervolume_csv(text: str) -> list[tuple[str, str, float, bool]]:

@@ -37,7 +37,7 @@ import enum
 from collections.abc import Mapping, Sequence
 
 from stowkit.corelib.driver import Driver
-from stowkit.corelib.errors import InvalidArgument, InvalidName
+from stowkit.corelib.errors import BackendUnavailable, InvalidArgument, InvalidName
 from stowkit.corelib.names import check_name
 
 #: strftime format of the part after ``@`` in a snapshot name (always UTC).
@@ -413,6 +413,25 @@ class VolumeDriver(Driver):
         second, 0 = none) default to the configuration.  A failed or interrupted
         transfer leaves nothing on the peer.  ``BackendUnavailable`` on failure.
         """
+
+    def receive_snapshot(
+        self,
+        name: str,
+        host: str,
+        *,
+        compress: bool | None = None,
+        bwlimit: int | None = None,
+        dry_run: bool = False,
+    ) -> SendResult:
+        """Fetch snapshot ``name`` from ``host``: :meth:`send_snapshot` run from this side.
+
+        Incremental from the newest snapshot both sides hold, else full;
+        ``already_there`` (and ``snapshot`` = the copy here) when this side
+        holds it; ``dry_run`` chooses the parent and moves nothing.  ``NotFound``
+        when the peer does not hold it.  ``volume pull`` uses it; a backend
+        without it cannot pull.
+        """
+        raise BackendUnavailable(f"the {type(self).__name__} backend cannot pull snapshots")
 
     def replicate(self, volume: str, host: str) -> SendResult:
         """Snapshot ``volume`` now and send that snapshot to ``host``.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import posixpath
@@ -27,12 +28,14 @@ import re
 import stat
 import time
 import uuid as uuidlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 from stowkit.corelib import retention
 from stowkit.corelib.errors import (
     AlreadyExists,
     BackendUnavailable,
+    ConfigError,
     Conflict,
     InvalidArgument,
     InvalidName,
@@ -58,6 +61,7 @@ from stowkit.plugins.btrfs import state, subvol, transport
 from stowkit.plugins.btrfs.options import OPTIONS
 
 COMPRESSIONS = ("none", "zstd", "lzo", "zlib")
+_T = TypeVar("_T")
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
@@ -87,6 +91,36 @@ _OWN_STAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}-[0-9]{2}-[0-9]{2}\
 #: deleted once it is this old, so a create still running in such a process is spared.
 UNLOCKED_TEMP_AGE = 600.0
 _TEMP = re.compile(r"\.(new|restore)-(.+)-[0-9a-f]{12}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _PeerSnapshot:
+    name: str
+    created: dt.datetime
+    path: str  #: on the peer
+    key: str  #: its stream UUID (received UUID, else UUID)
+
+
+def shared_parent(
+    candidates: Sequence[_T],
+    name: str,
+    created: dt.datetime,
+    shared: Container[str | None],
+    key: Callable[[_T], str | None],
+) -> _T | None:
+    """The incremental parent of a stream of snapshot ``name`` (taken at ``created``).
+
+    The newest of ``candidates`` (the sending side's snapshots, oldest
+    first, each with ``.name`` and ``.created``) not newer than the snapshot
+    whose stream UUID (``key``) the receiving side holds too (``shared``).
+    One rule for sends and pulls: a stream's parent must exist on both ends.
+    """
+    found = [
+        c
+        for c in candidates
+        if c.name != name and c.created <= created and key(c) in shared  # type: ignore[attr-defined]
+    ]
+    return found[-1] if found else None
 
 
 def _check_mount_id(mount_id: object) -> str:
@@ -766,7 +800,20 @@ class BtrfsVolumeDriver(VolumeDriver):
         )
 
     def _peer(self, host: str) -> transport.Peer:
-        return transport.parse_peer(host, self.opts.ssh_user, self.opts.ssh_port)
+        address = self._addresses().get(host, host) if isinstance(host, str) else host
+        return transport.parse_peer(address, self.opts.ssh_user, self.opts.ssh_port)
+
+    def _addresses(self) -> dict[str, str]:
+        """``[volume_btrfs] peer_addresses`` as {name: address}."""
+        found: dict[str, str] = {}
+        for item in self.opts.peer_addresses or ():
+            name, sep, address = item.partition("=")
+            if not sep or not name.strip() or not address.strip():
+                raise ConfigError(
+                    f"[volume_btrfs] peer_addresses: {item!r} is not NAME=[user@]host[:port]"
+                )
+            found[name.strip()] = address.strip()
+        return found
 
     def _remote_dirs(self) -> tuple[str, str]:
         """(received dir, snapshots dir) on peers: where sends land, and where else to look."""
@@ -901,15 +948,7 @@ class BtrfsVolumeDriver(VolumeDriver):
                 return SendResult(snap.name, host, None, 0, already_there=True)
             if snap.name in landed:
                 raise Conflict(f"{peer.spec} holds a different snapshot named {snap.name}")
-            # The newest snapshot both sides hold, by UUID, is the incremental parent.
-            candidates = [
-                s
-                for s in local
-                if s.name != snap.name
-                and s.created <= snap.created
-                and self._stream_uuid(s) in held
-            ]
-            parent = candidates[-1] if candidates else None
+            parent = shared_parent(local, snap.name, snap.created, held, self._stream_uuid)
             send_argv = [self.opts.btrfs_command, "send", "-q"]
             if parent is not None:
                 send_argv += ["-p", parent.path]
@@ -917,6 +956,86 @@ class BtrfsVolumeDriver(VolumeDriver):
             sent_bytes = session.stream(send_argv, snap.name, compress, rate)
         self._record_sent(peer, snap)
         return SendResult(snap.name, host, parent.name if parent else None, sent_bytes)
+
+    def receive_snapshot(
+        self,
+        name: str,
+        host: str,
+        *,
+        compress: bool | None = None,
+        bwlimit: int | None = None,
+        dry_run: bool = False,
+    ) -> SendResult:
+        """Pull snapshot ``name`` from ``host`` into received/: a send run from this side.
+
+        The peer's snapshots/ and received/ are listed over ssh (the directories
+        a send lists); the parent is the newest snapshot both hold by stream
+        UUID (:func:`shared_parent`, the rule of sends); the peer runs
+        ``btrfs send [-p PARENT]`` and the stream is received here by the
+        receive script sends use on peers, which deletes a partial subvolume.
+        ``already_there`` when a snapshot with the same stream UUID is here.
+        """
+        volume = self.split_name(name)[0]
+        peer = self._peer(host)
+        compress = self.opts.send_compression if compress is None else bool(compress)
+        rate = parse_rate(self.opts.bwlimit) if bwlimit is None else int(bwlimit)
+        if rate < 0:
+            raise InvalidArgument("bandwidth limit must not be negative")
+        self._setup()
+        with self._pipe_lock(volume):
+            dirs = self._listing_dirs()
+            ssh = self._ssh().argv(peer)
+            out = transport.run(
+                [*ssh, transport.remote_command(transport.LIST_SCRIPT, *dirs)],
+                what=f"listing snapshots on {peer.spec}",
+            )
+            remote = self._peer_snapshots(out, dirs, volume)
+            target = next((r for r in remote if r.name == name), None)
+            if target is None:
+                raise NotFound(f"{peer.spec} holds no snapshot {name}")
+            local = self.list_snapshots(volume)
+            for snap in local:
+                if self._stream_uuid(snap) == target.key:
+                    return SendResult(snap.name, host, None, 0, already_there=True)
+                if snap.name == name:
+                    raise Conflict(f"a different snapshot named {name} is here already")
+            here = {self._stream_uuid(s) for s in local}
+            parent = shared_parent(remote, name, target.created, here, lambda r: r.key)
+            if dry_run:
+                return SendResult(name, host, parent.name if parent else None, 0)
+            send = transport.remote_command(
+                transport.PULL_SEND_SCRIPT,
+                target.path,
+                parent.path if parent else "",
+                "zstd" if compress else "none",
+            )
+            receive = [
+                "sh",
+                "-c",
+                transport.RECEIVE_SCRIPT,
+                "stowkit",
+                self.received_dir,
+                name,
+                "zstd" if compress else "none",
+            ]
+            got = transport.pull_stream([*ssh, send], receive, rate)
+        return SendResult(name, host, parent.name if parent else None, got)
+
+    def _peer_snapshots(self, out: str, dirs: Sequence[str], volume: str) -> list[_PeerSnapshot]:
+        """``volume``'s complete snapshots on a peer, oldest first, from its listing."""
+        found = []
+        for sub in transport.parse_listing(out, dirs):
+            name = posixpath.basename(sub.path)
+            try:
+                vol, created = self.split_name(name)
+            except InvalidName:
+                continue
+            if vol != volume or (sub.where == dirs[0] and not sub.received_uuid):
+                continue  # another volume's, or a receive in progress on the peer
+            key = sub.received_uuid or sub.uuid
+            if key:
+                found.append(_PeerSnapshot(name, created, posixpath.join(sub.where, name), key))
+        return sorted(found, key=lambda r: (r.created, r.name))
 
     def sync_volume(self, volume: str, hosts: Sequence[str]) -> SyncResult:
         check_name(volume, "volume name")

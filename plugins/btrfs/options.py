@@ -49,6 +49,13 @@ OPTIONS: list[cfg.Opt] = [
         default=["BatchMode=yes", "ConnectTimeout=15"],
         help="ssh -o options, e.g. StrictHostKeyChecking=accept-new.",
     ),
+    cfg.ListOpt(
+        "peer_addresses",
+        default=[],
+        help="NAME=[user@]host[:port] items: how to reach a host named NAME (a name of the "
+        "backup catalog's documents, as `volume pull` finds it, or given to `volume send`) "
+        "over ssh.  A host not listed is reached by its own name.",
+    ),
     cfg.StrOpt(
         "remote_root",
         help="The btrfs root on peers (default: the same path as root).",

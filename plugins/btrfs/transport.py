@@ -174,6 +174,20 @@ receive "$dest" "$name" "$codec"
 #: The line :data:`SESSION_SCRIPT` prints after its listing.
 LISTED = "stowkit-listed"
 
+#: A pull's sending side, run on the peer: $1 = the snapshot, $2 = its
+#: incremental parent ("" for a full stream), $3 = "zstd" to compress there
+#: (so the wire carries the compressed bytes).  The stream goes to stdout;
+#: the receiving side is :data:`RECEIVE_SCRIPT`, run here.
+PULL_SEND_SCRIPT = r"""
+snap=$1; parent=$2; codec=$3
+if [ -n "$parent" ]; then set -- -p "$parent"; else set --; fi
+if [ "$codec" = zstd ]; then
+    btrfs send -q "$@" -- "$snap" | zstd -q -c -3
+else
+    exec btrfs send -q "$@" -- "$snap"
+fi
+"""
+
 
 def remote_command(script: str, *args: str) -> str:
     """The command string ssh sends: ``sh -c SCRIPT stowkit ARGS...``, quoted."""
@@ -408,8 +422,13 @@ def _copy_and_wait(
     compress: bool,
     rate: int,
     progress: Callable[[int], None] | None,
+    stages: Sequence[str] | None = None,
 ) -> int:
-    """Pump ``stream`` into ``receiver``'s stdin, wait for all, name the stage that failed."""
+    """Pump ``stream`` into ``receiver``'s stdin, wait for all, name the stage that failed.
+
+    ``stages`` names the sender(s) and the receiver in error messages (a pull's
+    sender is ssh, its receiver local).
+    """
     assert receiver.stdin is not None
     total = 0
     broken = False
@@ -433,6 +452,8 @@ def _copy_and_wait(
         texts.append(f.read())
         f.close()
     names = ["btrfs send", "zstd", "ssh/receive"] if compress else ["btrfs send", "ssh/receive"]
+    if stages is not None:
+        names = list(stages)
     texts = texts if compress else [texts[0], texts[2]]
     # The receiving side's complaint is the useful one when both fail.
     for name, code, text in reversed(list(zip(names, codes, texts, strict=True))):
@@ -466,6 +487,34 @@ def send_stream(
             p.wait()
         raise BackendUnavailable(f"send: {exc.filename} is not installed") from None
     return _copy_and_wait(procs, stream, receiver, errs, compress, rate, progress)
+
+
+def pull_stream(
+    remote_send_argv: Sequence[str],
+    receive_argv: Sequence[str],
+    rate: int,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """``ssh PEER PULL_SEND_SCRIPT | (rate limit) | local RECEIVE_SCRIPT``; bytes on the wire.
+
+    The mirror of :func:`send_stream`: the same pump, waits and stage-named
+    errors, with the stream coming in over ssh (compressed there, if asked).
+    """
+    errs = [tempfile.TemporaryFile() for _ in range(3)]
+    procs, stream = _start_sender(remote_send_argv, False, errs)
+    try:
+        receiver = subprocess.Popen(
+            list(receive_argv), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errs[2]
+        )
+    except FileNotFoundError as exc:
+        stream.close()
+        for p in procs:
+            p.kill()
+            p.wait()
+        raise BackendUnavailable(f"pull: {exc.filename} is not installed") from None
+    return _copy_and_wait(
+        procs, stream, receiver, errs, False, rate, progress, stages=("ssh/send", "receive")
+    )
 
 
 class SendSession:

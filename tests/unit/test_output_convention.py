@@ -68,7 +68,7 @@ WRITES: dict[str, list[str]] = {
 #: Those that need a peer (ssh, btrfs) or read files of another tool; their
 #: columns come from the same helpers and are tested with the real backends.
 ELSEWHERE = {
-    "volume sync", "volume cleanup", "snapshot send", "image load-backups",
+    "volume sync", "volume cleanup", "volume pull", "snapshot send", "image load-backups",
     "schedule add", "schedule import", "catalog register",
 }  # fmt: skip
 
