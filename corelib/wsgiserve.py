@@ -257,6 +257,10 @@ def serve(
             listening()
             server.serve()
         except KeyboardInterrupt:
+            # One stop: a second signal (a process group's SIGTERM reaches a worker
+            # twice, once from the master) must not interrupt the stop itself.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             if n_workers <= 1:
                 stop_signal()
             if not stop_within(server, stop_timeout, name):

@@ -9,6 +9,7 @@ first, so concurrent job events or session starts never lose an update.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 import time
@@ -73,7 +74,13 @@ def backup_id(meta: Mapping[str, Any]) -> str:
         (meta[k] for k in ("curr_backup_level", "level") if meta.get(k) not in (None, "")), 0
     )
     parts = [meta["container"], meta["hostname"], meta["backup_name"], meta["time_stamp"], level]
-    return "_".join(_UNSAFE.sub("-", str(p)) for p in parts)[:255]
+    ident = "_".join(_UNSAFE.sub("-", str(p)) for p in parts)
+    if len(ident) > 255:
+        # A plain cut drops the time stamp and level, so every later backup of a
+        # long container (a local storage path) would collide with the first:
+        # keep the head and a digest of the whole id instead.
+        ident = ident[:222] + "-" + hashlib.sha256(ident.encode()).hexdigest()[:32]
+    return ident
 
 
 def merge_defaults(job: Document) -> None:

@@ -82,6 +82,29 @@ def test_empty_level_falls_back_for_the_backup_id(client):
     assert client.post("/v2/p/backups", body)[1]["backup_id"].endswith("_1_0")
 
 
+def test_long_container_backups_keep_distinct_ids(client):
+    """freezer-agent's local storage names its container by a path, which may be long.
+
+    An id cut at 255 characters lost the time stamp: every later backup of the
+    same path collided with the first (409) and freezer-scheduler's upload of
+    it failed, so the run left no backup document.
+    """
+    container = "/srv/" + "d" * 300
+    ids = []
+    for stamp in (1_700_000_000, 1_700_000_060):
+        status, body = client.post(
+            "/v2/p/backups", {**AGENT_BACKUP, "container": container, "time_stamp": stamp}
+        )
+        assert status == 201, body
+        ids.append(body["backup_id"])
+        assert len(body["backup_id"]) <= 255
+        assert client.get(f"/v2/p/backups/{body['backup_id']}")[0] == 200
+    assert ids[0] != ids[1]
+    # Still made of the metadata: the same backup posted again is a 409.
+    body = {**AGENT_BACKUP, "container": container, "time_stamp": 1_700_000_000}
+    assert client.post("/v2/p/backups", body)[0] == 409
+
+
 def test_backup_listing_fields_are_freezer_apis(client):
     client.post("/v2/p/backups", AGENT_BACKUP)
     (listed,) = client.get("/v2/p/backups")[1]["backups"]

@@ -87,3 +87,25 @@ def test_the_catalog_stopping_right_after_a_request_never_hangs(tmp_path):
     for _ in range(10):
         done = _serve_and_stop(conf)
         assert done.returncode == 0 and "still running" not in done.stderr, done.stderr
+
+
+def test_a_second_stop_signal_does_not_interrupt_the_stop(tmp_path):
+    # a process group's SIGTERM reaches a worker from the shell and again from its master
+    proc, port, entered = _start(tmp_path, 2.0)
+    try:
+        client = socket.create_connection(("127.0.0.1", port))
+        client.sendall(b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n")
+        while not entered.exists():
+            assert proc.poll() is None
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # inside the stop now
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 1  # the bound, not an interrupted stop
+        err = proc.stderr.read()
+        assert "Traceback" not in err and "requests still running 2 s" in err
+        client.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
