@@ -18,7 +18,9 @@ from stowkit.corelib.blockstore import (
     BlockDevice,
     DeviceLocked,
     LockInfo,
+    UnstoredRecord,
     default_object_size,
+    ranges,
 )
 from stowkit.corelib.errors import InvalidArgument, NotFound
 
@@ -38,6 +40,26 @@ def lock_fields(lock: LockInfo | None) -> dict[str, Any]:
         "lock_acquired": utc_time(lock.acquired),
         "lock_expires": utc_time(lock.expires),  # None: never
         "lock_stale": lock.expired(),
+    }
+
+
+def unstored_fields(records: list[UnstoredRecord]) -> dict[str, Any]:
+    """The newest record of what a writer could not store (all None when there is none)."""
+    record = max(records, key=lambda r: r.at) if records else None
+    if record is None:
+        return dict.fromkeys(
+            ("unstored_objects", "unstored_bytes", "unstored_ranges", "unstored_at",
+             "unstored_by", "unstored_reason", "unstored_recorded_in")
+        )  # fmt: skip
+    return {
+        "unstored_objects": len(record.objects),
+        "unstored_bytes": Bytes(record.bytes),
+        "unstored_ranges": ranges(record.objects),
+        "unstored_at": utc_time(record.at),
+        "unstored_by": record.by,
+        "unstored_reason": record.reason,
+        # "device": the device's record object; else this host's state file
+        "unstored_recorded_in": record.where,
     }
 
 
@@ -158,8 +180,9 @@ class ShowDevice(ShowOne):
         return parser
 
     def take_action(self, parsed_args):
-        dev = self.driver("blockstore").get_device(parsed_args.name, details=True)
-        return _show(device_fields(dev))
+        store = self.driver("blockstore")
+        dev = store.get_device(parsed_args.name, details=True)
+        return _show({**device_fields(dev), **unstored_fields(store.unstored_records(dev.name))})
 
 
 class LockDevice(ShowOne):

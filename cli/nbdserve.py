@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -12,6 +13,10 @@ from stowkit.corelib.blockstore import DEFAULT_LEASE
 from stowkit.corelib.errors import BackendUnavailable, InvalidArgument
 from stowkit.corelib.nbd import protocol
 from stowkit.corelib.nbd.export import ExportSettings
+from stowkit.corelib.nbd.tls import Mode as TlsMode
+from stowkit.corelib.nbd.tls import ServerTls, TlsConfig
+
+LOG = logging.getLogger(__name__)
 
 
 def _positive_int(text: str) -> int:
@@ -31,6 +36,8 @@ class ServeBlockDevices(Command):
     backend on FLUSH, FUA, cache pressure, the last client's disconnect and
     on SIGTERM/SIGINT, which stop the server cleanly.
     """
+
+    service = True  # logs through oslo.log
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
@@ -62,6 +69,35 @@ class ServeBlockDevices(Command):
             help=f"Lease of the device lock in seconds, renewed in the background "
             f"(default {DEFAULT_LEASE:g}).",
         )
+        tls = parser.add_argument_group("TLS (NBD_OPT_STARTTLS; defaults: [blockstore] tls*)")
+        tls.add_argument(
+            "--tls",
+            choices=[m.value for m in TlsMode],
+            default=None,
+            help="off: refuse STARTTLS; on: plain and TLS clients; require: TLS clients only "
+            "(default: [blockstore] tls, off).",
+        )
+        tls.add_argument(
+            "--tls-certificates",
+            metavar="DIR",
+            help="X.509 directory as qemu and nbdkit use it: server-cert.pem, "
+            "server-key.pem, ca-cert.pem (the CA only for --tls-verify-peer).",
+        )
+        tls.add_argument("--tls-cert", metavar="FILE", help="Server certificate (PEM).")
+        tls.add_argument("--tls-key", metavar="FILE", help="Server private key (PEM).")
+        tls.add_argument("--tls-ca", metavar="FILE", help="CA for client certificates (PEM).")
+        tls.add_argument(
+            "--tls-verify-peer",
+            action="store_true",
+            default=None,
+            help="Require a client certificate signed by the CA.",
+        )
+        tls.add_argument(
+            "--tls-psk",
+            metavar="FILE",
+            help="Pre-shared keys (psktool's username:hexkey lines) instead of certificates; "
+            "needs Python >= 3.13.",
+        )
         return parser
 
     def take_action(self, parsed_args):
@@ -69,6 +105,7 @@ class ServeBlockDevices(Command):
 
         if not 0 <= parsed_args.port <= 65535:
             raise InvalidArgument(f"invalid port {parsed_args.port}")
+        tls = self._tls(parsed_args)  # every credential read (ConfigError) before listening
         readahead = 0 if parsed_args.readahead == "0" else parse_size(parsed_args.readahead)
         settings = ExportSettings(
             cache_size=parse_size(parsed_args.cache_size),
@@ -92,8 +129,12 @@ class ServeBlockDevices(Command):
             nonlocal listening
             listening = True
             mode = " (read-only)" if parsed_args.read_only else ""
+            # nbds:// is libnbd's "TLS required"; with TLS optional both work.
+            scheme = "nbds" if tls is not None and tls.required else "nbd"
+            if tls is not None and not tls.required:
+                mode += " (TLS optional)"
             for name in server.exports:
-                print(f"serving nbd://{server.bind}:{server.port}/{name}{mode}", flush=True)
+                print(f"serving {scheme}://{server.bind}:{server.port}/{name}{mode}", flush=True)
             sys.stdout.flush()
             notify.ready()  # systemd (Type=notify): the port accepts connections now
 
@@ -107,6 +148,7 @@ class ServeBlockDevices(Command):
                 settings=settings,
                 ready=ready,
                 stopping=notify.stopping,
+                tls=tls,
             )
         except OSError as exc:
             # asyncio says "[Errno 98] error while attempting to bind on address
@@ -120,6 +162,20 @@ class ServeBlockDevices(Command):
                 f"cannot listen on {parsed_args.bind}:{parsed_args.port}: {reason}"
             ) from None
         return 0
+
+    def _tls(self, parsed_args) -> ServerTls | None:
+        wanted = TlsConfig.from_conf(self.app.conf).override(
+            mode=parsed_args.tls,
+            certificates=parsed_args.tls_certificates,
+            cert_file=parsed_args.tls_cert,
+            key_file=parsed_args.tls_key,
+            ca_file=parsed_args.tls_ca,
+            verify_peer=parsed_args.tls_verify_peer,
+            psk_file=parsed_args.tls_psk,
+        )
+        if wanted.mode is TlsMode.OFF and wanted.has_credentials:
+            LOG.warning("TLS is off: the TLS credentials given are not used (--tls on|require)")
+        return wanted.server_tls()
 
 
 COMMANDS = {"blockstore serve": ServeBlockDevices}

@@ -151,18 +151,33 @@ def upload(
                 lease.write_object(index, data)
                 with lock:
                     stats.stored += 1
+            with lock:
+                done.add(index)
             return osize
 
+        done: set[int] = set()
         jobs = (lambda i=i: one(i) for i in range(dev.object_count))
         try:
             _run(jobs, threads, dev.size, progress)
         except LeaseLost as err:
+            with lock:
+                missing = [i for i in range(dev.object_count) if i not in done]
+            try:  # the lease is lost: this goes to the local state file
+                lease.record_unstored(missing, len(missing) * osize, f"upload of {path}: {err}")
+            except Exception as record_err:
+                LOG.error("device %s: could not record what was not stored: %s",
+                          device, record_err)  # fmt: skip
             raise LeaseLost(
                 f"{err}; upload stopped after {stats.stored} objects stored and "
                 f"{stats.deleted} deleted: the device does not hold the file",
                 err.holder,
             ) from None
         stats.bytes = dev.size
+        try:  # the device holds the file whole now: what was not stored before is moot
+            lease.clear_unstored()
+        except Exception as err:
+            LOG.warning("device %s: could not clear the record of unstored objects: %s",
+                        device, err)  # fmt: skip
         return stats
     finally:
         os.close(fd)

@@ -55,6 +55,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+from oslo_config import cfg
+
 from stowkit.corelib import names
 from stowkit.corelib.driver import Driver
 from stowkit.corelib.errors import BackendUnavailable, InvalidArgument, Locked
@@ -81,6 +83,8 @@ RENEW_MARGIN = 1.0
 OBJECT_PREFIX = "disk.part/"
 LOCK_KEY = "stowkit.lock"
 TAKEOVER_PREFIX = "stowkit.lock.takeover."
+#: The record of what a writer could not store (see UnstoredRecord).
+UNSTORED_KEY = "stowkit.unstored"
 
 
 class BlockStoreCapability(enum.StrEnum):
@@ -178,6 +182,9 @@ class LockInfo:
     expires: float | None  # epoch seconds; None: no lease, never stale
     #: When this lock replaced a stale one: the lock it replaced.
     taken_over: LockInfo | None = None
+    #: Seconds the create of this lock object took (known to its creator only):
+    #: a create slower than the backend's settle time is not trusted.
+    create_seconds: float | None = None
 
     def expired(self, now: float | None = None) -> bool:
         return self.expires is not None and (now or time.time()) >= self.expires
@@ -196,6 +203,7 @@ class LockInfo:
     def to_json(self) -> bytes:
         fields = dataclasses.asdict(self)
         fields.pop("taken_over")
+        fields.pop("create_seconds")
         return json.dumps(fields, sort_keys=True).encode()
 
     @classmethod
@@ -226,6 +234,65 @@ class LockInfo:
             acquired=now,
             expires=None if lease_seconds is None else now + lease_seconds,
         )
+
+
+def ranges(indices: Sequence[int]) -> str:
+    """'3, 7-9' for [3, 7, 8, 9] (sorted)."""
+    runs: list[list[int]] = []
+    for i in sorted(indices):
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+@dataclasses.dataclass(frozen=True)
+class UnstoredRecord:
+    """What a writer of a device could not store, and why.
+
+    Written by a Lease when its holder gives up with data it could not store
+    (the lease was lost, or the backend stayed down through the shutdown):
+    into the device (control object ``stowkit.unstored``) only while the lease
+    is still ours, otherwise into a local state file (a writer that lost the
+    device must not write into it).  ``blockstore show`` prints the newest.
+    """
+
+    device: str
+    objects: tuple[int, ...]
+    bytes: int
+    at: float  # epoch seconds
+    by: str  # the writer: owner, host, pid
+    reason: str
+    #: Where it was read from: "device", or the local file's path (not stored).
+    where: str = ""
+
+    def to_json(self) -> bytes:
+        fields = dataclasses.asdict(self)
+        fields.pop("where")
+        fields["objects"] = ranges(self.objects)
+        return json.dumps(fields, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, where: str) -> UnstoredRecord | None:
+        try:
+            fields = json.loads(data)
+            objects: list[int] = []
+            for part in str(fields["objects"]).split(","):
+                if part.strip():
+                    first, _, last = part.strip().partition("-")
+                    objects.extend(range(int(first), int(last or first) + 1))
+            return cls(
+                device=str(fields["device"]),
+                objects=tuple(objects),
+                bytes=int(fields["bytes"]),
+                at=float(fields["at"]),
+                by=str(fields["by"]),
+                reason=str(fields["reason"]),
+                where=where,
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
 
 
 class StorageFull(BackendUnavailable):
@@ -426,16 +493,19 @@ class BlockStore(Driver):
         """
         self.get_device(device)
         mine = LockInfo.new(owner, lease_seconds)
+        began = time.monotonic()
         for _attempt in range(5):
-            if self._control_create(device, LOCK_KEY, mine.to_json()):
-                return mine
+            created, seconds = self._timed_create(device, LOCK_KEY, mine)
+            if created:
+                # confirm_lock refuses it if the create was slow
+                return dataclasses.replace(mine, create_seconds=seconds)
             holder = self.get_lock(device)
             if holder is None:
                 continue  # released in between: try again
             if holder.token == mine.token:
                 # Our create went through but its answer was lost and the
-                # client retried: the lock is ours.
-                return mine
+                # client retried: the lock is ours (if it was quick enough).
+                return dataclasses.replace(mine, create_seconds=time.monotonic() - began)
             if not holder.expired():
                 raise DeviceLocked(f"device {device} is locked by {holder.describe()}", holder)
             taken = self._take_over(device, holder, mine)
@@ -459,11 +529,34 @@ class BlockStore(Driver):
         if current is not None and (current.token, current.expires) != (stale.token, stale.expires):
             return None  # renewed, or released and re-taken meanwhile: start again
         self._control_delete(device, LOCK_KEY)
-        if not self._control_create(device, LOCK_KEY, mine.to_json()):
+        created, seconds = self._timed_create(device, LOCK_KEY, mine)
+        if not created:
             return None
         self._control_delete(device, marker)
         LOG.warning("device %s: took over the stale lock of %s", device, stale.describe())
-        return dataclasses.replace(mine, taken_over=stale)
+        return dataclasses.replace(mine, taken_over=stale, create_seconds=seconds)
+
+    def _slow_create(self, mine: LockInfo) -> bool:
+        return (
+            self.settle_seconds > 0
+            and mine.create_seconds is not None
+            and mine.create_seconds >= self.settle_seconds
+        )
+
+    def _drop_own(self, device: str, mine: LockInfo) -> None:
+        """Remove our own lock object, if it is still there (never anyone else's)."""
+        try:
+            self.unlock(device, mine)
+        except DeviceLocked:
+            pass
+        except Exception as err:
+            LOG.warning("device %s: could not remove our untrusted lock: %s", device, err)
+
+    def _timed_create(self, device: str, key: str, mine: LockInfo) -> tuple[bool, float]:
+        """Create ``key`` holding ``mine``: (created, seconds the create took)."""
+        started = time.monotonic()
+        created = self._control_create(device, key, mine.to_json())
+        return created, time.monotonic() - started
 
     #: Seconds a conditional create may take to settle.  Swift checks
     #: ``If-None-Match`` when a PUT starts, so two PUTs that start together
@@ -477,7 +570,30 @@ class BlockStore(Driver):
             time.sleep(self.settle_seconds)
 
     def confirm_lock(self, device: str, mine: LockInfo) -> LockInfo:
-        """``mine`` once it is sure the lock is ours; DeviceLocked if a rival won."""
+        """``mine`` once it is sure the lock is ours; DeviceLocked if a rival won.
+
+        A create that took ``settle_seconds`` or longer is not trusted, even
+        when the re-read finds our token: while it was in flight a rival's
+        create may have started after ours, landed, passed its own re-read
+        and be writing now; ours, landing later (and newer), would then make
+        two holders.  (For two winners the later-landing create must take
+        longer than the settle time: a rival that landed first re-reads
+        ``settle_seconds`` after its answer, when every create that started
+        before it landed has landed too, unless that create is this slow.)
+        Our lock object is then removed: the device is left unlocked, and a
+        rival whose lock ours replaced stops before its next write (a Lease
+        re-reads the lock before storing).  Nobody keeps a lock won that way,
+        so of two racing takers at most one ever stores anything; a caller
+        may simply try again.
+        """
+        if self._slow_create(mine):
+            self._drop_own(device, mine)
+            raise DeviceLocked(
+                f"device {device}: creating the lock took {mine.create_seconds:.2f} s, "
+                f"longer than the settle time ({self.settle_seconds:g} s): a rival may have "
+                "taken the device meanwhile, so it is not ours; try again",
+                None,
+            )
         self._settle()
         current = self.get_lock(device)
         if current is None or current.token != mine.token:
@@ -550,6 +666,63 @@ class BlockStore(Driver):
             LOG.info("device %s: broke the lock of %s", device, current.describe())
         return current
 
+    # -- what writers could not store ---------------------------------------------
+
+    def record_name(self, device: str) -> str:
+        """What names ``device`` in this host's local state (a container, a directory)."""
+        return device
+
+    def local_record_path(self, device: str) -> str | None:
+        """The local state file of ``device``'s unstored record; None without a state_dir."""
+        try:
+            state_dir = self.conf.state_dir
+        except (cfg.NoSuchOptError, AttributeError):  # a bare ConfigOpts (tests, embedding)
+            return None
+        name = f"{self.group}.{self.record_name(device)}.json".replace(os.sep, "_")
+        return os.path.join(state_dir, "blockstore-unstored", name)
+
+    def unstored_records(self, device: str) -> list[UnstoredRecord]:
+        """The records of what writers could not store: the device's, then this host's."""
+        found = []
+        raw = self._control_get(device, UNSTORED_KEY)
+        record = None if raw is None else UnstoredRecord.from_json(raw, "device")
+        if record is not None:
+            found.append(record)
+        path = self.local_record_path(device)
+        if path is not None:
+            try:
+                with open(path, "rb") as f:
+                    record = UnstoredRecord.from_json(f.read(), path)
+            except FileNotFoundError:
+                record = None
+            if record is not None:
+                found.append(record)
+        return found
+
+    def write_local_record(self, record: UnstoredRecord) -> str:
+        """Write ``record`` into this host's state file (atomically); returns its path."""
+        path = self.local_record_path(record.device)
+        if path is None:
+            raise BackendUnavailable(
+                f"device {record.device}: nowhere to record what was not stored (no state_dir)"
+            )
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temp = f"{path}.{os.getpid()}.tmp"
+        with open(temp, "wb") as f:
+            f.write(record.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+        return path
+
+    def forget_local_record(self, device: str) -> None:
+        path = self.local_record_path(device)
+        if path is not None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
     def lease(
         self, device: str, owner: str = "", lease_seconds: float | None = DEFAULT_LEASE
     ) -> Lease:
@@ -621,6 +794,13 @@ class Lease:
         self._valid_until = 0.0  # time.monotonic(); None lease: inf
         self._started = 0.0  # monotonic time of the lock's creation
         self._on_lost: list[Callable[[LeaseLost], None]] = []
+        #: A write may start only this soon after the lock was last read as
+        #: ours (see _verify); half the settle time a rival waits after taking it.
+        self.verify_every = store.settle_seconds / 2
+        self._seen = float("-inf")  # monotonic start of the last read that found it ours
+        #: (monotonic time, error) of the last re-read that failed
+        self._verify_failed: tuple[float, BaseException | None] = (float("-inf"), None)
+        self._verify_lock = threading.Lock()
 
     # -- state -------------------------------------------------------------------
     @property
@@ -782,6 +962,7 @@ class Lease:
                 self._check_time()
                 return False
             self._extend(since)
+            self._seen = max(self._seen, since)
             return True
 
     def release(self) -> LockInfo | None:
@@ -831,9 +1012,84 @@ class Lease:
     def _guarded(self, index: int) -> None:
         try:
             self.check()
+            self._verify()
         except LeaseLost:
             self.refused.add(index)
             raise
+
+    def record_unstored(
+        self, objects: Sequence[int], nbytes: int, reason: str, local_only: bool = False
+    ) -> str:
+        """Record that ``objects`` (``nbytes``) could not be stored; returns where.
+
+        Into the device while the lease is ours (re-read just before), else
+        (lost, released, the backend refuses, or ``local_only``: it is known
+        to be down) into this host's state file.
+        """
+        assert self.info is not None
+        record = UnstoredRecord(
+            self.device,
+            tuple(sorted(objects)),
+            nbytes,
+            time.time(),
+            f"{self.info.owner} on {self.info.host} (pid {self.info.pid})",
+            reason,
+        )
+        try:
+            if local_only:
+                raise BackendUnavailable("the backend is failing")
+            self.check()
+            self._verify(force=True)
+            self.store._control_replace(self.device, UNSTORED_KEY, record.to_json())
+            return "device"
+        except Exception as err:
+            LOG.info("device %s: recording what was not stored locally: %s", self.device, err)
+        return self.store.write_local_record(record)
+
+    def clear_unstored(self) -> None:
+        """Forget earlier records (the device was rewritten whole under this lease)."""
+        self.check()
+        self._verify(force=True)
+        self.store._control_delete(self.device, UNSTORED_KEY)
+        self.store.forget_local_record(self.device)
+
+    def _verify(self, force: bool = False) -> None:
+        """Re-read the lock unless it was read as ours less than ``verify_every`` ago.
+
+        Renewals alone would leave a lock broken by hand (or taken by a rival
+        that did not wait for the lease) in use until the next renewal, a
+        third of the lease later.  A rival starts writing only once its lock
+        settled (``settle_seconds`` after its create); our writes start at
+        most ``verify_every`` (half that) after a read that found the lock
+        ours, so they end before the rival begins.  One read serves every
+        writer of that moment; a read that fails fails the write (retried
+        like any failed upload).
+        """
+        if not force and time.monotonic() - self._seen < self.verify_every:
+            return
+        waiting = time.monotonic()
+        with self._verify_lock:
+            if not force and time.monotonic() - self._seen < self.verify_every:
+                return  # another writer read it meanwhile
+            failed_at, error = self._verify_failed
+            if not force and failed_at >= waiting and error is not None:
+                # Another writer's read failed while we waited: so would ours.
+                # (Each retrying in turn would queue every worker thread behind
+                # one failing request after another on a backend that is down.)
+                raise error
+            assert self.info is not None
+            since = time.monotonic()
+            try:
+                current = self.store.get_lock(self.device)
+            except Exception as err:
+                self._verify_failed = (time.monotonic(), err)
+                raise
+            if current is None or current.token != self.info.token:
+                who = current.describe() if current else "nobody (it was unlocked)"
+                self._lose(f"our lock is gone; it is now held by {who}", current)
+                raise self.error()
+            self._seen = since
+        self.check()
 
     def __enter__(self) -> Lease:
         if self.state == "new":
@@ -857,6 +1113,7 @@ __all__ = [
     "LockInfo",
     "StorageDenied",
     "StorageFull",
+    "UnstoredRecord",
     "check_geometry",
     "is_zeros",
     "object_index",

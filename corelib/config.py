@@ -186,6 +186,7 @@ _ENGINE_OPTS: tuple[tuple[str, str, str], ...] = (
     ("stowkit.corelib.imagesync.config", "GROUP", "image_sync_opts"),
     ("stowkit.corelib.catalogapi.server", "GROUP", "api_opts"),
     ("stowkit.corelib.nbd.export", "GROUP", "opts"),
+    ("stowkit.corelib.nbd.tls", "GROUP", "opts"),
     ("stowkit.corelib.imagesync.api", "GROUP", "api_opts"),
     ("stowkit.corelib.agent.options", "GROUP", "opts"),
     ("stowkit.corelib.catalogapi.trusts", "GROUP", "opts"),

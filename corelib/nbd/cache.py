@@ -716,11 +716,12 @@ class ObjectCache:
             unstored = self.unstored()
             if unstored:
                 LOG.error(
-                    "device %s: %d objects were not stored (%s): %s",
+                    "device %s: %d objects (%d bytes) were not stored (%s): %s",
                     self.device.name,
                     len(unstored),
+                    sum(self.object_length(i) for i in unstored),
                     _ranges(unstored),
-                    err,
+                    str(err) or type(err).__name__,
                 )
             if isinstance(err, TimeoutError):
                 raise BackendFailing(

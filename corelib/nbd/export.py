@@ -31,6 +31,8 @@ import concurrent.futures
 import logging
 import os
 import socket
+import threading
+import time
 
 from oslo_config import cfg
 
@@ -38,6 +40,7 @@ from stowkit.corelib.blockstore import (
     DEFAULT_LEASE,
     BlockDevice,
     BlockStore,
+    DeviceLocked,
     Lease,
     LockInfo,
 )
@@ -165,6 +168,11 @@ class Export:
         self._clients = 0
         self._guard = asyncio.Lock()
         self._confirmed: asyncio.Task | None = None  # the lock's confirmation
+        #: loop.time() by which a stopping server must be done (set by NbdServer.shutdown)
+        self.stop_deadline: float | None = None
+        #: Our own lock object that could not be removed (the backend was down at
+        #: release): the next attach breaks it, naming it, instead of refusing.
+        self._leftover: LockInfo | None = None
 
     @property
     def name(self) -> str:
@@ -204,7 +212,8 @@ class Export:
                 lease = None
                 if not self.read_only:
                     lease = self.store.lease(self.name, LOCK_OWNER, self.settings.lease)
-                    await self._call(lease.acquire, False, self._dead_local_server)
+                    await self._call(lease.acquire, False, self._breakable)
+                    self._leftover = None
                     self.lease = lease
                     self.lost_lock = None
                     loop = asyncio.get_running_loop()
@@ -250,6 +259,13 @@ class Export:
         await self._call(lease.confirm)  # a failure loses the lease (and aborts the cache)
         lease.start(max(self.settings.lease / 3, 0.5))
 
+    def _breakable(self, holder: LockInfo) -> bool:
+        """Ours left behind by a release that failed, or a dead local server's."""
+        leftover = self._leftover
+        if leftover is not None and holder.token == leftover.token:
+            return True
+        return self._dead_local_server(holder)
+
     @staticmethod
     def _dead_local_server(holder: LockInfo) -> bool:
         """A server on this very host that died (SIGKILL) leaves its lock behind;
@@ -270,19 +286,94 @@ class Export:
             cache, self.cache = self.cache, None
             try:
                 if cache is not None:
-                    await cache.close(self.settings.shutdown_timeout)
+                    try:
+                        await cache.close(self._time_left())
+                    except BaseException as err:
+                        await self._record_unstored(cache, err)
+                        raise
             finally:
                 await self._release_lock()
 
-    async def _release_lock(self) -> None:
-        confirmed, self._confirmed = self._confirmed, None
-        if confirmed is not None:
-            # Unlocking a lock a rival won would fail (or worse): know first.
-            await asyncio.gather(confirmed, return_exceptions=True)
-        lease, self.lease = self.lease, None
-        if lease is not None:
+    def _time_left(self) -> float:
+        """Seconds the write-back may still take: ``shutdown_timeout``, or less when stopping."""
+        left = self.settings.shutdown_timeout
+        if self.stop_deadline is not None:
+            left = min(left, self.stop_deadline - asyncio.get_running_loop().time())
+        return max(0.0, left)
+
+    async def _record_unstored(self, cache: ObjectCache, err: BaseException) -> None:
+        """Say in the device (lease still ours) or in local state what was not stored."""
+        unstored = cache.unstored()
+        if not unstored or self.lease is None:
+            return
+        lease, nbytes = self.lease, sum(cache.object_length(i) for i in unstored)
+        reason = str(err) or type(err).__name__
+        # A backend known to be down would only use up the time left.
+        local_only = cache.backend_failing or lease.lost or cache.aborted is not None
+        try:
+            where = await asyncio.wait_for(
+                self._call(lease.record_unstored, unstored, nbytes, reason, local_only),
+                max(self._time_left(), 1.0),
+            )
+        except Exception as exc:  # the device write hung or failed: this host's file
             try:
-                # Waits for a renewal in flight: the lock cannot come back after this.
-                await self._call(lease.release)
-            except Exception as err:
-                LOG.error("device %s: could not release the lock: %s", self.name, err)
+                # On the loop thread: every worker may be stuck in a hung call.
+                where = lease.record_unstored(unstored, nbytes, reason, local_only=True)
+            except Exception as local_err:
+                LOG.error("device %s: could not record what was not stored: %s / %s",
+                          self.name, exc, local_err)  # fmt: skip
+                return
+        LOG.error(
+            "device %s: recorded %d objects (%d bytes) not stored in %s",
+            self.name,
+            len(unstored),
+            nbytes,
+            "the device" if where == "device" else where,
+        )
+
+    async def _release_lock(self) -> None:
+        """Unlock, bounded by the time left (at least a second); our lock left behind
+        (the backend down or hung) is remembered, and broken by the next attach."""
+        confirmed, self._confirmed = self._confirmed, None
+        lease, self.lease = self.lease, None
+        try:
+            async with asyncio.timeout(max(self._time_left(), 1.0)):
+                if confirmed is not None:
+                    # Unlocking a lock a rival won would fail (or worse): know first.
+                    await asyncio.gather(confirmed, return_exceptions=True)
+                if lease is not None:
+                    # Waits for a renewal in flight: the lock cannot come back after this.
+                    await self._call(lease.release)
+            return
+        except TimeoutError:
+            LOG.error("device %s: the lock could not be released in time; it is left behind",
+                      self.name)  # fmt: skip
+        except Exception as err:
+            LOG.error("device %s: could not release the lock: %s", self.name, err)
+        if lease is None or lease.info is None:
+            return
+        self._leftover = lease.info
+        # Keep trying in a thread of its own (a daemon: it never holds up exit):
+        # the lock goes once the backend is back.  It names our token, so a
+        # lock taken meanwhile by anyone else stays.
+        threading.Thread(
+            target=_unlock_later,
+            args=(self.store, self.name, lease.info, self.settings.lease),
+            name=f"unlock-{self.name}",
+            daemon=True,
+        ).start()
+
+
+def _unlock_later(store: BlockStore, device: str, info: LockInfo, lease: float) -> None:
+    deadline = time.monotonic() + lease  # then the lock is stale anyway
+    while time.monotonic() < deadline:
+        try:
+            store.unlock(device, info)
+        except DeviceLocked:
+            return  # someone else's now
+        except Exception as err:
+            LOG.debug("device %s: unlock still failing: %s", device, err)
+            time.sleep(2.0)
+            continue
+        LOG.warning("device %s: the lock left behind is released now", device)
+        return

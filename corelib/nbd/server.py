@@ -23,6 +23,7 @@ from stowkit.corelib.nbd import protocol as p
 from stowkit.corelib.nbd.cache import BackendFailing, ObjectCache
 from stowkit.corelib.nbd.export import Export, ExportSettings
 from stowkit.corelib.nbd.stream import NbdStream
+from stowkit.corelib.nbd.tls import ServerTls
 
 LOG = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class Connection:
         self.peer = stream.get_extra_info("peername")
         self.structured = False
         self.no_zeroes = False
+        self.tls = False  # STARTTLS done: everything since went through TLS
         self.meta_export: str | None = None  # export the base:allocation context was set for
         self.export: Export | None = None
         self.cache: ObjectCache | None = None
@@ -130,6 +132,16 @@ class Connection:
                 return True
 
     async def _option(self, option: int, data: bytes) -> bool:
+        if option == p.OPT_STARTTLS:
+            await self._starttls(data)
+            return False
+        if not self.tls and self.server.tls is not None and self.server.tls.required:
+            # TLS mode "require": nothing is said about exports in clear.
+            if option == p.OPT_EXPORT_NAME:
+                raise _Abort("NBD_OPT_EXPORT_NAME before TLS")  # it has no error reply
+            if option != p.OPT_ABORT:
+                await self._opt_error(option, p.REP_ERR_TLS_REQD, "this server requires TLS")
+                return False
         if option == p.OPT_EXPORT_NAME:
             export = self.server.find_export(data.decode("utf-8", "replace"))
             if export is None:
@@ -170,6 +182,36 @@ class Connection:
             return False
         await self._opt_error(option, p.REP_ERR_UNSUP, f"option {option} is not supported")
         return False
+
+    async def _starttls(self, data: bytes) -> None:
+        option = p.OPT_STARTTLS
+        tls = self.server.tls
+        if data:
+            await self._opt_error(option, p.REP_ERR_INVALID, "STARTTLS takes no data")
+            return
+        if self.tls:
+            await self._opt_error(option, p.REP_ERR_INVALID, "TLS is already negotiated")
+            return
+        if tls is None:
+            await self._opt_error(option, p.REP_ERR_POLICY, "TLS is not enabled on this server")
+            return
+        if self.stream.staged():
+            # Bytes sent behind STARTTLS, before its reply, came in clear: a
+            # man in the middle could have put them there (as SMTP's STARTTLS
+            # command injection).  The protocol forbids them.
+            raise _Abort("data sent after NBD_OPT_STARTTLS, before its reply")
+        self.stream.hold_reading()  # the ClientHello is for the TLS layer
+        await self._opt_reply(option, p.REP_ACK)
+        try:
+            await self.stream.start_tls(tls.context, self.server.handshake_timeout)
+        except (OSError, EOFError) as err:  # ssl.SSLError, reset, handshake timeout
+            LOG.info("closing %s: TLS handshake failed: %s", self.peer, str(err) or repr(err))
+            raise _Abort("TLS handshake failed") from err
+        self.tls = True
+        # Nothing negotiated in clear carries over into TLS (it was not protected).
+        self.structured = False
+        self.meta_export = None
+        LOG.debug("%s: TLS (%s) %s", self.peer, tls.kind, self.stream.get_extra_info("cipher"))
 
     async def _info_go(self, option: int, data: bytes) -> bool:
         try:
@@ -294,10 +336,14 @@ class Connection:
                 LOG.error("request failed on %s: %r", self.peer, exc)
 
     async def drain_requests(self) -> None:
-        """Let running requests finish, for at most the export's ``shutdown_timeout``."""
+        """Let running requests finish, for at most the export's ``shutdown_timeout``
+        (or until the stopping server's deadline, when sooner)."""
         timeout = self.export.settings.shutdown_timeout if self.export is not None else None
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        stop_deadline = self.export.stop_deadline if self.export is not None else None
+        if stop_deadline is not None and deadline is not None:
+            deadline = min(deadline, stop_deadline)
         while self._tasks:
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
@@ -459,7 +505,7 @@ def _take_string(data: bytes) -> tuple[str, bytes]:
 
 
 class NbdServer:
-    """Serve ``exports`` (name -> Export) on ``bind:port``."""
+    """Serve ``exports`` (name -> Export) on ``bind:port``, with ``tls`` offered or required."""
 
     def __init__(
         self,
@@ -467,8 +513,11 @@ class NbdServer:
         bind: str = "127.0.0.1",
         port: int = 10809,
         handshake_timeout: float = 30.0,
+        tls: ServerTls | None = None,
     ):
         self.exports = {e.name: e for e in exports}
+        #: None: TLS off (STARTTLS refused); otherwise offered or required
+        self.tls = tls
         self.bind = bind
         self.port = port
         #: a client stuck before transmission (silent, or trickling options) is
@@ -512,6 +561,10 @@ class NbdServer:
             try:
                 await conn.drain_requests()
             finally:
+                # Every reply is out: the client must not wait for the write-back
+                # and unlock of a last disconnect (they may take up to
+                # shutdown_timeout on a failing backend and tell it nothing).
+                stream.close()
                 self._connections.discard(conn)
                 if conn.export is not None:
                     try:
@@ -520,7 +573,6 @@ class NbdServer:
                         LOG.error(
                             "export %s: write-back on disconnect failed: %s", conn.export.name, err
                         )
-                stream.close()
                 if task is not None:
                     self._handlers.discard(task)
 
@@ -529,15 +581,42 @@ class NbdServer:
         await stop.wait()
         await self.shutdown()
 
-    async def shutdown(self) -> None:
-        """Stop accepting, let running requests finish, write back and unlock."""
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop accepting, let running requests finish, write back and unlock.
+
+        All of it within ``timeout`` seconds (default: the exports' largest
+        ``shutdown_timeout``), plus a second or two to unlock and to record
+        what could not be stored: draining, write-back and unlocking share
+        one deadline instead of each taking the whole timeout in turn.
+        """
+        if timeout is None:
+            timeout = max((e.settings.shutdown_timeout for e in self.exports.values()), default=0)
+        deadline = asyncio.get_running_loop().time() + timeout
+        for export in self.exports.values():
+            export.stop_deadline = deadline
         if self._server is not None:
             self._server.close()
         for conn in list(self._connections):
             # The read loop sees end of file; requests already read complete.
             conn.stream.stop_reading()
         if self._handlers:
-            await asyncio.gather(*list(self._handlers), return_exceptions=True)
+            loop = asyncio.get_running_loop()
+            # Draining and write-back keep to the deadline by themselves (and
+            # take a second or two more to unlock and to record what was not
+            # stored); a connection still in its handshake may be waiting on a
+            # hung backend (taking the lock) with no bound of its own but the
+            # handshake timeout: it is cancelled.
+            busy = list(self._handlers)
+            _, stuck = await asyncio.wait(busy, timeout=max(0.0, deadline - loop.time()) + 3)
+            if stuck:
+                LOG.error(
+                    "stopping: %d connections still busy %g s after the stop; closing them",
+                    len(stuck),
+                    timeout,
+                )
+                for task in stuck:
+                    task.cancel()
+                await asyncio.wait(stuck, timeout=1)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -551,10 +630,11 @@ def serve(
     settings: ExportSettings | None = None,
     ready: Callable[[NbdServer], None] | None = None,
     stopping: Callable[[], None] | None = None,
+    tls: ServerTls | None = None,
 ) -> None:
     """Serve devices of one store until SIGTERM or SIGINT, then write everything back."""
     entries = [(store, name, read_only) for name in names]
-    serve_many(entries, bind, port, settings, ready, stopping)
+    serve_many(entries, bind, port, settings, ready, stopping, tls=tls)
 
 
 def serve_many(
@@ -564,21 +644,27 @@ def serve_many(
     settings: ExportSettings | None = None,
     ready: Callable[[NbdServer], None] | None = None,
     stopping: Callable[[], None] | None = None,
+    tls: ServerTls | None = None,
 ) -> None:
     """Serve (store, device name, read-only) entries; each device may have its own store.
 
     ``ready(server)`` runs once the port accepts connections; ``stopping()`` as
-    soon as the stop signal arrives, before the write-back.
+    soon as the stop signal arrives, before the write-back.  ``tls`` (loaded
+    credentials, see :mod:`stowkit.corelib.nbd.tls`) offers or requires STARTTLS.
     """
+    from stowkit.corelib.nbd.workers import DaemonExecutor
+
     settings = settings or ExportSettings()
-    executor = concurrent.futures.ThreadPoolExecutor(settings.workers + 4, "nbd-io")
+    # Daemon threads: a backend call hung past the shutdown bound must not keep
+    # the process alive at exit (ThreadPoolExecutor joins its threads then).
+    executor: concurrent.futures.Executor = DaemonExecutor(settings.workers + 4, "nbd-io")
     exports = [
         Export(store, store.get_device(name), read_only, settings, executor)
         for store, name, read_only in entries
     ]
 
     async def main() -> None:
-        server = NbdServer(exports, bind, port, settings.handshake_timeout)
+        server = NbdServer(exports, bind, port, settings.handshake_timeout, tls=tls)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -590,9 +676,16 @@ def serve_many(
         if stopping is not None:
             stopping()
         LOG.info("stopping: writing back dirty data")
-        await server.shutdown()
+        bound = settings.shutdown_timeout
+        try:
+            # shutdown() keeps to the bound by itself; this is the backstop.
+            await asyncio.wait_for(server.shutdown(bound), bound + 5)
+        except TimeoutError:
+            LOG.error("stopping: not done %g s after the stop signal; exiting anyway", bound + 5)
 
     try:
         asyncio.run(main())
     finally:
-        executor.shutdown(wait=True)
+        # Calls still running are given up on (what they were storing was
+        # reported as not stored); their daemon threads end with the process.
+        executor.shutdown(wait=False, cancel_futures=True)

@@ -9,11 +9,16 @@ request will hand to the cache (``BufferedProtocol.get_buffer``).
 Flow control both ways: reading pauses while the staging buffer is full (the
 client has pipelined ahead of what we serve), and :meth:`drain` waits while the
 transport's write buffer is over its high-water mark.
+
+After NBD_OPT_STARTTLS, :meth:`NbdStream.start_tls` puts asyncio's TLS layer
+between the socket and this same protocol: it decrypts into the buffers
+``get_buffer`` hands out, so payloads still land straight in their buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -36,6 +41,7 @@ class NbdStream(asyncio.BufferedProtocol):
         self._end = 0
         self._target: memoryview | None = None  # the payload being filled directly
         self._filled = 0
+        self._into_target = False  # what get_buffer handed out last: the payload or staging
         self._wanted = 0  # staged bytes the reader waits for
         self._waiter: asyncio.Future | None = None
         self._eof = False
@@ -43,6 +49,7 @@ class NbdStream(asyncio.BufferedProtocol):
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future] = []
         self._lost: BaseException | None = None
+        self._upgrading = False  # a TLS handshake is running on the transport
 
     # -- protocol callbacks ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -53,7 +60,11 @@ class NbdStream(asyncio.BufferedProtocol):
         self.task = asyncio.get_running_loop().create_task(self._handler(self))
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._target is not None:
+        # A payload already complete (its reader not woken yet) must not be
+        # handed out again as an empty buffer: asyncio's TLS layer takes a
+        # zero-byte read for the peer's close_notify.  What follows it is staged.
+        self._into_target = self._target is not None and self._filled < len(self._target)
+        if self._into_target:
             return self._target[self._filled :]
         if self._start == self._end:
             self._start = self._end = 0
@@ -62,7 +73,7 @@ class NbdStream(asyncio.BufferedProtocol):
         return memoryview(self._staging)[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._target is not None:
+        if self._into_target:
             self._filled += nbytes
             if self._filled == len(self._target):
                 self._wake()
@@ -80,7 +91,8 @@ class NbdStream(asyncio.BufferedProtocol):
         self._wake()
         # Keep our side open: requests read before the client's EOF still get
         # their replies; the connection's handler closes the stream at the end.
-        return True
+        # (Under TLS the EOF ends the session anyway; asyncio warns if asked.)
+        return not self.tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
@@ -161,8 +173,48 @@ class NbdStream(asyncio.BufferedProtocol):
                 self._target = None
         return out
 
+    def staged(self) -> int:
+        """Bytes received and not read yet."""
+        return self._end - self._start
+
+    def hold_reading(self) -> None:
+        """Leave what the client sends next in the socket (it is for the TLS layer)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    async def start_tls(self, context: ssl.SSLContext, timeout: float) -> None:
+        """Upgrade to TLS, server side; from here on every byte goes through it.
+
+        Call :meth:`hold_reading` before answering the client's STARTTLS: its
+        ClientHello must reach the TLS layer, not the staging buffer.  The
+        TLS layer feeds this same protocol, ``get_buffer`` included, so
+        payloads are still decrypted straight into their buffer.  On failure
+        (handshake refused, timed out, client gone) the connection is closed.
+        """
+        if self.staged():
+            raise RuntimeError("bytes staged before the TLS upgrade")
+        plain = self.transport
+        assert plain is not None
+        self._upgrading = True
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                plain, self, context, server_side=True, ssl_handshake_timeout=timeout
+            )
+        finally:
+            self._upgrading = False
+        self.transport = tls
+        tls.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+
+    @property
+    def tls(self) -> bool:
+        return self.get_extra_info("ssl_object") is not None
+
     def stop_reading(self) -> None:
         """Make the reader see end of file (server shutdown); requests read already go on."""
+        if self._upgrading and self.transport is not None:
+            # Paused, a TLS handshake would only end at the handshake timeout:
+            # no request was read yet, so there is nothing to finish.
+            self.transport.close()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
         self._eof = True

@@ -58,6 +58,24 @@ SETTINGS_KEY = "stowkit.device"
 T = TypeVar("T")
 
 
+class Resendable(bytes):
+    """A PUT body python-swiftclient may send again.
+
+    swiftclient retries a PUT (on 5xx, timeouts, connection errors) only when
+    its body is a str or can be rewound (``tell``/``seek``); plain bytes make
+    it give up at the first failure ("no ability to reset contents for
+    reupload"), so one 503 failed the upload.  Bytes never move: rewinding is
+    nothing to do, and the body still goes out whole (no ``read``: not
+    streamed in 64 KiB chunks).
+    """
+
+    def tell(self) -> int:
+        return 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+
 class SwiftBlockStore(BlockStore):
     """Block devices as Swift containers."""
 
@@ -118,6 +136,10 @@ class SwiftBlockStore(BlockStore):
 
     def _container(self, name: str) -> str:
         return self.opts.container_prefix + names.check_name(name, "device name")
+
+    def record_name(self, device: str) -> str:
+        # The container: two prefixes on one host are two devices.
+        return self._container(device)
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a swiftclient call on this thread's connection, mapping failures."""
@@ -334,14 +356,15 @@ class SwiftBlockStore(BlockStore):
         # MD5 costs about 3 ms per MiB here, which [blockstore_swift] send_etag
         # can save on trusted links.
         etag = hashlib.md5(data, usedforsecurity=False).hexdigest() if self.opts.send_etag else None
+        body = data if isinstance(data, Resendable) else Resendable(data)
 
         def put(conn: Any) -> bool:
             try:
                 conn.put_object(
                     container,
                     obj,
-                    data,
-                    content_length=len(data),
+                    body,
+                    content_length=len(body),
                     etag=etag,
                     content_type="application/octet-stream",
                     headers=headers,
@@ -393,7 +416,7 @@ class SwiftBlockStore(BlockStore):
 
     def write_object(self, device: str, index: int, data: bytes) -> None:
         self._check_object(device, index, data)
-        self._put(self._container(device), object_name(index), bytes(data))
+        self._put(self._container(device), object_name(index), Resendable(data))
 
     def delete_object(self, device: str, index: int) -> None:
         self._check_object(device, index)

@@ -27,9 +27,9 @@ from tests.unit.test_dockerplugin import FakeDriver
 NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 #: Fields that hold a size: integer bytes (or null) in every machine format.
-SIZES = {"size", "object_size", "bytes_stored", "bytes_sent"}
+SIZES = {"size", "object_size", "bytes_stored", "bytes_sent", "unstored_bytes"}
 #: Fields that hold a time: ISO-8601 UTC with Z (or null).
-TIMES = {"created", "lock_acquired", "lock_expires", "time_stamp"}
+TIMES = {"created", "lock_acquired", "lock_expires", "time_stamp", "unstored_at"}
 
 #: Read-only row/object commands and how to run each on the fixture below.
 COMMANDS: dict[str, list[str]] = {

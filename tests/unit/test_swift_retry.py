@@ -1,0 +1,87 @@
+"""The Swift backend retries a failed object PUT (a fake Swift answering 503 once).
+
+python-swiftclient retries a PUT only when it can rewind the body; plain bytes made
+it give up at the first 503 (tests/functional/test_nbd_faults.py found it).
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+
+import pytest
+from oslo_config import cfg
+
+from stowkit.plugins.swift.store import SwiftBlockStore
+
+
+class FakeSwift(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    puts: list[tuple[str, int]] = []
+    fail_next_puts = 0
+
+    def log_message(self, *args):
+        pass
+
+    def _answer(self, status, headers=None, body=b""):
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/auth/v1.0":
+            url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/AUTH_t"
+            return self._answer(200, {"X-Storage-Url": url, "X-Auth-Token": "tok"})
+        self._answer(404)
+
+    def do_HEAD(self):
+        meta = "X-Container-Meta-Stowkit-"
+        self._answer(204, {meta + "Format": "1", meta + "Size": "65536",
+                           meta + "Object-Size": "4096"})  # fmt: skip
+
+    def do_PUT(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        cls = type(self)
+        cls.puts.append((self.path, len(body)))
+        if cls.fail_next_puts:
+            cls.fail_next_puts -= 1
+            return self._answer(503, body=b"busy")
+        self._answer(201, {"Etag": self.headers.get("Etag", "")})
+
+
+@pytest.fixture
+def swift():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeSwift)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    FakeSwift.puts, FakeSwift.fail_next_puts = [], 0
+    conf = cfg.ConfigOpts()
+    store = SwiftBlockStore(conf, "blockstore_swift")
+    port = server.server_address[1]
+    for key, value in (("auth_url", f"http://127.0.0.1:{port}/auth/v1.0"), ("user", "t:u"),
+                       ("key", "k"), ("retries", 3), ("max_backoff", 0.1)):  # fmt: skip
+        conf.set_override(key, value, "blockstore_swift")
+    conf([], default_config_files=[])
+    yield store
+    store.close()
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+def test_an_object_put_answered_503_is_sent_again(swift):
+    FakeSwift.fail_next_puts = 2
+    swift.write_object("dev", 3, b"\x07" * 4096)
+    assert FakeSwift.puts == [("/v1/AUTH_t/dev/disk.part/00000003", 4096)] * 3
+
+
+def test_a_lock_create_answered_503_is_sent_again(swift):
+    FakeSwift.fail_next_puts = 1
+    assert swift._control_create("dev", "stowkit.lock", b"{}") is True
+    assert [p for p, _ in FakeSwift.puts] == ["/v1/AUTH_t/dev/stowkit.lock"] * 2
