@@ -106,16 +106,10 @@ def tail(log: pathlib.Path) -> str:
     return " ".join(text.split())[-300:]
 
 
-def start_stowkit(work: pathlib.Path, port: int) -> subprocess.Popen:
-    conf = work / "stowkit.conf"
-    conf.write_text(f"[DEFAULT]\nstate_dir = {work / 'stowkit-state'}\n")
-    log = work / "stowkit.log"
-    cmd = figures.stowkit_command()
+def spawn_ready(argv: list[str], log: pathlib.Path, port: int) -> subprocess.Popen:
+    """Start a server in its own session, logging to ``log``; return once it answers."""
     proc = subprocess.Popen(
-        [*cmd, "--config-file", str(conf), "catalog", "serve", "--no-auth", "--port", str(port)],
-        stdout=open(log, "wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        argv, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
         wait_ready(f"http://127.0.0.1:{port}/", proc, log)
@@ -123,6 +117,14 @@ def start_stowkit(work: pathlib.Path, port: int) -> subprocess.Popen:
         stop(proc)
         raise
     return proc
+
+
+def start_stowkit(work: pathlib.Path, port: int) -> subprocess.Popen:
+    conf = work / "stowkit.conf"
+    conf.write_text(f"[DEFAULT]\nstate_dir = {work / 'stowkit-state'}\n")
+    cmd = figures.stowkit_command()
+    serve = ["catalog", "serve", "--no-auth", "--port", str(port)]
+    return spawn_ready([*cmd, "--config-file", str(conf), *serve], work / "stowkit.log", port)
 
 
 # The limit: an application that does nothing, on the very server `catalog serve`
@@ -151,20 +153,8 @@ server.serve(conf, app, "127.0.0.1", int(sys.argv[1]), server.workers(conf))
 
 
 def start_empty(work: pathlib.Path, port: int) -> subprocess.Popen:
-    log = work / "empty.log"
     python = figures.stowkit_command()[0]  # the interpreter stowkit runs from
-    proc = subprocess.Popen(
-        [python, "-c", EMPTY_APP, str(port)],
-        stdout=open(log, "wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/", proc, log)
-    except BaseException:
-        stop(proc)
-        raise
-    return proc
+    return spawn_ready([python, "-c", EMPTY_APP, str(port)], work / "empty.log", port)
 
 
 def ensure_freezer_api(venv: pathlib.Path) -> pathlib.Path:
