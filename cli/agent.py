@@ -3,15 +3,178 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import socket
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from oslo_config import cfg
 
 from stowkit.cli.common import Command
 from stowkit.corelib.agent import actions, engine, options
-from stowkit.corelib.agent.client import HttpCatalog, noauth_headers
+from stowkit.corelib.agent.client import CatalogClient, HttpCatalog, noauth_headers
 from stowkit.corelib.catalogapi.schemas import check_id
-from stowkit.corelib.errors import InvalidArgument
+from stowkit.corelib.errors import BackendUnavailable, ConfigError, InvalidArgument, StowkitError
+
+LOG = logging.getLogger(__name__)
+#: the Keystone service type of the catalog (freezer's; `stowkit catalog register`)
+SERVICE_TYPE = "backup"
+
+
+def _keystone_error(exc: BaseException, what: str) -> StowkitError:
+    """A keystoneauth1 failure as stowkit's error: refused credentials are configuration."""
+    from keystoneauth1 import exceptions as ks_exc
+
+    text = " ".join(str(exc).split())[:300] or type(exc).__name__
+    if isinstance(exc, ks_exc.EndpointNotFound):
+        return ConfigError(
+            f"no '{SERVICE_TYPE}' endpoint in the Keystone catalog ({text}): set "
+            "[agent] catalog_url or run `stowkit catalog register`"
+        )
+    if isinstance(exc, (ks_exc.Unauthorized, ks_exc.Forbidden, ks_exc.BadRequest)):
+        return ConfigError(f"Keystone refused {what}: {text}")
+    return BackendUnavailable(f"Keystone: {what}: {text}")
+
+
+def token_headers(session: Any, what: str) -> Callable[[], dict[str, str]]:
+    """Per request, the session's token (keystoneauth1 renews it before it expires)."""
+
+    def headers() -> dict[str, str]:
+        from keystoneauth1 import exceptions as ks_exc
+
+        try:
+            return {"X-Auth-Token": session.get_token()}
+        except ks_exc.ClientException as exc:
+            raise _keystone_error(exc, what) from None
+
+    return headers
+
+
+def keystone_wanted(conf: cfg.ConfigOpts) -> bool:
+    """``[agent] auth_strategy``: auto is keystone when any credential source is set."""
+    strategy = conf[options.GROUP].auth_strategy
+    if strategy != "auto":
+        return strategy == "keystone"
+    from stowkit.plugins import openstack_auth
+
+    conf.register_opts(openstack_auth.AuthOptions.shared(), group=options.GROUP)
+    opts = conf[options.GROUP]
+    return bool(
+        getattr(conf, openstack_auth.CLI_CLOUD, None)
+        or opts.cloud
+        or opts.auth_type
+        or opts.auth_url
+        or opts.auth_section
+        or openstack_auth.environment_configured()
+    )
+
+
+def trust_auth(service_session: Any, trust_id: str) -> Any:
+    """A keystoneauth1 plugin: the agent's own token exchanged for one scoped by a trust.
+
+    Keystone's documented way to consume a trust: the trustee authenticates
+    with the token method and the ``OS-TRUST:trust`` scope; the token it gets
+    is scoped to the trustor's project with the delegated roles.
+    """
+    from keystoneauth1.identity import v3
+
+    auth_url = getattr(service_session.auth, "auth_url", None)
+    if not auth_url:
+        raise ConfigError("[agent] central: the agent's credentials name no auth_url")
+    return v3.Token(auth_url=auth_url, token=service_session.get_token(), trust_id=trust_id)
+
+
+class TrustCatalogs:
+    """A central agent's catalog per job: its trust's project, with the trust's token.
+
+    One keystoneauth1 session per trust, made again when the agent's own
+    token changed (the trust token is exchanged from it).
+    """
+
+    def __init__(self, service_session: Any, url: str, own: HttpCatalog) -> None:
+        self.service_session = service_session
+        self.url = url
+        self.own = own
+        self._made: dict[str, tuple[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._ignored: set[str] = set()
+
+    def _session(self, trust_id: str) -> Any:
+        from keystoneauth1 import exceptions as ks_exc
+        from keystoneauth1 import session as ks_session
+
+        try:
+            token = self.service_session.get_token()
+        except ks_exc.ClientException as exc:
+            raise _keystone_error(exc, "the agent's credentials") from None
+        with self._lock:
+            made = self._made.get(trust_id)
+            if made is None or made[0] != token:
+                auth = trust_auth(self.service_session, trust_id)
+                made = (token, ks_session.Session(auth=auth, verify=self.service_session.verify))
+                self._made[trust_id] = made
+            return made[1]
+
+    def __call__(self, job: Mapping[str, Any]) -> CatalogClient | None:
+        trust_id = (job.get("user_credentials") or {}).get("trust_id")
+        project = job.get("project_id") or self.own.project
+        if not trust_id:
+            if project == self.own.project:
+                return self.own
+            job_id = str(job.get("job_id"))
+            if job_id not in self._ignored:
+                self._ignored.add(job_id)
+                LOG.error("job %s (project %s) ignored: it has no trust", job_id, project)
+            return None
+        what = f"trust {trust_id} of job {job.get('job_id')}"
+        return HttpCatalog(
+            self.url,
+            str(project),
+            token_headers(_Lazy(lambda: self._session(str(trust_id))), what),
+        )
+
+
+class _Lazy:
+    """A session made on first use (a trust is exchanged only when the job is looked at)."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+
+    def get_token(self) -> str:
+        return self.make().get_token()
+
+
+def keystone_catalog(conf: cfg.ConfigOpts, url: str | None) -> tuple[HttpCatalog, Any, str]:
+    """(catalog, keystoneauth1 session, URL) of an agent logging in to Keystone."""
+    from keystoneauth1 import exceptions as ks_exc
+
+    from stowkit.plugins import openstack_auth
+
+    login = openstack_auth.login(conf, options.GROUP, service_type=SERVICE_TYPE)
+    opts = conf[options.GROUP]
+    session = login.session
+    try:
+        project = session.get_project_id()
+        if not project:
+            raise ConfigError(
+                f"{login.source}: the token is not scoped to a project (set project_name "
+                "or project_id)"
+            )
+        if url is None:
+            url = session.get_endpoint(
+                service_type=SERVICE_TYPE,
+                interface=login.interface or opts.interface,
+                region_name=login.region_name or opts.region_name,
+            )
+            if not url:
+                raise ks_exc.EndpointNotFound(f"service type {SERVICE_TYPE}")
+    except ks_exc.ClientException as exc:
+        raise _keystone_error(exc, f"the agent's credentials ({login.source})") from None
+    what = f"the agent's credentials ({login.source})"
+    catalog = HttpCatalog(url, project, token_headers(session, what), all_projects=opts.central)
+    return catalog, session, url
 
 
 class Agent(Command):
@@ -45,16 +208,32 @@ class Agent(Command):
         conf = self.app.conf
         options.register_opts(conf)
         opts = conf[options.GROUP]
-        project = check_id(parsed_args.project or opts.project, "project")
         hostname = opts.hostname or socket.gethostname()
-        client_id = check_id(
-            parsed_args.client_id or opts.client_id or f"{project}_{hostname}", "client_id"
-        )
         poll = parsed_args.poll_interval or opts.poll_interval
         if poll < 0.2:
             raise InvalidArgument("--poll-interval must be at least 0.2 seconds")
-        url = parsed_args.catalog_url or opts.catalog_url
-        catalog = HttpCatalog(url, project, noauth_headers(opts.user_id))
+        given_url = parsed_args.catalog_url
+        if given_url is None and conf.get_location("catalog_url", options.GROUP).location != (
+            cfg.Locations.opt_default
+        ):
+            given_url = opts.catalog_url
+        catalog_for = None
+        if keystone_wanted(conf):
+            if parsed_args.project:
+                raise InvalidArgument("--project: with Keystone the project is the token's")
+            catalog, session, url = keystone_catalog(conf, given_url)
+            project = catalog.project
+            if opts.central:
+                catalog_for = TrustCatalogs(session, url, catalog)
+        else:
+            if opts.central:
+                raise ConfigError("[agent] central = true needs Keystone credentials")
+            project = check_id(parsed_args.project or opts.project, "project")
+            url = given_url or opts.catalog_url
+            catalog = HttpCatalog(url, project, noauth_headers(opts.user_id))
+        client_id = check_id(
+            parsed_args.client_id or opts.client_id or f"{project}_{hostname}", "client_id"
+        )
 
         def context() -> actions.Context:
             return actions.Context(
@@ -73,6 +252,8 @@ class Agent(Command):
             context,
             poll_interval=poll,
             claim_timeout=opts.claim_timeout,
+            catalog_for=catalog_for,
+            central=opts.central,
         )
         if parsed_args.once:
             agent.register()

@@ -7,6 +7,7 @@ through ``freezer-agent``.  Modules:
 
 * :mod:`.triggers`: when a ``job_schedule`` fires (date, interval, cron, start/end);
 * :mod:`.claims`:   what the agent does with a job it reads (events, claims, lost runs);
+* :mod:`.sessions`: when a job of a freezer session runs (its schedule, joins, misses);
 * :mod:`.client`:   the catalog over HTTP, with ``If-Match`` claims;
 * :mod:`.actions`:  the action table and the backup documents actions record;
 * :mod:`.runner`:   one run of a job's actions (order, mandatory, retries, abort);

@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from stowkit.corelib.agent import sessions
 from stowkit.corelib.agent.triggers import Trigger, parse_schedule
 from stowkit.corelib.errors import InvalidArgument
 
@@ -41,6 +42,8 @@ class Step:
     #: when to look at the job again (None: at the next poll)
     wake: float | None = None
     note: str = ""
+    #: a result to report to the job's session without running (a run missed)
+    session_end: str | None = None
 
 
 def schedule_of(job: Mapping[str, Any]) -> dict[str, Any]:
@@ -70,13 +73,18 @@ def decide(
     me: str,
     pid: int,
     dead: Callable[[str, int], bool],
+    session: Mapping[str, Any] | None = None,
 ) -> Step:
     """The next step for ``job`` seen at ``now`` by agent ``me`` (``"HOST PID TOKEN"``).
 
     ``dead(owner, heartbeat)`` says whether another agent's run is lost.
     Runs of this agent itself (owner ``me``) are the engine's: no step.
+    ``session``: the document of the job's session (``session_id``), read
+    now; its schedule and open run decide the job's runs (sessions.py).
     """
     schedule = schedule_of(job)
+    if session is not None:
+        schedule = sessions.schedule_view(schedule, session)
     status = schedule.get("status") or ""
     event = schedule.get("event") or ""
     claim = claim_of(schedule)
@@ -91,8 +99,13 @@ def decide(
         if not dead(owner, heartbeat if isinstance(heartbeat, int) else 0):
             return Step(note=f"running on {owner or 'another agent'}")
         # Lost: recorded as failed; its slot stays claimed, so it never runs again.
-        patch = finished(schedule, "fail", now, keep_event=True)
-        return Step(patch=patch, note=f"run {claim.get('run', '?')} lost: {owner} is gone")
+        patch = finished(schedule, "fail", now, keep_event=True, session_member=session is not None)
+        return Step(
+            patch=patch,
+            note=f"run {claim.get('run', '?')} lost: {owner} is gone",
+            # its session must not wait for it
+            session_end="fail" if session is not None else None,
+        )
 
     try:
         trigger = _trigger(schedule)
@@ -123,6 +136,20 @@ def decide(
         base_patch = {}
 
     due = trigger.due(since, last_due, now_i)
+    if session is not None:
+        if trigger.kind == "now":
+            due = None  # a member without a schedule runs only with its session
+        step = _session_step(job, session, due, last_due, now_i, base_patch, fresh, me, pid)
+        if step is not None:
+            return step
+        if due is None and trigger.kind == "now":
+            # No schedule of its own: the job waits for the session's next run.
+            if status == "scheduled" and not base_patch and claim.get("since") == since:
+                return Step()
+            return Step(
+                patch={**base_patch, "status": "scheduled", "claim": fresh},
+                note="waiting for its session to start",
+            )
     if due is None:
         return Step(
             patch={**base_patch, "status": "completed", "event": "", "claim": fresh},
@@ -136,6 +163,18 @@ def decide(
             wake=due,
             note=f"scheduled, next run at {due}",
         )
+    return _claim(base_patch, fresh, int(due), since, me, pid, now_i)
+
+
+def _claim(
+    base_patch: Mapping[str, Any],
+    fresh: Mapping[str, Any],
+    due: int,
+    since: int,
+    me: str,
+    pid: int,
+    now_i: int,
+) -> Step:
     run = int(fresh.get("run", 0)) + 1
     patch = {
         **base_patch,
@@ -145,9 +184,42 @@ def decide(
         "current_pid": pid,
         "time_started": now_i,
         "time_ended": -1,
-        "claim": {"run": run, "due": int(due), "since": since, "owner": me, "heartbeat": now_i},
+        "claim": {"run": run, "due": due, "since": since, "owner": me, "heartbeat": now_i},
     }
-    return Step(patch=patch, run=True, note=f"run {run} claimed (slot {int(due)})")
+    return Step(patch=patch, run=True, note=f"run {run} claimed (slot {due})")
+
+
+def _session_step(
+    job: Mapping[str, Any],
+    session: Mapping[str, Any],
+    due: float | None,
+    last_due: int | None,
+    now_i: int,
+    base_patch: dict[str, Any],
+    fresh: dict[str, Any],
+    me: str,
+    pid: int,
+) -> Step | None:
+    """A run of the session the job has not taken part in: join it, or end it as missed.
+
+    None when the session has no such run (the job's own slots decide).  The
+    job's own slot, when due now, is claimed as usual: its ``start`` opens
+    the session's run or joins it.
+    """
+    if due is not None and due <= now_i:
+        return None
+    start = sessions.open_run(session, str(job.get("job_id", "")), last_due)
+    if start is None:
+        return None
+    since = int(fresh["since"])
+    if sessions.joinable(session, start, now_i):
+        # The run's slot is when the session opened it: claimed once, as any slot.
+        return _claim(base_patch, fresh, start, since, me, pid, now_i)
+    return Step(
+        session_end="fail",
+        note=f"session run {sessions.tag(session)} (opened at {start}) missed: "
+        "ended as failed for this job",
+    )
 
 
 def owns(schedule: Mapping[str, Any], me: str, run: int) -> bool:
@@ -159,7 +231,11 @@ def owns(schedule: Mapping[str, Any], me: str, run: int) -> bool:
 
 
 def finished(
-    schedule: Mapping[str, Any], result: str, now: float, keep_event: bool = False
+    schedule: Mapping[str, Any],
+    result: str,
+    now: float,
+    keep_event: bool = False,
+    session_member: bool = False,
 ) -> dict[str, Any]:
     """The PATCH that ends the current run with ``result`` (success, fail or aborted).
 
@@ -168,6 +244,8 @@ def finished(
     ``scheduled`` when its trigger has runs left, else ``completed``.
     ``keep_event``: for a run another agent lost, leave the event to be
     handled on the next look, as for a job that was not running.
+    ``session_member``: the job belongs to a session; without a schedule of
+    its own it stays ``scheduled`` for the session's next run.
     """
     claim = claim_of(schedule)
     event = schedule.get("event") or ""
@@ -188,6 +266,7 @@ def finished(
         since = _since(schedule, claim, now)
         due = claim.get("due") if isinstance(claim.get("due"), int) else None
         left = not trigger.one_shot and trigger.due(since, due, now_i) is not None
+        left = left or (session_member and trigger.kind == "now")
     except InvalidArgument:
         left = False
     patch["status"] = "scheduled" if left else "completed"

@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from stowkit.corelib.agent.options import NOAUTH_USER
 from stowkit.corelib.errors import BackendUnavailable, Conflict, NotFound, StowkitError
 
 Document = dict[str, Any]
@@ -54,10 +55,25 @@ class CatalogClient(abc.ABC):
     def find_backups(self, match: Sequence[Mapping[str, Any]], limit: int = 10) -> list[Document]:
         """Backups matching every term (for a parent's level)."""
 
+    # Sessions: a catalog without them (an old fake) makes session jobs fail clearly.
+    def get_session(self, session_id: str) -> Document:
+        """One session document (NotFound when deleted)."""
+        raise BackendUnavailable("this catalog client has no sessions")
 
-def noauth_headers(user_id: str) -> Callable[[], dict[str, str]]:
-    """The headers of a ``--no-auth`` catalog: who we are, nothing to prove it."""
-    return lambda: {"X-User-Id": user_id}
+    def session_action(
+        self, session_id: str, action: str, job_id: str, current_tag: int, result: str = ""
+    ) -> Document:
+        """``start`` or ``end`` for ``job_id``: the catalog's ``{"result", "session_tag"}``."""
+        raise BackendUnavailable("this catalog client has no sessions")
+
+
+def noauth_headers(user_id: str | None) -> Callable[[], dict[str, str]]:
+    """The headers of a ``--no-auth`` catalog: who we are, nothing to prove it.
+
+    ``[agent] user_id`` unset: ``stowkit-agent``.
+    """
+    user = user_id or NOAUTH_USER
+    return lambda: {"X-User-Id": user}
 
 
 class HttpCatalog(CatalogClient):
@@ -67,11 +83,14 @@ class HttpCatalog(CatalogClient):
         project: str,
         headers: Callable[[], Mapping[str, str]] = lambda: {},
         timeout: float = 30.0,
+        all_projects: bool = False,
     ) -> None:
         self.base = url.rstrip("/")
         self.project = project
         self.headers = headers
         self.timeout = timeout
+        #: poll the client's jobs of every project (a central agent's service user)
+        self.all_projects = all_projects
 
     # -- HTTP --------------------------------------------------------------------
     def _call(
@@ -119,7 +138,9 @@ class HttpCatalog(CatalogClient):
         jobs: list[Document] = []
         offset = 0
         while True:
-            status, body, _ = self._call("GET", f"jobs?limit=1000&offset={offset}", search)
+            every = "&all_projects=True" if self.all_projects else ""
+            query = f"jobs?limit=1000&offset={offset}{every}"
+            status, body, _ = self._call("GET", query, search)
             if status != 200:
                 raise self._fail(status, body, "listing jobs")
             page = body.get("jobs", [])
@@ -156,6 +177,24 @@ class HttpCatalog(CatalogClient):
         if status != 201:
             raise self._fail(status, body, "recording a backup")
         return str(body["backup_id"])
+
+    def get_session(self, session_id: str) -> Document:
+        status, body, _ = self._call("GET", f"sessions/{urllib.parse.quote(session_id)}")
+        if status != 200:
+            raise self._fail(status, body, f"reading session {session_id}")
+        return dict(body)
+
+    def session_action(
+        self, session_id: str, action: str, job_id: str, current_tag: int, result: str = ""
+    ) -> Document:
+        args: dict[str, Any] = {"job_id": job_id, "current_tag": int(current_tag)}
+        if action == "end":
+            args["result"] = result
+        path = f"sessions/{urllib.parse.quote(session_id)}/action"
+        status, body, _ = self._call("POST", path, {action: args})
+        if status not in (200, 201, 202):
+            raise self._fail(status, body, f"session {session_id} {action}")
+        return dict(body or {})
 
     def find_backups(self, match: Sequence[Mapping[str, Any]], limit: int = 10) -> list[Document]:
         status, body, _ = self._call("GET", f"backups?limit={limit}", {"match": list(match)})

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from stowkit.corelib.agent import actions, claims, runner
+from stowkit.corelib.agent import actions, claims, runner, sessions
 from stowkit.corelib.agent.client import CatalogClient, ClaimLost
 from stowkit.corelib.errors import NotFound, StowkitError
 
@@ -42,6 +42,10 @@ class Run:
     number: int
     ctx: actions.Context
     thread: threading.Thread | None = None
+    #: the catalog of the job's project (a central agent's trust), else the agent's
+    catalog: CatalogClient | None = None
+    #: the job's session document as read when the run was claimed
+    session: Mapping[str, Any] | None = None
 
 
 class Agent:
@@ -57,8 +61,16 @@ class Agent:
         alive: Callable[[int], bool] = pid_alive,
         pid: int | None = None,
         run_action: runner.RunAction = actions.run,
+        catalog_for: Callable[[Mapping[str, Any]], CatalogClient | None] | None = None,
+        central: bool = False,
     ) -> None:
+        """``catalog_for(job)``: the catalog to run a polled job with (a central
+        agent's, scoped to the job's project by its trust), None to leave the
+        job alone; default: ``catalog`` for every job."""
         self.catalog = catalog
+        self.catalog_for = catalog_for or (lambda job: self.catalog)
+        #: registered as a central client (the catalog then makes trusts for its jobs)
+        self.central = central
         self.client_id = client_id
         self.hostname = hostname
         self.make_context = make_context
@@ -76,16 +88,19 @@ class Agent:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake: float | None = None
+        #: the session documents read during the current poll
+        self._sessions: dict[tuple[str, str], Mapping[str, Any] | None] = {}
 
     # -- registration -----------------------------------------------------------------
     def register(self) -> None:
-        self.catalog.register_client(
-            {
-                "client_id": self.client_id,
-                "hostname": self.hostname,
-                "description": "stowkit agent",
-            }
-        )
+        client: dict[str, Any] = {
+            "client_id": self.client_id,
+            "hostname": self.hostname,
+            "description": "stowkit agent",
+        }
+        if self.central:
+            client["is_central"] = True  # as freezer-scheduler --centralized-scheduler
+        self.catalog.register_client(client)
 
     # -- liveness of other agents' runs -------------------------------------------------
     def dead(self, owner: str, heartbeat: int) -> bool:
@@ -102,12 +117,16 @@ class Agent:
     def poll_once(self) -> None:
         """Look at every job of this client once."""
         self._wake = None
+        self._sessions = {}
         for job in self.catalog.poll_jobs(self.client_id):
             job_id = job.get("job_id")
             if not job_id:
                 continue
             try:
-                self._look(job_id, job)
+                catalog = self.catalog_for(job)
+                if catalog is None:
+                    continue
+                self._look(catalog, job_id, job)
             except ClaimLost:
                 LOG.debug("job %s changed while deciding; next poll", job_id)
             except StowkitError as err:
@@ -117,28 +136,48 @@ class Agent:
         if when is not None and (self._wake is None or when < self._wake):
             self._wake = when
 
-    def _look(self, job_id: str, job: Mapping[str, Any]) -> None:
+    def _session(self, catalog: CatalogClient, job: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The job's session document, read once per poll; None for a job of no session."""
+        session_id = job.get("session_id")
+        if not session_id or not isinstance(session_id, str):
+            return None
+        key = (getattr(catalog, "project", ""), session_id)
+        if key not in self._sessions:
+            try:
+                self._sessions[key] = catalog.get_session(session_id)
+            except NotFound:
+                LOG.warning("job %s: its session %s is gone: run alone", job.get("job_id"), key[1])
+                self._sessions[key] = None
+        return self._sessions[key]
+
+    def _look(self, catalog: CatalogClient, job_id: str, job: Mapping[str, Any]) -> None:
         with self._lock:
             current = self.runs.get(job_id)
         if current is not None:
             self._tend(current, job)
             return
-        step = claims.decide(job, self.clock(), self.me, self.pid, self.dead)
+        session = self._session(catalog, job)
+        step = claims.decide(job, self.clock(), self.me, self.pid, self.dead, session)
         self._note_wake(step.wake)
         if step.patch is None:
+            if step.session_end and session is not None:
+                LOG.warning("job %s: %s", job_id, step.note)
+                self._end_session(catalog, job_id, session, sessions.tag(session), step.session_end)
             return
         # Decide again on the version the write is conditioned on.
-        fresh, version = self.catalog.get_job(job_id)
-        step = claims.decide(fresh, self.clock(), self.me, self.pid, self.dead)
+        fresh, version = catalog.get_job(job_id)
+        step = claims.decide(fresh, self.clock(), self.me, self.pid, self.dead, session)
         self._note_wake(step.wake)
         if step.patch is None:
             return
-        self.catalog.patch_job(job_id, {"job_schedule": step.patch}, version)
+        catalog.patch_job(job_id, {"job_schedule": step.patch}, version)
         if step.note:
             LOG.info("job %s: %s", job_id, step.note)
+        if step.session_end and session is not None:
+            self._end_session(catalog, job_id, session, sessions.tag(session), step.session_end)
         if step.run:
             fresh = {**fresh, "job_schedule": {**claims.schedule_of(fresh), **step.patch}}
-            self._start(job_id, fresh, step.patch["claim"]["run"])
+            self._start(catalog, job_id, fresh, step.patch["claim"]["run"], session)
 
     def _tend(self, run: Run, job: Mapping[str, Any]) -> None:
         """A run of ours: pass it its job's event, and tell others it is alive."""
@@ -149,13 +188,14 @@ class Agent:
             proc = run.ctx.process
             if proc is not None and proc.poll() is None:
                 proc.terminate()
+        catalog = run.catalog or self.catalog
         for _ in range(_WRITE_TRIES):
-            fresh, version = self.catalog.get_job(run.job_id)
+            fresh, version = catalog.get_job(run.job_id)
             schedule = claims.schedule_of(fresh)
             if not claims.owns(schedule, self.me, run.number):
                 return  # finished meanwhile, or declared lost by another agent
             try:
-                self.catalog.patch_job(
+                catalog.patch_job(
                     run.job_id, {"job_schedule": claims.heartbeat(schedule, self.clock())}, version
                 )
                 return
@@ -163,9 +203,19 @@ class Agent:
                 continue
 
     # -- runs -----------------------------------------------------------------------------
-    def _start(self, job_id: str, job: Mapping[str, Any], number: int) -> None:
+    def _start(
+        self,
+        catalog: CatalogClient,
+        job_id: str,
+        job: Mapping[str, Any],
+        number: int,
+        session: Mapping[str, Any] | None = None,
+    ) -> None:
         ctx = self.make_context()
-        run = Run(job_id, number, ctx)
+        if catalog is not self.catalog:
+            # a central agent's job: its parents are in the job's project
+            ctx.find_backups = lambda match: catalog.find_backups(match, limit=100)
+        run = Run(job_id, number, ctx, catalog=catalog, session=session)
         thread = threading.Thread(
             target=self._run, args=(run, job), name=f"job-{job_id}", daemon=True
         )
@@ -175,22 +225,84 @@ class Agent:
         thread.start()
 
     def _run(self, run: Run, job: Mapping[str, Any]) -> None:
+        catalog = run.catalog or self.catalog
+        tag: int | None = None
         try:
-            result, message = runner.run_job(job, run.ctx, self.catalog.add_backup, self.run_action)
+            refused = None
+            if run.session is not None:
+                tag, refused = self._start_session(catalog, run)
+            if refused is not None:
+                result, message = "fail", refused
+            else:
+                result, message = runner.run_job(job, run.ctx, catalog.add_backup, self.run_action)
         except Exception:  # never leave a claimed run without a result
             LOG.exception("job %s: run %d crashed", run.job_id, run.number)
             result, message = "fail", "the agent's run crashed (see its log)"
         try:
-            self._finish(run, result, message)
+            if run.session is not None:
+                if run.ctx.cancel.is_set() and result == "success":
+                    result = "aborted"
+                current = sessions.tag(run.session) if tag is None else tag
+                self._end_session(catalog, run.job_id, run.session, current, result)
+            self._finish(run, result, message, tag)
         finally:
             with self._lock:
                 self.runs.pop(run.job_id, None)
 
-    def _finish(self, run: Run, result: str, message: str) -> None:
+    # -- sessions ---------------------------------------------------------------------
+    def _start_session(self, catalog: CatalogClient, run: Run) -> tuple[int | None, str | None]:
+        """``start`` the run's session: (the session's tag, None) or (None, why refused)."""
+        assert run.session is not None
+        session_id = str(run.session.get("session_id") or "")
+        # The tag the session had when the run was decided: equal to the
+        # session's, it opens a run; one behind within hold_off, it joins.
+        current = sessions.tag(run.session)
+        why = ""
+        for _ in range(_WRITE_TRIES):
+            try:
+                answer = catalog.session_action(session_id, "start", run.job_id, current)
+            except StowkitError as err:
+                why = str(err)
+                LOG.error("job %s: session %s start: %s", run.job_id, session_id, err)
+                if run.ctx.cancel.wait(1):
+                    break
+                continue
+            if answer.get("result") == "success":
+                tag = answer.get("session_tag")
+                LOG.info("job %s: session %s run %s started", run.job_id, session_id, tag)
+                return (tag if isinstance(tag, int) else current), None
+            why = str(answer.get("result") or answer)
+            break
+        return None, f"session {session_id}: start refused ({why}); actions not run"
+
+    def _end_session(
+        self,
+        catalog: CatalogClient,
+        job_id: str,
+        session: Mapping[str, Any],
+        current: int,
+        result: str,
+    ) -> None:
+        session_id = str(session.get("session_id") or "")
+        for _ in range(_WRITE_TRIES):
+            try:
+                answer = catalog.session_action(session_id, "end", job_id, current, result)
+            except StowkitError as err:
+                LOG.error("job %s: session %s end: %s", job_id, session_id, err)
+                time.sleep(1)
+                continue
+            LOG.info(
+                "job %s: session %s end (%s): %s", job_id, session_id, result, answer.get("result")
+            )
+            return
+        LOG.error("job %s: gave up reporting %s to session %s", job_id, result, session_id)
+
+    def _finish(self, run: Run, result: str, message: str, tag: int | None = None) -> None:
         LOG.info("job %s: run %d: %s (%s)", run.job_id, run.number, result, message)
+        catalog = run.catalog or self.catalog
         for _ in range(_WRITE_TRIES * 4):
             try:
-                fresh, version = self.catalog.get_job(run.job_id)
+                fresh, version = catalog.get_job(run.job_id)
             except NotFound:
                 LOG.warning("job %s was deleted during run %d", run.job_id, run.number)
                 return
@@ -211,10 +323,16 @@ class Agent:
                 return
             if run.ctx.cancel.is_set() and result == "success":
                 result = "aborted"
-            patch = claims.finished(schedule, result, self.clock())
+            member = run.session is not None
+            if member:
+                schedule = sessions.schedule_view(schedule, run.session)
+            patch = claims.finished(schedule, result, self.clock(), session_member=member)
             patch["claim"]["message"] = message[:2000]
+            body: dict[str, Any] = {"job_schedule": patch}
+            if tag is not None:
+                body["session_tag"] = tag  # as freezer-scheduler keeps it in the job
             try:
-                self.catalog.patch_job(run.job_id, {"job_schedule": patch}, version)
+                catalog.patch_job(run.job_id, body, version)
                 return
             except ClaimLost:
                 continue

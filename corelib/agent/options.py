@@ -1,32 +1,86 @@
-"""The ``[agent]`` option group of ``stowkit agent``."""
+"""The ``[agent]`` option group of ``stowkit agent``.
+
+The group also carries keystoneauth1's auth options (``auth_type``,
+``auth_url``, ``username`` ..., and ``cloud``): they belong to
+``stowkit.plugins.openstack_auth``, which ``stowkit agent`` registers when it
+logs in; :data:`opts` lists them for the sample configuration only, loaded
+by name when listed (as the backends' options are), so this module imports
+no client library.
+"""
 
 from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from oslo_config import cfg
 
 GROUP = "agent"
+#: the catalog of a no-auth agent without catalog_url
+NOAUTH_URL = "http://127.0.0.1:9090"
+#: X-User-Id of a no-auth agent without user_id
+NOAUTH_USER = "stowkit-agent"
 
-opts: list[cfg.Opt] = [
+own_opts: list[cfg.Opt] = [
+    cfg.StrOpt(
+        "auth_strategy",
+        default="auto",
+        choices=[
+            (
+                "auto",
+                "keystone when credentials are configured (the auth options "
+                "below, cloud, --os-cloud, OS_CLOUD or OS_AUTH_URL), else noauth",
+            ),
+            ("noauth", "send X-User-Id to a catalog served with --no-auth"),
+            ("keystone", "log in to Keystone and send its token"),
+        ],
+        help="How the agent authenticates to the catalog.",
+    ),
     cfg.URIOpt(
         "catalog_url",
-        default="http://127.0.0.1:9090",
+        default=NOAUTH_URL,
         schemes=["http", "https"],
         help="Base URL of the backup catalog (stowkit catalog serve, or freezer-api's "
         "layout with /v2/{project}).  The default is a local "
-        "`stowkit catalog serve --no-auth`.",
+        "`stowkit catalog serve --no-auth`; with Keystone and this option not set, "
+        "the endpoint of service type 'backup' in the Keystone catalog (stowkit "
+        "catalog register) is used.",
+    ),
+    cfg.StrOpt(
+        "interface",
+        default="public",
+        help="Keystone catalog interface of the backup endpoint (public, internal, "
+        "admin); a clouds.yaml entry's own interface comes first.",
+    ),
+    cfg.StrOpt(
+        "region_name",
+        help="Region of the backup endpoint in the Keystone catalog (default: any; a "
+        "clouds.yaml entry's own region comes first).",
+    ),
+    cfg.BoolOpt(
+        "central",
+        default=False,
+        help="Central agent (freezer-scheduler's --centralized-scheduler): poll the "
+        "client's jobs of every project (all_projects, which the catalog grants to an "
+        "admin or service user) and run each job that carries a Keystone trust "
+        "(user_credentials.trust_id) with a token of the agent's credentials scoped "
+        "by that trust to the job's project.  Jobs of other projects without a "
+        "trust are left alone.  Needs Keystone.",
     ),
     cfg.StrOpt(
         "project",
         default="default",
-        help="Project whose jobs this agent runs (the /v2/{project} of every request; "
-        "the catalog's [catalog_api] default_project by default).",
+        help="With no auth: the project whose jobs this agent runs (the /v2/{project} "
+        "of every request; the catalog's [catalog_api] default_project by default). "
+        "With Keystone the project is the token's.",
     ),
-    cfg.StrOpt(
-        "user_id",
-        default="stowkit-agent",
-        help="X-User-Id sent to a catalog served with --no-auth (recorded as the "
-        "user of the backups the agent reports).",
-    ),
+    # One option, two uses: keystoneauth1's password plugin registers
+    # ``user-id`` (dest user_id) in this group too, so this is that very
+    # option (oslo.config takes an equal option twice; a unit test pins the
+    # equality).  With Keystone it is the user logging in; without, the
+    # X-User-Id sent (NOAUTH_USER when unset).
+    cfg.Opt("user-id", type=str, dest="user_id", help="User id"),
     cfg.StrOpt(
         "hostname",
         help="This host's name in the client registration and backup documents "
@@ -61,5 +115,27 @@ opts: list[cfg.Opt] = [
 ]
 
 
+class _Listed(Sequence[cfg.Opt]):
+    """The group's options for the sample: its own, then the shared Keystone ones."""
+
+    def _all(self) -> list[cfg.Opt]:
+        auth = importlib.import_module("stowkit.plugins.openstack_auth")
+        return [*own_opts, *auth.AuthOptions.shared()]
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._all()[index]
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __iter__(self) -> Iterator[cfg.Opt]:
+        return iter(self._all())
+
+
+#: every option of ``[agent]``, for oslo-config-generator (config.list_opts)
+opts: Sequence[cfg.Opt] = _Listed()
+
+
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    conf.register_opts(opts, group=GROUP)
+    """The agent's own options (the login registers the Keystone ones)."""
+    conf.register_opts(own_opts, group=GROUP)
