@@ -7,6 +7,7 @@ test).  Waits have deadlines; no assertion is about how long anything took.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,8 +19,9 @@ from typing import Any
 import pytest
 
 from tests.commands import STOWKIT
-from tests.functional.test_btrfs_fixtures import REPO, hosts  # noqa: F401 - fixture
+from tests.functional.test_btrfs_fixtures import REPO, hosts, peers  # noqa: F401 - fixture
 from tests.functional.test_catalog_freezer import _free_port
+from tests.functional.test_replication import received
 
 PROJECT = "demo"
 HOSTNAME = "agent-host.example.org"
@@ -83,9 +85,9 @@ def wait_for(what: str, check, timeout: float = 90.0, proc=None) -> Any:
         time.sleep(0.2)
 
 
-@pytest.fixture
-def stack(hosts, tmp_path):  # noqa: F811
-    a, _ = hosts
+@contextlib.contextmanager
+def agent_stack(a, tmp_path):
+    """A no-auth catalog on SQLite and an agent factory for host ``a``; a volume ``data``."""
     conf = tmp_path / "stowkit.conf"
     port = _free_port()
     conf.write_text(
@@ -151,6 +153,19 @@ claim_timeout = 600
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(timeout=30)
+
+
+@pytest.fixture
+def stack(hosts, tmp_path):  # noqa: F811
+    with agent_stack(hosts[0], tmp_path) as parts:
+        yield parts
+
+
+@pytest.fixture
+def peer_stack(peers, tmp_path):  # noqa: F811
+    a, b, host_b = peers
+    with agent_stack(a, tmp_path) as parts:
+        yield (*parts, b, host_b)
 
 
 SNAPSHOT = {"freezer_action": {"action": "stowkit-volume-snapshot", "volume": "data"}}
@@ -283,3 +298,31 @@ def test_agent_killed_mid_job_and_restarted_runs_nothing_twice(stack):
     assert len(after) <= runs
     names = [b["backup_metadata"]["backup_name"] for b in api.backups("data")]
     assert len(names) == len(set(names))
+
+
+def test_interval_job_replicates_to_another_host_incrementally(peer_stack):
+    a, api, agent, _, _, b, host_b = peer_stack
+    proc = agent()
+    replicate = {
+        "freezer_action": {"action": "stowkit-volume-replicate", "volume": "data", "host": host_b}
+    }
+    job_id = api.create_job([replicate], {"schedule_interval": "2 seconds"})
+    wait_for(
+        "two replications",
+        lambda: len(api.backups("data")) >= 2,
+        proc=proc,
+    )
+    api.event(job_id, "stop")
+    wait_for("the stop", lambda: api.job(job_id)["job_schedule"].get("status") == "stop", proc=proc)
+    shown = api.job(job_id)["job_schedule"]
+    assert shown["result"] == "success" and shown["claim"]["run"] >= 2
+    docs = sorted(api.backups("data"), key=lambda d: d["backup_metadata"]["time_stamp"])
+    metas = [d["backup_metadata"] for d in docs]
+    assert {m["action"] for m in metas} == {"stowkit-volume-replicate"}
+    assert all(m["remote_host"] == host_b and m["hostname"] == HOSTNAME for m in metas)
+    # every copy is on host b, and every one after the first went as a diff of the last
+    assert [m["snapshot"] for m in metas] == received(b, "data")[: len(metas)]
+    assert metas[0]["parent"] == "" and metas[0]["curr_backup_level"] == 0
+    for before, after in zip(metas, metas[1:], strict=False):
+        assert after["parent"] == before["snapshot"]
+        assert after["curr_backup_level"] == before["curr_backup_level"] + 1
