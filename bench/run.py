@@ -3,9 +3,10 @@
     python3 bench/run.py [--strict] [--report-only] [--results-dir DIR]
                          [--args NAME=ARGS]... [NAME...]
 
-NAME is one of btrfs_plugin, catalog_api, imagesync, nbd_throughput (default:
-all of them, in that order).  The benchmarks need the harness services
-(``python3 -m tools.stack start btrfs swift keystone glance``) and install
+NAME is one of btrfs_plugin, catalog_api, catalog_scale, imagesync,
+nbd_throughput, replication (default: all of them, in that order).  The
+benchmarks need the harness services (``python3 -m tools.stack start btrfs
+swift keystone glance postgres``) and install
 their peers into venvs under .stack/venvs.  They run one at a time, so that
 two never compete for the two cores, with the interpreter running this file:
 use the one stowkit is installed in (``.venv/bin/python bench/run.py`` or
@@ -52,7 +53,14 @@ import sys
 import figures
 
 HERE = pathlib.Path(__file__).resolve().parent
-BENCHMARKS = ("btrfs_plugin", "catalog_api", "imagesync", "nbd_throughput", "replication")
+BENCHMARKS = (
+    "btrfs_plugin",
+    "catalog_api",
+    "catalog_scale",
+    "imagesync",
+    "nbd_throughput",
+    "replication",
+)
 
 
 @dataclasses.dataclass

@@ -5,7 +5,10 @@ condition in the WHERE clause, and lists page by the creation sequence, so a
 page is stable and never needs the whole table in Python.  A plain field name
 matches that key at any depth, as freezer-api does (``json_tree`` on SQLite,
 ``jsonb_path_query`` with ``$.**`` on PostgreSQL); a dotted one is an exact
-path (``json_extract`` / ``#>``).
+path (``json_extract`` / ``#>``).  A term on one of the hot fields with a
+scalar value (the scheduler's poll, the backup list's filters) is answered
+from the document's search tokens instead (plugins/sql/terms.py): a GIN index
+on PostgreSQL, a plain substring test on SQLite.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from stowkit.corelib.errors import (
     NotFound,
     StowkitError,
 )
+from stowkit.plugins.sql import terms as _terms
+from stowkit.plugins.sql.tables import PG_TERMS_ARRAY
 from stowkit.plugins.sql.tables import documents as T
 
 LOG = logging.getLogger(__name__)
@@ -271,9 +276,9 @@ class SqlCatalog(Catalog):
         try:
             self._raw(
                 "INSERT INTO catalog_documents "
-                "(project_id, kind, doc_id, version, created_at, updated_at, body) "
-                "VALUES (?, ?, ?, 1, ?, ?, ?)",
-                (project, kind, doc_id, now, now, _encode(doc)),
+                "(project_id, kind, doc_id, version, created_at, updated_at, body, terms) "
+                "VALUES (?, ?, ?, 1, ?, ?, ?, ?)",
+                (project, kind, doc_id, now, now, _encode(doc), _terms.terms_of(doc)),
                 None,
                 commit=True,
             )
@@ -328,6 +333,7 @@ class SqlCatalog(Catalog):
             .where(*where)
             .values(
                 body=_encode(doc),
+                terms=_terms.terms_of(doc),
                 version=T.c.version + 1,
                 updated_at=time.time(),
             )
@@ -412,6 +418,15 @@ class SqlCatalog(Catalog):
         # Array elements have integer keys, so only object members can match.
         return sa.exists(sa.select(1).select_from(tree).where(tree.c.key == key, same))
 
+    def _has_token(self, field: str, value: Any) -> sa.ColumnElement[bool]:
+        """``{field: scalar}`` at any depth, from the document's search tokens (terms.py)."""
+        if self.dialect == "postgresql":
+            # The very expression of the GIN index, so the planner can use it.
+            return sa.literal_column(PG_TERMS_ARRAY).op("@>")(
+                sa.cast(sa.literal([_terms.token(field, value)]), postgresql.ARRAY(sa.Text))
+            )
+        return sa.func.instr(T.c.terms, _terms.needle(field, value)) > 0
+
     def _term(self, kind: str, term: Term) -> sa.ColumnElement[bool]:
         if not isinstance(term, Mapping) or not term:
             raise InvalidArgument('each search term must be an object like {"field": value}')
@@ -428,7 +443,9 @@ class SqlCatalog(Catalog):
                     "(dots reach into nested objects)"
                 )
             path = field.split(".")
-            if len(path) == 1:
+            if _terms.indexed(field, value):
+                clauses.append(self._has_token(field, value))
+            elif len(path) == 1:
                 clauses.append(self._any_depth(field, value))
             else:
                 clauses.append(self._path_value(path, value))
@@ -477,6 +494,9 @@ class SqlCatalog(Catalog):
                 "all",
             )
             return [r[0] for r in rows]
+        fast = self.token_sql(project, kind, limit, offset, match, match_not)
+        if fast is not None:
+            return [r[0] for r in self._raw(*fast, "all")]
         stmt = self._select(project, kind, limit, offset, match, match_not)
         try:
             with self.engine.connect() as conn:
@@ -485,6 +505,44 @@ class SqlCatalog(Catalog):
             raise self._db_error(exc, searching=True) from None
         except OverflowError:
             raise InvalidArgument("invalid search: a number is too large") from None
+
+    def token_sql(
+        self,
+        project: str | None,
+        kind: str,
+        limit: int,
+        offset: int,
+        match: Sequence[Term],
+        match_not: Sequence[Term],
+    ) -> tuple[str, tuple] | None:
+        """A search whose every term is on the tokens (the poll) as plain SQL and its
+        parameters (``?`` placeholders, see :meth:`_sql`); None for any other search.
+
+        The same conditions as :meth:`_has_token` (so the same index), without
+        building and compiling a statement per request.
+        """
+        terms = [*match, *match_not]
+        if project is None or not all(
+            isinstance(t, Mapping) and t and all(_terms.indexed(f, v) for f, v in t.items())
+            for t in terms
+        ):
+            return None
+        check_kind(kind)
+        if limit < 0 or offset < 0:
+            raise InvalidArgument("limit and offset must not be negative")
+        where, params = ["project_id = ?", "kind = ?"], [project, kind]
+        pg = self.dialect == "postgresql"
+        for term, negate in [(t, False) for t in match] + [(t, True) for t in match_not]:
+            tokens = [_terms.token(f, v) for f, v in term.items()]
+            if pg:
+                cond = f"{PG_TERMS_ARRAY.replace('%', '%%')} @> ?::text[]"
+                params.append(tokens)
+            else:
+                cond = " AND ".join("instr(terms, ?) > 0" for _ in tokens)
+                params.extend(_terms.SEP + t + _terms.SEP for t in tokens)
+            where.append(f"NOT ({cond})" if negate else f"({cond})")
+        sql = f"SELECT body FROM catalog_documents WHERE {' AND '.join(where)} ORDER BY seq"
+        return f"{sql} LIMIT ? OFFSET ?", (*params, limit, offset)
 
     def search(
         self,

@@ -50,7 +50,7 @@ def run(conf_file, capsys, *args):
 
 def test_db_sync_is_idempotent(conf_file, capsys):
     code, out, _ = run(conf_file, capsys, "db-sync")
-    assert code == 0 and "upgraded from empty to 0001" in out
+    assert code == 0 and "upgraded from empty to 0002" in out
     code, out, _ = run(conf_file, capsys, "db-sync")
     assert code == 0 and "up to date" in out
 

@@ -27,7 +27,7 @@ def test_default_database_is_sqlite_under_state_dir(tmp_path, catalog):
     assert catalog.url == f"sqlite:///{tmp_path}/catalog.sqlite"
     assert (tmp_path / "catalog.sqlite").exists()
     assert "up to date" in catalog.sync()
-    assert catalog.current_revision() == "0001"
+    assert catalog.current_revision() == "0002"
 
 
 def test_postgres_urls_use_psycopg3():
