@@ -11,6 +11,7 @@ session's slot.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ import pytest
 from stowkit.corelib.errors import ConfigError
 from tests.commands import STOWKIT
 from tests.functional.test_btrfs_fixtures import REPO, hosts  # noqa: F401 - fixture
-from tests.functional.test_catalog_freezer import Api, catalog_server
+from tests.functional.test_catalog_freezer import Api, catalog_server, freezer_runner
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,7 @@ def wait_for(what: str, check, procs=(), timeout: float = 120.0) -> Any:
 
 
 def test_agent_logs_in_as_the_member_and_runs_a_snapshot_job(
+    service,
     hosts,  # noqa: F811
     api,
     catalog,
@@ -121,7 +123,21 @@ def test_agent_logs_in_as_the_member_and_runs_a_snapshot_job(
     a.driver.create_volume("data")
     member = keystone["member"]
     conf = agent_conf(tmp_path, a, catalog, member, "kagent-a")
-    job_id = create_job(api, "kagent-a", "data", {})
+    # the job made with the real freezer CLI, as its users make jobs
+    freezer = freezer_runner(service("freezerclient")["bin"], member, catalog)
+    spec = tmp_path / "job.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "description": "snapshot data",
+                "job_actions": [
+                    {"freezer_action": {"action": "stowkit-volume-snapshot", "volume": "data"}}
+                ],
+                "job_schedule": {},
+            }
+        )
+    )
+    job_id = freezer("job-create", "--file", str(spec), "--client", "kagent-a")["Job ID"]
     run = subprocess.run(
         [*STOWKIT, "--config-file", str(conf), "agent", "--once"],
         capture_output=True,
@@ -134,6 +150,8 @@ def test_agent_logs_in_as_the_member_and_runs_a_snapshot_job(
     doc = job(api, job_id)
     assert doc["job_schedule"]["result"] == "success", doc["job_schedule"]
     assert doc["job_schedule"]["status"] == "completed"
+    shown = freezer("job-show", job_id)  # what its users see
+    assert (shown["Status"], shown["Result"]) == ("completed", "success")
     (snap,) = a.driver.list_snapshots("data")
     status, answer = v2(api, "GET", "backups?limit=100", {"match": [{"container": "data"}]})
     assert status == 200, answer

@@ -186,11 +186,8 @@ class Api:
             return status, payload.decode(errors="replace")
 
 
-@pytest.fixture(scope="module")
-def freezer(service, keystone, catalog_url):
-    """Run the real ``freezer`` CLI as the member user; returns parsed JSON output."""
-    binary = service("freezerclient")["bin"]
-    user = keystone["member"]
+def freezer_runner(binary: str, user: dict[str, Any], url: str):
+    """Run the real ``freezer`` CLI at ``binary`` as ``user`` against the catalog at ``url``."""
     env = dict(
         os.environ,
         OS_AUTH_URL=user["auth_url"],
@@ -199,7 +196,7 @@ def freezer(service, keystone, catalog_url):
         OS_PROJECT_NAME=user["project_name"],
         OS_USER_DOMAIN_NAME=user["user_domain_name"],
         OS_PROJECT_DOMAIN_NAME=user["project_domain_name"],
-        OS_BACKUP_URL=catalog_url,
+        OS_BACKUP_URL=url,
         OS_IDENTITY_API_VERSION="3",
     )
 
@@ -212,6 +209,12 @@ def freezer(service, keystone, catalog_url):
     run.env = env  # type: ignore[attr-defined]
     run.python = str(pathlib.Path(binary).with_name("python"))  # type: ignore[attr-defined]
     return run
+
+
+@pytest.fixture(scope="module")
+def freezer(service, keystone, catalog_url):
+    """Run the real ``freezer`` CLI as the member user; returns parsed JSON output."""
+    return freezer_runner(service("freezerclient")["bin"], keystone["member"], catalog_url)
 
 
 def test_freezer_cli_against_stowkit(freezer, keystone, catalog_url, tmp_path):
