@@ -40,12 +40,22 @@ gives to Swift.  Peers, at ``--peer-size-mib`` (they are slow):
   (pyenv's); its venv is made once under .stack/venvs/swiftnbd36.
 
 stowkit and the raw baselines are measured ``--repeat`` times, interleaved,
-and the median is shown (with the range); peers once.  Ratios, written as
-figures (bench/figures.py): stowkit over raw Swift, 1 object (target >= 0.5x
-both ways), over each peer (target >= 5x write, read and 4K reads), and,
-without a target, over the raw N-object layout and with send_etag off.  A
-server that does not start, a missing client or peer, a figure not measured:
-the figure is MISSING, the reason printed, and the exit status 1.
+and the median is shown (with the range); peers once.  Figures
+(bench/figures.py), each with its target:
+
+* stowkit over the raw N-object layout (what any client of that layout
+  reaches): write >= 0.8x, read >= 0.9x, 4K reads >= 0.9x;
+* stowkit over each peer: write and read >= 5x; 4K reads >= 5x nbdkit's S3
+  plugin and >= 10x swiftnbd;
+* the stowkit server's peak RSS (``VmHWM`` of its process, read from /proc
+  after each copy, the larger of the copy in and the copy out) <= cache
+  size + the in-flight bound (``max_inflight_bytes``, 64 MiB) + 100 MiB;
+* without a target, for context: stowkit over raw Swift with one object,
+  and stowkit with ``send_etag = false`` over the N-object layout.
+
+A server that does not start, a missing client or peer, a figure not
+measured: the figure is MISSING, the reason printed, and the exit status 1
+(a figure that misses its target is FAIL, exit 0 unless ``--strict``).
 """
 
 from __future__ import annotations
@@ -216,6 +226,19 @@ class Server:
         wait_port(port, self.proc, self.log)
         return self.uri(port)
 
+    def peak_rss(self) -> int | None:
+        """The server process's peak resident size so far (VmHWM), in bytes."""
+        if self.proc is None:
+            return None
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+        return None
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGTERM)
@@ -351,19 +374,23 @@ class Swiftnbd(Server):
         conn.close()
 
 
-def bench_server(server: Server, src: pathlib.Path, dst: pathlib.Path, count: int,
-                 no_4k: str = "") -> tuple[float, float, float | None, str]:  # fmt: skip
-    """(write seconds, read seconds, 4K reads per second or None, why None).
+def bench_server(
+    server: Server, src: pathlib.Path, dst: pathlib.Path, count: int, no_4k: str = ""
+) -> tuple[float, float, float | None, str, int | None]:
+    """(write seconds, read seconds, 4K reads per second or None, why None, peak RSS).
 
     ``no_4k`` says why the 4K reads cannot be measured (no qemu-img), if so.
+    The peak RSS is the server's VmHWM over the copy in and the copy out.
     """
     server.prepare()
     try:
         uri = server.start()
         write = timed(["nbdcopy", "--flush", str(src), uri])
+        peaks = [server.peak_rss()]
         server.stop()
         uri = server.start()  # cold cache
         read = timed(["nbdcopy", uri, str(dst)])
+        peaks.append(server.peak_rss())
         server.stop()
         if not filecmp_equal(src, dst):
             raise RuntimeError(f"{type(server).__name__}: read back differs")
@@ -386,7 +413,8 @@ def bench_server(server: Server, src: pathlib.Path, dst: pathlib.Path, count: in
         except Exception as err:
             print(f"warning: cleaning up {type(server).__name__}: {figures.describe(err)}",
                   file=sys.stderr)  # fmt: skip
-    return write, read, iops, why
+    known = [peak for peak in peaks if peak is not None]
+    return write, read, iops, why, max(known) if known else None
 
 
 def filecmp_equal(a: pathlib.Path, b: pathlib.Path) -> bool:
@@ -442,12 +470,16 @@ class Row:
         self.write: list[float] = []
         self.read: list[float] = []
         self.iops: list[float] = []
+        self.rss: list[float] = []  # the server's peak RSS over each copy, MiB
         self.error = ""  # why nothing was measured
         self.iops_error = ""  # why the 4K reads were not
 
-    def add(self, write_s: float, read_s: float, iops: float | None = None, why: str = "") -> None:
+    def add(self, write_s: float, read_s: float, iops: float | None = None, why: str = "",
+            rss: int | None = None) -> None:  # fmt: skip
         self.write.append(self.mib / write_s)
         self.read.append(self.mib / read_s)
+        if rss is not None:
+            self.rss.append(rss / MiB)
         if iops is not None:
             self.iops.append(iops)
         elif why:
@@ -487,26 +519,45 @@ class Row:
     def as_dict(self) -> dict:
         return {"name": self.name, "mib": self.mib, "write_mib_s": self.write,
                 "read_mib_s": self.read, "iops_4k": self.iops, "error": self.error,
-                "iops_error": self.iops_error}  # fmt: skip
+                "iops_error": self.iops_error, "peak_rss_mib": self.rss}  # fmt: skip
 
 
 #: figure key -> its label in the table
 WHAT = {"write": "write", "read": "read", "iops": "4K reads"}
 PEERS = ("nbdkit S3 plugin (64K objects)", "swiftnbd 0.11 (64K objects)")
+#: stowkit over the raw layout it uses (4 MiB objects from 8 threads; 4K: ranged
+#: GETs from 16 threads): the most any client of that layout gets from this Swift.
+RAW_TARGETS = {"write": 0.8, "read": 0.9, "iops": 0.9}
+#: stowkit over each peer (write, read, 4K reads).
+PEER_TARGETS = {PEERS[0]: {"write": 5.0, "read": 5.0, "iops": 5.0},
+                PEERS[1]: {"write": 5.0, "read": 5.0, "iops": 10.0}}  # fmt: skip
+#: The in-flight bound: [blockstore] max_inflight_bytes, as the bench runs the server.
+MAX_INFLIGHT = 64 * MiB
+RSS_SLACK = 100 * MiB
 
 
-def declare(res: figures.Results, ours: Row, ours_noetag: Row, raw1: Row, rawn: Row) -> None:
+def rss_figure(ours: Row) -> str:
+    return f"peak RSS of {ours.name} server, MiB"
+
+
+def rss_target(cache: int) -> float:
+    """Cache size + in-flight bound + 100 MiB (the interpreter, swiftclient, uploads)."""
+    return (cache + MAX_INFLIGHT + RSS_SLACK) / MiB
+
+
+def declare(res: figures.Results, ours: Row, ours_noetag: Row, raw1: Row, rawn: Row,
+            cache: int) -> None:  # fmt: skip
     """Every figure, before anything runs: a part that fails leaves its figures MISSING."""
-    labels = list(WHAT.values())
-    for label in labels[:2]:
-        res.declare(f"{label}: {ours.name} / {raw1.name}", "x", 0.5, ">=")
+    for what, label in WHAT.items():
+        res.declare(f"{label}: {ours.name} / {rawn.name}", "x", RAW_TARGETS[what], ">=")
     for peer in PEERS:
-        for label in labels:
-            res.declare(f"{label}: {ours.name} / {peer}", "x", 5.0, ">=")
-    for label in labels:
-        res.declare(f"{label}: {ours.name} / {rawn.name}")
-    for label in labels[:2]:
-        res.declare(f"{label}: {ours_noetag.name} / {raw1.name}")
+        for what, label in WHAT.items():
+            res.declare(f"{label}: {ours.name} / {peer}", "x", PEER_TARGETS[peer][what], ">=")
+    res.declare(rss_figure(ours), "MiB", rss_target(cache), "<=")
+    for label in list(WHAT.values())[:2]:
+        res.declare(f"{label}: {ours.name} / {raw1.name}")
+    for label in list(WHAT.values())[:2]:
+        res.declare(f"{label}: {ours_noetag.name} / {rawn.name}")
 
 
 def ratios(res: figures.Results, ours: Row, ours_noetag: Row, raw1: Row, rawn: Row,
@@ -519,11 +570,13 @@ def ratios(res: figures.Results, ours: Row, ours_noetag: Row, raw1: Row, rawn: R
 
     for what, label in list(WHAT.items())[:2]:
         put(ours, raw1, what, label)
-        put(ours_noetag, raw1, what, label)
+        put(ours_noetag, rawn, what, label)
     for what, label in WHAT.items():
         put(ours, rawn, what, label)
         for peer in peers.values():
             put(ours, peer, what, label)
+    peak = max(ours.rss) if ours.rss else None
+    res.set(rss_figure(ours), peak, ours.error or "the server's /proc status was not readable")
 
 
 def main() -> int:
@@ -549,7 +602,7 @@ def main() -> int:
     ours_noetag = Row(f"stowkit ({osize_text}, send_etag off)", args.size_mib)
     peers = {name: Row(name, args.peer_size_mib) for name in PEERS}
     res = figures.Results("nbd_throughput")
-    declare(res, ours, ours_noetag, raw1, rawn)
+    declare(res, ours, ours_noetag, raw1, rawn, parse_size(args.cache_size))
     servers = [ours, ours_noetag, *peers.values()]
     rec = None
     try:
@@ -623,14 +676,15 @@ def finish(res, args, rec, raw1, rawn, ours, ours_noetag, peers) -> int:
     where = rec["auth_url"] if rec else "(not running)"
     print(f"\n{args.size_mib} MiB ({args.peer_size_mib} MiB for peers), Swift at "
           f"{where}, median of {args.repeat} (range)")  # fmt: skip
-    print(f"{'':38} {'write MiB/s':>16} {'read MiB/s':>16} {'4K reads/s':>14}")
+    print(f"{'':38} {'write MiB/s':>16} {'read MiB/s':>16} {'4K reads/s':>14} "
+          f"{'peak RSS MiB':>13}")  # fmt: skip
     rows = [raw1, rawn, ours, ours_noetag, *([] if args.skip_peers else peers.values())]
     for row in rows:
         if row.error:
             print(f"{row.name:38} failed: {row.error}")
             continue
         print(f"{row.name:38} {Row.cell(row.write, 16)} {Row.cell(row.read, 16)} "
-              f"{Row.cell(row.iops, 14, 0)}")  # fmt: skip
+              f"{Row.cell(row.iops, 14, 0)} {Row.cell(row.rss, 13, 0)}")  # fmt: skip
     ratios(res, ours, ours_noetag, raw1, rawn, {} if args.skip_peers else peers)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps([r.as_dict() for r in rows], indent=1))

@@ -404,6 +404,24 @@ class BlockStore(Driver):
         Callers delete all-zero objects instead of writing them (see is_zeros).
         """
 
+    def upload_body(self, data: bytes | bytearray | memoryview) -> bytes:
+        """An immutable copy of ``data``, in the form :meth:`write_object` sends as is.
+
+        Callers holding a buffer they keep changing (the NBD cache) snapshot it
+        with this: one copy, which a backend that wraps bodies (Swift's
+        resendable PUT body) then need not copy again.
+        """
+        return bytes(data)
+
+    def lend_body(self, data: bytearray) -> object | None:
+        """A body for :meth:`write_object` that shares ``data``'s memory (no copy),
+        or None when this backend cannot send from a shared buffer.
+
+        The caller must not change ``data`` until write_object returned (the
+        NBD cache copies it on write meanwhile).
+        """
+        return None
+
     @abc.abstractmethod
     def delete_object(self, device: str, index: int) -> None:
         """Forget object ``index`` (it reads as zeros); no error when not stored."""
@@ -1065,7 +1083,26 @@ class Lease:
         writer of that moment; a read that fails fails the write (retried
         like any failed upload).
         """
-        if not force and time.monotonic() - self._seen < self.verify_every:
+        age = time.monotonic() - self._seen
+        if not force and age < self.verify_every / 4:
+            return
+        if not force and age < self.verify_every:
+            # Read ahead: the last read still covers this write, so only the
+            # writer that gets the read lock re-reads now; the others go on
+            # instead of all stalling behind one GET once verify_every runs out.
+            # Early (a quarter in): under load a small GET queued behind the
+            # PUTs takes most of verify_every.
+            if not self._verify_lock.acquire(blocking=False):
+                return
+            try:
+                self._reread()
+            except LeaseLost:
+                raise
+            except Exception:
+                pass  # still covered; the read is retried, blocking, once it is not
+            finally:
+                self._verify_lock.release()
+            self.check()
             return
         waiting = time.monotonic()
         with self._verify_lock:
@@ -1077,19 +1114,23 @@ class Lease:
                 # (Each retrying in turn would queue every worker thread behind
                 # one failing request after another on a backend that is down.)
                 raise error
-            assert self.info is not None
-            since = time.monotonic()
-            try:
-                current = self.store.get_lock(self.device)
-            except Exception as err:
-                self._verify_failed = (time.monotonic(), err)
-                raise
-            if current is None or current.token != self.info.token:
-                who = current.describe() if current else "nobody (it was unlocked)"
-                self._lose(f"our lock is gone; it is now held by {who}", current)
-                raise self.error()
-            self._seen = since
+            self._reread()
         self.check()
+
+    def _reread(self) -> None:
+        """Read the lock (holding ``_verify_lock``): ours, or the lease is lost."""
+        assert self.info is not None
+        since = time.monotonic()
+        try:
+            current = self.store.get_lock(self.device)
+        except Exception as err:
+            self._verify_failed = (time.monotonic(), err)
+            raise
+        if current is None or current.token != self.info.token:
+            who = current.describe() if current else "nobody (it was unlocked)"
+            self._lose(f"our lock is gone; it is now held by {who}", current)
+            raise self.error()
+        self._seen = max(self._seen, since)
 
     def __enter__(self) -> Lease:
         if self.state == "new":

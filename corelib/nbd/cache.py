@@ -70,7 +70,7 @@ class BackendFailing(BackendUnavailable):
 
 
 class _Entry:
-    __slots__ = ("data", "dirty", "version", "upload", "pins", "keep", "fresh")
+    __slots__ = ("data", "dirty", "version", "upload", "pins", "keep", "fresh", "lent")
 
     def __init__(self, data: bytes | bytearray | None) -> None:
         # None: all zeros (the object need not exist).  bytes as loaded, made a
@@ -82,6 +82,7 @@ class _Entry:
         self.pins = 0  # requests using this entry right now; never evicted while > 0
         self.keep = False  # store zeros as a real object (NO_HOLE)
         self.fresh = 0  # bytes written since its last upload began
+        self.lent = False  # ``data`` is being sent by an upload: copy before changing it
 
 
 class CacheStats:
@@ -156,6 +157,7 @@ class ObjectCache:
         self._entries: collections.OrderedDict[int, _Entry] = collections.OrderedDict()
         self._loading: dict[int, asyncio.Future] = {}
         self._bytes = 0
+        self._reserved = 0  # room taken by writes admitted, not copied in yet
         self._dirty_bytes = 0
         self._background: set[asyncio.Task] = set()
         self._changed = asyncio.Event()
@@ -175,14 +177,17 @@ class ObjectCache:
     def _set_data(self, index: int, entry: _Entry, data: bytes | bytearray | None) -> None:
         self._bytes -= self._cost(entry, index)
         entry.data = data
+        entry.lent = False  # an upload still sending the old buffer keeps it
         self._bytes += self._cost(entry, index)
 
     def _writable(self, index: int, entry: _Entry) -> bytearray:
         """``entry``'s data as a bytearray to change in place (zeros if a hole)."""
         if entry.data is None:
             self._set_data(index, entry, bytearray(self.object_length(index)))
-        elif not isinstance(entry.data, bytearray):
+        elif entry.lent or not isinstance(entry.data, bytearray):
+            # Copy on write: an upload is sending this buffer as it is.
             entry.data = bytearray(entry.data)
+            entry.lent = False
         return entry.data
 
     def _mark_dirty(self, index: int, entry: _Entry) -> None:
@@ -386,21 +391,42 @@ class ObjectCache:
     async def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
         self._check_aborted()
         view = memoryview(data)
+        # Room first, then the copy: copied in before waiting, every writer
+        # waiting for room would hold its bytes twice (payload and cache), and
+        # the cache would grow by all of them past its size.
+        grows = sum(
+            self.object_length(i)
+            for i, _, _, _ in self._span(offset, len(view))
+            if (entry := self._entries.get(i)) is None or entry.data is None
+        )
+        # The room is reserved when found, until the bytes are copied in
+        # (loading may await): writers admitted together must not all count
+        # the same free room.
+        reserved = 0
+        if grows:
+            room = self._make_room(raise_on_failure=True, need=grows, reserve=True)
+            reserved = await self._or_abort(room) or 0
         touched = []
-        for index, start, end, pos in self._span(offset, len(view)):
-            whole = start == 0 and end == self.object_length(index)
-            entry = await self._acquire(index, load=not whole)
-            try:
-                if whole:
-                    self._set_data(index, entry, bytearray(view[pos : pos + end]))
-                else:
-                    self._writable(index, entry)[start:end] = view[pos : pos + end - start]
-                entry.keep = False
-                entry.fresh += end - start
-                self._mark_dirty(index, entry)
-            finally:
-                self._release(entry)
-            touched.append(index)
+        try:
+            self._check_aborted()
+            for index, start, end, pos in self._span(offset, len(view)):
+                whole = start == 0 and end == self.object_length(index)
+                entry = await self._acquire(index, load=not whole)
+                try:
+                    if whole:
+                        self._set_data(index, entry, bytearray(view[pos : pos + end]))
+                    else:
+                        self._writable(index, entry)[start:end] = view[pos : pos + end - start]
+                    entry.keep = False
+                    entry.fresh += end - start
+                    self._mark_dirty(index, entry)
+                finally:
+                    self._release(entry)
+                touched.append(index)
+        finally:
+            if reserved:
+                self._reserved -= reserved
+                self._changed.set()
         if not fua:
             self._upload_complete(touched)
         await self._after_write(touched, fua)
@@ -500,10 +526,28 @@ class ObjectCache:
             self.stats.deletes += 1
             stored_hole = True
         else:
-            if self.lease is not None:
-                await self._call(self.lease.write_object, index, bytes(data))
+            # The upload sends the cached buffer itself when the backend can
+            # (lend_body); a write meanwhile copies it first (_writable).
+            # Otherwise one snapshot, in the form the backend sends as is,
+            # which then replaces the bytearray in the cache (one buffer for
+            # both; the next write copies it back).
+            body = self.store.lend_body(data) if isinstance(data, bytearray) else None
+            if body is not None:
+                entry.lent = True
             else:
-                await self._call(self.store.write_object, name, index, bytes(data))
+                body = self.store.upload_body(data)
+                if entry.data is data and isinstance(data, bytearray):
+                    entry.data = body
+            try:
+                if self.lease is not None:
+                    await self._call(self.lease.write_object, index, body)
+                else:
+                    await self._call(self.store.write_object, name, index, body)
+            finally:
+                del body
+                if entry.data is data:
+                    entry.lent = False  # sent (or given up): its own again
+            del data
             self.exists.add(index)
             self.stats.uploads += 1
             stored_hole = False
@@ -631,32 +675,47 @@ class ObjectCache:
             return None
         return max(0.05, self._failing_since + self.retry_time - time.monotonic())
 
-    async def _make_room(self, raise_on_failure: bool = False) -> None:
+    async def _make_room(
+        self, raise_on_failure: bool = False, need: int = 0, reserve: bool = False
+    ) -> int:
         """Evict clean objects; while only dirty ones are left, write back and wait.
 
-        Once the retry budget is spent, readers stop waiting (the cache goes
-        over its size) and writers get BackendFailing.
+        ``need``: bytes about to be added (a write's new objects), at most the
+        whole cache; with ``reserve`` they are reserved as soon as there is
+        room, and returned (the caller gives them back once copied in; 0 if
+        the cache was aborted).  Once the retry budget is spent, readers stop
+        waiting (the cache goes over its size) and writers get BackendFailing.
         """
-        while self._bytes > self.capacity and self._aborted is None:
+        await self._room_for(need, raise_on_failure)
+        if not reserve or not need or self._aborted is not None:
+            return 0
+        self._reserved += need
+        return need
+
+    async def _room_for(self, need: int, raise_on_failure: bool) -> None:
+        limit = self.capacity - min(need, self.capacity)
+        while self._bytes + self._reserved > limit and self._aborted is None:
             # Cleared before looking, so a write-back finishing after the
             # look wakes us up rather than being missed.
             self._changed.clear()
             for index in list(self._entries):
-                if self._bytes <= self.capacity:
+                if self._bytes + self._reserved <= limit:
                     return
                 entry = self._entries[index]
                 if not entry.dirty and entry.pins == 0 and entry.upload is None:
                     del self._entries[index]
                     self._bytes -= self._cost(entry, index)
-            if self._bytes <= self.capacity:
+            if self._bytes + self._reserved <= limit:
                 return
             if self.backend_failing:
                 if raise_on_failure:
                     raise self._failing_error()
                 return  # reads: let it overflow until the backend is back
             self._background_writeback_all()
-            if not self._background and not any(
-                e.upload is not None for e in self._entries.values()
+            if (
+                not self._background
+                and not self._reserved  # admitted writes wake us once copied in
+                and not any(e.upload is not None for e in self._entries.values())
             ):
                 return  # everything left is pinned by running requests: let it overflow
             failures = self.failures

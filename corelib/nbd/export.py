@@ -79,9 +79,10 @@ opts = [
         "max_inflight_bytes",
         default=64 << 20,
         min=p.MAX_PAYLOAD,
-        help="Payload bytes of one connection's requests in flight (WRITE data read, "
-        "READ data to send), at least 32 MiB, the largest request; beyond it the "
-        "server stops reading that connection (TCP backpressure).",
+        help="Payload bytes of the requests in flight on all the connections to one "
+        "export (WRITE data read, READ data to send), at least 32 MiB, the largest "
+        "request; beyond it the server stops reading those connections (TCP "
+        "backpressure).",
     ),
     cfg.FloatOpt(
         "handshake_timeout",

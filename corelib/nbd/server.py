@@ -28,8 +28,9 @@ from stowkit.corelib.nbd.tls import ServerTls
 LOG = logging.getLogger(__name__)
 
 #: Requests of one connection being served at once; reading the next request
-#: waits beyond that.  Their payload bytes are bounded too (the export's
-#: ``max_inflight_bytes``): 64 requests of 32 MiB would be 2 GiB.
+#: waits beyond that.  Their payload bytes are bounded too, over all the
+#: connections to an export (its ``max_inflight_bytes``): 64 requests of
+#: 32 MiB would be 2 GiB, and nbdcopy opens four connections.
 MAX_IN_FLIGHT = 64
 META_CONTEXT_ID = 1
 
@@ -289,7 +290,7 @@ class Connection:
     # -- transmission -------------------------------------------------------------------
     async def transmission(self) -> None:
         assert self.export is not None
-        self._budget = _ByteBudget(self.export.settings.max_inflight_bytes)
+        self._budget = self.server.budget(self.export)
         while True:
             await self._slots.acquire()
             try:
@@ -526,6 +527,15 @@ class NbdServer:
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[Connection] = set()
         self._handlers: set[asyncio.Task] = set()
+        self._budgets: dict[str, _ByteBudget] = {}
+
+    def budget(self, export: Export) -> _ByteBudget:
+        """The payload bytes in flight on every connection to ``export``: one bound
+        for them all, so a multi-connection client holds no more than one would."""
+        budget = self._budgets.get(export.name)
+        if budget is None:
+            budget = self._budgets[export.name] = _ByteBudget(export.settings.max_inflight_bytes)
+        return budget
 
     def find_export(self, name: str) -> Export | None:
         if name == "" and len(self.exports) == 1:
@@ -683,9 +693,14 @@ def serve_many(
         except TimeoutError:
             LOG.error("stopping: not done %g s after the stop signal; exiting anyway", bound + 5)
 
+    from stowkit.corelib.nbd import memory, profiling
+
+    memory.return_big_buffers()
+    profiling.start()  # STOWKIT_NBD_PROFILE=FILE only
     try:
         asyncio.run(main())
     finally:
+        profiling.stop()
         # Calls still running are given up on (what they were storing was
         # reported as not stored); their daemon threads end with the process.
         executor.shutdown(wait=False, cancel_futures=True)

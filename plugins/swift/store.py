@@ -16,6 +16,7 @@ win; the settings object ``stowkit.device`` is created with
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import hashlib
 import json
 import logging
@@ -74,6 +75,40 @@ class Resendable(bytes):
 
     def seek(self, offset: int, whence: int = 0) -> int:
         return 0
+
+
+def lent_body(data: bytearray) -> Any:
+    """``data`` as a PUT body swiftclient sends as it is, without a copy.
+
+    swiftclient turns anything iterable that is not bytes (a bytearray, a
+    memoryview) into an iterator of single bytes; requests and urllib3 take a
+    body with the buffer protocol and no ``__iter__`` as one buffer, which
+    ``socket.sendall`` sends from where it lies.  A ctypes array over the
+    bytearray is exactly that (and ``tell``/``seek`` make it resendable, as
+    :class:`Resendable`).  The caller keeps ``data`` unchanged until the PUT
+    returned.
+    """
+    return _lent_type(len(data)).from_buffer(data)
+
+
+_LENT_TYPES: dict[int, type] = {}
+
+
+class _Lent:
+    """Marks a lent body: rewinding is nothing to do (the buffer never moves)."""
+
+    def tell(self) -> int:
+        return 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+
+def _lent_type(size: int) -> type:
+    cls = _LENT_TYPES.get(size)
+    if cls is None:
+        cls = _LENT_TYPES[size] = type(f"LentBody{size}", (_Lent, ctypes.c_char * size), {})
+    return cls
 
 
 class SwiftBlockStore(BlockStore):
@@ -356,7 +391,7 @@ class SwiftBlockStore(BlockStore):
         # MD5 costs about 3 ms per MiB here, which [blockstore_swift] send_etag
         # can save on trusted links.
         etag = hashlib.md5(data, usedforsecurity=False).hexdigest() if self.opts.send_etag else None
-        body = data if isinstance(data, Resendable) else Resendable(data)
+        body = data if isinstance(data, (Resendable, _Lent)) else Resendable(data)
 
         def put(conn: Any) -> bool:
             try:
@@ -414,9 +449,18 @@ class SwiftBlockStore(BlockStore):
 
         return self._call(f"read {container}/{obj}", get)
 
+    def upload_body(self, data: bytes | bytearray | memoryview) -> bytes:
+        # The one copy of a snapshot; write_object then sends it as it is.  A
+        # Resendable is immutable already (a retried upload): no copy at all.
+        return data if isinstance(data, Resendable) else Resendable(data)
+
+    def lend_body(self, data: bytearray) -> Any:
+        return lent_body(data)
+
     def write_object(self, device: str, index: int, data: bytes) -> None:
         self._check_object(device, index, data)
-        self._put(self._container(device), object_name(index), Resendable(data))
+        # A Resendable (upload_body) is sent as is: 4 MiB less copied per object.
+        self._put(self._container(device), object_name(index), data)
 
     def delete_object(self, device: str, index: int) -> None:
         self._check_object(device, index)
