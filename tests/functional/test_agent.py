@@ -73,14 +73,16 @@ class Api:
         return self.call("GET", "backups?limit=1000", search)[1]["backups"]
 
 
-def wait_for(what: str, check, timeout: float = 90.0, proc=None) -> Any:
+def wait_for(what: str, check, timeout: float = 90.0, proc=None, procs=()) -> Any:
+    """``check()``'s first true value; fails when ``proc`` (or one of ``procs``) exits first."""
     deadline = time.monotonic() + timeout
+    watched = [*procs, *([proc] if proc is not None else [])]
     while True:
         value = check()
         if value:
             return value
-        if proc is not None:
-            assert proc.poll() is None, f"agent exited {proc.returncode} while waiting for {what}"
+        for p in watched:
+            assert p.poll() is None, f"process exited {p.returncode} while waiting for {what}"
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.2)
 

@@ -15,13 +15,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from typing import Any
 
 import pytest
 
 from stowkit.corelib.errors import ConfigError
 from tests.commands import STOWKIT
+from tests.functional.test_agent import wait_for
 from tests.functional.test_btrfs_fixtures import REPO, hosts  # noqa: F401 - fixture
 from tests.functional.test_catalog_freezer import Api, catalog_server, freezer_runner
 
@@ -97,18 +97,6 @@ def job(api: Api, job_id: str) -> dict[str, Any]:
     status, body = v2(api, "GET", f"jobs/{job_id}")
     assert status == 200, body
     return body
-
-
-def wait_for(what: str, check, procs=(), timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        for proc in procs:
-            assert proc.poll() is None, f"agent exited {proc.returncode} while waiting for {what}"
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_agent_logs_in_as_the_member_and_runs_a_snapshot_job(
@@ -233,7 +221,8 @@ def test_two_agents_of_one_session_snapshot_at_the_same_moment(
             lambda: all(
                 job(api, j)["job_schedule"].get("status") == "scheduled" for j in jobs.values()
             ),
-            procs,
+            120.0,
+            procs=procs,
         )
         # ... then the session's start is set a few seconds ahead.
         slot = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=4)
@@ -250,7 +239,7 @@ def test_two_agents_of_one_session_snapshot_at_the_same_moment(
             assert status == 200, session
             return session if session["status"] == "completed" else None
 
-        session = wait_for("the session's run to end", done, procs)
+        session = wait_for("the session's run to end", done, 120.0, procs=procs)
     finally:
         for proc in procs:
             if proc.poll() is None:

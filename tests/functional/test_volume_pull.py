@@ -18,7 +18,6 @@ import os
 import pathlib
 import signal
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -28,22 +27,11 @@ import pytest
 from stowkit.corelib.agent import actions
 from stowkit.corelib.agent.client import HttpCatalog, noauth_headers
 from tests.commands import STOWKIT
+from tests.functional.test_agent import wait_for
 from tests.functional.test_btrfs_fixtures import REPO, peers  # noqa: F401 - fixture
 from tests.functional.test_catalog_freezer import _free_port
 
 PROJECT = "demo"
-
-
-def wait_for(what: str, check, timeout: float = 90.0, proc=None) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if proc is not None:
-            assert proc.poll() is None, f"process exited {proc.returncode} waiting for {what}"
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.2)
 
 
 def tree(root: pathlib.Path) -> dict[str, bytes]:
