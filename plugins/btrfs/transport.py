@@ -476,17 +476,28 @@ def send_stream(
     """
     errs = [tempfile.TemporaryFile() for _ in range(3)]
     procs, stream = _start_sender(send_argv, compress, errs)
+    receiver = _start_receiver(ssh_argv, procs, stream, errs, "send")
+    return _copy_and_wait(procs, stream, receiver, errs, compress, rate, progress)
+
+
+def _start_receiver(
+    argv: Sequence[str],
+    procs: list[subprocess.Popen[bytes]],
+    stream: IO[bytes],
+    errs: list[IO[bytes]],
+    what: str,
+) -> subprocess.Popen[bytes]:
+    """The receiving end of a stream; if it cannot start, the sending side is stopped."""
     try:
-        receiver = subprocess.Popen(
-            list(ssh_argv), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errs[2]
+        return subprocess.Popen(
+            list(argv), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errs[2]
         )
     except FileNotFoundError as exc:
         stream.close()
         for p in procs:
             p.kill()
             p.wait()
-        raise BackendUnavailable(f"send: {exc.filename} is not installed") from None
-    return _copy_and_wait(procs, stream, receiver, errs, compress, rate, progress)
+        raise BackendUnavailable(f"{what}: {exc.filename} is not installed") from None
 
 
 def pull_stream(
@@ -502,16 +513,7 @@ def pull_stream(
     """
     errs = [tempfile.TemporaryFile() for _ in range(3)]
     procs, stream = _start_sender(remote_send_argv, False, errs)
-    try:
-        receiver = subprocess.Popen(
-            list(receive_argv), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errs[2]
-        )
-    except FileNotFoundError as exc:
-        stream.close()
-        for p in procs:
-            p.kill()
-            p.wait()
-        raise BackendUnavailable(f"pull: {exc.filename} is not installed") from None
+    receiver = _start_receiver(receive_argv, procs, stream, errs, "pull")
     return _copy_and_wait(
         procs, stream, receiver, errs, False, rate, progress, stages=("ssh/send", "receive")
     )
