@@ -73,6 +73,18 @@ class Api:
         return self.call("GET", "backups?limit=1000", search)[1]["backups"]
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group a test started, SIGKILL if it does not end in 30 s."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
 def wait_for(what: str, check, timeout: float = 90.0, proc=None, procs=()) -> Any:
     """``check()``'s first true value; fails when ``proc`` (or one of ``procs``) exits first."""
     deadline = time.monotonic() + timeout
@@ -148,13 +160,7 @@ claim_timeout = 600
         yield a, Api(url), agent, conf, tmp_path
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=30)
+            stop_group(proc)
 
 
 @pytest.fixture

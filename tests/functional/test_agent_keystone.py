@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import signal
 import subprocess
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 
 from stowkit.corelib.errors import ConfigError
 from tests.commands import STOWKIT
-from tests.functional.test_agent import wait_for
+from tests.functional.test_agent import stop_group, wait_for
 from tests.functional.test_btrfs_fixtures import REPO, hosts  # noqa: F401 - fixture
 from tests.functional.test_catalog_freezer import Api, catalog_server, freezer_runner
 
@@ -242,13 +241,7 @@ def test_two_agents_of_one_session_snapshot_at_the_same_moment(
         session = wait_for("the session's run to end", done, 120.0, procs=procs)
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=30)
+            stop_group(proc)
     logs = "\n".join((tmp_path / f"{c}.log").read_text() for c in jobs)
     assert session["result"] == "success", (session, logs)
     assert session["session_tag"] == 1, session  # one run: opened by one, joined by the other

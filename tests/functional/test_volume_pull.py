@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ import pytest
 from stowkit.corelib.agent import actions
 from stowkit.corelib.agent.client import HttpCatalog, noauth_headers
 from tests.commands import STOWKIT
-from tests.functional.test_agent import wait_for
+from tests.functional.test_agent import stop_group, wait_for
 from tests.functional.test_btrfs_fixtures import REPO, peers  # noqa: F401 - fixture
 from tests.functional.test_catalog_freezer import _free_port
 
@@ -113,13 +112,7 @@ def world(peers, tmp_path) -> Iterator[dict[str, Any]]:  # noqa: F811
         yield {"a": side_a, "b": side_b, "catalog": catalog, "start": start, "tmp": tmp_path}
     finally:
         for proc in reversed(procs):  # the agent before the catalog it polls
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=30)
+            stop_group(proc)
 
 
 def agent_snapshot(side: Side, catalog: HttpCatalog, volume: str) -> str:
