@@ -431,13 +431,26 @@ class BlockStore(Driver):
         """Indexes of the stored objects, ascending."""
 
     def _geometry(self, device: str) -> tuple[int, int]:
-        """(size, object_size) of ``device``, remembered: settings never change."""
+        """(size, object_size) of ``device``, remembered: settings never change.
+
+        One lookup however many threads ask at once: an export's first
+        uploads all start together, and each lookup is a request that queues
+        behind theirs.
+        """
         cache: dict[str, tuple[int, int]] = self.__dict__.setdefault("_geometry_cache", {})
         geometry = cache.get(device)
         if geometry is None:
-            dev = self.get_device(device)
-            geometry = cache[device] = (dev.size, dev.object_size)
+            with self.__dict__.setdefault("_geometry_guard", threading.Lock()):
+                geometry = cache.get(device)
+                if geometry is None:
+                    dev = self.get_device(device)
+                    geometry = cache[device] = (dev.size, dev.object_size)
         return geometry
+
+    def remember_geometry(self, device: BlockDevice) -> None:
+        """Note the settings of a device just read, for its object calls to check against."""
+        cache: dict[str, tuple[int, int]] = self.__dict__.setdefault("_geometry_cache", {})
+        cache[device.name] = (device.size, device.object_size)
 
     def _forget_geometry(self, device: str) -> None:
         self.__dict__.get("_geometry_cache", {}).pop(device, None)

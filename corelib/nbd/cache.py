@@ -70,7 +70,7 @@ class BackendFailing(BackendUnavailable):
 
 
 class _Entry:
-    __slots__ = ("data", "dirty", "version", "upload", "pins", "keep", "fresh", "lent")
+    __slots__ = ("data", "dirty", "version", "upload", "pins", "keep", "fresh", "lent", "unread")
 
     def __init__(self, data: bytes | bytearray | None) -> None:
         # None: all zeros (the object need not exist).  bytes as loaded, made a
@@ -83,6 +83,7 @@ class _Entry:
         self.keep = False  # store zeros as a real object (NO_HOLE)
         self.fresh = 0  # bytes written since its last upload began
         self.lent = False  # ``data`` is being sent by an upload: copy before changing it
+        self.unread = False  # loaded ahead of its reader, not used yet
 
 
 class CacheStats:
@@ -125,6 +126,7 @@ class ObjectCache:
     ) -> None:
         self.store = store
         self.device = device
+        store.remember_geometry(device)  # its object calls check against it
         self.osize = device.object_size
         self.capacity = max(capacity, 2 * self.osize)
         self.workers = max(1, workers)
@@ -213,7 +215,7 @@ class ObjectCache:
         self.exists = {i for i in names if 0 <= i < self.device.object_count}
 
     # -- loading ------------------------------------------------------------------
-    async def _load(self, index: int) -> None:
+    async def _load(self, index: int, ahead: bool = False) -> None:
         try:
             if self.trust_listing and index not in self.exists:
                 data = None
@@ -229,6 +231,7 @@ class ObjectCache:
                     data.extend(bytes(length - len(data)))
             if index not in self._entries:  # a whole-object write may have won the race
                 entry = _Entry(data)
+                entry.unread = ahead
                 self._entries[index] = entry
                 self._bytes += self._cost(entry, index)
         finally:
@@ -241,6 +244,7 @@ class ObjectCache:
             if entry is not None:
                 self._entries.move_to_end(index)
                 entry.pins += 1
+                entry.unread = False
                 self.stats.hits += 1
                 return entry
             if not load:
@@ -277,10 +281,12 @@ class ObjectCache:
                 continue
             if self.trust_listing and index not in self.exists:
                 continue
-            if self._bytes + self.osize > self.capacity:
+            # Objects a sequential reader has gone past make way; objects
+            # loaded ahead and not read yet do not (that would be thrashing).
+            if not self._evict_clean(self.capacity - self.osize, spare_unread=True):
                 break
             self.stats.prefetched += 1
-            task = asyncio.ensure_future(self._load(index))
+            task = asyncio.ensure_future(self._load(index, ahead=True))
             self._loading[index] = task
             task.add_done_callback(_ignore_result)
 
@@ -698,14 +704,7 @@ class ObjectCache:
             # Cleared before looking, so a write-back finishing after the
             # look wakes us up rather than being missed.
             self._changed.clear()
-            for index in list(self._entries):
-                if self._bytes + self._reserved <= limit:
-                    return
-                entry = self._entries[index]
-                if not entry.dirty and entry.pins == 0 and entry.upload is None:
-                    del self._entries[index]
-                    self._bytes -= self._cost(entry, index)
-            if self._bytes + self._reserved <= limit:
+            if self._evict_clean(limit):
                 return
             if self.backend_failing:
                 if raise_on_failure:
@@ -725,6 +724,21 @@ class ObjectCache:
                 continue  # loops to the check above
             if self.failures != failures:
                 await asyncio.sleep(0.5)  # the backend is failing: do not hammer it
+
+    def _evict_clean(self, limit: int, spare_unread: bool = False) -> bool:
+        """Drop clean objects nobody uses, oldest first, down to ``limit`` bytes held
+        (reservations included); whether the cache is within it now."""
+        for index in list(self._entries):
+            if self._bytes + self._reserved <= limit:
+                return True
+            entry = self._entries[index]
+            if entry.dirty or entry.pins or entry.upload is not None:
+                continue
+            if spare_unread and entry.unread:
+                continue
+            del self._entries[index]
+            self._bytes -= self._cost(entry, index)
+        return self._bytes + self._reserved <= limit
 
     def _background_writeback_all(self) -> None:
         if self.backend_failing:

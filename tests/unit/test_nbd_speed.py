@@ -366,3 +366,61 @@ def test_without_the_variable_nothing_is_profiled(monkeypatch):
 
     monkeypatch.delenv(profiling.ENV, raising=False)
     assert not profiling.start() and profiling.stop() is None
+
+
+def test_object_calls_of_many_threads_look_the_device_up_once():
+    store = MemoryBlockStore()
+    store.create_device("dev", 64 * OSIZE, OSIZE)
+    lookups = []
+    get = store.get_device
+
+    def slow_get(name, details=False):
+        lookups.append(name)
+        time.sleep(0.05)  # a lookup queued behind uploads
+        return get(name, details)
+
+    store.get_device = slow_get
+    threads = [threading.Thread(target=store._check_object, args=("dev", i)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert lookups == ["dev"]
+
+
+def test_a_cache_tells_the_store_its_device_so_uploads_need_no_lookup():
+    store = MemoryBlockStore()
+    device = store.create_device("dev", 64 * OSIZE, OSIZE)
+    lookups = []
+    get = store.get_device
+    store.get_device = lambda name, details=False: (lookups.append(name), get(name, details))[1]
+    ObjectCache(store, device, capacity=8 * OSIZE, workers=2)
+    store._check_object("dev", 3, b"\0" * OSIZE)
+    assert lookups == []
+
+
+def test_sequential_reads_keep_prefetching_once_the_cache_is_full():
+    # Objects the reader has gone past make way for the next ones: a full
+    # cache used to stop the readahead, leaving each read to wait for its GET.
+    store = MemoryBlockStore()
+    device = store.create_device("dev", 64 * OSIZE, OSIZE)
+    for index in range(64):
+        store.objects["dev"][index] = bytes([index]) * OSIZE
+    cache = ObjectCache(store, device, capacity=4 * OSIZE, workers=2, readahead=2 * OSIZE)
+
+    async def main() -> list[bytes]:
+        await cache.start()
+        out = []
+        for index in range(32):
+            out.append(bytes(await cache.read(index * OSIZE, OSIZE)))
+            for _ in range(100):  # let the prefetches land
+                if not cache._loading:
+                    break
+                await asyncio.sleep(0.001)
+        await cache.close()
+        return out
+
+    out = asyncio.run(main())
+    assert out == [bytes([i]) * OSIZE for i in range(32)]
+    assert cache.stats.prefetched >= 28  # nearly every object was on its way before its read
+    assert cache.cached_bytes <= 4 * OSIZE

@@ -34,7 +34,7 @@ class FakeSwift(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def do_GET(self):
-        if self.path == "/auth/v1.0":
+        if self.path.endswith("/auth/v1.0"):  # through a proxy: the whole URL
             url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/AUTH_t"
             return self._answer(200, {"X-Storage-Url": url, "X-Auth-Token": "tok"})
         self._answer(404)
