@@ -69,6 +69,13 @@ class ServeBlockDevices(Command):
             help=f"Lease of the device lock in seconds, renewed in the background "
             f"(default {DEFAULT_LEASE:g}).",
         )
+        parser.add_argument(
+            "--lock-scope",
+            choices=["server", "connection"],
+            help="Hold each writable device's lock from the server's start to its stop "
+            "(server), or only while clients are connected (connection) "
+            "(default: [blockstore] lock_scope, server).",
+        )
         tls = parser.add_argument_group("TLS (NBD_OPT_STARTTLS; defaults: [blockstore] tls*)")
         tls.add_argument(
             "--tls",
@@ -114,6 +121,8 @@ class ServeBlockDevices(Command):
             lease=parsed_args.lease,
             max_block=protocol.MAX_PAYLOAD,
         ).apply_conf(self.app.conf)
+        if parsed_args.lock_scope:
+            settings.lock_scope = parsed_args.lock_scope
         store = self.driver("blockstore")
         for name in parsed_args.names:
             names.check_name(name, "device name")

@@ -1084,6 +1084,12 @@ class Lease:
         self.store._control_delete(self.device, UNSTORED_KEY)
         self.store.forget_local_record(self.device)
 
+    def verify(self) -> None:
+        """Re-read the lock now: LeaseLost unless it is still ours (a lease held
+        idle for a while, before it is used again)."""
+        self.check()
+        self._verify(force=True)
+
     def _verify(self, force: bool = False) -> None:
         """Re-read the lock unless it was read as ours less than ``verify_every`` ago.
 

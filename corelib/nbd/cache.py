@@ -57,6 +57,7 @@ from stowkit.corelib.blockstore import (
     zeros,
 )
 from stowkit.corelib.errors import BackendUnavailable, NotFound
+from stowkit.corelib.nbd.buffers import BufferPool
 
 LOG = logging.getLogger(__name__)
 
@@ -165,6 +166,9 @@ class ObjectCache:
         self._changed = asyncio.Event()
         self._streams = ReadStreams(window=min(256 << 10, self.osize // 2))
         self._zeros = memoryview(zeros(self.osize))  # slices of it cost no copy
+        # Object buffers let go of are reused (for the next payloads and
+        # objects): an eighth of the cache's size is kept at most.
+        self._pool = BufferPool(self.osize, max(self.capacity // 8, self.osize))
         self.exists: set[int] = set()
         self.stats = CacheStats()
         self.failures = 0  # background write-backs that failed (the data stays dirty)
@@ -178,17 +182,26 @@ class ObjectCache:
 
     def _set_data(self, index: int, entry: _Entry, data: bytes | bytearray | None) -> None:
         self._bytes -= self._cost(entry, index)
-        entry.data = data
+        old, entry.data = entry.data, data
         entry.lent = False  # an upload still sending the old buffer keeps it
         self._bytes += self._cost(entry, index)
+        if old is not data:
+            self._pool.give_back(old)
+
+    def payload_buffer(self, length: int) -> bytearray | None:
+        """A reused buffer for a WRITE payload of one object's size (None: make one)."""
+        return self._pool.take() if length == self.osize else None
 
     def _writable(self, index: int, entry: _Entry) -> bytearray:
         """``entry``'s data as a bytearray to change in place (zeros if a hole)."""
         if entry.data is None:
-            self._set_data(index, entry, bytearray(self.object_length(index)))
+            length = self.object_length(index)
+            buf = self._pool.zeroed() if length == self.osize else bytearray(length)
+            self._set_data(index, entry, buf)
         elif entry.lent or not isinstance(entry.data, bytearray):
-            # Copy on write: an upload is sending this buffer as it is.
-            entry.data = bytearray(entry.data)
+            # Copy on write: an upload is sending this buffer as it is (it
+            # goes back to the pool when that upload is done with it).
+            entry.data = self._pool.copy(entry.data)
             entry.lent = False
         return entry.data
 
@@ -394,7 +407,12 @@ class ObjectCache:
         """Indexes of the objects whose latest data is not stored."""
         return sorted(i for i, e in self._entries.items() if e.dirty)
 
-    async def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
+    async def write(
+        self, offset: int, data: bytes | memoryview, fua: bool = False, given: bool = False
+    ) -> None:
+        """Write ``data`` at ``offset``.  ``given``: ``data`` is a bytearray the caller
+        gives up (a request's payload); one covering exactly one object becomes
+        that object's buffer, without a copy."""
         self._check_aborted()
         view = memoryview(data)
         # Room first, then the copy: copied in before waiting, every writer
@@ -419,8 +437,10 @@ class ObjectCache:
                 whole = start == 0 and end == self.object_length(index)
                 entry = await self._acquire(index, load=not whole)
                 try:
-                    if whole:
-                        self._set_data(index, entry, bytearray(view[pos : pos + end]))
+                    if whole and given and type(data) is bytearray and len(view) == end:
+                        self._set_data(index, entry, data)  # the payload itself
+                    elif whole:
+                        self._set_data(index, entry, self._pool.copy(view[pos : pos + end]))
                     else:
                         self._writable(index, entry)[start:end] = view[pos : pos + end - start]
                     entry.keep = False
@@ -553,6 +573,9 @@ class ObjectCache:
                 del body
                 if entry.data is data:
                     entry.lent = False  # sent (or given up): its own again
+            if entry.data is not data:
+                # Replaced by a copy while it was being sent.
+                self._pool.give_back(data)
             del data
             self.exists.add(index)
             self.stats.uploads += 1
@@ -662,6 +685,22 @@ class ObjectCache:
         if not self.backend_failing and self._aborted is None:
             self._background_writeback_all()
 
+    async def retry_now(self) -> None:
+        """While the retry budget is spent: try the oldest dirty object once, now (a
+        new client arrives: the backend may be back), rather than at the next probe."""
+        if not self.backend_failing or self._aborted is not None or self._closed:
+            return
+        target = next(((i, e) for i, e in self._entries.items() if e.dirty), None)
+        if target is None:
+            self._note_success()
+            return
+        try:
+            await self._upload(*target)
+        except Exception:
+            return  # still failing: the probe goes on
+        if not self.backend_failing:
+            self._background_writeback_all()
+
     def _background_writeback(self) -> None:
         """Start writing back the oldest dirty objects once a quarter of the cache is dirty."""
         if self._dirty_bytes * 4 < self.capacity or self.backend_failing:
@@ -738,6 +777,8 @@ class ObjectCache:
                 continue
             del self._entries[index]
             self._bytes -= self._cost(entry, index)
+            data, entry.data = entry.data, None
+            self._pool.give_back(data)
         return self._bytes + self._reserved <= limit
 
     def _background_writeback_all(self) -> None:

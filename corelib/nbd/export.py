@@ -1,20 +1,30 @@
 """One served device: its cache, its lock, and the connections using it.
 
-Lock policy (doc/nbd.md): a writable export takes the device lock when its
-first client connects (NBD_OPT_GO or NBD_OPT_EXPORT_NAME) and releases it,
-after writing back every dirty object, when its last client disconnects.
+Lock policy (doc/nbd.md), ``[blockstore] lock_scope``:
+
+* ``server`` (the default, as qemu-nbd and swiftnbd-server hold their image):
+  a writable export takes the device lock when the server starts, confirmed
+  before the server listens, and keeps it, with its cache, until the server
+  stops.  A device locked by someone else stops the server from starting.
+  The last client's disconnect writes everything back but keeps the lock,
+  so a reconnecting client finds its device still reserved and its cache warm.
+* ``connection``: the lock is taken when the first client connects
+  (NBD_OPT_GO or NBD_OPT_EXPORT_NAME) and released, after writing back
+  every dirty object, when the last one disconnects; another holder makes
+  the export refuse clients.
+
 Connections to the same export on the same server share one cache, so they
 see each other's writes and a FLUSH on any of them covers all of them: that
-is what makes NBD_FLAG_CAN_MULTI_CONN safe to advertise.  Another server (or
-``stowkit blockstore lock``) holding the lock makes the export refuse clients.
-Read-only exports take no lock.
+is what makes NBD_FLAG_CAN_MULTI_CONN safe to advertise.  Read-only exports
+take no lock.
 
-The lock is created when the first client connects, but confirmed (after
-the backend's ``settle_seconds``, a quarter of a second on Swift) in the background:
-the client starts at once, its writes go into the cache, and nothing is
-stored, not even a FLUSH answered, until the confirmation says the lock is
-ours.  If a rival won, the cache's uploads fail, FLUSH gets EIO and writes
-are refused: the device is never touched.
+Taken at a client's connection, the lock is confirmed (after the backend's
+``settle_seconds``, a quarter of a second on Swift) in the background: the
+client starts at once, its writes go into the cache, and nothing is stored,
+not even a FLUSH answered, until the confirmation says the lock is ours.  If
+a rival won, the cache's uploads fail, FLUSH gets EIO and writes are
+refused: the device is never touched.  A lock lost while the server holds
+it is taken again (or refused) when the next client connects.
 
 Everything about the lock is the :class:`~stowkit.corelib.blockstore.Lease`'s:
 it renews itself, and it is the cache's only way to store or delete
@@ -42,14 +52,19 @@ from stowkit.corelib.blockstore import (
     BlockStore,
     DeviceLocked,
     Lease,
+    LeaseLost,
     LockInfo,
 )
 from stowkit.corelib.nbd import protocol as p
-from stowkit.corelib.nbd.cache import ObjectCache
+from stowkit.corelib.nbd.cache import BackendFailing, ObjectCache
 
 LOG = logging.getLogger(__name__)
 
 LOCK_OWNER = "stowkit nbd server"
+
+#: Seconds a client's connection may wait for one write-back attempt when the
+#: backend was failing (the rest of the time the handshake goes on at once).
+RETRY_ON_CONNECT = 5.0
 
 #: The NBD server's options live in the existing ``[blockstore]`` group.
 GROUP = "blockstore"
@@ -83,6 +98,17 @@ opts = [
         "export (WRITE data read, READ data to send), at least 32 MiB, the largest "
         "request; beyond it the server stops reading those connections (TCP "
         "backpressure).",
+    ),
+    cfg.StrOpt(
+        "lock_scope",
+        default="server",
+        choices=[
+            ("server", "a writable export is locked from the server's start to its stop"),
+            ("connection", "locked while at least one client is connected"),
+        ],
+        help="How long `blockstore serve` holds the lock of a writable device.  'server' "
+        "refuses to start on a device locked elsewhere and spares each client the lock's "
+        "confirmation; 'connection' leaves idle devices free for other writers.",
     ),
     cfg.FloatOpt(
         "handshake_timeout",
@@ -123,7 +149,10 @@ class ExportSettings:
         shutdown_timeout: float = 120.0,
         max_inflight_bytes: int = 64 << 20,
         handshake_timeout: float = 30.0,
+        lock_scope: str = "server",
     ) -> None:
+        if lock_scope not in ("server", "connection"):
+            raise ValueError(f"lock_scope must be 'server' or 'connection', not {lock_scope!r}")
         self.cache_size = cache_size
         self.workers = workers
         self.readahead = readahead
@@ -134,6 +163,7 @@ class ExportSettings:
         self.shutdown_timeout = shutdown_timeout
         self.max_inflight_bytes = max_inflight_bytes
         self.handshake_timeout = handshake_timeout
+        self.lock_scope = lock_scope
 
     def apply_conf(self, conf: cfg.ConfigOpts) -> ExportSettings:
         """Take the ``[blockstore]`` options of ``conf`` (registering them if needed)."""
@@ -144,6 +174,7 @@ class ExportSettings:
         self.shutdown_timeout = group.shutdown_timeout
         self.max_inflight_bytes = group.max_inflight_bytes
         self.handshake_timeout = group.handshake_timeout
+        self.lock_scope = group.lock_scope
         return self
 
 
@@ -205,45 +236,108 @@ class Export:
     async def _call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    @property
+    def holds_lock_while_serving(self) -> bool:
+        return not self.read_only and self.settings.lock_scope == "server"
+
+    # -- the server ---------------------------------------------------------------------
+    async def open(self) -> None:
+        """At server start (lock_scope ``server``): take the lock and wait until it is
+        confirmed ours; DeviceLocked, or LeaseLost when a rival won the race."""
+        if not self.holds_lock_while_serving:
+            return
+        async with self._guard:
+            if self.cache is None:
+                await self._open()
+            confirmed = self._confirmed
+        if confirmed is not None:
+            try:
+                await asyncio.shield(confirmed)
+            except BaseException:
+                await self.close()
+                raise
+        if self.lease is not None and self.lease.lost:
+            error = self.lease.error()
+            await self.close()
+            raise error
+
+    async def close(self) -> None:
+        """At server stop: write everything back and unlock (no client is left)."""
+        async with self._guard:
+            if self._clients == 0 and (self.cache is not None or self.lease is not None):
+                await self._close()
+
     # -- clients --------------------------------------------------------------------
     async def attach(self) -> ObjectCache:
         """A client starts using the export: lock on first use; DeviceLocked if held."""
         async with self._guard:
-            if self._clients == 0:
-                lease = None
-                if not self.read_only:
-                    lease = self.store.lease(self.name, LOCK_OWNER, self.settings.lease)
-                    await self._call(lease.acquire, False, self._breakable)
-                    self._leftover = None
-                    self.lease = lease
-                    self.lost_lock = None
-                    loop = asyncio.get_running_loop()
-                    lease.on_lost(lambda err: loop.call_soon_threadsafe(self._lease_lost, err))
-                    self._confirmed = asyncio.ensure_future(self._confirm_lock(lease))
-                cache = ObjectCache(
-                    self.store,
-                    self.device,
-                    capacity=self.settings.cache_size,
-                    workers=self.settings.workers,
-                    readahead=self.settings.readahead,
-                    trust_listing=not self.read_only,
-                    executor=self._executor,
-                    gate=self._confirmed,
-                    lease=lease,
-                    retry_time=self.settings.retry_time,
-                    retry_attempts=self.settings.retry_attempts,
-                )
-                try:
-                    await cache.start()
-                except BaseException:
-                    await self._release_lock()
-                    raise
-                self.cache = cache
-                if lease is not None and lease.lost:
-                    cache.abort(lease.error())  # lost while the cache was starting
+            if self._clients == 0 and self.cache is not None:
+                await self._check_held_lock(self.cache)
+            if self.cache is None:
+                await self._open()
             self._clients += 1
             assert self.cache is not None
             return self.cache
+
+    async def _check_held_lock(self, cache: ObjectCache) -> None:
+        """Before a held lock serves a new client: re-read it (it may have been broken
+        while nobody used it); if it is lost, report and let go, so that the
+        client's attach takes the lock again (or is refused) instead of the
+        client's first FLUSH failing.  Under ``_guard``."""
+        lease = self.lease
+        if lease is not None and cache.aborted is None:
+            try:
+                await self._call(lease.verify)
+            except LeaseLost as err:
+                cache.abort(err)
+            except Exception as err:  # the backend is failing: writes will tell
+                LOG.warning("device %s: could not re-read the lock: %s", self.name, err)
+        if cache.aborted is not None:
+            try:
+                await self._close()
+            except Exception as err:
+                LOG.error("device %s: %s", self.name, err)
+        elif cache.backend_failing:
+            # Writes kept from earlier clients wait for the backend: if it is
+            # back, the new client's writes need not be refused until the probe.
+            try:
+                await asyncio.wait_for(cache.retry_now(), RETRY_ON_CONNECT)
+            except TimeoutError:
+                pass
+
+    async def _open(self) -> None:
+        """Take the lock (writable) and make the cache; under ``_guard``."""
+        lease = None
+        if not self.read_only:
+            lease = self.store.lease(self.name, LOCK_OWNER, self.settings.lease)
+            await self._call(lease.acquire, False, self._breakable)
+            self._leftover = None
+            self.lease = lease
+            self.lost_lock = None
+            loop = asyncio.get_running_loop()
+            lease.on_lost(lambda err: loop.call_soon_threadsafe(self._lease_lost, err))
+            self._confirmed = asyncio.ensure_future(self._confirm_lock(lease))
+        cache = ObjectCache(
+            self.store,
+            self.device,
+            capacity=self.settings.cache_size,
+            workers=self.settings.workers,
+            readahead=self.settings.readahead,
+            trust_listing=not self.read_only,
+            executor=self._executor,
+            gate=self._confirmed,
+            lease=lease,
+            retry_time=self.settings.retry_time,
+            retry_attempts=self.settings.retry_attempts,
+        )
+        try:
+            await cache.start()
+        except BaseException:
+            await self._release_lock()
+            raise
+        self.cache = cache
+        if lease is not None and lease.lost:
+            cache.abort(lease.error())  # lost while the cache was starting
 
     @property
     def lock(self) -> LockInfo | None:
@@ -279,21 +373,45 @@ class Export:
         )
 
     async def detach(self) -> None:
-        """A client is gone: on the last one, write everything back and unlock."""
+        """A client is gone: on the last one, write everything back (and unlock,
+        unless the lock is held for the server and still ours)."""
         async with self._guard:
             self._clients -= 1
             if self._clients > 0:
                 return
-            cache, self.cache = self.cache, None
+            cache = self.cache
+            keep = (
+                self.holds_lock_while_serving
+                and self.stop_deadline is None
+                and cache is not None
+                and cache.aborted is None
+            )
+            if not keep:
+                await self._close()
+                return
+            assert cache is not None
+            # What stays dirty (the backend failing) is kept, retried in the
+            # background, and reported at the stop if it never gets stored.
             try:
-                if cache is not None:
-                    try:
-                        await cache.close(self._time_left())
-                    except BaseException as err:
-                        await self._record_unstored(cache, err)
-                        raise
-            finally:
-                await self._release_lock()
+                await asyncio.wait_for(cache.flush(), self._time_left())
+            except TimeoutError:
+                raise BackendFailing(
+                    f"device {self.name}: write-back did not finish in "
+                    f"{self._time_left():g} s; the data stays in the cache"
+                ) from None
+
+    async def _close(self) -> None:
+        """Write everything back, say what was not stored, unlock; under ``_guard``."""
+        cache, self.cache = self.cache, None
+        try:
+            if cache is not None:
+                try:
+                    await cache.close(self._time_left())
+                except BaseException as err:
+                    await self._record_unstored(cache, err)
+                    raise
+        finally:
+            await self._release_lock()
 
     def _time_left(self) -> float:
         """Seconds the write-back may still take: ``shutdown_timeout``, or less when stopping."""

@@ -93,8 +93,10 @@ class Connection:
             raise _Abort("client went away") from err
 
     async def _read_payload(self, n: int) -> bytearray:
+        # An object-sized payload lands in a buffer the cache can keep as is.
+        into = self.cache.payload_buffer(n) if self.cache is not None else None
         try:
-            return await self.stream.read_payload(n)
+            return await self.stream.read_payload(n, into)
         except (asyncio.IncompleteReadError, ConnectionError) as err:
             raise _Abort("client went away") from err
 
@@ -443,7 +445,8 @@ class Connection:
             errno = p.EINVAL if cmd == p.CMD_TRIM else p.ENOSPC
             raise RequestError(errno, "request goes past the end of the export")
         if cmd == p.CMD_WRITE:
-            await cache.write(offset, payload, fua=fua)
+            # The payload is this request's alone: the cache may keep it.
+            await cache.write(offset, payload, fua=fua, given=True)
         elif cmd == p.CMD_TRIM:
             await cache.zero(offset, length, punch=True, fua=fua)
         else:
@@ -543,6 +546,24 @@ class NbdServer:
         return self.exports.get(name)
 
     async def start(self) -> None:
+        """Take the locks held for the server's life (lock_scope ``server``), then listen.
+
+        A device locked by someone else (DeviceLocked) or a lock race lost
+        (LeaseLost) is raised before the port is open; locks already taken
+        are given back first.
+        """
+        opened: list[Export] = []
+        try:
+            for export in self.exports.values():
+                await export.open()
+                opened.append(export)
+        except BaseException:
+            for export in opened:
+                try:
+                    await export.close()
+                except Exception as err:
+                    LOG.error("export %s: %s", export.name, err)
+            raise
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: NbdStream(self._handle), self.bind, self.port, reuse_address=True
@@ -627,6 +648,12 @@ class NbdServer:
                 for task in stuck:
                     task.cancel()
                 await asyncio.wait(stuck, timeout=1)
+        # Exports holding their lock for the server: write back and unlock now.
+        for export in self.exports.values():
+            try:
+                await export.close()
+            except Exception as err:
+                LOG.error("export %s: write-back at the stop failed: %s", export.name, err)
         if self._server is not None:
             await self._server.wait_closed()
 

@@ -154,9 +154,10 @@ class NbdStream(asyncio.BufferedProtocol):
                 self._wanted = 0
         return self._take(n)
 
-    async def read_payload(self, n: int) -> bytearray:
-        """``n`` bytes in a new bytearray, filled by the kernel where not staged already."""
-        out = bytearray(n)
+    async def read_payload(self, n: int, into: bytearray | None = None) -> bytearray:
+        """``n`` bytes in a bytearray (``into`` when given, of that size; else a new one),
+        filled by the kernel where not staged already."""
+        out = into if into is not None and len(into) == n else bytearray(n)
         staged = min(n, self._end - self._start)
         out[:staged] = self._staging[self._start : self._start + staged]
         self._start += staged

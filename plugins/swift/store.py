@@ -91,6 +91,19 @@ def lent_body(data: bytearray) -> Any:
     return _lent_type(len(data)).from_buffer(data)
 
 
+def _forget_request_body(conn: Any) -> None:
+    """Drop swiftclient's hold on the body just sent.
+
+    swiftclient keeps its last response, and through it the request and its
+    body, until the connection's next request: a lent buffer (the NBD cache's
+    own) would stay exported that long, and the cache could not reuse it.
+    """
+    http = conn.http_conn[1] if getattr(conn, "http_conn", None) else None
+    request = getattr(getattr(http, "resp", None), "request", None)
+    if request is not None:
+        request.body = None
+
+
 _LENT_TYPES: dict[int, type] = {}
 
 
@@ -410,6 +423,8 @@ class SwiftBlockStore(BlockStore):
                 if exc.http_status == 404:
                     raise NotFound(f"device container {container} not found") from None
                 raise
+            finally:
+                _forget_request_body(conn)
             return True
 
         return self._call(f"write {container}/{obj}", put)

@@ -187,10 +187,34 @@ def test_sigkill_right_after_flush_loses_nothing(backend, tmp_path):
     assert backend.stop(proc) == 0
 
 
+def test_a_second_server_of_a_device_refuses_to_start_until_the_first_stops(backend):
+    backend.setup("disk")
+    first, port = backend.serve("disk")  # lock_scope = server, the default
+    # Locked from the start, before any client: `show` says by whom.
+    shown = json.loads(backend.stowkit("blockstore", "show", "disk", "-f", "json").stdout)
+    assert "stowkit nbd server" in shown["locked_by"], shown
+    second = subprocess.run(
+        [*STOWKIT, "--config-file", backend.conf, "blockstore", "serve", "--port", "0", "disk"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert second.returncode == 8, second.stderr
+    assert "locked by stowkit nbd server" in second.stderr and "serving" not in second.stdout
+    # A client's disconnect keeps the lock; the stop releases it.
+    run("qemu-io", "-f", "raw", "-c", "write -P 0x44 0 64k", f"nbd://127.0.0.1:{port}/disk")
+    shown = json.loads(backend.stowkit("blockstore", "show", "disk", "-f", "json").stdout)
+    assert "stowkit nbd server" in shown["locked_by"], shown
+    assert backend.stop(first) == 0
+    again, port = backend.serve("disk")
+    out = run("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x44 0 64k",
+              f"nbd://127.0.0.1:{port}/disk").stdout  # fmt: skip
+    assert "Pattern verification failed" not in out
+    assert backend.stop(again) == 0
+
+
 def test_second_writer_refused_lock_released_on_disconnect(backend, tmp_path):
     backend.setup("disk")
-    first, port1 = backend.serve("disk")
-    second, port2 = backend.serve("disk")
+    first, port1 = backend.serve("disk", "--lock-scope", "connection")
+    second, port2 = backend.serve("disk", "--lock-scope", "connection")
     holder = RawClient(port1)
     holder.greet()
     holder.go("disk")

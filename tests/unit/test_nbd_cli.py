@@ -57,6 +57,32 @@ def test_serve_on_a_busy_port_names_the_address_and_the_reason(conf):
     assert out.stdout == ""  # nothing announced
 
 
+def test_serve_refuses_to_start_on_a_device_locked_elsewhere(conf):
+    assert stowkit(conf, "blockstore", "setup", "d", "--size", "1M").returncode == 0
+    assert stowkit(conf, "blockstore", "lock", "d", "--owner", "backup job").returncode == 0
+    out = stowkit(conf, "blockstore", "serve", "--port", "0", "d")
+    assert out.returncode == 8, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "backup job" in out.stderr
+    assert "serving" not in out.stdout  # never listened
+    # Locked only while clients are connected: it starts, and refuses them instead.
+    proc = subprocess.Popen(
+        [*STOWKIT, "--config-file", conf, "blockstore", "serve", "--port", "0",
+         "--lock-scope", "connection", "d"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    watchdog = threading.Timer(60, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdout.readline().startswith("serving nbd://")
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def test_serve_prints_uri_and_stops_cleanly_on_sigterm(conf):
     assert (
         stowkit(conf, "blockstore", "setup", "d", "--size", "1M", "--object-size", "64K").returncode
@@ -128,8 +154,10 @@ def test_swiftnbd_server_logs_through_oslo_log_with_swiftnbds_flags(tmp_path, ca
         assert "DEBUG stowkit.corelib.servicelog" in text  # -v is oslo.log's debug
         bad = tmp_path / "no" / "dir" / "x.log"
         assert swiftnbd_server.main([*argv, "-l", str(bad)]) == 10
-        assert capsys.readouterr().err.splitlines()[-1].startswith(
-            f"swiftnbd-server: cannot open the log {bad}: "
+        assert (
+            capsys.readouterr()
+            .err.splitlines()[-1]
+            .startswith(f"swiftnbd-server: cannot open the log {bad}: ")
         )
     finally:  # oslo.log configured this process's root logger: give pytest its own back
         for handler in logging.getLogger().handlers[:]:

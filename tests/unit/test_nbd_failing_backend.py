@@ -88,3 +88,30 @@ def test_shutdown_with_a_hung_backend_finishes_within_its_bound(caplog):
     finally:
         store.write_gate.set()
         t.stop()
+
+
+def test_a_client_connecting_once_the_backend_is_back_is_not_refused_until_the_probe():
+    # The server keeps its lock and cache between clients (lock_scope server):
+    # what the last client could not store waits in the cache.  A client that
+    # connects once the backend is back gets its FLUSH answered at once, not
+    # EIO until the next probe (every 5 s here).
+    store = MemoryBlockStore()
+    store.create_device("one", SIZE, OSIZE)
+    store.fail_writes = True
+    t = ServerThread(store, ["one"], cache_size=8 * OSIZE, retry_time=60.0, retry_attempts=1)
+    try:
+        c = client(t)
+        c.request(p.CMD_WRITE, 0, 5, data=b"first", cookie=1)
+        c.request(p.CMD_FLUSH, cookie=2)
+        assert c.reply()[:2] == (1, 0) and c.reply()[:2] == (2, p.EIO)
+        c.request(p.CMD_DISC)
+        assert c.closed()
+        store.fail_writes = False  # the backend is back
+        c = client(t)
+        c.request(p.CMD_WRITE, OSIZE, 6, data=b"second", cookie=3)
+        c.request(p.CMD_FLUSH, cookie=4)
+        assert c.reply()[:2] == (3, 0) and c.reply()[:2] == (4, 0)
+        assert store.objects["one"][0][:5] == b"first"  # kept, and stored now
+        assert store.objects["one"][1][:6] == b"second"
+    finally:
+        t.stop()

@@ -110,7 +110,7 @@ class _SlowRenewStore(MemoryBlockStore):
 
 def test_a_renewal_in_flight_cannot_bring_the_lock_back_after_release():
     store = new_store(_SlowRenewStore)
-    t = ServerThread(store, ["one"], lease=3)
+    t = ServerThread(store, ["one"], lease=3, lock_scope="connection")
     try:
         c = client(t)
         c.request(p.CMD_WRITE, 0, 4, data=b"data", cookie=1)
@@ -146,7 +146,7 @@ def test_breaking_a_dead_servers_lock_leaves_a_lock_taken_meanwhile():
     store = new_store(_TakenMeanwhileStore)
     dead = dataclasses.replace(LockInfo.new(LOCK_OWNER, 600), pid=2**22 + 12345)
     store.control["one"]["stowkit.lock"] = dead.to_json()
-    t = ServerThread(store, ["one"])
+    t = ServerThread(store, ["one"], lock_scope="connection")
     try:
         c = RawClient(t.port)
         c.greet()

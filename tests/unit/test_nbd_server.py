@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from stowkit.corelib.blockstore import DEFAULT_LEASE, LockInfo
+from stowkit.corelib.blockstore import DEFAULT_LEASE, DeviceLocked, LockInfo
 from stowkit.corelib.nbd import protocol as p
 from tests.unit.nbd_fakes import MemoryBlockStore, RawClient, ServerThread, _string
 
@@ -218,8 +218,10 @@ def test_read_only_export_refuses_writes_and_takes_no_lock(store):
 
 
 def test_block_status_extents(server, store):
-    store.objects["one"][2] = b"\x01" * OSIZE
     c = client(server, meta=True)
+    c.request(p.CMD_WRITE, 2 * OSIZE, OSIZE, data=b"\x01" * OSIZE)
+    c.request(p.CMD_FLUSH)
+    assert c.reply()[1] == 0 and c.reply()[1] == 0
     c.request(p.CMD_BLOCK_STATUS, 0, 4 * OSIZE)
     _, err, _, chunks = c.reply()
     assert err == 0 and chunks[0][0] == p.REPLY_TYPE_BLOCK_STATUS
@@ -284,15 +286,93 @@ def test_malformed_clients_do_not_disturb_a_good_one(server):
     assert good.reply()[:3] == (12, 0, b"hello")
 
 
-def test_disconnect_writes_back_and_unlocks(server, store):
-    c = client(server)
-    c.request(p.CMD_WRITE, 0, 4, data=b"data")
-    assert c.reply()[1] == 0
-    assert store.get_lock("one") is not None
-    c.request(p.CMD_DISC)
-    assert c.closed()
-    eventually(lambda: store.get_lock("one") is None)  # unlocked after the write-back
-    assert store.objects["one"][0][:4] == b"data"
+def test_disconnect_writes_back_and_unlocks(store):
+    server = ServerThread(store, ["one"], lock_scope="connection")
+    try:
+        assert store.get_lock("one") is None  # nobody connected: not locked
+        c = client(server)
+        c.request(p.CMD_WRITE, 0, 4, data=b"data")
+        assert c.reply()[1] == 0
+        assert store.get_lock("one") is not None
+        c.request(p.CMD_DISC)
+        assert c.closed()
+        eventually(lambda: store.get_lock("one") is None)  # unlocked after the write-back
+        assert store.objects["one"][0][:4] == b"data"
+    finally:
+        server.stop()
+
+
+def test_a_server_holds_its_writable_devices_from_start_to_stop(store):
+    server = ServerThread(store, ["one"], lease=30)
+    try:
+        lock = store.get_lock("one")
+        assert lock is not None  # before any client
+        assert server.server.exports["one"].lease.state == "valid"  # confirmed already
+        c = client(server)
+        c.request(p.CMD_WRITE, 0, 4, data=b"data")
+        assert c.reply()[1] == 0
+        c.request(p.CMD_DISC)
+        assert c.closed()
+        # Written back at the disconnect, the lock kept (same token) for the next client.
+        eventually(lambda: store.objects["one"].get(0, b"")[:4] == b"data")
+        assert store.get_lock("one").token == lock.token
+        reads = len(store.reads)
+        c = client(server)
+        c.request(p.CMD_READ, 0, 4, cookie=9)
+        assert c.reply(4)[:3] == (9, 0, b"data")
+        assert len(store.reads) == reads  # the cache stayed warm
+        c.request(p.CMD_DISC)
+        assert c.closed()
+    finally:
+        server.stop()
+    assert store.get_lock("one") is None
+
+
+def test_a_server_does_not_start_on_a_device_locked_elsewhere(store):
+    store.lock("one", "someone else", 600)
+    with pytest.raises(DeviceLocked, match="someone else"):
+        ServerThread(store, ["one", "two"], lease=30)
+    assert store.get_lock("two") is None  # the lock it had taken is given back
+    assert store.get_lock("one").owner == "someone else"
+
+
+def test_a_held_lock_broken_unnoticed_is_re_read_when_the_next_client_connects(store):
+    server = ServerThread(store, ["one"], lease=30)
+    try:
+        token = store.get_lock("one").token
+        store.unlock("one", force=True)  # broken by hand; no renewal has seen it yet
+        c = client(server)  # the lock is re-read, found gone, and taken again
+        c.request(p.CMD_WRITE, 0, 4, data=b"anew", cookie=1)
+        c.request(p.CMD_FLUSH, cookie=2)
+        assert c.reply()[:2] == (1, 0) and c.reply()[:2] == (2, 0)
+        assert store.objects["one"][0][:4] == b"anew"
+        assert store.get_lock("one").token != token
+    finally:
+        server.stop()
+
+
+def test_a_lock_lost_while_no_client_is_connected_is_taken_again_by_the_next(store):
+    server = ServerThread(store, ["one"], lease=30)
+    try:
+        export = server.server.exports["one"]
+        store.unlock("one", force=True)  # broken by hand, then taken by a rival
+        rival = store.lock("one", "rival", 600)
+        export.lease.renew()  # the renewal finds the rival's lock
+        assert export.lease.lost
+        c = RawClient(server.port)
+        c.greet()
+        c.option(p.OPT_GO, _string("one") + p.U16.pack(0))
+        rtype, message = c.option_reply()[1:]
+        assert rtype == p.REP_ERR_POLICY and b"rival" in message  # refused, naming it
+        store.unlock("one", expected=rival)
+        c = client(server)  # free again: locked anew for the server
+        c.request(p.CMD_WRITE, 0, 4, data=b"next")
+        c.request(p.CMD_FLUSH)
+        assert c.reply()[1] == 0 and c.reply()[1] == 0
+        assert store.objects["one"][0][:4] == b"next"
+        assert store.get_lock("one").owner == export.lease.info.owner
+    finally:
+        server.stop()
 
 
 def eventually(check, seconds: float = 20) -> None:
@@ -306,8 +386,8 @@ def eventually(check, seconds: float = 20) -> None:
 
 
 def test_second_server_refused_while_first_connected(store):
-    first = ServerThread(store, ["one"], lease=DEFAULT_LEASE)
-    second = ServerThread(store, ["one"], lease=DEFAULT_LEASE)
+    first = ServerThread(store, ["one"], lease=DEFAULT_LEASE, lock_scope="connection")
+    second = ServerThread(store, ["one"], lease=DEFAULT_LEASE, lock_scope="connection")
     try:
         c1 = client(first)
         c2 = RawClient(second.port)
@@ -376,7 +456,7 @@ class _SlowConfirmStore(MemoryBlockStore):
 def test_nothing_is_stored_before_the_lock_is_confirmed():
     store = _SlowConfirmStore()
     store.create_device("one", SIZE, OSIZE)
-    t = ServerThread(store, ["one"])
+    t = ServerThread(store, ["one"], lock_scope="connection")
     try:
         c = client(t)  # the client is served at once
         c.request(p.CMD_WRITE, 0, 5, data=b"early", cookie=1)
@@ -399,7 +479,7 @@ def test_a_lock_a_rival_won_stores_nothing_and_refuses_writes():
     store = _SlowConfirmStore()
     store.create_device("one", SIZE, OSIZE)
     store.rival_wins = True
-    t = ServerThread(store, ["one"])
+    t = ServerThread(store, ["one"], lock_scope="connection")
     try:
         c = client(t)
         c.request(p.CMD_WRITE, 0, 5, data=b"loser", cookie=1)

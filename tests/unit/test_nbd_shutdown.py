@@ -92,7 +92,9 @@ class HangingLockStore(MemoryBlockStore):
 def test_a_handshake_waiting_for_a_hung_backend_does_not_hold_the_shutdown():
     store = HangingLockStore()
     store.create_device("one", SIZE, OSIZE)
-    t = ServerThread(store, ["one"], shutdown_timeout=0.5, handshake_timeout=60)
+    t = ServerThread(
+        store, ["one"], shutdown_timeout=0.5, handshake_timeout=60, lock_scope="connection"
+    )
     c = RawClient(t.port, timeout=30)
     c.greet()
     c.option(p.OPT_GO, _string("one") + p.U16.pack(0))  # attach: takes the lock, hangs
@@ -140,7 +142,7 @@ class FlakyUnlockStore(MemoryBlockStore):
 def test_our_lock_left_behind_by_a_failed_release_does_not_lock_us_out():
     store = FlakyUnlockStore()
     store.create_device("one", SIZE, OSIZE)
-    t = ServerThread(store, ["one"], lease=600)
+    t = ServerThread(store, ["one"], lease=600, lock_scope="connection")
     try:
         c = client(t)
         eventually(lambda: t.server.exports["one"].lease.valid)
@@ -169,7 +171,14 @@ def test_what_the_last_disconnect_could_not_store_is_recorded(tmp_path):
     conf.set_override("state_dir", str(tmp_path))
     store.conf = conf
     store.create_device("one", SIZE, OSIZE)
-    t = ServerThread(store, ["one"], retry_attempts=1, retry_time=30.0, shutdown_timeout=2.0)
+    t = ServerThread(
+        store,
+        ["one"],
+        retry_attempts=1,
+        retry_time=30.0,
+        shutdown_timeout=2.0,
+        lock_scope="connection",
+    )
     try:
         c = client(t)
         eventually(lambda: t.server.exports["one"].lease.valid)
