@@ -474,3 +474,50 @@ def test_copying_in_through_a_small_cache_reuses_its_buffers():
     asyncio.run(main())
     assert cache._pool.reused >= 32
     assert [store.objects["dev"][i] for i in range(64)] == payloads
+
+
+def test_a_payload_covering_one_object_becomes_that_object_without_a_copy():
+    store = SharingStore()  # uploads send the cached buffer: it stays the object's
+    device = store.create_device("dev", 8 * OSIZE, OSIZE)
+    cache = ObjectCache(store, device, capacity=8 * OSIZE, workers=2)
+    given, lent = bytearray(os.urandom(OSIZE)), bytearray(os.urandom(OSIZE))
+
+    async def main() -> None:
+        await cache.start()
+        await cache.write(OSIZE, given, given=True)
+        await cache.write(2 * OSIZE, lent)  # not given: the caller may change it
+        assert cache._entries[1].data is given
+        assert cache._entries[2].data is not lent and cache._entries[2].data == lent
+        await cache.close()
+
+    asyncio.run(main())
+    assert store.objects["dev"][1] == given
+
+
+def test_swift_lets_go_of_a_lent_buffer_once_it_is_sent():
+    # swiftclient keeps its last response (and the request body with it): the
+    # cache's buffer would stay exported and could not be reused.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeSwift)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    FakeSwift.bodies, FakeSwift.fail_next = [], 0
+    conf = cfg.ConfigOpts()
+    store = SwiftBlockStore(conf, "blockstore_swift")
+    port = server.server_address[1]
+    for key, value in (("auth_url", f"http://127.0.0.1:{port}/auth/v1.0"), ("user", "t:u"),
+                       ("key", "k"), ("retries", 3), ("max_backoff", 0.1)):  # fmt: skip
+        conf.set_override(key, value, "blockstore_swift")
+    conf([], default_config_files=[])
+    try:
+        data = bytearray(os.urandom(OSIZE))
+        body = store.lend_body(data)
+        store.write_object("dev", 2, body)
+        del body
+        data.append(0)  # BufferError while anything still holds a view of it
+        assert len(FakeSwift.bodies) == 1
+    finally:
+        store.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
