@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -269,7 +270,22 @@ class SwiftBlockStore(BlockStore):
         token = secrets.token_hex(8)
         settings = {"format": FORMAT_VERSION, "size": size, "object_size": object_size,
                     "token": token}  # fmt: skip
+        started = time.monotonic()
         created = self._control_create(name, SETTINGS_KEY, json.dumps(settings).encode())
+        took = time.monotonic() - started
+        if created and self.settle_seconds > 0 and took >= self.settle_seconds:
+            # As for the lock (BlockStore.confirm_lock): a rival setup whose
+            # create started after ours may have landed, re-read its own token
+            # and gone on while ours was in flight; ours, newer, replaced its
+            # settings object.  The container metadata, which only a confirmed
+            # setup writes, is what a device's settings are read from first, so
+            # without ours the rival's stand; this setup just cannot say it won.
+            raise Conflict(
+                f"device {name}: its setup could not be confirmed: creating its settings "
+                f"took {took:.2f} s, longer than the settle time ({self.settle_seconds:g} s), "
+                f"so another setup may have made it meanwhile; `stowkit blockstore show "
+                f"{name}` says what exists"
+            )
         if created:
             self._settle()  # a rival's create may still land (see settle_seconds)
             current = self._settings_token(name)
