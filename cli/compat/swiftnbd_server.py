@@ -20,6 +20,8 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+from oslo_config import cfg
+
 from stowkit.cli.common import one_line_errors, report
 from stowkit.cli.compat.swiftnbd_ctl import (
     Ctl,
@@ -123,11 +125,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Write-back retry budget, shutdown bound, in-flight bytes: [blockstore] of stowkit.conf.
     settings = ExportSettings(cache_size=args.cache_limit << 20).apply_conf(conf)
+    if conf.get_location("lock_scope", "blockstore").location is cfg.Locations.opt_default:
+        # swiftnbd locks a container while a client uses it: its users' habit
+        # (swiftnbd-ctl on an idle container) unless stowkit.conf says otherwise.
+        settings.lock_scope = "connection"
     try:
         serve_many(entries, args.bind_address, args.bind_port, settings, ready)
     except OSError as exc:
         LOG.error("cannot serve: %s", exc)
         return 1
+    except StowkitError as err:  # a container locked elsewhere (lock_scope = server)
+        LOG.error("cannot serve: %s", err)
+        return err.exit_code
     finally:
         os.remove(args.pidfile)
     LOG.info("Exiting...")

@@ -2,13 +2,14 @@
 
 Lock policy (doc/nbd.md), ``[blockstore] lock_scope``:
 
-* ``server`` (the default, as qemu-nbd and swiftnbd-server hold their image):
+* ``server`` (the default; qemu-nbd holds its image's lock the same way):
   a writable export takes the device lock when the server starts, confirmed
   before the server listens, and keeps it, with its cache, until the server
   stops.  A device locked by someone else stops the server from starting.
   The last client's disconnect writes everything back but keeps the lock,
   so a reconnecting client finds its device still reserved and its cache warm.
-* ``connection``: the lock is taken when the first client connects
+* ``connection`` (swiftnbd-server's way, and stowkit-swiftnbd-server's
+  unless configured): the lock is taken when the first client connects
   (NBD_OPT_GO or NBD_OPT_EXPORT_NAME) and released, after writing back
   every dirty object, when the last one disconnects; another holder makes
   the export refuse clients.

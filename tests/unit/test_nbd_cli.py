@@ -163,3 +163,50 @@ def test_swiftnbd_server_logs_through_oslo_log_with_swiftnbds_flags(tmp_path, ca
         for handler in logging.getLogger().handlers[:]:
             if not type(handler).__module__.startswith("_pytest"):
                 logging.getLogger().removeHandler(handler)
+
+
+def test_swiftnbd_server_locks_a_container_while_a_client_uses_it_as_swiftnbd_did(
+    tmp_path, monkeypatch
+):
+    # swiftnbd locked a container at a client's connection and unlocked it at
+    # the disconnect; stowkit.conf's [blockstore] lock_scope can say otherwise.
+    import stowkit.corelib.nbd.server as nbd_server
+    from tests.unit.nbd_fakes import MemoryBlockStore
+
+    store = MemoryBlockStore()
+    store.create_device("c1", 1 << 20, 65536)
+
+    class OneStore:
+        def __init__(self, args, secrets):
+            pass
+
+        def store(self, container):
+            return store
+
+    scopes = []
+    monkeypatch.setattr(swiftnbd_server, "Ctl", OneStore)
+    monkeypatch.setattr(
+        nbd_server, "serve_many", lambda entries, b, p, settings, ready: scopes.append(
+            settings.lock_scope
+        ),
+    )  # fmt: skip
+    secrets = tmp_path / "secrets.conf"
+    secrets.write_text("[c1]\nusername = u\npassword = p\n")
+    secrets.chmod(0o600)
+    argv = ["--secrets", str(secrets), "-f", "--pid-file", str(tmp_path / "pid")]
+    try:
+        assert swiftnbd_server.main(argv) == 0
+        conf = tmp_path / "stowkit.conf"
+        conf.write_text("[blockstore]\nlock_scope = server\n")
+        load = swiftnbd_server.config.load_conf
+        monkeypatch.setattr(
+            swiftnbd_server.config, "load_conf", lambda files=None: load([str(conf)])
+        )
+        assert swiftnbd_server.main(argv) == 0
+    finally:  # oslo.log configured this process's root logger: give pytest its own back
+        import logging
+
+        for handler in logging.getLogger().handlers[:]:
+            if not type(handler).__module__.startswith("_pytest"):
+                logging.getLogger().removeHandler(handler)
+    assert scopes == ["connection", "server"]
