@@ -242,6 +242,7 @@ class Agent(Command):
                 blockstore=lambda: self.driver("blockstore"),
                 image_sync=self._image_sync,
                 find_backups=lambda match: catalog.find_backups(match, limit=100),
+                forget_backup=catalog.delete_backup,
                 freezer_agent=opts.freezer_agent,
             )
 

@@ -2,7 +2,8 @@
 
 stowkit's own actions make the library calls the CLI commands make and
 return the backup documents to record (one per snapshot, replication or
-device copy); freezer's actions are handed to ``freezer-agent``.
+device copy; a purge removes those of the snapshots it deleted); freezer's
+actions are handed to ``freezer-agent``.
 
 ============================  ===============================  =============================
 action                        fields of ``freezer_action``     the CLI command it stands for
@@ -20,15 +21,18 @@ action                        fields of ``freezer_action``     the CLI command i
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from stowkit.corelib.errors import BackendUnavailable, InvalidArgument, StowkitError
+
+LOG = logging.getLogger(__name__)
 
 #: freezer's own actions (freezer-agent's ``--action``).
 FREEZER_ACTIONS = frozenset({"backup", "restore", "info", "admin", "exec"})
@@ -54,6 +58,8 @@ class Context:
     image_sync: Callable[[list[str]], Any] | None = None
     #: the catalog's backups of a volume/device: for a parent's level
     find_backups: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = lambda match: []
+    #: removes a backup's record from the catalog (None: the catalog cannot)
+    forget_backup: Callable[[str], None] | None = None
     freezer_agent: str = "freezer-agent"
     #: set when the run is aborted: long actions stop at the next chance
     cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
@@ -158,12 +164,42 @@ def replicate(ctx: Context, action: Mapping[str, Any]) -> Outcome:
     return Outcome(f"{sent.snapshot} sent to {host} ({how})", [meta])
 
 
+#: Actions whose backup documents record a snapshot kept on the agent's own host.
+_LOCAL_SNAPSHOT_ACTIONS = frozenset(
+    {"stowkit-volume-snapshot", "stowkit-volume-sync", "stowkit-volume-pull"}
+)
+
+
 def purge(ctx: Context, action: Mapping[str, Any]) -> Outcome:
     volume, pattern = _field(action, "volume"), _field(action, "pattern")
     dry_run = action.get("dry_run") in (True, "true", "True", "1")
     result = ctx.need("volumes").purge(volume, pattern, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
-    return Outcome(f"{verb} {len(result.deleted)} snapshot(s), kept {len(result.kept)}")
+    message = f"{verb} {len(result.deleted)} snapshot(s), kept {len(result.kept)}"
+    if dry_run or not result.deleted or ctx.forget_backup is None:
+        return Outcome(message)
+    # The catalog must not go on listing (nor `volume pull` choosing) snapshots
+    # that are gone: their records on this host go with them.  A replication's
+    # record stays: the copy it records lives on the peer.
+    try:
+        forgotten = _forget_snapshots(ctx, volume, result.deleted)
+    except StowkitError as err:
+        LOG.warning("purge of %s: the catalog still records deleted snapshots: %s", volume, err)
+        return Outcome(f"{message}; their catalog records could not be removed: {err}")
+    return Outcome(f"{message}, {forgotten} catalog record(s) removed")
+
+
+def _forget_snapshots(ctx: Context, volume: str, snapshots: Sequence[str]) -> int:
+    assert ctx.forget_backup is not None
+    forgotten = 0
+    for name in snapshots:
+        match = [{"container": volume}, {"backup_name": name}, {"hostname": ctx.hostname}]
+        for doc in ctx.find_backups(match):
+            meta = doc.get("backup_metadata", doc)
+            if meta.get("action") in _LOCAL_SNAPSHOT_ACTIONS and doc.get("backup_id"):
+                ctx.forget_backup(str(doc["backup_id"]))
+                forgotten += 1
+    return forgotten
 
 
 def sync(ctx: Context, action: Mapping[str, Any]) -> Outcome:

@@ -55,6 +55,10 @@ class CatalogClient(abc.ABC):
     def find_backups(self, match: Sequence[Mapping[str, Any]], limit: int = 10) -> list[Document]:
         """Backups matching every term (for a parent's level)."""
 
+    def delete_backup(self, backup_id: str) -> None:
+        """Remove a backup's record (``DELETE backups/ID``); one already gone is fine."""
+        raise BackendUnavailable("this catalog client cannot remove backup records")
+
     # Sessions: a catalog without them (an old fake) makes session jobs fail clearly.
     def get_session(self, session_id: str) -> Document:
         """One session document (NotFound when deleted)."""
@@ -177,6 +181,11 @@ class HttpCatalog(CatalogClient):
         if status != 201:
             raise self._fail(status, body, "recording a backup")
         return str(body["backup_id"])
+
+    def delete_backup(self, backup_id: str) -> None:
+        status, body, _ = self._call("DELETE", f"backups/{urllib.parse.quote(backup_id)}")
+        if status not in (200, 204, 404):
+            raise self._fail(status, body, f"removing the record of backup {backup_id}")
 
     def get_session(self, session_id: str) -> Document:
         status, body, _ = self._call("GET", f"sessions/{urllib.parse.quote(session_id)}")

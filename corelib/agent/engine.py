@@ -215,6 +215,8 @@ class Agent:
         if catalog is not self.catalog:
             # a central agent's job: its parents are in the job's project
             ctx.find_backups = lambda match: catalog.find_backups(match, limit=100)
+            if ctx.forget_backup is not None:
+                ctx.forget_backup = catalog.delete_backup
         run = Run(job_id, number, ctx, catalog=catalog, session=session)
         thread = threading.Thread(
             target=self._run, args=(run, job), name=f"job-{job_id}", daemon=True

@@ -251,6 +251,17 @@ def test_interval_job_snapshots_records_backups_and_stops(stack):
     assert listed.returncode == 0, listed.stderr
     assert len(json.loads(listed.stdout)) == len(taken)
 
+    # What a purge does for the snapshots it deleted: their records go too
+    # (twice is fine: a record already gone is not an error).
+    from stowkit.corelib.agent.client import HttpCatalog, noauth_headers
+
+    catalog = HttpCatalog(api.url, PROJECT, noauth_headers("tester"))
+    gone = backups[0]["backup_id"]
+    catalog.delete_backup(gone)
+    catalog.delete_backup(gone)
+    assert gone not in {b["backup_id"] for b in api.backups("data")}
+    assert len(api.backups("data")) == len(taken) - 1
+
 
 def test_abort_ends_a_run_and_skips_what_follows(stack):
     a, api, agent, _, _ = stack
