@@ -674,31 +674,23 @@ class ObjectCache:
         interval = min(5.0, max(self.retry_time / 4, 0.05))
         while self.backend_failing and self._aborted is None and not self._closed:
             await asyncio.sleep(interval)
-            target = next(((i, e) for i, e in self._entries.items() if e.dirty), None)
-            if target is None:
-                self._note_success()
-                break
-            try:
-                await self._upload(*target)
-            except Exception:
-                continue
-        if not self.backend_failing and self._aborted is None:
-            self._background_writeback_all()
+            await self.retry_now()
 
     async def retry_now(self) -> None:
-        """While the retry budget is spent: try the oldest dirty object once, now (a
-        new client arrives: the backend may be back), rather than at the next probe."""
+        """While the retry budget is spent: try the oldest dirty object once, now (the
+        probe's step; also when a new client arrives: the backend may be back);
+        once it is stored, write-back resumes."""
         if not self.backend_failing or self._aborted is not None or self._closed:
             return
         target = next(((i, e) for i, e in self._entries.items() if e.dirty), None)
         if target is None:
-            self._note_success()
-            return
-        try:
-            await self._upload(*target)
-        except Exception:
-            return  # still failing: the probe goes on
-        if not self.backend_failing:
+            self._note_success()  # nothing is left to store: not failing any more
+        else:
+            try:
+                await self._upload(*target)
+            except Exception:
+                return  # still failing
+        if not self.backend_failing and self._aborted is None:
             self._background_writeback_all()
 
     def _background_writeback(self) -> None:

@@ -57,6 +57,30 @@ def test_serve_on_a_busy_port_names_the_address_and_the_reason(conf):
     assert out.stdout == ""  # nothing announced
 
 
+def serve_then_stop(conf: str, *args: str) -> str:
+    """Start `blockstore serve`, read its first line, SIGTERM it; the line (exit 0 checked).
+
+    No `timeout` wrapper: the signal must reach the server itself, not a wrapper.
+    """
+    proc = subprocess.Popen(
+        [*STOWKIT, "--config-file", conf, "blockstore", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    watchdog = threading.Timer(60, proc.kill)  # a server that never prints cannot hang us
+    watchdog.start()
+    try:
+        line = proc.stdout.readline()
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == 0
+        return line
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def test_serve_refuses_to_start_on_a_device_locked_elsewhere(conf):
     assert stowkit(conf, "blockstore", "setup", "d", "--size", "1M").returncode == 0
     assert stowkit(conf, "blockstore", "lock", "d", "--owner", "backup job").returncode == 0
@@ -65,22 +89,7 @@ def test_serve_refuses_to_start_on_a_device_locked_elsewhere(conf):
     assert len(out.stderr.strip().splitlines()) == 1 and "backup job" in out.stderr
     assert "serving" not in out.stdout  # never listened
     # Locked only while clients are connected: it starts, and refuses them instead.
-    proc = subprocess.Popen(
-        [*STOWKIT, "--config-file", conf, "blockstore", "serve", "--port", "0",
-         "--lock-scope", "connection", "d"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    watchdog = threading.Timer(60, proc.kill)
-    watchdog.start()
-    try:
-        assert proc.stdout.readline().startswith("serving nbd://")
-        os.kill(proc.pid, signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        watchdog.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    assert serve_then_stop(conf, "--lock-scope", "connection", "d").startswith("serving nbd://")
 
 
 def test_serve_prints_uri_and_stops_cleanly_on_sigterm(conf):
@@ -88,24 +97,8 @@ def test_serve_prints_uri_and_stops_cleanly_on_sigterm(conf):
         stowkit(conf, "blockstore", "setup", "d", "--size", "1M", "--object-size", "64K").returncode
         == 0
     )
-    # No `timeout` wrapper: the signal must reach the server itself, not a wrapper.
-    proc = subprocess.Popen(
-        [*STOWKIT, "--config-file", conf, "blockstore", "serve", "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    watchdog = threading.Timer(60, proc.kill)  # a server that never prints cannot hang us
-    watchdog.start()
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("serving nbd://127.0.0.1:") and line.rstrip().endswith("/d")
-        os.kill(proc.pid, signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        watchdog.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    line = serve_then_stop(conf)
+    assert line.startswith("serving nbd://127.0.0.1:") and line.rstrip().endswith("/d")
 
 
 def test_swiftnbd_server_flags_match_the_seed():

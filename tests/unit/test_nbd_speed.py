@@ -11,13 +11,13 @@ import threading
 import time
 
 import pytest
-from oslo_config import cfg
 
 from stowkit.corelib.blockstore import LOCK_KEY, LeaseLost
 from stowkit.corelib.nbd import protocol as p
 from stowkit.corelib.nbd.cache import ObjectCache
 from stowkit.plugins.swift.store import Resendable, SwiftBlockStore
 from tests.unit.nbd_fakes import MemoryBlockStore, RawClient, ServerThread
+from tests.unit.swift_fakes import swift_store
 
 OSIZE = 4096
 
@@ -314,30 +314,14 @@ class FakeSwift(http.server.BaseHTTPRequestHandler):
 
 
 def test_swift_sends_a_lent_buffer_whole_through_swiftclient_and_again_on_503():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeSwift)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
     FakeSwift.bodies, FakeSwift.fail_next = [], 1
-    conf = cfg.ConfigOpts()
-    store = SwiftBlockStore(conf, "blockstore_swift")
-    port = server.server_address[1]
-    for key, value in (("auth_url", f"http://127.0.0.1:{port}/auth/v1.0"), ("user", "t:u"),
-                       ("key", "k"), ("retries", 3), ("max_backoff", 0.1)):  # fmt: skip
-        conf.set_override(key, value, "blockstore_swift")
-    conf([], default_config_files=[])
-    try:
+    with swift_store(FakeSwift) as store:
         data = bytearray(os.urandom(OSIZE))
         body = store.lend_body(data)
         assert not isinstance(body, bytes)  # shares the bytearray: no copy
         store.write_object("dev", 2, body)
         want = (bytes(data), hashlib.md5(data).hexdigest())
         assert FakeSwift.bodies == [want, want]  # whole each time, with its MD5
-    finally:
-        store.close()
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 def test_the_profile_hook_sees_every_thread(tmp_path, monkeypatch):
@@ -497,27 +481,11 @@ def test_a_payload_covering_one_object_becomes_that_object_without_a_copy():
 def test_swift_lets_go_of_a_lent_buffer_once_it_is_sent():
     # swiftclient keeps its last response (and the request body with it): the
     # cache's buffer would stay exported and could not be reused.
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeSwift)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
     FakeSwift.bodies, FakeSwift.fail_next = [], 0
-    conf = cfg.ConfigOpts()
-    store = SwiftBlockStore(conf, "blockstore_swift")
-    port = server.server_address[1]
-    for key, value in (("auth_url", f"http://127.0.0.1:{port}/auth/v1.0"), ("user", "t:u"),
-                       ("key", "k"), ("retries", 3), ("max_backoff", 0.1)):  # fmt: skip
-        conf.set_override(key, value, "blockstore_swift")
-    conf([], default_config_files=[])
-    try:
+    with swift_store(FakeSwift) as store:
         data = bytearray(os.urandom(OSIZE))
         body = store.lend_body(data)
         store.write_object("dev", 2, body)
         del body
         data.append(0)  # BufferError while anything still holds a view of it
         assert len(FakeSwift.bodies) == 1
-    finally:
-        store.close()
-        server.shutdown()
-        server.server_close()
-        thread.join(10)

@@ -7,12 +7,11 @@ it give up at the first 503 (tests/functional/test_nbd_faults.py found it).
 from __future__ import annotations
 
 import http.server
-import threading
 
 import pytest
-from oslo_config import cfg
 
 from stowkit.plugins.swift.store import SwiftBlockStore
+from tests.unit.swift_fakes import swift_store
 
 
 class FakeSwift(http.server.BaseHTTPRequestHandler):
@@ -56,23 +55,9 @@ class FakeSwift(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def swift():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeSwift)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
     FakeSwift.puts, FakeSwift.fail_next_puts = [], 0
-    conf = cfg.ConfigOpts()
-    store = SwiftBlockStore(conf, "blockstore_swift")
-    port = server.server_address[1]
-    for key, value in (("auth_url", f"http://127.0.0.1:{port}/auth/v1.0"), ("user", "t:u"),
-                       ("key", "k"), ("retries", 3), ("max_backoff", 0.1)):  # fmt: skip
-        conf.set_override(key, value, "blockstore_swift")
-    conf([], default_config_files=[])
-    yield store
-    store.close()
-    server.shutdown()
-    server.server_close()
-    thread.join(10)
+    with swift_store(FakeSwift) as store:
+        yield store
 
 
 def test_an_object_put_answered_503_is_sent_again(swift):
