@@ -20,20 +20,11 @@ from typing import Any
 from stowkit.corelib.agent import actions, claims, runner, sessions
 from stowkit.corelib.agent.client import CatalogClient, ClaimLost
 from stowkit.corelib.errors import NotFound, StowkitError
+from stowkit.corelib.process import pid_alive
 
 LOG = logging.getLogger(__name__)
 #: Conditional writes of one step tried this many times before the next poll.
 _WRITE_TRIES = 5
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclasses.dataclass

@@ -58,6 +58,7 @@ from stowkit.corelib.blockstore import (
 )
 from stowkit.corelib.nbd import protocol as p
 from stowkit.corelib.nbd.cache import BackendFailing, ObjectCache
+from stowkit.corelib.process import pid_alive
 
 LOG = logging.getLogger(__name__)
 
@@ -123,16 +124,6 @@ opts = [
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(opts, group=GROUP)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ExportSettings:
@@ -370,7 +361,7 @@ class Export:
             holder.owner == LOCK_OWNER
             and holder.host == socket.gethostname()
             and holder.pid != os.getpid()
-            and not _pid_alive(holder.pid)
+            and not pid_alive(holder.pid)
         )
 
     async def detach(self) -> None:

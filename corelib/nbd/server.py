@@ -548,22 +548,22 @@ class NbdServer:
     async def start(self) -> None:
         """Take the locks held for the server's life (lock_scope ``server``), then listen.
 
+        All at once: each lock's confirmation waits the backend's settle time.
         A device locked by someone else (DeviceLocked) or a lock race lost
         (LeaseLost) is raised before the port is open; locks already taken
         are given back first.
         """
-        opened: list[Export] = []
-        try:
-            for export in self.exports.values():
-                await export.open()
-                opened.append(export)
-        except BaseException:
-            for export in opened:
-                try:
-                    await export.close()
-                except Exception as err:
-                    LOG.error("export %s: %s", export.name, err)
-            raise
+        exports = list(self.exports.values())
+        results = await asyncio.gather(*(e.open() for e in exports), return_exceptions=True)
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is not None:
+            for export, result in zip(exports, results, strict=True):
+                if result is None:
+                    try:
+                        await export.close()
+                    except Exception as err:
+                        LOG.error("export %s: %s", export.name, err)
+            raise failure
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: NbdStream(self._handle), self.bind, self.port, reuse_address=True

@@ -497,3 +497,33 @@ def test_a_lock_a_rival_won_stores_nothing_and_refuses_writes():
     finally:
         store.confirm_gate.set()
         t.stop()
+
+
+def test_a_server_confirms_the_locks_of_its_devices_together():
+    # Each confirmation waits the backend's settle time: serving many devices
+    # must not pay it once per device, one after another.
+    class SettlingStore(MemoryBlockStore):
+        settle_seconds = 0.2
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.settling = self.most = 0
+            self.count_guard = threading.Lock()
+
+        def _settle(self) -> None:
+            with self.count_guard:
+                self.settling += 1
+                self.most = max(self.most, self.settling)
+            super()._settle()
+            with self.count_guard:
+                self.settling -= 1
+
+    store = SettlingStore()
+    for name in ("a", "b", "c", "d"):
+        store.create_device(name, 8 * OSIZE, OSIZE)
+    server = ServerThread(store, ["a", "b", "c", "d"], lease=30)
+    try:
+        assert store.most > 1
+        assert all(store.get_lock(n) is not None for n in ("a", "b", "c", "d"))
+    finally:
+        server.stop()
