@@ -10,7 +10,8 @@ replaces a worker that dies, and makes workers die with their master.
 The app sees ``environ["stowkit.read_deadline"]`` (a ``time.monotonic()``
 value) and may call ``environ["stowkit.read_done"]()`` once it has read the
 body; setting ``environ["stowkit.close"]`` closes the connection after the
-response instead of draining an unread body.
+response (a bounded lingering close, :mod:`stowkit.corelib.linger`) instead of
+waiting for an unread body.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stowkit.corelib.errors import BackendUnavailable, ConfigError
+from stowkit.corelib.linger import linger
 
 LOG = logging.getLogger(__name__)
 
@@ -107,6 +109,12 @@ def make_server(
 
     class Connection(chserver.HTTPConnection):
         RequestHandlerClass = Request
+        stowkit_linger = False
+
+        def close(self) -> None:
+            if self.stowkit_linger:
+                linger(self.socket)
+            super().close()
 
     base_gateway = wsgi.wsgi_gateways[(1, 0)]
 
@@ -125,6 +133,7 @@ def make_server(
                 # The body was not (fully) read: close instead of draining it
                 # (cheroot would wait for it), and never parse it as a request.
                 self.req.close_connection = True
+                self.req.conn.stowkit_linger = True
             return super().start_response(status, headers, exc_info)
 
         def respond(self) -> None:

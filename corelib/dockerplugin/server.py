@@ -19,6 +19,7 @@ import threading
 
 from stowkit.corelib.dockerplugin.app import CONTENT_TYPE, PluginApp
 from stowkit.corelib.errors import BackendUnavailable, InvalidArgument
+from stowkit.corelib.linger import linger
 
 LOG = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ BACKLOG = 1024
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: PluginServer
+    #: set when a request is refused before all of it was read
+    _refused = False
 
     def _send_json(self, status: int, payload: dict, reason: str | None = None) -> None:
         data = json.dumps(payload).encode()
@@ -64,6 +67,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         text = " ".join(str(message or short).split())[:200]
         self.log_error("code %d, message %s", code, text)
         self.close_connection = True
+        self._refused = True
         # A request line too broken to name its version is answered in 1.1
         # (HTTP/0.9 would mean a bare body, no status line, no Content-Type).
         if self.request_version == "HTTP/0.9":
@@ -100,6 +104,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._answer(b"")
+
+    def finish(self) -> None:
+        super().finish()
+        if self._refused:
+            linger(self.connection)
 
     def address_string(self) -> str:  # unix sockets have no peer address
         return "unix"

@@ -496,3 +496,39 @@ def test_a_socket_that_cannot_be_made_names_the_path_and_the_reason(tmp_path):
         BackendUnavailable, match=r"cannot listen on .*file/p\.sock: Not a directory"
     ):
         PluginServer(str(blocker / "p.sock"), PluginApp(FakeDriver()))
+
+
+def _exchange_all(path: str, data: bytes) -> bytes:
+    """Send a whole request, then read the answer to the end (a reset raises)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    "data, status",
+    [
+        (b"GET /" + b"a" * 300_000 + b" HTTP/1.1\r\n\r\n", 414),
+        (
+            b"POST /VolumeDriver.Get HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n"
+            + b"x" * 2_000_000,
+            413,
+        ),
+    ],
+    ids=["long-uri", "large-body"],
+)
+def test_a_refused_request_is_answered_not_reset(served, data, status):
+    """The server reads what it refused before closing: closing with it unread resets the
+    connection, and the client loses the answer (or its send fails) instead of reading why."""
+    path, _ = served
+    for _ in range(5):
+        answer = _exchange_all(path, data)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert int(head.split()[1]) == status, head
+        assert json.loads(body)["Err"].startswith(f"HTTP {status}")

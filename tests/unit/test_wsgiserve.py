@@ -109,3 +109,38 @@ def test_a_second_stop_signal_does_not_interrupt_the_stop(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _refusing_app(environ, start_response):
+    environ["stowkit.close"] = True  # the body is left unread, as the catalog does for a 413
+    body = b'{"error": "too large"}'
+    start_response("413 Request Entity Too Large", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+def test_a_refused_body_is_answered_not_reset():
+    """The server reads what it refused before it closes: closing with it unread resets the
+    connection and the client never reads its 413 (or its send fails mid-body)."""
+    import threading
+
+    from stowkit.corelib import wsgiserve
+
+    server = wsgiserve.make_server(_refusing_app, "127.0.0.1", 0, threads=2)
+    server.prepare()
+    port = server.bind_addr[1]
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    try:
+        body = b"x" * 3_000_000
+        head = f"POST /v2/p/backups HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        for _ in range(5):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+                client.sendall(head.encode() + body)
+                client.shutdown(socket.SHUT_WR)
+                answer = b""
+                while chunk := client.recv(65536):
+                    answer += chunk
+            assert answer.startswith(b"HTTP/1.1 413 "), answer[:100]
+            assert answer.endswith(b'{"error": "too large"}')
+    finally:
+        wsgiserve.stop_within(server, 15)
