@@ -177,6 +177,7 @@ PULL_COLUMNS = (
     "backup",
     "dry_run",
     "backup_id",
+    "passed_over",
 )
 
 
@@ -234,6 +235,7 @@ class PullVolume(ShowOne):
             result.backup,
             result.dry_run,
             result.recorded,
+            "\n".join(result.passed_over),
         )
 
 

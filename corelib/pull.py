@@ -3,8 +3,14 @@
 1. **Which copy.**  The catalog's backup documents of the volume
    (``container`` = the volume, a stowkit volume action, a ``backup_name``
    that is one of the volume's snapshots) each say a snapshot lives on
-   ``hostname``.  The newest ``time_stamp`` on another host (or on the one
-   ``--from`` names) wins; ties go to the document recorded last.
+   ``hostname``, and a replication's also on its ``remote_host``.  The
+   newest ``time_stamp`` on another host (or on the one ``--from`` names)
+   wins; ties go to the document recorded last, then to the sender.  The
+   catalog is a record, the peers are the truth: a copy its host no longer
+   holds (purged since) or a host that cannot be reached is passed over,
+   said in the result, and the next newest copy is tried (at most
+   ``MAX_TRIES``).  A dead host's volume is pulled from wherever it was
+   replicated to, without ``--from``.
 2. **The transfer.**  :meth:`VolumeDriver.receive_snapshot`: the peer's
    snapshots are listed over ssh, the parent is the newest snapshot both
    hosts hold (the send rule), the stream is full or incremental.
@@ -26,7 +32,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from stowkit.corelib.errors import AlreadyExists, NotFound
+from stowkit.corelib.errors import AlreadyExists, BackendUnavailable, NotFound
 from stowkit.corelib.names import check_host, check_name
 from stowkit.corelib.volume import SNAPSHOT_SEPARATOR, SendResult, VolumeDriver
 
@@ -35,6 +41,9 @@ PULL_ACTION = "stowkit-volume-pull"
 VOLUME_ACTIONS = frozenset(
     {"stowkit-volume-snapshot", "stowkit-volume-replicate", "stowkit-volume-sync", PULL_ACTION}
 )
+REPLICATE_ACTION = "stowkit-volume-replicate"
+#: Copies tried before a pull gives up: each is one ssh listing of its host.
+MAX_TRIES = 8
 
 
 class BackupSearch(Protocol):
@@ -66,6 +75,8 @@ class PullResult:
     dry_run: bool
     #: the id of the backup document recorded (None on a dry run)
     recorded: str | None
+    #: newer copies the catalog records that could not be had, one line each
+    passed_over: tuple[str, ...] = ()
 
 
 def _meta(doc: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -73,10 +84,10 @@ def _meta(doc: Mapping[str, Any]) -> Mapping[str, Any]:
     return meta if isinstance(meta, Mapping) else doc
 
 
-def copies(backups: Sequence[Mapping[str, Any]], volume: str) -> list[Copy]:
-    """The volume's copies the documents record, in the order they were recorded."""
+def _recorded(backups: Sequence[Mapping[str, Any]], volume: str) -> list[tuple[Copy, int, int]]:
+    """``(copy, document's index, 1 for the document's own host / 0 for a replica)``."""
     found = []
-    for doc in backups:
+    for index, doc in enumerate(backups):
         meta = _meta(doc)
         name, host, stamp = meta.get("backup_name"), meta.get("hostname"), meta.get("time_stamp")
         if meta.get("container") != volume or meta.get("action") not in VOLUME_ACTIONS:
@@ -89,27 +100,48 @@ def copies(backups: Sequence[Mapping[str, Any]], volume: str) -> list[Copy]:
         if not isinstance(host, str) or not host or not isinstance(stamp, int):
             continue
         level = meta.get("curr_backup_level")
-        found.append(Copy(host, name, stamp, level if isinstance(level, int) else 0))
+        level = level if isinstance(level, int) else 0
+        found.append((Copy(host, name, stamp, level), index, 1))
+        peer = meta.get("remote_host")
+        if meta.get("action") == REPLICATE_ACTION and isinstance(peer, str) and peer:
+            found.append((Copy(peer, name, stamp, level), index, 0))
     return found
+
+
+def copies(backups: Sequence[Mapping[str, Any]], volume: str) -> list[Copy]:
+    """The volume's copies the documents record, in the order they were recorded.
+
+    A replication records two: the sender's snapshot, then the receiver's.
+    """
+    return [copy for copy, _, _ in _recorded(backups, volume)]
+
+
+def candidates(
+    backups: Sequence[Mapping[str, Any]], volume: str, here: str, source: str | None = None
+) -> list[Copy]:
+    """Copies on another host than ``here`` (on ``source`` when given), best first.
+
+    Newest first; among equals the document recorded last, and a
+    replication's sender before its receiver.  ``NotFound`` when there is none.
+    """
+    found = [
+        entry
+        for entry in _recorded(backups, volume)
+        if (entry[0].host == source if source is not None else entry[0].host != here)
+    ]
+    if not found:
+        where = f"on {source}" if source is not None else f"on another host than {here}"
+        raise NotFound(f"the catalog records no copy of volume {volume} {where}")
+    found.sort(key=lambda e: (e[0].time_stamp, e[1], e[2]), reverse=True)
+    # dict keeps the first (best) place of a copy two documents record
+    return list(dict.fromkeys(copy for copy, _, _ in found))
 
 
 def newest_copy(
     backups: Sequence[Mapping[str, Any]], volume: str, here: str, source: str | None = None
 ) -> Copy:
-    """The newest copy on another host than ``here`` (on ``source`` when given).
-
-    ``NotFound`` when the catalog records none.
-    """
-    found = [
-        c
-        for c in copies(backups, volume)
-        if (c.host == source if source is not None else c.host != here)
-    ]
-    if not found:
-        where = f"on {source}" if source is not None else f"on another host than {here}"
-        raise NotFound(f"the catalog records no copy of volume {volume} {where}")
-    # max() keeps the first of equals: reversed, so the last recorded wins a tie.
-    return max(reversed(found), key=lambda c: c.time_stamp)
+    """The best copy the catalog records (see :func:`candidates`)."""
+    return candidates(backups, volume, here, source)[0]
 
 
 def _exists(driver: VolumeDriver, volume: str) -> bool:
@@ -140,7 +172,7 @@ def pull(
     if source is not None:
         check_host(source)
     backups = catalog.search_backups([{"container": volume}])
-    copy = newest_copy(backups, volume, here, source)
+    ranked = candidates(backups, volume, here, source)
     # Refuse before moving any byte.  With force, restore replaces the volume
     # as `snapshot restore --force` does (a mounted one included).
     if not force and _exists(driver, volume):
@@ -150,10 +182,10 @@ def pull(
             f"volume {volume} exists here{mounted}; --force replaces it "
             "(its data is snapshotted first)"
         )
-    sent = driver.receive_snapshot(copy.snapshot, copy.host, dry_run=dry_run)
+    copy, sent, passed = _receive_first(driver, volume, ranked, dry_run)
     if dry_run:
         return PullResult(
-            volume, copy.host, copy.snapshot, _mode(sent), sent.parent, 0, None, True, None
+            volume, copy.host, copy.snapshot, _mode(sent), sent.parent, 0, None, True, None, passed
         )
     restored = driver.restore(sent.snapshot, target=volume, force=force)
     snap = driver.get_snapshot(sent.snapshot)
@@ -192,4 +224,41 @@ def pull(
         restored.backup,
         False,
         recorded,
+        passed,
     )
+
+
+def _receive_first(
+    driver: VolumeDriver, volume: str, ranked: Sequence[Copy], dry_run: bool
+) -> tuple[Copy, SendResult, tuple[str, ...]]:
+    """Receive the best copy that can be had; what was passed over, a line each.
+
+    A copy its host no longer holds (``NotFound``: purged since the catalog
+    recorded it) is passed over, and so is every copy on a host that cannot
+    be reached (``BackendUnavailable``).  Anything else (a different snapshot
+    of that name here) stops the pull: trying an older copy would not help.
+    """
+    passed: list[str] = []
+    down: set[str] = set()
+    tried = 0
+    for copy in ranked:
+        if copy.host in down:
+            continue
+        if tried == MAX_TRIES:
+            break
+        tried += 1
+        try:
+            return (
+                copy,
+                driver.receive_snapshot(copy.snapshot, copy.host, dry_run=dry_run),
+                tuple(passed),
+            )
+        except NotFound as err:
+            passed.append(f"{copy.host}: {err}")
+        except BackendUnavailable as err:
+            down.add(copy.host)
+            passed.append(f"{copy.host}: {err}")
+    left = f" (gave up after {MAX_TRIES} tries)" if tried == MAX_TRIES else ""
+    why = f"no copy of volume {volume} could be had{left}: " + "; ".join(passed)
+    # Every host unreachable is an outage (try again later), not a missing copy.
+    raise BackendUnavailable(why) if len(down) == tried else NotFound(why)

@@ -195,6 +195,38 @@ def test_missing_copy_and_unreachable_host_are_one_line_each(world):
     assert not b.host.path("volumes", "data").exists()
 
 
+def test_copies_gone_or_unreachable_are_passed_over_for_the_next_newest(world):
+    """The catalog's newest record is of a snapshot host a deleted since (a `snapshot purge`
+    from the CLI leaves the record), the next one is on host-c, which is down: the pull says
+    so for each and brings the newest copy that really exists."""
+    a, b, catalog = world["a"], world["b"], world["catalog"]
+    a.host.driver.create_volume("data")
+    (a.host.path("volumes", "data") / "f").write_bytes(b"kept")
+    kept = agent_snapshot(a, catalog, "data")
+    elsewhere = a.host.driver.create_snapshot("data")
+    catalog.add_backup(
+        {
+            "action": "stowkit-volume-replicate",
+            "container": "data",
+            "hostname": "host-c",
+            "remote_host": "host-c",
+            "backup_name": elsewhere.name,
+            "time_stamp": int(elsewhere.created.timestamp()),
+            "curr_backup_level": 0,
+        }
+    )
+    gone = agent_snapshot(a, catalog, "data")
+    a.host.driver.delete_snapshot(gone)
+    result = b.stowkit("volume", "pull", "data", "-f", "json")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert (shown["host"], shown["snapshot"]) == ("host-a", kept)
+    first, second = shown["passed_over"].splitlines()
+    assert first.startswith("host-a: ") and f"holds no snapshot {gone}" in first
+    assert second.startswith("host-c: ")  # asked once, though it is named twice
+    assert tree(b.host.path("volumes", "data")) == tree(a.host.path("snapshots", kept))
+
+
 def test_catalog_store_jobs_are_run_by_the_agent(world):
     a, catalog, start = world["a"], world["catalog"], world["start"]
     a.conf.write_text(a.conf.read_text() + "\n[scheduler]\nstore = catalog\n")

@@ -11,7 +11,7 @@ import pytest
 
 from stowkit.cli.app import StowkitApp, main
 from stowkit.corelib import catalogdocs, pull
-from stowkit.corelib.errors import AlreadyExists, BackendUnavailable, NotFound
+from stowkit.corelib.errors import AlreadyExists, BackendUnavailable, Conflict, NotFound
 from stowkit.corelib.volume import RestoreResult, SendResult, Snapshot
 from stowkit.plugins.btrfs.driver import shared_parent
 
@@ -216,6 +216,96 @@ def test_an_unreachable_host_fails_and_records_nothing():
     assert catalog.added == []
 
 
+class Holding(Driver):
+    """Peers that hold only some snapshots, and hosts that cannot be reached."""
+
+    def __init__(self, held, down=(), **kw):
+        super().__init__(**kw)
+        self.held, self.down = held, set(down)
+
+    def receive_snapshot(self, name, host, *, compress=None, bwlimit=None, dry_run=False):
+        if host in self.down:
+            self.calls.append(("unreachable", name, host))
+            raise BackendUnavailable(f"listing snapshots on {host} failed: Connection refused")
+        if (host, name) not in self.held:
+            self.calls.append(("missing", name, host))
+            raise NotFound(f"{host} holds no snapshot {name}")
+        return super().receive_snapshot(name, host, dry_run=dry_run)
+
+
+def test_a_replication_records_a_copy_on_its_receiver_too():
+    backups = [doc("a", snap("v", 5), T + 5, "stowkit-volume-replicate", remote_host="b")]
+    assert [c.host for c in pull.candidates(backups, "v", "here")] == ["a", "b"]
+    assert [c.host for c in pull.candidates(backups, "v", "a")] == ["b"]
+    assert pull.newest_copy(backups, "v", "here", source="b").snapshot == snap("v", 5)
+
+
+def test_a_copy_purged_since_it_was_recorded_is_passed_over_for_the_next():
+    """The sender purged the replicated snapshot (its record stays, for the receiver's copy):
+    the pull takes the receiver's copy and says what it passed over."""
+    backups = [
+        doc("a", snap("v", 1), T + 1),
+        doc("a", snap("v", 5), T + 5, "stowkit-volume-replicate", remote_host="b"),
+    ]
+    driver = Holding({("b", snap("v", 5)), ("a", snap("v", 1))})
+    result = pull.pull(driver, Catalog(backups), "v", "here")
+    assert (result.host, result.snapshot) == ("b", snap("v", 5))
+    assert result.passed_over == (f"a: a holds no snapshot {snap('v', 5)}",)
+    assert driver.calls[:2] == [
+        ("missing", snap("v", 5), "a"),
+        ("receive", snap("v", 5), "b", False),
+    ]
+
+
+def test_a_dead_host_is_passed_over_once_and_its_replica_pulled():
+    """Host a died: its own snapshots are newest, its replica on b is pulled, and a is not
+    asked again for each of its older copies."""
+    backups = [
+        doc("a", snap("v", 3), T + 3, "stowkit-volume-replicate", remote_host="b"),
+        doc("a", snap("v", 7), T + 7),
+        doc("a", snap("v", 8), T + 8),
+    ]
+    driver = Holding({("b", snap("v", 3))}, down={"a"})
+    result = pull.pull(driver, Catalog(backups), "v", "here", dry_run=True)
+    assert (result.host, result.snapshot) == ("b", snap("v", 3))
+    assert [c[0] for c in driver.calls] == ["unreachable", "receive"]
+    assert "Connection refused" in result.passed_over[0] and len(result.passed_over) == 1
+
+
+def test_when_no_copy_can_be_had_the_error_says_why_for_each():
+    backups = [
+        doc("a", snap("v", 1), T + 1),
+        doc("b", snap("v", 2), T + 2),
+    ]
+    catalog = Catalog(backups)
+    with pytest.raises(NotFound, match=r"no copy of volume v could be had: b: b holds no .*; a:"):
+        pull.pull(Holding(set(), down={"a"}), catalog, "v", "here")
+    with pytest.raises(BackendUnavailable, match="b: listing .*; a: listing"):
+        pull.pull(Holding(set(), down={"a", "b"}), catalog, "v", "here")
+    assert catalog.added == []
+
+
+def test_a_stale_catalog_costs_a_bounded_number_of_tries():
+    backups = [doc("a", snap("v", i), T + i) for i in range(50)]
+    driver = Holding(set())
+    with pytest.raises(NotFound, match=f"gave up after {pull.MAX_TRIES} tries"):
+        pull.pull(driver, Catalog(backups), "v", "here")
+    assert len(driver.calls) == pull.MAX_TRIES
+
+
+def test_a_conflict_here_stops_the_pull_instead_of_trying_older_copies():
+    class Clash(Driver):
+        def receive_snapshot(self, name, host, **kw):
+            self.calls.append(("receive", name, host))
+            raise Conflict(f"a different snapshot named {name} is here already")
+
+    backups = [doc("a", snap("v", 1), T + 1), doc("b", snap("v", 2), T + 2)]
+    driver = Clash()
+    with pytest.raises(Conflict):
+        pull.pull(driver, Catalog(backups), "v", "here")
+    assert len(driver.calls) == 1
+
+
 # -- the command ------------------------------------------------------------------------------
 
 
@@ -255,6 +345,7 @@ def test_the_command_prints_snake_case_columns(cli):
         "backup": None,
         "dry_run": False,
         "backup_id": "pulled-1",
+        "passed_over": "",
     }
 
 
