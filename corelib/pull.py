@@ -133,8 +133,11 @@ def candidates(
         where = f"on {source}" if source is not None else f"on another host than {here}"
         raise NotFound(f"the catalog records no copy of volume {volume} {where}")
     found.sort(key=lambda e: (e[0].time_stamp, e[1], e[2]), reverse=True)
-    # dict keeps the first (best) place of a copy two documents record
-    return list(dict.fromkeys(copy for copy, _, _ in found))
+    # A copy several documents record is tried once, at its best place.
+    best: dict[tuple[str, str], Copy] = {}
+    for copy, _, _ in found:
+        best.setdefault((copy.host, copy.snapshot), copy)
+    return list(best.values())
 
 
 def newest_copy(

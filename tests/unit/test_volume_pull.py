@@ -240,6 +240,15 @@ def test_a_replication_records_a_copy_on_its_receiver_too():
     assert pull.newest_copy(backups, "v", "here", source="b").snapshot == snap("v", 5)
 
 
+def test_a_copy_two_documents_record_is_tried_once():
+    backups = [
+        doc("a", snap("v", 5), T + 5, "stowkit-volume-replicate", remote_host="b"),
+        doc("b", snap("v", 5), T + 5, pull.PULL_ACTION, curr_backup_level=3),
+    ]
+    ranked = pull.candidates(backups, "v", "here")
+    assert [(c.host, c.level) for c in ranked] == [("b", 3), ("a", 0)]
+
+
 def test_a_copy_purged_since_it_was_recorded_is_passed_over_for_the_next():
     """The sender purged the replicated snapshot (its record stays, for the receiver's copy):
     the pull takes the receiver's copy and says what it passed over."""
