@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 
 import pytest
 
 from tests.functional.test_docker_plugin import PluginProcess, delete_tree
+from tests.unit.test_dockerplugin import exchange_all
 
 
 @pytest.fixture
@@ -22,14 +22,7 @@ def plugin(service, tmp_path):
 
 
 def _raw(sock_path: str, data: bytes) -> tuple[int, dict]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(30)
-        s.connect(sock_path)
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        answer = b""
-        while chunk := s.recv(65536):
-            answer += chunk
+    answer = exchange_all(sock_path, data)
     head, _, body = answer.partition(b"\r\n\r\n")
     return int(head.split()[1]), json.loads(body)
 

@@ -498,10 +498,10 @@ def test_a_socket_that_cannot_be_made_names_the_path_and_the_reason(tmp_path):
         PluginServer(str(blocker / "p.sock"), PluginApp(FakeDriver()))
 
 
-def _exchange_all(path: str, data: bytes) -> bytes:
+def exchange_all(path: str, data: bytes) -> bytes:
     """Send a whole request, then read the answer to the end (a reset raises)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
+        s.settimeout(30)
         s.connect(path)
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)
@@ -528,7 +528,7 @@ def test_a_refused_request_is_answered_not_reset(served, data, status):
     connection, and the client loses the answer (or its send fails) instead of reading why."""
     path, _ = served
     for _ in range(5):
-        answer = _exchange_all(path, data)
+        answer = exchange_all(path, data)
         head, _, body = answer.partition(b"\r\n\r\n")
         assert int(head.split()[1]) == status, head
         assert json.loads(body)["Err"].startswith(f"HTTP {status}")
