@@ -90,6 +90,10 @@ def split_config_files(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return files, rest
 
 
+#: cliff's verbose level (default 1, -q 0, each -v one more) to the console's log level
+CONSOLE_LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO}
+
+
 class StowkitApp(App):
     NAME = "stowkit"
 
@@ -178,6 +182,11 @@ class StowkitApp(App):
         added = [h for h in root.handlers if h not in before]
         for handler in added:
             root.removeHandler(handler)
+            if type(handler) is logging.StreamHandler:
+                # As openstackclient: warnings by default, -v info, -vv debug.
+                # cliff shows INFO by default, and a command's own output
+                # would come twice (the library's log of it, then its line).
+                handler.setLevel(CONSOLE_LEVELS.get(self.options.verbose_level, logging.DEBUG))
         install_log_handlers(added, root.level)
 
     def setup_service_logging(self) -> None:

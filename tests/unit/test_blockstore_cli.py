@@ -76,6 +76,25 @@ def test_copy_round_trip_and_lock_interplay(run, tmp_path):
     assert dst.read_bytes()[100_000:] == bytes(131072 - 100_000)
 
 
+def test_a_command_says_what_it_did_once_and_v_adds_the_librarys_messages(run, tmp_path, capsys):
+    """cliff shows the library's INFO on the console by default: the unlock's own line
+    came twice (its log, then its output).  As openstackclient: -v shows it."""
+    run("setup", "d", "--size", "1M")
+    run("lock", "d")
+    out, err = run("unlock", "d")
+    assert out.startswith("unlocked device d:") and err == ""
+    run("lock", "d")
+    conf = str(tmp_path / "stowkit.conf")
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    try:
+        assert app.main(["-v", "--config-file", conf, "blockstore", "unlock", "d"]) == 0
+    finally:
+        root.handlers[:] = handlers
+    out, err = capsys.readouterr()
+    assert out.startswith("unlocked device d:") and "device d: broke the lock of" in err
+
+
 @pytest.mark.parametrize(
     "args, code, fragment",
     [
