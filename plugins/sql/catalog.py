@@ -176,6 +176,7 @@ class SqlCatalog(Catalog):
         message may quote a stored document: it goes to the log).
 
         * the database cannot be reached, is busy or out of resources: 503;
+        * its catalog tables are not there (never synced): 503, naming the fix;
         * the request exceeds a database limit, or a written value is refused: 400;
         * a search the stored data cannot answer: 500 (logged), as that is ours.
         """
@@ -183,6 +184,12 @@ class SqlCatalog(Catalog):
         verdict = classify_db_error(orig)
         if verdict == "unavailable":
             return self._unavailable(exc)
+        if verdict == "schema":
+            # No URL: API clients see this message too.
+            return BackendUnavailable(
+                "the catalog database has no catalog tables: "
+                "run `stowkit catalog db-sync` (as `catalog serve` does at start)"
+            )
         LOG.warning("catalog database refused a statement (%s): %s", verdict, orig)
         if verdict == "limit":
             return InvalidArgument("the request is too large or complex for the catalog database")
@@ -582,7 +589,6 @@ _SQLITE_UNAVAILABLE = (
     "disk i/o",
     "readonly",
     "read-only",
-    "no such table",
     "disk is full",
     "not a database",
     "interrupted",
@@ -591,10 +597,13 @@ _SQLITE_LIMIT = ("too many", "too large", "too big", "too complex", "stack overf
 
 
 def classify_db_error(orig: BaseException) -> str:
-    """``unavailable``, ``limit`` (the request exceeds a database limit) or ``data``."""
+    """``unavailable``, ``schema`` (the catalog's tables are not there), ``limit`` (the
+    request exceeds a database limit) or ``data``."""
     if type(orig).__name__ == "InterfaceError":
         return "unavailable"
     state = getattr(orig, "sqlstate", None)
+    if state == "42P01" or (not state and "no such table" in str(orig).lower()):
+        return "schema"  # PostgreSQL's undefined_table; SQLite's own words
     if state:  # PostgreSQL (psycopg): the SQLSTATE class says it
         if state[:2] in ("08", "53", "57", "58", "40", "XX") and state != "57014":
             return "unavailable"

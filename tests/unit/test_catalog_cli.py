@@ -55,6 +55,13 @@ def test_db_sync_is_idempotent(conf_file, capsys):
     assert code == 0 and "up to date" in out
 
 
+def test_a_catalog_never_synced_says_how_to_make_it(conf_file, capsys):
+    code, _, err = run(conf_file, capsys, "backup", "list")
+    assert code == 9 and err.count("\n") == 1 and "Traceback" not in err
+    assert "the catalog database has no catalog tables" in err
+    assert "run `stowkit catalog db-sync`" in err
+
+
 def test_list_show_delete(conf_file, seeded, capsys):
     code, out, _ = run(conf_file, capsys, "backup", "list", "-f", "json")
     assert code == 0

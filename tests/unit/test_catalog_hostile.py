@@ -269,6 +269,8 @@ class _PgError(Exception):
         (Exception("malformed JSON"), "data"),
         (Exception("Expression tree is too large (maximum depth 1000)"), "limit"),
         (Exception("too many SQL variables"), "limit"),
+        (_PgError("42P01", 'relation "catalog_documents" does not exist'), "schema"),
+        (Exception("no such table: catalog_documents"), "schema"),
     ],
 )
 def test_database_errors_are_classified(error, verdict):
