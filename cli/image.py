@@ -18,7 +18,7 @@ from stowkit.cli.common import Bytes, Command, Lister, ShowOne, port_type
 from stowkit.cli.progress import ByteMeter, SyncProgress
 from stowkit.corelib import config, imagesync
 from stowkit.corelib.errors import EXIT_CODES, InvalidArgument, StowkitError
-from stowkit.corelib.image import Image, ImageCapability
+from stowkit.corelib.image import Image, ImageCapability, find_image
 from stowkit.corelib.imagesync import config as sync_config
 from stowkit.corelib.imagesync import report as sync_report
 from stowkit.corelib.imagesync.engine import ImageSync, SyncReport
@@ -201,28 +201,32 @@ class ShowImage(_RegionCommand, ShowOne):
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument("image_id")
+        parser.add_argument(
+            "image", metavar="IMAGE", help="Image id, or a name only one image has."
+        )
         self.add_region(parser)
         return parser
 
     def take_action(self, parsed_args):
         store, region = self.store_and_region(parsed_args)
-        return show(store.get_image(region, parsed_args.image_id))
+        return show(find_image(store, region, parsed_args.image))
 
 
 class DeleteImage(_RegionCommand, Command):
-    """Delete images of a region by id."""
+    """Delete images of a region by id (or by a name only one image has)."""
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument("image_ids", nargs="+", metavar="IMAGE_ID")
+        parser.add_argument("images", nargs="+", metavar="IMAGE")
         self.add_region(parser)
         return parser
 
     def take_action(self, parsed_args):
         store, region = self.store_and_region(parsed_args)
-        for image_id in parsed_args.image_ids:
-            store.delete_image(region, image_id)
+        # Every name is resolved before the first delete: a bad one deletes nothing.
+        found = [find_image(store, region, ref) for ref in parsed_args.images]
+        for image in found:
+            store.delete_image(region, image.id)
 
 
 class Regions(Lister):

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, Protocol
 
 from stowkit.corelib.driver import Driver
-from stowkit.corelib.errors import InvalidArgument
+from stowkit.corelib.errors import Conflict, InvalidArgument, NotFound
 
 #: Glance v2 visibilities; GlanceSync's ``is_public`` is ``visibility == "public"``.
 VISIBILITIES = ("public", "private", "shared", "community")
@@ -238,3 +238,21 @@ class ChunkReader:
             yield self._feed(out)
         for chunk in self._it:
             yield self._feed(chunk)
+
+
+def find_image(store: ImageStore, region: str, name_or_id: str) -> Image:
+    """The image ``name_or_id`` names in ``region``: its id, else its only image of that name.
+
+    As ``openstack image show`` finds one: an id wins; a name several images
+    carry is a ``Conflict`` that lists their ids; neither is ``NotFound``.
+    """
+    try:
+        return store.get_image(region, name_or_id)
+    except NotFound:
+        named = [i for i in store.list_images(region) if i.name == name_or_id]
+    if len(named) == 1:
+        return named[0]
+    if named:
+        ids = ", ".join(sorted(i.id for i in named))
+        raise Conflict(f"{len(named)} images in region {region} are named {name_or_id}: {ids}")
+    raise NotFound(f"no image {name_or_id} (id or name) in region {region}")
