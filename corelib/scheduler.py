@@ -242,6 +242,15 @@ class JobStore(abc.ABC):
     def import_csv(self, text: str, now: float | None = None) -> list[Job]:
         """Merge a buttervolume schedule; one bad line refuses the whole file."""
 
+    def changed_since(self, mtime: float) -> bool:
+        """Whether the jobs here were set after ``mtime`` (a file's modification time).
+
+        Decides whether buttervolume's schedule.csv is taken over again.  A store
+        that keeps no time (the catalog) counts as changed once it holds a job:
+        a schedule in use is never replaced by an older tool's file.
+        """
+        return bool(self.load().jobs)
+
     def export_csv(self) -> str:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -267,6 +276,12 @@ class ScheduleStore(JobStore):
                 yield
             finally:
                 fcntl.flock(lockfile, fcntl.LOCK_UN)
+
+    def changed_since(self, mtime: float) -> bool:
+        try:
+            return os.stat(self.path).st_mtime >= mtime
+        except FileNotFoundError:
+            return False
 
     def _read(self) -> Schedule:
         try:

@@ -172,6 +172,7 @@ class Context:
         self.err = err or sys.stderr
         self.bv = buttervolume or ButtervolumeConfig.load()
         self._driver: Any = None
+        self._schedule: scheduler.JobStore | None = None
         scheduler.register_opts(self.conf)
         # buttervolume's TIMER: how often its scheduler looks at the schedule.
         self.conf.set_default("tick", float(self.bv.values["TIMER"]), scheduler.GROUP)
@@ -194,8 +195,11 @@ class Context:
         return self._driver
 
     @property
-    def schedule(self) -> scheduler.ScheduleStore:
-        return scheduler.ScheduleStore(self.conf[scheduler.GROUP].schedule_file)
+    def schedule(self) -> scheduler.JobStore:
+        """The store ``[scheduler] store`` names: the one the plugin's scheduler runs."""
+        if self._schedule is None:
+            self._schedule = scheduler.open_store(self.conf)
+        return self._schedule
 
     def print(self, *lines: str) -> None:
         for line in lines:
@@ -218,7 +222,8 @@ def take_over_schedule(ctx: Context) -> str | None:
     """Import buttervolume's schedule.csv (or its globally paused ``.disabled``).
 
     Done at ``run``, ``schedule`` and ``scheduled`` when the file is newer
-    than stowkit's schedule (or that does not exist yet), so buttervolume's
+    than stowkit's schedule (or that does not exist yet; with ``[scheduler]
+    store = catalog``, while this host has no catalog jobs), so buttervolume's
     jobs run on and show at once, and later changes made with
     ``schedule``/``scheduled`` (which edit stowkit's file) are not undone by
     a restart.  Returns what was done, or None.
@@ -229,11 +234,7 @@ def take_over_schedule(ctx: Context) -> str | None:
     if not os.path.exists(source):
         return None
     store = ctx.schedule
-    try:
-        mine = os.stat(store.path).st_mtime
-    except FileNotFoundError:
-        mine = None
-    if mine is not None and os.stat(source).st_mtime <= mine:
+    if store.changed_since(os.stat(source).st_mtime):
         return None
     with open(source, encoding="utf-8") as f:
         jobs = store.import_csv(f.read())

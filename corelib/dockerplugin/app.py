@@ -23,7 +23,7 @@ from typing import Any
 from stowkit.corelib.dockerplugin.buttervolume import ButtervolumeRoutes, route_for
 from stowkit.corelib.errors import AlreadyExists, InvalidArgument, NotFound, StowkitError
 from stowkit.corelib.names import check_name
-from stowkit.corelib.scheduler import ScheduleStore
+from stowkit.corelib.scheduler import JobStore
 from stowkit.corelib.volume import check_create_options
 
 LOG = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class PluginApp:
     one they answer an error).
     """
 
-    def __init__(self, driver: Any, schedule: ScheduleStore | None = None) -> None:
+    def __init__(self, driver: Any, schedule: JobStore | None = None) -> None:
         self.driver = driver
         self.routes: dict[str, Handler] = {
             "/Plugin.Activate": self.activate,

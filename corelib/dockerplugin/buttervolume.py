@@ -8,7 +8,7 @@ post to its socket) work against stowkit's socket.  The functions here are
 also what ``stowkit-buttervolume`` calls, so the two never disagree about
 what, say, ``schedule snapshot pause v1`` or a globally paused schedule means.
 
-Every route calls the VolumeDriver methods and the ScheduleStore operations
+Every route calls the VolumeDriver methods and the JobStore operations
 the ``stowkit`` commands use; nothing here knows a backend.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from stowkit.corelib.errors import InvalidArgument, NotFound, StowkitError
 from stowkit.corelib.names import check_name
-from stowkit.corelib.scheduler import ScheduleStore, sync_failures
+from stowkit.corelib.scheduler import JobStore, sync_failures
 
 #: buttervolume's answer to any schedule change or listing while globally paused
 GLOBALLY_PAUSED = "Schedule is globally paused"
@@ -42,7 +42,7 @@ def minutes_text(minutes: float) -> str:
     return str(int(minutes)) if minutes == int(minutes) else str(minutes)
 
 
-def change_schedule(store: ScheduleStore, volume: str, action: str, timer: object) -> None:
+def change_schedule(store: JobStore, volume: str, action: str, timer: object) -> None:
     """``schedule ACTION TIMER VOLUME``: TIMER is minutes, ``0``/``delete``, ``pause``, ``resume``.
 
     As buttervolume: refused while globally paused; minutes add the job or give
@@ -67,7 +67,7 @@ def change_schedule(store: ScheduleStore, volume: str, action: str, timer: objec
         store.add(volume, action, text)
 
 
-def schedule_rows(store: ScheduleStore) -> list[dict[str, str]]:
+def schedule_rows(store: JobStore) -> list[dict[str, str]]:
     """The jobs as buttervolume's ``Schedule.List`` gives them: its CSV columns, as text."""
     schedule = store.load()
     if schedule.paused:
@@ -124,7 +124,7 @@ def _flag(body: Mapping[str, Any], key: str) -> bool:
 
 
 class ButtervolumeRoutes:
-    """buttervolume 3.13's extension routes over a VolumeDriver and a ScheduleStore.
+    """buttervolume 3.13's extension routes over a VolumeDriver and a JobStore.
 
     ``routes`` maps each path to its handler; a handler takes the request's
     JSON object and returns the answer, raising StowkitError for ``{"Err": ...}``
@@ -136,7 +136,7 @@ class ButtervolumeRoutes:
 
     SNAPSHOT_LIST_PREFIX = "/VolumeDriver.Snapshot.List/"
 
-    def __init__(self, driver: Any, schedule: ScheduleStore | None) -> None:
+    def __init__(self, driver: Any, schedule: JobStore | None) -> None:
         self.driver = driver
         self.schedule = schedule
         self.routes: dict[str, Handler] = {
@@ -154,7 +154,7 @@ class ButtervolumeRoutes:
             "/VolumeDriver.Schedule.Resume": self.schedule_resume,
         }
 
-    def _store(self) -> ScheduleStore:
+    def _store(self) -> JobStore:
         if self.schedule is None:
             raise InvalidArgument("this plugin serves no schedule")
         return self.schedule

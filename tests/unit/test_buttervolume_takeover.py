@@ -343,3 +343,50 @@ def test_listing_status_and_marker_rm_refuse_hostile_names_first(tmp_path, name)
         with pytest.raises(InvalidName):
             call()
     assert not (tmp_path / "root").exists()
+
+
+def test_with_the_catalog_store_the_verbs_and_the_take_over_use_the_catalog(tmp_path, monkeypatch):
+    """`[scheduler] store = catalog`: the plugin's scheduler is the agent's catalog jobs, so
+    schedule.csv is taken over there (once) and `schedule`/`scheduled` edit and show those,
+    never a schedule file nothing runs."""
+    from stowkit.corelib import catalogdocs
+    from stowkit.corelib.catalogapi import server
+    from tests.unit.test_schedule_store_catalog import WsgiCatalog
+
+    conf = config.load_conf(overrides=[(None, "state_dir", str(tmp_path / "cat"))])
+    server.register_opts(conf)
+    app = server.build_app(conf, auth="noauth")
+    app.service.catalog.sync()
+    catalog = WsgiCatalog(app)
+
+    def connect(conf, url=None, project=None):
+        return catalogdocs.Reach(catalog, "http://catalog.test", "demo", "host-a", "demo_host-a")
+
+    monkeypatch.setattr(catalogdocs, "connect", connect)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "schedule.csv").write_text("v1,snapshot,60,True\n")
+    conf_file = tmp_path / "s.conf"
+    conf_file.write_text(f"[DEFAULT]\nstate_dir = {tmp_path}/state\n[scheduler]\nstore = catalog\n")
+    env = {"BUTTERVOLUME_SCHEDULE": str(tmp_path / "etc" / "schedule.csv")}
+    out = io.StringIO()
+
+    def run(*argv: str) -> int:
+        monkeypatch.setattr(buttervolume.ButtervolumeConfig, "load", lambda: bv)
+        return buttervolume.main(["--config-file", str(conf_file), *argv], out=out)
+
+    bv = buttervolume.ButtervolumeConfig.load(env, [])
+    try:
+        assert run("schedule", "purge:4h:1d", "120", "v1") == 0
+        assert run("scheduled") == 0
+        assert out.getvalue().splitlines() == ["snapshot 60 v1 ", "purge:4h:1d 120 v1 "]
+        actions = sorted(j["job_actions"][0]["freezer_action"]["action"]
+                         for j in catalog.client_jobs("demo_host-a"))  # fmt: skip
+        assert actions == ["stowkit-volume-purge", "stowkit-volume-snapshot"]
+        # taken over once: a restart does not bring back a job removed since
+        assert run("schedule", "snapshot", "0", "v1") == 0
+        ctx = buttervolume.Context([str(conf_file)], io.StringIO(), bv)
+        assert buttervolume.take_over_schedule(ctx) is None
+        assert [j.action for j in ctx.schedule.load().jobs] == ["purge:4h:1d"]
+        assert not (tmp_path / "state" / "schedule.json").exists()
+    finally:
+        app.service.catalog.close()
