@@ -6,7 +6,14 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from stowkit.cli.common import Command, Lister, ShowOne, port_type, utc_time
+from stowkit.cli.common import (
+    Command,
+    Lister,
+    ShowOne,
+    add_listen_options,
+    listen_address,
+    utc_time,
+)
 from stowkit.corelib import config
 
 if TYPE_CHECKING:
@@ -23,31 +30,23 @@ class Serve(Command):
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        parser.add_argument("--bind", metavar="ADDR", help="listen address ([catalog_api] bind)")
-        parser.add_argument(
-            "--port", type=port_type(), metavar="N", help="TCP port ([catalog_api] port)"
-        )
-        parser.add_argument("--workers", type=int, metavar="N", help="server processes")
-        parser.add_argument(
-            "--no-auth",
-            action="store_true",
-            help="no Keystone: project from the URL (v2) or the default (v1), "
+        add_listen_options(
+            parser,
+            "catalog_api",
+            "no Keystone: project from the URL (v2) or the default (v1), "
             "user from X-User-Id. Only for a single trusted host.",
         )
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
-        from stowkit.corelib import notify, wsgiserve
+        from stowkit.corelib import notify
         from stowkit.corelib.catalogapi import server, wsgi
 
         conf = self.app.conf
         server.register_opts(conf)
         config.check_values(conf)  # before the database is touched
         opts = conf[server.GROUP]
-        bind = parsed_args.bind or opts.bind
-        port = parsed_args.port or opts.port
-        # A taken port or a foreign address: said before any work or announcement.
-        wsgiserve.check_port(bind, port)
+        bind, port = listen_address(parsed_args, opts)
         catalog = self.driver("catalog")
         if opts.auto_sync:
             self.app.stderr.write(catalog.sync() + "\n")

@@ -81,6 +81,27 @@ def port_type(lowest: int = 1):
     return port
 
 
+def add_listen_options(parser: argparse.ArgumentParser, group: str, no_auth_help: str) -> None:
+    """``--bind``, ``--port``, ``--workers`` and ``--no-auth`` of an HTTP service of ``[group]``."""
+    parser.add_argument("--bind", metavar="ADDR", help=f"listen address ([{group}] bind)")
+    parser.add_argument("--port", type=port_type(), metavar="N", help=f"TCP port ([{group}] port)")
+    parser.add_argument("--workers", type=int, metavar="N", help="server processes")
+    parser.add_argument("--no-auth", action="store_true", help=no_auth_help)
+
+
+def listen_address(parsed_args: argparse.Namespace, opts: Any) -> tuple[str, int]:
+    """The command line's ``--bind``/``--port`` over the service's options.
+
+    A taken port or a foreign address is said now, before any work or announcement.
+    """
+    from stowkit.corelib import wsgiserve  # late: only servers need cheroot
+
+    bind = parsed_args.bind or opts.bind
+    port = parsed_args.port or opts.port
+    wsgiserve.check_port(bind, port)
+    return bind, port
+
+
 def parse_size(text: str) -> int:
     """'64K', '1G', '1.5M', '4096' -> bytes (binary multiples, as dd and qemu-img use)."""
     units = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

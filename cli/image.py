@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from stowkit.cli.common import Bytes, Command, Lister, ShowOne, port_type
+from stowkit.cli.common import Bytes, Command, Lister, ShowOne, add_listen_options, listen_address
 from stowkit.cli.progress import ByteMeter, SyncProgress
 from stowkit.corelib import config, imagesync
 from stowkit.corelib.errors import EXIT_CODES, InvalidArgument, StowkitError
@@ -408,33 +408,23 @@ class Serve(Command):
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        parser.add_argument("--bind", metavar="ADDR", help="listen address ([image_sync_api] bind)")
-        parser.add_argument(
-            "--port", type=port_type(), metavar="N", help="TCP port ([image_sync_api] port)"
-        )
-        parser.add_argument("--workers", type=int, metavar="N", help="server processes")
-        parser.add_argument(
-            "--no-auth",
-            action="store_true",
-            help="no Keystone: every caller may read, sync and delete. Only for a single "
-            "trusted host.",
+        add_listen_options(
+            parser,
+            "image_sync_api",
+            "no Keystone: every caller may read, sync and delete. Only for a single trusted host.",
         )
         add_sync_options(parser)
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
         # Imported here: only the server needs the API module (and cheroot).
-        from stowkit.corelib import wsgiserve
         from stowkit.corelib.imagesync import api
 
         conf = self.app.conf
         api.register_opts(conf)
         config.check_values(conf)  # before any task is touched
         opts = conf[api.GROUP]
-        bind = parsed_args.bind or opts.bind
-        port = parsed_args.port or opts.port
-        # A taken port or a foreign address: said before any work or announcement.
-        wsgiserve.check_port(bind, port)
+        bind, port = listen_address(parsed_args, opts)
         tasks = self.driver("imagetask")
         ended = api.start(tasks)
         if ended:
