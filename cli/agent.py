@@ -10,65 +10,20 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from oslo_config import cfg
-
+from stowkit.cli.catalogreach import (
+    configured_url,
+    keystone_catalog,
+    keystone_error,
+    keystone_wanted,
+    token_headers,
+)
 from stowkit.cli.common import Command
 from stowkit.corelib.agent import actions, engine, options
 from stowkit.corelib.agent.client import CatalogClient, HttpCatalog, noauth_headers
 from stowkit.corelib.catalogapi.schemas import check_id
-from stowkit.corelib.errors import BackendUnavailable, ConfigError, InvalidArgument, StowkitError
+from stowkit.corelib.errors import ConfigError, InvalidArgument
 
 LOG = logging.getLogger(__name__)
-#: the Keystone service type of the catalog (freezer's; `stowkit catalog register`)
-SERVICE_TYPE = "backup"
-
-
-def _keystone_error(exc: BaseException, what: str) -> StowkitError:
-    """A keystoneauth1 failure as stowkit's error: refused credentials are configuration."""
-    from keystoneauth1 import exceptions as ks_exc
-
-    text = " ".join(str(exc).split())[:300] or type(exc).__name__
-    if isinstance(exc, ks_exc.EndpointNotFound):
-        return ConfigError(
-            f"no '{SERVICE_TYPE}' endpoint in the Keystone catalog ({text}): set "
-            "[agent] catalog_url or run `stowkit catalog register`"
-        )
-    if isinstance(exc, (ks_exc.Unauthorized, ks_exc.Forbidden, ks_exc.BadRequest)):
-        return ConfigError(f"Keystone refused {what}: {text}")
-    return BackendUnavailable(f"Keystone: {what}: {text}")
-
-
-def token_headers(session: Any, what: str) -> Callable[[], dict[str, str]]:
-    """Per request, the session's token (keystoneauth1 renews it before it expires)."""
-
-    def headers() -> dict[str, str]:
-        from keystoneauth1 import exceptions as ks_exc
-
-        try:
-            return {"X-Auth-Token": session.get_token()}
-        except ks_exc.ClientException as exc:
-            raise _keystone_error(exc, what) from None
-
-    return headers
-
-
-def keystone_wanted(conf: cfg.ConfigOpts) -> bool:
-    """``[agent] auth_strategy``: auto is keystone when any credential source is set."""
-    strategy = conf[options.GROUP].auth_strategy
-    if strategy != "auto":
-        return strategy == "keystone"
-    from stowkit.plugins import openstack_auth
-
-    conf.register_opts(openstack_auth.AuthOptions.shared(), group=options.GROUP)
-    opts = conf[options.GROUP]
-    return bool(
-        getattr(conf, openstack_auth.CLI_CLOUD, None)
-        or opts.cloud
-        or opts.auth_type
-        or opts.auth_url
-        or opts.auth_section
-        or openstack_auth.environment_configured()
-    )
 
 
 def trust_auth(service_session: Any, trust_id: str) -> Any:
@@ -108,7 +63,7 @@ class TrustCatalogs:
         try:
             token = self.service_session.get_token()
         except ks_exc.ClientException as exc:
-            raise _keystone_error(exc, "the agent's credentials") from None
+            raise keystone_error(exc, "the agent's credentials") from None
         with self._lock:
             made = self._made.get(trust_id)
             if made is None or made[0] != token:
@@ -146,37 +101,6 @@ class _Lazy:
         return self.make().get_token()
 
 
-def keystone_catalog(conf: cfg.ConfigOpts, url: str | None) -> tuple[HttpCatalog, Any, str]:
-    """(catalog, keystoneauth1 session, URL) of an agent logging in to Keystone."""
-    from keystoneauth1 import exceptions as ks_exc
-
-    from stowkit.plugins import openstack_auth
-
-    login = openstack_auth.login(conf, options.GROUP, service_type=SERVICE_TYPE)
-    opts = conf[options.GROUP]
-    session = login.session
-    try:
-        project = session.get_project_id()
-        if not project:
-            raise ConfigError(
-                f"{login.source}: the token is not scoped to a project (set project_name "
-                "or project_id)"
-            )
-        if url is None:
-            url = session.get_endpoint(
-                service_type=SERVICE_TYPE,
-                interface=login.interface or opts.interface,
-                region_name=login.region_name or opts.region_name,
-            )
-            if not url:
-                raise ks_exc.EndpointNotFound(f"service type {SERVICE_TYPE}")
-    except ks_exc.ClientException as exc:
-        raise _keystone_error(exc, f"the agent's credentials ({login.source})") from None
-    what = f"the agent's credentials ({login.source})"
-    catalog = HttpCatalog(url, project, token_headers(session, what), all_projects=opts.central)
-    return catalog, session, url
-
-
 class Agent(Command):
     """Register this host as a catalog client and run its jobs, as freezer-scheduler does.
 
@@ -212,11 +136,7 @@ class Agent(Command):
         poll = parsed_args.poll_interval or opts.poll_interval
         if poll < 0.2:
             raise InvalidArgument("--poll-interval must be at least 0.2 seconds")
-        given_url = parsed_args.catalog_url
-        if given_url is None and conf.get_location("catalog_url", options.GROUP).location != (
-            cfg.Locations.opt_default
-        ):
-            given_url = opts.catalog_url
+        given_url = configured_url(conf, parsed_args.catalog_url)
         catalog_for = None
         if keystone_wanted(conf):
             if parsed_args.project:

@@ -33,7 +33,9 @@ ACTION_HELP = "snapshot, replicate:HOST, purge:PATTERN or synchronize:HOST1,HOST
 
 def store(app: Any) -> scheduler.JobStore:
     """The store ``[scheduler] store`` names: the schedule file, or this host's catalog jobs."""
-    return scheduler.open_store(app.conf)
+    from stowkit.cli import catalogreach  # late: only the catalog store needs it
+
+    return scheduler.open_store(app.conf, catalogreach.reach)
 
 
 class AddJob(ShowOne):

@@ -631,14 +631,20 @@ class CatalogScheduleStore(JobStore):
         return [self.add(v, a, m, active) for v, a, m, active in parsed]
 
 
-def open_store(conf: cfg.ConfigOpts) -> JobStore:
-    """The store ``[scheduler] store`` names."""
+def open_store(
+    conf: cfg.ConfigOpts, connect: Callable[[cfg.ConfigOpts], Any] | None = None
+) -> JobStore:
+    """The store ``[scheduler] store`` names.
+
+    ``connect(conf)`` reaches the catalog (a :class:`~stowkit.corelib.catalogdocs.Reach`);
+    the command line gives the one that logs in to Keystone as the agent does.
+    """
     register_opts(conf)
     group = conf[GROUP]
     if group.store == "catalog":
         from stowkit.corelib import catalogdocs  # late: the file store needs no HTTP client
 
-        reach = catalogdocs.connect(conf)
+        reach = (connect or catalogdocs.connect)(conf)
         return CatalogScheduleStore(reach.catalog, reach.client_id, reach.hostname)
     return ScheduleStore(group.schedule_file)
 

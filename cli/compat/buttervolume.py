@@ -198,7 +198,9 @@ class Context:
     def schedule(self) -> scheduler.JobStore:
         """The store ``[scheduler] store`` names: the one the plugin's scheduler runs."""
         if self._schedule is None:
-            self._schedule = scheduler.open_store(self.conf)
+            from stowkit.cli import catalogreach  # late: only the catalog store needs it
+
+            self._schedule = scheduler.open_store(self.conf, catalogreach.reach)
         return self._schedule
 
     def print(self, *lines: str) -> None:

@@ -169,6 +169,64 @@ def test_agent_with_a_wrong_password_exits_with_one_line(hosts, catalog, keyston
     assert "Keystone refused" in run.stderr and "Traceback" not in run.stderr
 
 
+def test_commands_reach_the_keystone_catalog_as_the_agent_does(
+    hosts,  # noqa: F811
+    api,
+    catalog,
+    keystone,
+    tmp_path,
+):
+    """`schedule` with `store = catalog` and `volume pull` log in as the agent logs in: the
+    member's token, its project, the catalog the token names; without the token the catalog
+    answers 401, and these commands could not work behind Keystone."""
+    a, _ = hosts
+    a.driver.create_volume("data")
+    member = keystone["member"]
+    conf = agent_conf(tmp_path, a, catalog, member, "kcmd-a", "[scheduler]\nstore = catalog\n")
+
+    def stowkit(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*STOWKIT, "--config-file", str(conf), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO,
+            env=clean_env(),
+        )
+
+    added = stowkit("schedule", "add", "data", "snapshot", "60")
+    assert added.returncode == 0, added.stderr
+    status, answer = v2(api, "GET", "jobs?limit=100", {"match": [{"client_id": "kcmd-a"}]})
+    assert status == 200, answer
+    (job_doc,) = [j for j in answer["jobs"] if j["client_id"] == "kcmd-a"]
+    assert job_doc["project_id"] == member["project_id"] and job_doc["user_id"] == member["user_id"]
+    listed = stowkit("schedule", "list", "-f", "value", "-c", "volume", "-c", "action")
+    assert listed.returncode == 0 and listed.stdout.split() == ["data", "snapshot"], listed
+    # volume pull reads the member's backups: a copy recorded on another host, which the
+    # pull names (it cannot be reached: the point is that the catalog answered)
+    snap = a.driver.create_snapshot("data")
+    status, _ = v2(
+        api,
+        "POST",
+        "backups",
+        {
+            "action": "stowkit-volume-snapshot",
+            "container": "data",
+            "hostname": "elsewhere.invalid",
+            "backup_name": snap.name,
+            "time_stamp": int(snap.created.timestamp()),
+            "curr_backup_level": 0,
+        },
+    )
+    assert status == 201
+    pulled = stowkit("volume", "pull", "data", "--force", "--dry-run")
+    assert pulled.returncode == 9, pulled.stderr  # elsewhere.invalid cannot be reached
+    assert "elsewhere.invalid" in pulled.stderr and "401" not in pulled.stderr
+    refused = stowkit("volume", "pull", "data", "--project", "other")
+    assert refused.returncode == 3 and "the project is the token's" in refused.stderr
+    assert stowkit("schedule", "remove", "data", "snapshot").returncode == 0
+
+
 def test_two_agents_of_one_session_snapshot_at_the_same_moment(
     hosts,  # noqa: F811
     api,
