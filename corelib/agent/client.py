@@ -19,7 +19,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from stowkit.corelib.agent.options import NOAUTH_USER
-from stowkit.corelib.errors import BackendUnavailable, Conflict, NotFound, StowkitError
+from stowkit.corelib.errors import (
+    BackendUnavailable,
+    ConfigError,
+    Conflict,
+    NotFound,
+    StowkitError,
+)
 
 Document = dict[str, Any]
 
@@ -128,6 +134,12 @@ class HttpCatalog(CatalogClient):
     @staticmethod
     def _fail(status: int, body: Any, what: str) -> StowkitError:
         detail = (body or {}).get("description", "") if isinstance(body, dict) else ""
+        if status in (401, 403):
+            # Not an outage: waiting will not help, the credentials must change.
+            return ConfigError(
+                f"catalog: {what}: HTTP {status}: the catalog refused this host's credentials "
+                "([agent] auth options, --os-cloud or OS_*; or [agent] user_id without Keystone)"
+            )
         cls = NotFound if status == 404 else BackendUnavailable
         return cls(f"catalog: {what}: HTTP {status} {detail}".strip())
 

@@ -225,6 +225,23 @@ def test_commands_reach_the_keystone_catalog_as_the_agent_does(
     refused = stowkit("volume", "pull", "data", "--project", "other")
     assert refused.returncode == 3 and "the project is the token's" in refused.stderr
     assert stowkit("schedule", "remove", "data", "snapshot").returncode == 0
+    # no credentials at all: the catalog's 401 is configuration to fix, one line, exit 10
+    bare = tmp_path / "bare.conf"
+    bare.write_text(
+        f"[DEFAULT]\nstate_dir = {tmp_path / 'bare'}\n[agent]\ncatalog_url = {catalog}\n"
+        "[scheduler]\nstore = catalog\n"
+    )
+    denied = subprocess.run(
+        [*STOWKIT, "--config-file", str(bare), "schedule", "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=clean_env(),
+    )
+    assert denied.returncode == ConfigError.exit_code, denied.stderr
+    assert "refused this host's credentials" in denied.stderr
+    assert len(denied.stderr.strip().splitlines()) == 1
 
 
 def test_two_agents_of_one_session_snapshot_at_the_same_moment(

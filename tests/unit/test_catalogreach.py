@@ -39,3 +39,14 @@ def test_without_credentials_it_is_the_no_auth_client(tmp_path, clean_env):  # n
     reach = catalogreach.reach(conf_with(tmp_path, "project = demo\nhostname = h\n"))
     assert (reach.project, reach.client_id) == ("demo", "demo_h")
     assert "X-Auth-Token" not in reach.catalog.headers()
+
+
+def test_refused_credentials_are_configuration_not_an_outage():
+    from stowkit.corelib.agent.client import HttpCatalog
+    from stowkit.corelib.errors import BackendUnavailable, ConfigError, NotFound
+
+    for status in (401, 403):
+        err = HttpCatalog._fail(status, {"description": "no"}, "listing jobs")
+        assert isinstance(err, ConfigError) and "refused this host's credentials" in str(err)
+    assert isinstance(HttpCatalog._fail(503, None, "x"), BackendUnavailable)
+    assert isinstance(HttpCatalog._fail(404, None, "x"), NotFound)
