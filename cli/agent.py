@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import socket
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,6 +17,7 @@ from stowkit.cli.catalogreach import (
     token_headers,
 )
 from stowkit.cli.common import Command
+from stowkit.corelib import catalogdocs
 from stowkit.corelib.agent import actions, engine, options
 from stowkit.corelib.agent.client import CatalogClient, HttpCatalog, noauth_headers
 from stowkit.corelib.catalogapi.schemas import check_id
@@ -132,7 +132,6 @@ class Agent(Command):
         conf = self.app.conf
         options.register_opts(conf)
         opts = conf[options.GROUP]
-        hostname = opts.hostname or socket.gethostname()
         poll = parsed_args.poll_interval or opts.poll_interval
         if poll < 0.2:
             raise InvalidArgument("--poll-interval must be at least 0.2 seconds")
@@ -151,9 +150,7 @@ class Agent(Command):
             project = check_id(parsed_args.project or opts.project, "project")
             url = given_url or opts.catalog_url
             catalog = HttpCatalog(url, project, noauth_headers(opts.user_id))
-        client_id = check_id(
-            parsed_args.client_id or opts.client_id or f"{project}_{hostname}", "client_id"
-        )
+        hostname, client_id = catalogdocs.identity(conf, project, parsed_args.client_id)
 
         def context() -> actions.Context:
             return actions.Context(

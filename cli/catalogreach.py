@@ -14,7 +14,6 @@ which the core library may not import.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +22,6 @@ from oslo_config import cfg
 from stowkit.corelib import catalogdocs
 from stowkit.corelib.agent import options
 from stowkit.corelib.agent.client import HttpCatalog
-from stowkit.corelib.catalogapi.schemas import check_id
 from stowkit.corelib.errors import BackendUnavailable, ConfigError, InvalidArgument, StowkitError
 
 #: the Keystone service type of the catalog (freezer's; `stowkit catalog register`)
@@ -132,9 +130,7 @@ def reach(
         return catalogdocs.connect(conf, url, project)
     if project:
         raise InvalidArgument("--project: with Keystone the project is the token's")
-    opts = conf[options.GROUP]
     catalog, _, url = keystone_catalog(conf, configured_url(conf, url), catalogdocs.CommandCatalog)
-    hostname = opts.hostname or socket.gethostname()
-    client_id = check_id(opts.client_id or f"{catalog.project}_{hostname}", "client_id")
+    hostname, client_id = catalogdocs.identity(conf, catalog.project)
     assert isinstance(catalog, catalogdocs.CommandCatalog)
     return catalogdocs.Reach(catalog, url, catalog.project, hostname, client_id)

@@ -85,14 +85,24 @@ class Reach:
     client_id: str
 
 
+def identity(conf: cfg.ConfigOpts, project: str, client_id: str | None = None) -> tuple[str, str]:
+    """``(hostname, client id)`` of this host in the catalog: the agent's rule.
+
+    ``[agent] hostname`` (else the machine's name); the client id given, else
+    ``[agent] client_id``, else ``PROJECT_HOSTNAME``.
+    """
+    agent_options.register_opts(conf)
+    opts = conf[agent_options.GROUP]
+    hostname = opts.hostname or socket.gethostname()
+    return hostname, check_id(client_id or opts.client_id or f"{project}_{hostname}", "client_id")
+
+
 def connect(conf: cfg.ConfigOpts, url: str | None = None, project: str | None = None) -> Reach:
     """The catalog as ``stowkit agent`` reaches it (``[agent]`` options, its defaults)."""
     agent_options.register_opts(conf)
     opts = conf[agent_options.GROUP]
     project = check_id(project or opts.project, "project")
-    hostname = opts.hostname or socket.gethostname()
-    # The agent's rule (cli/agent.py): client id PROJECT_HOSTNAME unless configured.
-    client_id = check_id(opts.client_id or f"{project}_{hostname}", "client_id")
+    hostname, client_id = identity(conf, project)
     url = url or opts.catalog_url
     catalog = CommandCatalog(url, project, noauth_headers(opts.user_id))
     return Reach(catalog, url, project, hostname, client_id)
