@@ -78,6 +78,18 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
 
 
+def stowkit(conf, *args: str) -> subprocess.CompletedProcess:
+    """``stowkit --config-file CONF ARGS``, with the configuration's credentials only."""
+    return subprocess.run(
+        [*STOWKIT, "--config-file", str(conf), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=clean_env(),
+    )
+
+
 def create_job(api: Api, client_id: str, volume: str, schedule: dict[str, Any]) -> str:
     body = {  # what `freezer job-create --file F --client C` posts
         "description": f"snapshot {volume} on {client_id}",
@@ -125,14 +137,7 @@ def test_agent_logs_in_as_the_member_and_runs_a_snapshot_job(
         )
     )
     job_id = freezer("job-create", "--file", str(spec), "--client", "kagent-a")["Job ID"]
-    run = subprocess.run(
-        [*STOWKIT, "--config-file", str(conf), "agent", "--once"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env=clean_env(),
-    )
+    run = stowkit(conf, "agent", "--once")
     assert run.returncode == 0, run.stderr
     doc = job(api, job_id)
     assert doc["job_schedule"]["result"] == "success", doc["job_schedule"]
@@ -157,14 +162,7 @@ def test_agent_with_a_wrong_password_exits_with_one_line(hosts, catalog, keyston
     a, _ = hosts
     member = {**keystone["member"], "password": "not-the-password"}
     conf = agent_conf(tmp_path, a, catalog, member, "kagent-bad")
-    run = subprocess.run(
-        [*STOWKIT, "--config-file", str(conf), "agent", "--once"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env=clean_env(),
-    )
+    run = stowkit(conf, "agent", "--once")
     assert run.returncode == ConfigError.exit_code, (run.returncode, run.stderr)
     assert "Keystone refused" in run.stderr and "Traceback" not in run.stderr
 
@@ -184,23 +182,13 @@ def test_commands_reach_the_keystone_catalog_as_the_agent_does(
     member = keystone["member"]
     conf = agent_conf(tmp_path, a, catalog, member, "kcmd-a", "[scheduler]\nstore = catalog\n")
 
-    def stowkit(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [*STOWKIT, "--config-file", str(conf), *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=REPO,
-            env=clean_env(),
-        )
-
-    added = stowkit("schedule", "add", "data", "snapshot", "60")
+    added = stowkit(conf, "schedule", "add", "data", "snapshot", "60")
     assert added.returncode == 0, added.stderr
     status, answer = v2(api, "GET", "jobs?limit=100", {"match": [{"client_id": "kcmd-a"}]})
     assert status == 200, answer
     (job_doc,) = [j for j in answer["jobs"] if j["client_id"] == "kcmd-a"]
     assert job_doc["project_id"] == member["project_id"] and job_doc["user_id"] == member["user_id"]
-    listed = stowkit("schedule", "list", "-f", "value", "-c", "volume", "-c", "action")
+    listed = stowkit(conf, "schedule", "list", "-f", "value", "-c", "volume", "-c", "action")
     assert listed.returncode == 0 and listed.stdout.split() == ["data", "snapshot"], listed
     # volume pull reads the member's backups: a copy recorded on another host, which the
     # pull names (it cannot be reached: the point is that the catalog answered)
@@ -219,26 +207,19 @@ def test_commands_reach_the_keystone_catalog_as_the_agent_does(
         },
     )
     assert status == 201
-    pulled = stowkit("volume", "pull", "data", "--force", "--dry-run")
+    pulled = stowkit(conf, "volume", "pull", "data", "--force", "--dry-run")
     assert pulled.returncode == 9, pulled.stderr  # elsewhere.invalid cannot be reached
     assert "elsewhere.invalid" in pulled.stderr and "401" not in pulled.stderr
-    refused = stowkit("volume", "pull", "data", "--project", "other")
+    refused = stowkit(conf, "volume", "pull", "data", "--project", "other")
     assert refused.returncode == 3 and "the project is the token's" in refused.stderr
-    assert stowkit("schedule", "remove", "data", "snapshot").returncode == 0
+    assert stowkit(conf, "schedule", "remove", "data", "snapshot").returncode == 0
     # no credentials at all: the catalog's 401 is configuration to fix, one line, exit 10
     bare = tmp_path / "bare.conf"
     bare.write_text(
         f"[DEFAULT]\nstate_dir = {tmp_path / 'bare'}\n[agent]\ncatalog_url = {catalog}\n"
         "[scheduler]\nstore = catalog\n"
     )
-    denied = subprocess.run(
-        [*STOWKIT, "--config-file", str(bare), "schedule", "list"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        env=clean_env(),
-    )
+    denied = stowkit(bare, "schedule", "list")
     assert denied.returncode == ConfigError.exit_code, denied.stderr
     assert "refused this host's credentials" in denied.stderr
     assert len(denied.stderr.strip().splitlines()) == 1
@@ -354,14 +335,7 @@ def test_central_agent_runs_a_users_job_with_its_trust(
     assert job(api, job_id)["user_credentials"]["trust_id"]
     # the agent logs in as the service user, in the service project
     conf = agent_conf(tmp_path, a, trusting_catalog, svc, "central-agent", "central = true\n")
-    run = subprocess.run(
-        [*STOWKIT, "--config-file", str(conf), "agent", "--once"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env=clean_env(),
-    )
+    run = stowkit(conf, "agent", "--once")
     assert run.returncode == 0, run.stderr
     doc = job(api, job_id)
     assert doc["job_schedule"]["result"] == "success", (doc["job_schedule"], run.stderr)
