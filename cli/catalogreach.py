@@ -14,6 +14,7 @@ which the core library may not import.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,8 @@ from stowkit.corelib import catalogdocs
 from stowkit.corelib.agent import options
 from stowkit.corelib.agent.client import HttpCatalog
 from stowkit.corelib.errors import BackendUnavailable, ConfigError, InvalidArgument, StowkitError
+
+LOG = logging.getLogger(__name__)
 
 #: the Keystone service type of the catalog (freezer's; `stowkit catalog register`)
 SERVICE_TYPE = "backup"
@@ -134,3 +137,36 @@ def reach(
     hostname, client_id = catalogdocs.identity(conf, catalog.project)
     assert isinstance(catalog, catalogdocs.CommandCatalog)
     return catalogdocs.Reach(catalog, url, catalog.project, hostname, client_id)
+
+
+def configured(conf: cfg.ConfigOpts) -> bool:
+    """Whether this host is set up as a catalog client: Keystone credentials, or a
+    ``catalog_url`` set in its configuration (the default alone does not count)."""
+    options.register_opts(conf)
+    return configured_url(conf, None) is not None or keystone_wanted(conf)
+
+
+def forget_deleted_snapshots(conf: cfg.ConfigOpts, volume: str, snapshots: list[str]) -> str | None:
+    """After a command deleted ``snapshots``: remove their records of this host, if any.
+
+    As the agent's purge does (:func:`stowkit.corelib.catalogdocs.forget_snapshots`),
+    so ``volume pull`` and ``freezer backup-list`` do not offer what is gone.  Only on a
+    host set up as a catalog client (:func:`configured`).  The deletion stands either way:
+    a catalog that cannot be reached is a line for the operator, not a failure.
+    Returns that line, or None.
+    """
+    if not snapshots or not configured(conf):
+        return None
+    try:
+        where = reach(conf)
+        removed = catalogdocs.forget_snapshots(
+            where.catalog.search_backups,
+            where.catalog.delete_backup,
+            where.hostname,
+            volume,
+            snapshots,
+        )
+    except StowkitError as err:
+        return f"the catalog still records the deleted snapshot(s): {err}"
+    LOG.info("%d catalog record(s) of deleted snapshots removed", removed)
+    return None

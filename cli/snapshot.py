@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from stowkit.cli.common import Bytes, Command, Lister, ShowOne, utc_time
-from stowkit.corelib.volume import Snapshot, parse_rate
+from stowkit.corelib.volume import SNAPSHOT_SEPARATOR, Snapshot, parse_rate
 
 SNAPSHOT_COLUMNS = ("name", "volume", "created", "received", "uuid", "received_uuid", "path")
 
@@ -44,6 +44,17 @@ class ListSnapshots(Lister):
         return SNAPSHOT_COLUMNS, [snapshot_row(s) for s in snaps]
 
 
+def forget_records(app: Any, volume: str, deleted: list[str]) -> None:
+    """The catalog's records of deleted snapshots go with them (on a catalog client host)."""
+    if not deleted:
+        return
+    from stowkit.cli import catalogreach  # late: the catalog client costs ~60 ms to import
+
+    trouble = catalogreach.forget_deleted_snapshots(app.conf, volume, deleted)
+    if trouble:
+        app.stderr.write(f"stowkit: warning: {trouble}\n")
+
+
 class DeleteSnapshot(Command):
     """Delete one snapshot."""
 
@@ -54,6 +65,8 @@ class DeleteSnapshot(Command):
 
     def take_action(self, parsed_args: argparse.Namespace) -> None:
         self.driver("volume").delete_snapshot(parsed_args.name)
+        volume = parsed_args.name.partition(SNAPSHOT_SEPARATOR)[0]
+        forget_records(self.app, volume, [parsed_args.name])
 
 
 class RestoreSnapshot(ShowOne):
@@ -141,6 +154,8 @@ class PurgeSnapshots(Lister):
         result = self.driver("volume").purge(
             parsed_args.volume, parsed_args.pattern, dry_run=parsed_args.dry_run
         )
+        if not result.dry_run:
+            forget_records(self.app, parsed_args.volume, list(result.deleted))
         verb = "would delete" if result.dry_run else "deleted"
         rows = [(name, verb, "") for name in result.deleted]
         rows += [(name, "kept", result.protected.get(name, "")) for name in result.kept]

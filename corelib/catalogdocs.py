@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from oslo_config import cfg
@@ -106,3 +106,34 @@ def connect(conf: cfg.ConfigOpts, url: str | None = None, project: str | None = 
     url = url or opts.catalog_url
     catalog = CommandCatalog(url, project, noauth_headers(opts.user_id))
     return Reach(catalog, url, project, hostname, client_id)
+
+
+#: Actions whose backup documents record a snapshot kept on their own host.  A
+#: replication's record stays when the sender deletes its snapshot: the copy it
+#: records lives on the peer too (``volume pull`` counts it there).
+LOCAL_SNAPSHOT_ACTIONS = frozenset(
+    {"stowkit-volume-snapshot", "stowkit-volume-sync", "stowkit-volume-pull"}
+)
+
+
+def forget_snapshots(
+    find: Callable[[list[dict[str, Any]]], list[Document]],
+    forget: Callable[[str], None],
+    hostname: str,
+    volume: str,
+    snapshots: Sequence[str],
+) -> int:
+    """Remove the catalog's records of ``snapshots`` of ``volume`` deleted on ``hostname``.
+
+    The catalog must not go on listing (nor ``volume pull`` choosing) snapshots
+    that are gone.  Returns how many records were removed.
+    """
+    forgotten = 0
+    for name in snapshots:
+        match = [{"container": volume}, {"backup_name": name}, {"hostname": hostname}]
+        for doc in find(match):
+            meta = doc.get("backup_metadata", doc)
+            if meta.get("action") in LOCAL_SNAPSHOT_ACTIONS and doc.get("backup_id"):
+                forget(str(doc["backup_id"]))
+                forgotten += 1
+    return forgotten

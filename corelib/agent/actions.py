@@ -27,9 +27,10 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from stowkit.corelib import catalogdocs
 from stowkit.corelib.errors import BackendUnavailable, InvalidArgument, StowkitError
 
 LOG = logging.getLogger(__name__)
@@ -164,12 +165,6 @@ def replicate(ctx: Context, action: Mapping[str, Any]) -> Outcome:
     return Outcome(f"{sent.snapshot} sent to {host} ({how})", [meta])
 
 
-#: Actions whose backup documents record a snapshot kept on the agent's own host.
-_LOCAL_SNAPSHOT_ACTIONS = frozenset(
-    {"stowkit-volume-snapshot", "stowkit-volume-sync", "stowkit-volume-pull"}
-)
-
-
 def purge(ctx: Context, action: Mapping[str, Any]) -> Outcome:
     volume, pattern = _field(action, "volume"), _field(action, "pattern")
     dry_run = action.get("dry_run") in (True, "true", "True", "1")
@@ -182,24 +177,13 @@ def purge(ctx: Context, action: Mapping[str, Any]) -> Outcome:
     # that are gone: their records on this host go with them.  A replication's
     # record stays: the copy it records lives on the peer.
     try:
-        forgotten = _forget_snapshots(ctx, volume, result.deleted)
+        forgotten = catalogdocs.forget_snapshots(
+            ctx.find_backups, ctx.forget_backup, ctx.hostname, volume, result.deleted
+        )
     except StowkitError as err:
         LOG.warning("purge of %s: the catalog still records deleted snapshots: %s", volume, err)
         return Outcome(f"{message}; their catalog records could not be removed: {err}")
     return Outcome(f"{message}, {forgotten} catalog record(s) removed")
-
-
-def _forget_snapshots(ctx: Context, volume: str, snapshots: Sequence[str]) -> int:
-    assert ctx.forget_backup is not None
-    forgotten = 0
-    for name in snapshots:
-        match = [{"container": volume}, {"backup_name": name}, {"hostname": ctx.hostname}]
-        for doc in ctx.find_backups(match):
-            meta = doc.get("backup_metadata", doc)
-            if meta.get("action") in _LOCAL_SNAPSHOT_ACTIONS and doc.get("backup_id"):
-                ctx.forget_backup(str(doc["backup_id"]))
-                forgotten += 1
-    return forgotten
 
 
 def sync(ctx: Context, action: Mapping[str, Any]) -> Outcome:

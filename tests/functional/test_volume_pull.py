@@ -227,6 +227,28 @@ def test_copies_gone_or_unreachable_are_passed_over_for_the_next_newest(world):
     assert tree(b.host.path("volumes", "data")) == tree(a.host.path("snapshots", kept))
 
 
+def test_snapshot_delete_takes_its_records_with_it(world):
+    """On a catalog client host the CLI keeps the catalog true, as the agent's purge does:
+    nothing deleted is left for `volume pull` or `freezer backup-list` to offer."""
+    a, catalog = world["a"], world["catalog"]
+    a.host.driver.create_volume("data")
+    first = agent_snapshot(a, catalog, "data")
+    second = agent_snapshot(a, catalog, "data")
+    third = agent_snapshot(a, catalog, "data")
+
+    def recorded() -> list[str]:
+        docs = catalog.find_backups([{"container": "data"}, {"hostname": "host-a"}], limit=100)
+        return sorted(d["backup_metadata"]["backup_name"] for d in docs)
+
+    assert recorded() == [first, second, third]
+    deleted = a.stowkit("snapshot", "delete", first)
+    assert deleted.returncode == 0 and deleted.stderr == "", deleted.stderr
+    assert recorded() == [second, third]
+    # (purge: tests/unit/test_snapshot_records.py; snapshots this fresh are all kept)
+    dry = a.stowkit("snapshot", "purge", "data", "1m:1m", "--dry-run")
+    assert dry.returncode == 0 and recorded() == [second, third], dry.stderr
+
+
 def test_catalog_store_jobs_are_run_by_the_agent(world):
     a, catalog, start = world["a"], world["catalog"], world["start"]
     a.conf.write_text(a.conf.read_text() + "\n[scheduler]\nstore = catalog\n")
