@@ -60,8 +60,9 @@ def token_headers(session: Any, what: str) -> Callable[[], dict[str, str]]:
     return headers
 
 
-def keystone_wanted(conf: cfg.ConfigOpts) -> bool:
-    """``[agent] auth_strategy``: auto is keystone when any credential source is set."""
+def keystone_wanted(conf: cfg.ConfigOpts, environment: bool = True) -> bool:
+    """``[agent] auth_strategy``: auto is keystone when any credential source is set
+    (``OS_*`` in the environment counts unless ``environment`` is false)."""
     options.register_opts(conf)
     strategy = conf[options.GROUP].auth_strategy
     if strategy != "auto":
@@ -76,7 +77,7 @@ def keystone_wanted(conf: cfg.ConfigOpts) -> bool:
         or opts.auth_type
         or opts.auth_url
         or opts.auth_section
-        or openstack_auth.environment_configured()
+        or (environment and openstack_auth.environment_configured())
     )
 
 
@@ -140,10 +141,14 @@ def reach(
 
 
 def configured(conf: cfg.ConfigOpts) -> bool:
-    """Whether this host is set up as a catalog client: Keystone credentials, or a
-    ``catalog_url`` set in its configuration (the default alone does not count)."""
+    """Whether this host is set up as a catalog client: ``catalog_url`` or Keystone
+    credentials in its configuration (or ``--os-cloud``).
+
+    ``OS_*`` alone does not count: an operator's openrc, sourced for Glance, must not
+    make every ``snapshot delete`` look for a catalog.
+    """
     options.register_opts(conf)
-    return configured_url(conf, None) is not None or keystone_wanted(conf)
+    return configured_url(conf, None) is not None or keystone_wanted(conf, environment=False)
 
 
 def forget_deleted_snapshots(conf: cfg.ConfigOpts, volume: str, snapshots: list[str]) -> str | None:

@@ -126,3 +126,15 @@ def test_a_catalog_that_cannot_be_reached_is_a_warning_and_the_delete_stands(
 def test_forget_is_nothing_without_deletions(tmp_path):
     conf = config.load_conf(overrides=[(None, "state_dir", str(tmp_path))])
     assert catalogreach.forget_deleted_snapshots(conf, "v1", []) is None
+
+
+def test_an_openrc_in_the_environment_alone_makes_no_catalog_client(tmp_path, monkeypatch):
+    conf = tmp_path / "s.conf"
+    conf.write_text(f"[DEFAULT]\nstate_dir = {tmp_path}\n")
+    monkeypatch.setenv("OS_AUTH_URL", "http://keystone.invalid:5000/v3")
+    monkeypatch.setenv("OS_USERNAME", "admin")
+    loaded = config.load_conf([str(conf)])
+    assert not catalogreach.configured(loaded)
+    assert catalogreach.keystone_wanted(loaded)  # the agent and volume pull would log in
+    conf.write_text(f"[DEFAULT]\nstate_dir = {tmp_path}\n[agent]\ncatalog_url = http://c:1\n")
+    assert catalogreach.configured(config.load_conf([str(conf)]))
