@@ -349,20 +349,8 @@ def test_with_the_catalog_store_the_verbs_and_the_take_over_use_the_catalog(tmp_
     """`[scheduler] store = catalog`: the plugin's scheduler is the agent's catalog jobs, so
     schedule.csv is taken over there (once) and `schedule`/`scheduled` edit and show those,
     never a schedule file nothing runs."""
-    from stowkit.corelib import catalogdocs
-    from stowkit.corelib.catalogapi import server
-    from tests.unit.test_schedule_store_catalog import WsgiCatalog
+    from tests.unit.test_schedule_store_catalog import served_catalog
 
-    conf = config.load_conf(overrides=[(None, "state_dir", str(tmp_path / "cat"))])
-    server.register_opts(conf)
-    app = server.build_app(conf, auth="noauth")
-    app.service.catalog.sync()
-    catalog = WsgiCatalog(app)
-
-    def connect(conf, url=None, project=None):
-        return catalogdocs.Reach(catalog, "http://catalog.test", "demo", "host-a", "demo_host-a")
-
-    monkeypatch.setattr(catalogdocs, "connect", connect)
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "schedule.csv").write_text("v1,snapshot,60,True\n")
     conf_file = tmp_path / "s.conf"
@@ -375,7 +363,7 @@ def test_with_the_catalog_store_the_verbs_and_the_take_over_use_the_catalog(tmp_
         return buttervolume.main(["--config-file", str(conf_file), *argv], out=out)
 
     bv = buttervolume.ButtervolumeConfig.load(env, [])
-    try:
+    with served_catalog(tmp_path / "cat", monkeypatch) as catalog:
         assert run("schedule", "purge:4h:1d", "120", "v1") == 0
         assert run("scheduled") == 0
         assert out.getvalue().splitlines() == ["snapshot 60 v1 ", "purge:4h:1d 120 v1 "]
@@ -388,5 +376,3 @@ def test_with_the_catalog_store_the_verbs_and_the_take_over_use_the_catalog(tmp_
         assert buttervolume.take_over_schedule(ctx) is None
         assert [j.action for j in ctx.schedule.load().jobs] == ["purge:4h:1d"]
         assert not (tmp_path / "state" / "schedule.json").exists()
-    finally:
-        app.service.catalog.close()

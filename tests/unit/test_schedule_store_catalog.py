@@ -7,14 +7,16 @@ catalog's own schema, and the agent's engine reads them back as it would.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from stowkit.cli.app import main
-from stowkit.corelib import config, scheduler
+from stowkit.corelib import catalogdocs, config, scheduler
 from stowkit.corelib.agent import engine
 from stowkit.corelib.agent import options as agent_options
 from stowkit.corelib.catalogapi import server
@@ -54,14 +56,34 @@ class WsgiCatalog(CommandCatalog):
         return int(status.split()[0]), (json.loads(payload) if payload else None), dict(headers)
 
 
-@pytest.fixture()
-def catalog(tmp_path):
-    conf = config.load_conf(overrides=[(None, "state_dir", str(tmp_path))])
+@contextlib.contextmanager
+def served_catalog(state_dir, monkeypatch=None) -> Iterator[WsgiCatalog]:
+    """The real catalog app (SQLite under ``state_dir``), in process.
+
+    With ``monkeypatch``, commands reach it too: ``catalogdocs.connect`` answers
+    with it, as host ``host-a`` of project ``demo``.
+    """
+    conf = config.load_conf(overrides=[(None, "state_dir", str(state_dir))])
     server.register_opts(conf)
     app = server.build_app(conf, auth="noauth")
     app.service.catalog.sync()
-    yield WsgiCatalog(app)
-    app.service.catalog.close()
+    wsgi = WsgiCatalog(app)
+
+    def connect(conf, url=None, project=None):
+        return catalogdocs.Reach(wsgi, "http://catalog.test", "demo", "host-a", CLIENT)
+
+    if monkeypatch is not None:
+        monkeypatch.setattr(catalogdocs, "connect", connect)
+    try:
+        yield wsgi
+    finally:
+        app.service.catalog.close()
+
+
+@pytest.fixture()
+def catalog(tmp_path):
+    with served_catalog(tmp_path) as wsgi:
+        yield wsgi
 
 
 @pytest.fixture()

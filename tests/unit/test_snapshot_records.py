@@ -4,34 +4,24 @@ them, on a host set up as a catalog client, as the agent's purge action does."""
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
 from stowkit.cli import catalogreach
 from stowkit.cli.app import StowkitApp, main
-from stowkit.corelib import catalogdocs, config
-from stowkit.corelib.catalogapi import server
+from stowkit.corelib import config
 from stowkit.corelib.errors import BackendUnavailable
 from tests.unit.test_dockerplugin import FakeDriver
-from tests.unit.test_schedule_store_catalog import WsgiCatalog
+from tests.unit.test_schedule_store_catalog import served_catalog
 
 
 @pytest.fixture()
 def catalog(tmp_path, monkeypatch):
-    conf = config.load_conf(overrides=[(None, "state_dir", str(tmp_path / "cat"))])
-    server.register_opts(conf)
-    app = server.build_app(conf, auth="noauth")
-    app.service.catalog.sync()
-    wsgi = WsgiCatalog(app)
-
-    def connect(conf, url=None, project=None):
-        return catalogdocs.Reach(wsgi, "http://catalog.test", "demo", "host-a", "demo_host-a")
-
-    monkeypatch.setattr(catalogdocs, "connect", connect)
-    for name in [k for k in __import__("os").environ if k.startswith("OS_")]:
+    for name in [k for k in os.environ if k.startswith("OS_")]:
         monkeypatch.delenv(name)
-    yield wsgi
-    app.service.catalog.close()
+    with served_catalog(tmp_path / "cat", monkeypatch) as wsgi:
+        yield wsgi
 
 
 def record(catalog, host: str, name: str, action: str = "stowkit-volume-snapshot") -> None:
