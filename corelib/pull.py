@@ -140,13 +140,6 @@ def candidates(
     return list(best.values())
 
 
-def newest_copy(
-    backups: Sequence[Mapping[str, Any]], volume: str, here: str, source: str | None = None
-) -> Copy:
-    """The best copy the catalog records (see :func:`candidates`)."""
-    return candidates(backups, volume, here, source)[0]
-
-
 def _exists(driver: VolumeDriver, volume: str) -> bool:
     try:
         driver.volume_path(volume)

@@ -98,20 +98,20 @@ def test_the_newest_copy_on_another_host_wins():
                              "action": "stowkit-blockstore-upload"}},  # a device's document
         doc("d", "v", T + 40, "stowkit-volume-snapshot"),  # not a snapshot name of v
     ]  # fmt: skip
-    assert pull.newest_copy(backups, "v", "here") == pull.Copy("b", snap("v", 5), T + 5)
-    assert pull.newest_copy(backups, "v", "here", source="a").snapshot == snap("v", 1)
+    assert pull.candidates(backups, "v", "here")[0] == pull.Copy("b", snap("v", 5), T + 5)
+    assert pull.candidates(backups, "v", "here", source="a")[0].snapshot == snap("v", 1)
 
 
 def test_a_tie_goes_to_the_document_recorded_last():
     backups = [doc("a", snap("v", 1), T + 1), doc("b", snap("v", 1), T + 1, pull.PULL_ACTION)]
-    assert pull.newest_copy(backups, "v", "here").host == "b"
+    assert pull.candidates(backups, "v", "here")[0].host == "b"
 
 
 def test_no_copy_is_not_found():
     with pytest.raises(NotFound, match="no copy of volume v on another host"):
-        pull.newest_copy([doc("here", snap("v", 1), T)], "v", "here")
+        pull.candidates([doc("here", snap("v", 1), T)], "v", "here")
     with pytest.raises(NotFound, match="on z"):
-        pull.newest_copy([doc("a", snap("v", 1), T)], "v", "here", source="z")
+        pull.candidates([doc("a", snap("v", 1), T)], "v", "here", source="z")
 
 
 # -- which parent (the driver's one rule for sends and pulls) --------------------------------
@@ -237,7 +237,7 @@ def test_a_replication_records_a_copy_on_its_receiver_too():
     backups = [doc("a", snap("v", 5), T + 5, "stowkit-volume-replicate", remote_host="b")]
     assert [c.host for c in pull.candidates(backups, "v", "here")] == ["a", "b"]
     assert [c.host for c in pull.candidates(backups, "v", "a")] == ["b"]
-    assert pull.newest_copy(backups, "v", "here", source="b").snapshot == snap("v", 5)
+    assert pull.candidates(backups, "v", "here", source="b")[0].snapshot == snap("v", 5)
 
 
 def test_a_copy_two_documents_record_is_tried_once():
