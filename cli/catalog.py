@@ -6,15 +6,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from stowkit.cli.common import (
-    Command,
-    Lister,
-    ShowOne,
-    add_listen_options,
-    listen_address,
-    utc_time,
-)
-from stowkit.corelib import config
+from stowkit.cli.common import Command, Lister, ServeCommand, ShowOne, utc_time
 
 if TYPE_CHECKING:
     from stowkit.corelib.catalogapi.service import CatalogService, Identity
@@ -23,45 +15,33 @@ if TYPE_CHECKING:
 # that use them: every other `stowkit` command would pay ~0.1 s at start-up.
 
 
-class Serve(Command):
+class Serve(ServeCommand, Command):
     """Serve the freezer-compatible catalog API (cheroot, one process per worker)."""
 
-    service = True  # logs through oslo.log
-
-    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
-        parser = super().get_parser(prog_name)
-        add_listen_options(
-            parser,
-            "catalog_api",
-            "no Keystone: project from the URL (v2) or the default (v1), "
-            "user from X-User-Id. Only for a single trusted host.",
-        )
-        return parser
+    group = "catalog_api"
+    no_auth_help = (
+        "no Keystone: project from the URL (v2) or the default (v1), "
+        "user from X-User-Id. Only for a single trusted host."
+    )
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
         from stowkit.corelib import notify
-        from stowkit.corelib.catalogapi import server, wsgi
+        from stowkit.corelib.catalogapi import server
 
-        conf = self.app.conf
-        server.register_opts(conf)
-        config.check_values(conf)  # before the database is touched
-        opts = conf[server.GROUP]
-        bind, port = listen_address(parsed_args, opts)
+        opts, bind, port = self.listen(parsed_args, server.register_opts)
         catalog = self.driver("catalog")
         if opts.auto_sync:
             self.app.stderr.write(catalog.sync() + "\n")
-        auth = "noauth" if parsed_args.no_auth else None
-        # The pipeline gunicorn and uwsgi serve (healthcheck, request ids, proxy headers).
-        app = wsgi.build(conf, catalog, auth)
+        # The API's one pipeline, the one gunicorn and uwsgi serve (wsgi.py).
+        app = server.build_app(self.app.conf, catalog, self.auth(parsed_args))
         # The parent's connections must not be shared with the forked workers.
         catalog.close()
-        n = parsed_args.workers or server.workers(conf)
-        self.app.stderr.write(
-            f"catalog API on http://{bind}:{port} ({n} workers, "
-            f"auth {'none' if parsed_args.no_auth else opts.auth_strategy})\n"
-        )
+        n = parsed_args.workers or server.workers(self.app.conf)
+        self.announce("catalog API", bind, port, f"{n} workers", parsed_args)
         # systemd (Type=notify) is told once every worker listens, and when it stops.
-        server.serve(conf, app, bind, port, n, ready=notify.ready, stopping=notify.stopping)
+        server.serve(
+            self.app.conf, app, bind, port, n, ready=notify.ready, stopping=notify.stopping
+        )
         return 0
 
 

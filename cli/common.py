@@ -102,6 +102,45 @@ def listen_address(parsed_args: argparse.Namespace, opts: Any) -> tuple[str, int
     return bind, port
 
 
+class ServeCommand:
+    """What the ``serve`` command of an HTTP API of ``[group]`` shares (a mixin of Command).
+
+    The listen options (``--bind``, ``--port``, ``--workers``, ``--no-auth``),
+    the group's options checked before any work, and the line announcing the service.
+    """
+
+    service = True  # logs through oslo.log
+    group = ""
+    no_auth_help = ""
+    app: Any
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)  # type: ignore[misc]
+        add_listen_options(parser, self.group, self.no_auth_help)
+        return parser
+
+    def listen(self, parsed_args: argparse.Namespace, register: Any) -> tuple[Any, str, int]:
+        """(the group's options, bind address, port) once ``register(conf)`` and the
+        values are checked: before any database or task is touched."""
+        conf = self.app.conf
+        register(conf)
+        config.check_values(conf)
+        opts = conf[self.group]
+        bind, port = listen_address(parsed_args, opts)
+        return opts, bind, port
+
+    @staticmethod
+    def auth(parsed_args: argparse.Namespace) -> str | None:
+        """The auth strategy ``--no-auth`` forces (None: the configuration's)."""
+        return "noauth" if parsed_args.no_auth else None
+
+    def announce(
+        self, what: str, bind: str, port: int, workers: str, parsed_args: argparse.Namespace
+    ) -> None:
+        strategy = "none" if parsed_args.no_auth else self.app.conf[self.group].auth_strategy
+        self.app.stderr.write(f"{what} on http://{bind}:{port} ({workers}, auth {strategy})\n")
+
+
 def parse_size(text: str) -> int:
     """'64K', '1G', '1.5M', '4096' -> bytes (binary multiples, as dd and qemu-img use)."""
     units = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

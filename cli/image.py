@@ -14,9 +14,9 @@ import os
 import sys
 from typing import Any
 
-from stowkit.cli.common import Bytes, Command, Lister, ShowOne, add_listen_options, listen_address
+from stowkit.cli.common import Bytes, Command, Lister, ServeCommand, ShowOne
 from stowkit.cli.progress import ByteMeter, SyncProgress
-from stowkit.corelib import config, imagesync
+from stowkit.corelib import imagesync
 from stowkit.corelib.errors import EXIT_CODES, InvalidArgument, StowkitError
 from stowkit.corelib.image import Image, ImageCapability, find_image
 from stowkit.corelib.imagesync import config as sync_config
@@ -401,18 +401,16 @@ class LoadBackups(Lister):
         return ("region", "images"), sorted(loaded.items())
 
 
-class Serve(Command):
+class Serve(ServeCommand, Command):
     """Serve GlanceSync's REST API (v1): region status, sync tasks (cheroot)."""
 
-    service = True  # logs through oslo.log
+    group = "image_sync_api"
+    no_auth_help = (
+        "no Keystone: every caller may read, sync and delete. Only for a single trusted host."
+    )
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        add_listen_options(
-            parser,
-            "image_sync_api",
-            "no Keystone: every caller may read, sync and delete. Only for a single trusted host.",
-        )
         add_sync_options(parser)
         return parser
 
@@ -420,32 +418,24 @@ class Serve(Command):
         # Imported here: only the server needs the API module (and cheroot).
         from stowkit.corelib.imagesync import api
 
-        conf = self.app.conf
-        api.register_opts(conf)
-        config.check_values(conf)  # before any task is touched
-        opts = conf[api.GROUP]
-        bind, port = listen_address(parsed_args, opts)
+        opts, bind, port = self.listen(parsed_args, api.register_opts)
         tasks = self.driver("imagetask")
         ended = api.start(tasks)
         if ended:
             self.app.stderr.write(f"{ended} task(s) left syncing by a stopped service: failed\n")
         overrides = sync_config.parse_overrides(parsed_args.config)
-        auth = "noauth" if parsed_args.no_auth else None
         wsgi, app = api.build_app(
-            conf,
+            self.app.conf,
             self.driver("image"),
             tasks,
-            auth=auth,
+            auth=self.auth(parsed_args),
             sync_config=parsed_args.sync_config,
             overrides=overrides,
         )
         tasks.close()  # no pooled connection may cross into forked workers
         n = parsed_args.workers or opts.workers
-        self.app.stderr.write(
-            f"GlanceSync API on http://{bind}:{port} ({n} worker(s), "
-            f"auth {'none' if parsed_args.no_auth else opts.auth_strategy})\n"
-        )
-        api.serve(wsgi, bind, port, n, on_stop=app.runner.shutdown)
+        self.announce("GlanceSync API", bind, port, f"{n} worker(s)", parsed_args)
+        api.serve(self.app.conf, wsgi, bind, port, n, on_stop=app.runner.shutdown)
         return 0
 
 

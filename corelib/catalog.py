@@ -109,10 +109,13 @@ class Catalog(Driver):
         offset: int = 0,
         match: Sequence[Term] = (),
         match_not: Sequence[Term] = (),
+        central: bool = False,
     ) -> list[Document]:
         """Documents matching every ``match`` term and no ``match_not`` term.
 
         ``project=None`` searches every project (for admins: ``all_projects``).
+        ``central`` (clients): the central clients of every project
+        (``client.is_central`` true) are found with the project's own.
         A term's plain field name matches that key at any depth of the
         document (in nested objects and in objects inside lists), as
         freezer-api's search does; a dotted field is an exact path.
@@ -126,9 +129,10 @@ class Catalog(Driver):
         offset: int = 0,
         match: Sequence[Term] = (),
         match_not: Sequence[Term] = (),
+        central: bool = False,
     ) -> list[str]:
         """Like :meth:`search` but each document already serialised (a fast path)."""
-        found = self.search(project, kind, limit, offset, match, match_not)
+        found = self.search(project, kind, limit, offset, match, match_not, central)
         return [json.dumps(d) for d in found]
 
     @abc.abstractmethod

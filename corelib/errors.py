@@ -42,6 +42,13 @@ class NotFound(StowkitError):
     http_status = 404
 
 
+class Forbidden(StowkitError):
+    """The caller's roles do not allow this (HTTP 403)."""
+
+    exit_code = 11
+    http_status = 403
+
+
 class AlreadyExists(StowkitError):
     exit_code = 6
     http_status = 409
@@ -52,6 +59,13 @@ class Conflict(StowkitError):
 
     exit_code = 7
     http_status = 409
+
+
+class PreconditionFailed(Conflict):
+    """A condition of the request (an ``If-Match`` version) no longer holds (HTTP 412)."""
+
+    exit_code = 12
+    http_status = 412
 
 
 class Locked(Conflict):
@@ -88,5 +102,7 @@ EXIT_CODES: dict[str, int] = {
         Locked,
         BackendUnavailable,
         ConfigError,
+        Forbidden,
+        PreconditionFailed,
     )
 }

@@ -22,51 +22,41 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
-import time
-import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from stowkit.corelib.catalog import ID_FIELDS, KINDS
+from stowkit.corelib.catalogapi.policy import RoleDefaults
 from stowkit.corelib.catalogapi.schemas import check_id, check_storable
-from stowkit.corelib.catalogapi.service import CatalogService, Identity
-from stowkit.corelib.errors import InvalidArgument, StowkitError
+from stowkit.corelib.catalogapi.service import CatalogService, Identity, Scope
+from stowkit.corelib.errors import InvalidArgument
+from stowkit.corelib.web import request
+from stowkit.corelib.web.request import LENGTH
+from stowkit.corelib.web.responses import (
+    JSON_TYPE,
+    HTTPError,
+    JsonErrors,
+    method_allowed,
+    reason,
+    status_line,
+)
 
 LOG = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
 
-_REASONS = {
-    200: "200 OK",
-    201: "201 Created",
-    202: "202 Accepted",
-    204: "204 No Content",
-    300: "300 Multiple Choices",
-    400: "400 Bad Request",
-    401: "401 Unauthorized",
-    403: "403 Forbidden",
-    404: "404 Not Found",
-    405: "405 Method Not Allowed",
-    408: "408 Request Timeout",
-    409: "409 Conflict",
-    411: "411 Length Required",
-    412: "412 Precondition Failed",
-    413: "413 Request Entity Too Large",
-    415: "415 Unsupported Media Type",
-    423: "423 Locked",
-    500: "500 Internal Server Error",
-    503: "503 Service Unavailable",
-}
-_JSON = [("Content-Type", "application/json")]
 MAX_LIMIT = 1000
 #: Beyond this an offset cannot be a real position (and overflows SQL integers).
 MAX_OFFSET = 2**53
 KIND_SET = frozenset(KINDS)
-#: A Content-Length is digits and nothing else (no sign, no spaces inside).
-_LENGTH = re.compile(r"[0-9]{1,19}")
-#: Bodies are read in pieces of at most this many bytes, the deadline checked between.
-READ_CHUNK = 65536
+
+
+def _titled(status: int, message: str) -> dict[str, Any]:
+    return {"title": reason(status), "description": message, "code": status}
+
+
+#: freezer-api's error body: ``{"title", "description", "code"}``.
+ERRORS = JsonErrors(_titled, "catalog", LOG)
 
 
 def _no_constant(name: str) -> Any:
@@ -92,25 +82,9 @@ def _if_match(environ: dict[str, Any]) -> int | None:
     if raw is None or raw.strip() == "*":
         return None  # "*": any version of an existing document, as a PATCH needs anyway
     text = raw.strip().strip('"')
-    if not _LENGTH.fullmatch(text):
+    if not LENGTH.fullmatch(text):
         raise HTTPError(400, "If-Match must be one ETag this API gave (a quoted version number)")
     return int(text)
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str, headers: Iterable[tuple[str, str]] = ()):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = list(headers)
-
-
-def _title(status: int) -> str:
-    return _REASONS.get(status, str(status)).split(" ", 1)[1]
-
-
-def error_body(status: int, message: str) -> bytes:
-    return json.dumps({"title": _title(status), "description": message, "code": status}).encode()
 
 
 def versions_document(base: str) -> dict[str, Any]:
@@ -208,7 +182,7 @@ class CatalogApp:
         default_project: str = "default",
         max_body: int = 1 << 20,
         default_limit: int = 10,
-        authorize: Callable[[str, Identity], bool] | None = None,
+        authorize: Any = None,
     ) -> None:
         if auth not in ("keystone", "noauth"):
             raise InvalidArgument(f"unknown auth strategy {auth!r} (keystone or noauth)")
@@ -217,117 +191,42 @@ class CatalogApp:
         self.default_project = default_project
         self.max_body = max_body
         self.default_limit = default_limit
-        #: ``authorize(rule, identity)`` (policy.Authorizer): None allows everything.
-        self.authorize = authorize
+        #: ``authorize(rule, identity)`` and ``authorize.refusal(rule)``: the policy's
+        #: Authorizer, or (None) RoleDefaults.  Asked here only: the service gets a Scope.
+        self.authorize = authorize if authorize is not None else RoleDefaults()
 
     # -- WSGI entry ------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
-        has_body = bool(environ.get("CONTENT_LENGTH")) or self._chunked(environ)
+        has_body = request.has_body(environ)
         if not has_body:
-            self._read_done(environ)  # nothing to wait for: stop the request clock
+            request.read_done(environ)  # nothing to wait for: stop the request clock
         try:
             status, body, headers = self.dispatch(environ)
-        except HTTPError as err:
-            status, body, headers = err.status, error_body(err.status, err.message), err.headers
-        except StowkitError as err:
-            status = err.http_status if err.http_status < 500 or err.http_status == 503 else 500
-            body = error_body(status, err.message)
-            headers = []
-        except Exception:  # a bug: log it, never show internals to the client
-            LOG.error("catalog request failed:\n%s", traceback.format_exc())
-            status, body, headers = 500, error_body(500, "internal error (logged)"), []
+        except Exception as exc:
+            status, body, headers = ERRORS.answer(exc)
         finally:
-            self._read_done(environ)
-        if has_body and not environ.get("stowkit.body_read"):
+            request.read_done(environ)
+        if request.body_unread(environ):
             # A body left unread (or half read) must not become the next request.
             environ["stowkit.close"] = True
         if status == 204:
-            start_response(_REASONS[204], headers)
+            start_response(status_line(204), headers)
             return []
         own_type = any(name.lower() == "content-type" for name, _ in headers)
         start_response(
-            _REASONS.get(status) or f"{status} Error",
-            [*([] if own_type else _JSON), ("Content-Length", str(len(body))), *headers],
+            status_line(status),
+            [*([] if own_type else [JSON_TYPE]), ("Content-Length", str(len(body))), *headers],
         )
         if environ.get("REQUEST_METHOD") == "HEAD":
             return []  # the headers GET would send, never a body
         return [body]
 
     # -- request helpers ---------------------------------------------------------------
-    @staticmethod
-    def _chunked(environ: dict[str, Any]) -> bool:
-        return "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-
-    @staticmethod
-    def _read_done(environ: dict[str, Any]) -> None:
-        done = environ.get("stowkit.read_done")  # set by our server: stop the request clock
-        if done is not None:
-            done()
-
-    def _read_raw(self, environ: dict[str, Any]) -> bytes:
-        """The body, through the bounded reader: never more than ``max_body`` bytes.
-
-        A Content-Length must be plain digits (400) and at most ``max_body``
-        (413); a chunked body is counted as it comes (413 past the limit); a
-        body shorter than its Content-Length is a 400, one that does not
-        arrive before the request's deadline (``stowkit.read_deadline``, set
-        by the server) or stalls past the connection timeout a 408.
-        """
-        length_text = (environ.get("CONTENT_LENGTH") or "").strip()
-        if self._chunked(environ):
-            known = None
-        elif length_text:
-            if not _LENGTH.fullmatch(length_text):
-                raise HTTPError(400, "Content-Length must be a whole number of bytes")
-            known = int(length_text)
-            if known > self.max_body:
-                raise HTTPError(413, f"body too large: {known} bytes (limit {self.max_body})")
-        else:
-            environ["stowkit.body_read"] = True
-            return b""
-        stream = environ["wsgi.input"]
-        deadline = environ.get("stowkit.read_deadline")
-        want = self.max_body + 1 if known is None else known
-        parts: list[bytes] = []
-        got = 0
-
-        def late() -> bool:
-            return deadline is not None and time.monotonic() >= deadline
-
-        while got < want:
-            if late():
-                raise HTTPError(408, "the request body did not arrive in time")
-            try:
-                piece = stream.read(min(READ_CHUNK, want - got))
-            except TimeoutError:
-                raise HTTPError(408, "the client stopped sending its request body") from None
-            except OSError:
-                raise HTTPError(400, "the connection broke while reading the body") from None
-            except ValueError:
-                raise HTTPError(400, "the chunked body is malformed") from None
-            except Exception as exc:
-                # oslo.middleware's sizelimit reader (webob's 413), set to our limit.
-                if getattr(exc, "code", None) == 413:
-                    raise HTTPError(413, f"body too large (limit {self.max_body} bytes)") from None
-                raise
-            if not piece:
-                break
-            parts.append(piece)
-            got += len(piece)
-        if known is not None and got < known:
-            if late():
-                raise HTTPError(408, "the request body did not arrive in time")
-            raise HTTPError(400, f"the body ended after {got} of its {known} bytes")
-        if got > self.max_body:
-            raise HTTPError(413, f"body too large (limit {self.max_body} bytes)")
-        environ["stowkit.body_read"] = True
-        return b"".join(parts)
-
     def _read_body(self, environ: dict[str, Any], required: bool) -> Any:
         try:
-            raw = self._read_raw(environ)
+            raw = request.read_body(environ, self.max_body)
         finally:
-            self._read_done(environ)
+            request.read_done(environ)
         if not raw.strip():
             if required:
                 raise HTTPError(400, "a JSON body is required")
@@ -342,14 +241,8 @@ class CatalogApp:
         check_storable(doc, "body")
         return doc
 
-    @staticmethod
-    def _roles(environ: dict[str, Any]) -> frozenset[str]:
-        """keystonemiddleware's ``X-Roles``: role names, comma-separated."""
-        text = environ.get("HTTP_X_ROLES") or ""
-        return frozenset(r.strip().lower() for r in text.split(",") if r.strip())
-
     def _identity(self, environ: dict[str, Any], url_project: str | None) -> Identity:
-        roles = self._roles(environ)
+        roles = request.roles(environ)
         if self.auth == "noauth":
             project = url_project or environ.get("HTTP_X_PROJECT_ID") or self.default_project
             check_id(project, "project id")
@@ -460,24 +353,16 @@ class CatalogApp:
 
     def _permit(self, rule: str, who: Identity) -> None:
         """403 unless the policy allows ``rule`` (freezer-api's rule names)."""
-        if self.authorize is not None and not self.authorize(rule, who):
-            raise HTTPError(403, f"the policy does not allow {rule}")
-
-    def _may(self, rule: str, who: Identity) -> bool:
-        return self.authorize is None or self.authorize(rule, who)
+        if not self.authorize(rule, who):
+            raise HTTPError(403, self.authorize.refusal(rule))
 
     @staticmethod
     def _allow(method: str, *allowed: str) -> None:
-        if method not in allowed:
-            raise HTTPError(
-                405,
-                f"method {method} not allowed here (allowed: {', '.join(allowed)})",
-                [("Allow", ", ".join(allowed))],
-            )
+        method_allowed(method, allowed, wording="method {}")
 
     def _root(self, environ: dict[str, Any], method: str) -> tuple[int, bytes, list]:
         self._allow(method, "GET", "HEAD")
-        base = self._base_url(environ)
+        base = request.base_url(environ)
         return 300, json.dumps(versions_document(base)).encode(), []
 
     def _version(self, environ: dict[str, Any], method: str, version: str) -> tuple:
@@ -487,31 +372,23 @@ class CatalogApp:
         if version == "v2" or "application/json-home" in environ.get("HTTP_ACCEPT", ""):
             body = json.dumps(json_home(version), indent=4).encode()
             return 200, body, [("Content-Type", "application/json-home"), ("Vary", "Accept")]
-        base = self._base_url(environ)
+        base = request.base_url(environ)
         doc = next(v for v in versions_document(base)["versions"] if v["id"] == version)
         return 200, json.dumps({"version": doc}).encode(), [("Vary", "Accept")]
-
-    @staticmethod
-    def _base_url(environ: dict[str, Any]) -> str:
-        host = environ.get("HTTP_HOST") or (
-            f"{environ.get('SERVER_NAME', 'localhost')}:{environ.get('SERVER_PORT', '80')}"
-        )
-        return f"{environ.get('wsgi.url_scheme', 'http')}://{host}{environ.get('SCRIPT_NAME', '')}"
 
     def _collection(self, environ: dict[str, Any], method: str, who: Identity, kind: str):
         if method in ("GET", "HEAD"):
             self._permit(f"{kind}:get_all", who)
             limit, offset = self._paging(environ)
             search = self._read_body(environ, False)
-            everywhere = self._everywhere(environ, who, kind)
-            who = self._granted(who, everywhere)
-            found = self.service.list_json(who, kind, limit, offset, search, everywhere)
+            who = self._scoped(who, every_project=self._everywhere(environ, who, kind))
+            found = self.service.list_json(who, kind, limit, offset, search)
             body = f'{{"{kind}":[{",".join(found)}]}}'.encode()
             return 200, body, []
         self._allow(method, "GET", "POST")
         self._permit(f"{kind}:create", who)
         body = self._read_body(environ, True)
-        who = self._granted(who, self._central(kind, body, who))
+        who = self._scoped(who, central=self._central(kind, body, who))
         new_id = self.service.create(who, kind, body)
         return 201, json.dumps({ID_FIELDS[kind]: new_id}).encode(), []
 
@@ -519,7 +396,7 @@ class CatalogApp:
         """``all_projects=true``, granted by ``jobs:get_all_projects`` (else: own project)."""
         if not self._flag(environ, "all_projects"):
             return False
-        return kind == "jobs" and self._may("jobs:get_all_projects", who)
+        return kind == "jobs" and self.authorize("jobs:get_all_projects", who)
 
     def _central(self, kind: str, body: Any, who: Identity) -> bool:
         """A central client's registration needs ``clients:create_central`` (else 403)."""
@@ -530,18 +407,18 @@ class CatalogApp:
                 return True
         return False
 
-    def _granted(self, who: Identity, granted: bool) -> Identity:
-        """With a policy, what it granted is what the service's admin checks see."""
-        if self.authorize is None or not granted:
+    @staticmethod
+    def _scoped(who: Identity, every_project: bool = False, central: bool = False) -> Identity:
+        """``who`` with the scope the policy granted this request (the service reads only it)."""
+        if not (every_project or central):
             return who
-        return dataclasses.replace(who, privileged=True)
+        return dataclasses.replace(who, scope=Scope(every_project=every_project, central=central))
 
     def _item(self, environ: dict[str, Any], method: str, who: Identity, kind: str, doc_id: str):
         if method in ("GET", "HEAD"):
             self._permit(f"{kind}:get", who)
-            everywhere = self._everywhere(environ, who, kind)
-            who = self._granted(who, everywhere)
-            text, version = self.service.get_json_versioned(who, kind, doc_id, everywhere)
+            who = self._scoped(who, every_project=self._everywhere(environ, who, kind))
+            text, version = self.service.get_json_versioned(who, kind, doc_id)
             return 200, text.encode(), _etag(version)
         if method == "DELETE":
             self._permit(f"{kind}:delete", who)
@@ -560,7 +437,7 @@ class CatalogApp:
             self._permit("clients:create" if kind == "clients" else rule, who)
             body = self._read_body(environ, True)
             if kind == "clients":
-                who = self._granted(who, self._central(kind, body, who))
+                who = self._scoped(who, central=self._central(kind, body, who))
                 new_id = self.service.create(who, kind, body, doc_id)
                 return 201, json.dumps({"client_id": new_id}).encode(), []
             version = self.service.replace(who, kind, doc_id, body)

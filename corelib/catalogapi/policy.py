@@ -9,7 +9,13 @@ clients and list every project's jobs.
 ``oslopolicy-sample-generator --namespace stowkit.catalog`` writes the sample
 (``contrib/catalog/policy.yaml.sample``); ``[oslo_policy] policy_file`` overrides
 rules.  Enforced only with ``auth_strategy = keystone``: with ``noauth`` the
-roles are whatever the client sends, so a policy would prove nothing.
+roles are whatever the client sends, so a policy would prove nothing, and
+:class:`RoleDefaults` decides instead (everything is allowed but the two
+privileges, which the ``admin`` and ``service`` roles have).
+
+Either authorizer is asked by the API, once per request
+(:mod:`stowkit.corelib.catalogapi.app`); the service receives the resulting
+scope and asks nothing.
 """
 
 from __future__ import annotations
@@ -150,6 +156,25 @@ def list_rules() -> list[policy.RuleDefault]:
 RULE_NAMES = frozenset(rule.name for rule in _operation_rules())
 
 
+#: Rules that reach beyond the caller's project (the request's scope).
+PRIVILEGED = frozenset({"clients:create_central", "jobs:get_all_projects"})
+#: Keystone roles that hold the privileges without a policy (freezer-api's ``admin_or_service``).
+ADMIN_ROLES = frozenset({"admin", "service"})
+
+
+class RoleDefaults:
+    """``noauth``'s authorizer: every rule allowed, the privileged ones to ADMIN_ROLES only."""
+
+    def __call__(self, rule: str, identity: Any) -> bool:
+        return rule not in PRIVILEGED or bool(identity.roles & ADMIN_ROLES)
+
+    @staticmethod
+    def refusal(rule: str) -> str:
+        if rule == "clients:create_central":
+            return "only an admin or a service user may register a central client"
+        return f"the {rule} privilege is an admin's or a service user's"
+
+
 class Authorizer:
     """``authorize(rule, identity)``: True when the policy allows it.
 
@@ -169,3 +194,8 @@ class Authorizer:
         }
         target = {"project_id": identity.project, "user_id": identity.user_id}
         return bool(self.enforcer.enforce(rule, target, creds, do_raise=False))
+
+    @staticmethod
+    def refusal(rule: str) -> str:
+        """The 403's message."""
+        return f"the policy does not allow {rule}"

@@ -1,10 +1,14 @@
-"""Building the catalog's WSGI pipeline from configuration, and serving it.
+"""The catalog API's one builder: the WSGI pipeline its configuration describes.
 
-Production: keystonemiddleware's ``auth_token`` in front of the app (options in
-``[keystone_authtoken]``), so the project and user come from a validated
-token, and oslo.policy rules (``policy``) decide what its roles allow.
-``--no-auth``: the app alone, trusting the URL and ``X-User-Id``; meant
-for the embedded, single-host default and tests.
+``catalog serve`` and the WSGI entry point (:mod:`stowkit.corelib.catalogapi.wsgi`)
+both serve what :func:`build_app` returns, outermost first: oslo.middleware
+(:mod:`stowkit.corelib.web.middleware`: proxy headers, request ids, the health
+check, the body limit), then, with ``auth_strategy = keystone``,
+keystonemiddleware's ``auth_token`` (options in ``[keystone_authtoken]``) so
+the project and user come from a validated token and oslo.policy rules
+(:mod:`~stowkit.corelib.catalogapi.policy`) decide what its roles allow, then
+the app.  ``--no-auth``: no token, the app trusts the URL and ``X-User-Id``;
+meant for the embedded, single-host default and tests.
 
 The server is cheroot, one process per worker with SO_REUSEPORT: measured here
 it served this app faster than gunicorn (sync), waitress and bjoern
@@ -13,22 +17,20 @@ it served this app faster than gunicorn (sync), waitress and bjoern
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from oslo_config import cfg
 
-from stowkit.corelib import registry, wsgiserve
-from stowkit.corelib.catalogapi.app import CatalogApp
+from stowkit.corelib import registry
+from stowkit.corelib.catalogapi.app import ERRORS, CatalogApp
 from stowkit.corelib.catalogapi.service import CatalogService
-from stowkit.corelib.errors import ConfigError
+from stowkit.corelib.web import keystone, middleware, serving
 
 GROUP = "catalog_api"
 
 api_opts = [
-    cfg.StrOpt("bind", default="127.0.0.1", help="Address the catalog API listens on."),
-    cfg.PortOpt("port", default=9090, help="TCP port of the catalog API (freezer-api's)."),
+    *serving.listen_opts("catalog API", 9090, " (freezer-api's)"),
     cfg.IntOpt(
         "workers",
         default=0,
@@ -54,28 +56,7 @@ api_opts = [
         min=1024,
         help="Largest request body accepted, in bytes; larger ones get 413.",
     ),
-    cfg.IntOpt(
-        "threads",
-        default=32,
-        min=1,
-        help="Threads per server process.  An idle keep-alive connection holds none; a "
-        "connection in the middle of sending its request holds one, for at most "
-        "request_timeout seconds.",
-    ),
-    cfg.IntOpt(
-        "client_timeout",
-        default=10,
-        min=1,
-        help="Seconds a connection may stay silent (between requests or in the middle "
-        "of one) before it is closed.",
-    ),
-    cfg.IntOpt(
-        "request_timeout",
-        default=20,
-        min=1,
-        help="Seconds a client has to send a whole request (request line, headers and "
-        "body) once it started; a slower one gets 408 or is disconnected.",
-    ),
+    *serving.timing_opts(threads=32, client_timeout=10, request_timeout=20),
     cfg.BoolOpt(
         "auto_sync",
         default=True,
@@ -88,21 +69,33 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(api_opts, group=GROUP)
 
 
-def build_app(conf: cfg.ConfigOpts, catalog: Any = None, auth: str | None = None) -> Any:
-    """The WSGI callable the configuration describes."""
+class Pipeline:
+    """The catalog's WSGI pipeline, with its app at hand (its service, its policy)."""
+
+    def __init__(self, outer: Any, app: CatalogApp) -> None:
+        self.outer = outer
+        self.app = app
+
+    @property
+    def service(self) -> CatalogService:
+        return self.app.service
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        return self.outer(environ, start_response)
+
+
+def build_app(conf: cfg.ConfigOpts, catalog: Any = None, auth: str | None = None) -> Pipeline:
+    """The WSGI pipeline the configuration describes (``auth`` overrides ``auth_strategy``)."""
     register_opts(conf)
     opts = conf[GROUP]
     catalog = catalog or registry.load("catalog", conf)
     strategy = auth or opts.auth_strategy
-    authorize = None
+    authorize = trusts = None
     if strategy == "keystone":
         from stowkit.corelib.catalogapi.policy import Authorizer
-
-        authorize = Authorizer(conf)
-    trusts = None
-    if strategy == "keystone":
         from stowkit.corelib.catalogapi.trusts import TrustKeeper
 
+        authorize = Authorizer(conf)
         trusts = TrustKeeper.from_conf(conf)  # centralized jobs get Keystone trusts
     app = CatalogApp(
         CatalogService(catalog, trusts),
@@ -111,33 +104,15 @@ def build_app(conf: cfg.ConfigOpts, catalog: Any = None, auth: str | None = None
         max_body=opts.max_body_size,
         authorize=authorize,
     )
-    if strategy == "noauth":
-        return app
-    return with_keystone(app, conf)
-
-
-def with_keystone(app: CatalogApp, conf: cfg.ConfigOpts) -> Any:
-    try:
-        from keystonemiddleware import auth_token
-    except ImportError:
-        raise ConfigError(
-            "auth_strategy=keystone needs keystonemiddleware (pip install keystonemiddleware) "
-            "or run with --no-auth"
-        ) from None
-    protected = auth_token.AuthProtocol(app, {"oslo_config_config": conf})
-
-    def pipeline(environ: dict[str, Any], start_response: Any) -> Any:
+    inner: Any = app
+    if strategy == "keystone":
         # The version documents are public, as in every OpenStack API.
-        path = environ.get("PATH_INFO", "") or "/"
-        if path.strip("/") in ("", "v1", "v2"):
-            return app(environ, start_response)
-        return protected(environ, start_response)
-
-    return pipeline
+        inner = keystone.with_keystone(app, conf, public=("", "v1", "v2"))
+    return Pipeline(middleware.with_middleware(inner, conf, opts.max_body_size, ERRORS), app)
 
 
 def workers(conf: cfg.ConfigOpts) -> int:
-    return conf[GROUP].workers or (os.cpu_count() or 1)
+    return serving.workers(conf, GROUP)
 
 
 def serve(
@@ -149,20 +124,11 @@ def serve(
     ready: Callable[[], Any] = lambda: None,
     stopping: Callable[[], Any] = lambda: None,
 ) -> None:
-    """Serve the catalog until SIGTERM or SIGINT (see :func:`stowkit.corelib.wsgiserve.serve`).
+    """Serve the catalog until SIGTERM or SIGINT (see :func:`stowkit.corelib.web.serving.serve`).
 
     ``ready`` runs once every worker listens, ``stopping`` when the stop signal arrives.
     """
-    opts = conf[GROUP]
-    wsgiserve.serve(
-        app,
-        bind,
-        port,
-        n_workers,
-        threads=opts.threads,
-        client_timeout=opts.client_timeout,
-        request_timeout=opts.request_timeout,
-        name="stowkit-catalog",
-        ready=ready,
+    serving.serve(
+        conf, GROUP, app, bind, port, n_workers, name="stowkit-catalog", ready=ready,
         stopping=stopping,
-    )
+    )  # fmt: skip

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from stowkit.corelib.catalog import ID_FIELDS, Catalog, Document, VersionConflict, check_kind
 from stowkit.corelib.catalogapi import schemas
-from stowkit.corelib.errors import Conflict, InvalidArgument, NotFound, StowkitError
+from stowkit.corelib.errors import (
+    Conflict,
+    Forbidden,
+    InvalidArgument,
+    NotFound,
+    PreconditionFailed,
+)
 
 if TYPE_CHECKING:
     from stowkit.corelib.catalogapi.trusts import TrustKeeper
@@ -29,23 +35,22 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 #: How long (seconds) after a session started other jobs may still join that run.
 DEFAULT_HOLD_OFF = 30
 _RETRIES = 50
+#: More central clients of one id than this would be a registry gone wrong: not looked at.
+_CENTRAL_LOOKUP = 100
 
 
-class Forbidden(StowkitError):
-    """The caller's roles do not allow this (HTTP 403)."""
+@dataclass(frozen=True)
+class Scope:
+    """What the API's policy granted one request beyond the caller's own project.
 
-    exit_code = 1
-    http_status = 403
+    Resolved once, by the HTTP layer (:mod:`stowkit.corelib.catalogapi.app`);
+    the service only reads it.
+    """
 
-
-class PreconditionFailed(Conflict):
-    """``If-Match`` named a version the document no longer has (HTTP 412)."""
-
-    http_status = 412
-
-
-#: Keystone roles that may act for every project (freezer-api's ``admin_or_service``).
-ADMIN_ROLES = frozenset({"admin", "service"})
+    #: Jobs of every project (``all_projects=true`` asked and ``jobs:get_all_projects`` granted).
+    every_project: bool = False
+    #: May register a central client (``clients:create_central`` granted).
+    central: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,17 +59,13 @@ class Identity:
     user_id: str
     user_name: str = ""
     roles: frozenset[str] = frozenset()
-    #: Set by the API's policy for one request (``clients:create_central``,
-    #: ``jobs:get_all_projects`` granted); None: the roles decide (ADMIN_ROLES).
-    privileged: bool | None = None
     #: the request's Keystone token (a trust for a centralized job is made with it)
     token: str = field(default="", repr=False, compare=False)
+    scope: Scope = Scope()
 
-    @property
-    def is_admin(self) -> bool:
-        if self.privileged is not None:
-            return self.privileged
-        return bool(self.roles & ADMIN_ROLES)
+
+#: The search term of a client registered as central (seen from every project).
+CENTRAL_CLIENT = {"client.is_central": True}
 
 
 def backup_id(meta: Mapping[str, Any]) -> str:
@@ -153,33 +154,26 @@ class CatalogService:
 
     # -- generic ----------------------------------------------------------------
     @staticmethod
-    def _everywhere(who: Identity, kind: str, all_projects: bool) -> bool:
-        """``all_projects``: jobs of every project, for an admin or service user only.
-
-        Anyone else asking gets their own project (freezer-api ignores the flag too).
-        """
-        return all_projects and kind == "jobs" and who.is_admin
+    def _everywhere(who: Identity, kind: str) -> bool:
+        """Jobs of every project, when the request's scope grants it (else its own)."""
+        return kind == "jobs" and who.scope.every_project
 
     def list_json(
-        self,
-        who: Identity,
-        kind: str,
-        limit: int,
-        offset: int,
-        search: Any = None,
-        all_projects: bool = False,
+        self, who: Identity, kind: str, limit: int, offset: int, search: Any = None
     ) -> list[str]:
+        """A page of the caller's documents; clients include every project's central ones."""
         check_kind(kind)
         match, match_not = parse_search(search)
-        project = None if self._everywhere(who, kind, all_projects) else who.project
-        return self.catalog.search_json(project, kind, limit, offset, match, match_not)
+        project = None if self._everywhere(who, kind) else who.project
+        central = kind == "clients"
+        return self.catalog.search_json(
+            project, kind, limit, offset, match, match_not, central=central
+        )
 
-    def get_json(self, who: Identity, kind: str, doc_id: str, all_projects: bool = False) -> str:
-        return self.get_json_versioned(who, kind, doc_id, all_projects)[0]
+    def get_json(self, who: Identity, kind: str, doc_id: str) -> str:
+        return self.get_json_versioned(who, kind, doc_id)[0]
 
-    def get_json_versioned(
-        self, who: Identity, kind: str, doc_id: str, all_projects: bool = False
-    ) -> tuple[str, int | None]:
+    def get_json_versioned(self, who: Identity, kind: str, doc_id: str) -> tuple[str, int | None]:
         """The document's JSON and its version (None when found in another project)."""
         schemas.check_id(doc_id, f"{kind[:-1]} id")
         try:
@@ -189,7 +183,7 @@ class CatalogService:
             stored = self.catalog.get_versioned(who.project, kind, doc_id)
             return json.dumps(stored.doc), stored.version
         except NotFound:
-            if not self._everywhere(who, kind, all_projects):
+            if not self._everywhere(who, kind):
                 raise
             # Ids are unique per project only: the oldest job of that id wins.
             found = self.catalog.search_json(None, kind, 1, 0, [{f"{kind[:-1]}_id": doc_id}])
@@ -275,11 +269,13 @@ class CatalogService:
         if isinstance(body, dict) and isinstance(body.get("client"), dict):
             body = body["client"]  # a document read back from the API, re-posted
         schemas.validate(schemas.CLIENT, body, "client")
-        if body.get("is_central") and not who.is_admin:
+        if body.get("is_central") and not who.scope.central:
             raise Forbidden("only an admin or a service user may register a central client")
         client_id = schemas.check_id(body["client_id"], "client_id")
         if doc_id is not None and doc_id != client_id:
             raise InvalidArgument(f"client_id {client_id!r} differs from the URL's {doc_id!r}")
+        if body.get("is_central"):
+            self._check_central_unique(client_id, body.get("hostname"))
         doc = {
             "client": body,
             "client_id": client_id,
@@ -320,15 +316,30 @@ class CatalogService:
         self.catalog.create(who.project, "jobs", doc["job_id"], doc)
         return doc["job_id"]
 
+    def _central_clients(self, client_id: str) -> list[Document]:
+        """The central clients of every project registered as ``client_id``."""
+        match = [{**CENTRAL_CLIENT, "client_id": client_id}]
+        found = self.catalog.search(None, "clients", _CENTRAL_LOOKUP, 0, match)
+        return [c for c in found if c.get("client_id") == client_id]
+
+    def _check_central_unique(self, client_id: str, hostname: Any) -> None:
+        """Two central clients never share a (client_id, hostname): jobs name one of them."""
+        for other in self._central_clients(client_id):
+            if (other.get("client") or {}).get("hostname") == hostname:
+                raise Conflict(
+                    f"a central client {client_id!r} on host {hostname!r} is already registered"
+                )
+
     def _central(self, who: Identity, job: Document) -> bool:
-        """Whether the job's client is registered as central in the job's project."""
+        """Whether the job's client is central: in the job's project, or any project's
+        central client of that id (as freezer-api: central clients serve every project)."""
         client_id = job.get("client_id")
         if not client_id:
             return False
         try:
             client = self.catalog.get(who.project, "clients", client_id)
         except NotFound:
-            return False
+            return bool(self._central_clients(client_id))
         return bool((client.get("client") or {}).get("is_central"))
 
     def _prepare_action(self, who: Identity, body: Any, doc_id: str | None) -> Document:

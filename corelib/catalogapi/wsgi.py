@@ -8,15 +8,11 @@ request from the configuration files named by ``STOWKIT_CONFIG_FILE``
 library's server, for a quick check (``--host``, ``--port``); production
 uses a real WSGI server.
 
-The pipeline, outermost first: oslo.middleware's ``http_proxy_to_wsgi``
-(``[oslo_middleware] enable_proxy_headers_parsing``), ``request_id``
-(``x-openstack-request-id``), ``healthcheck`` (``GET /healthcheck``, before
-authentication), ``sizelimit``, then keystonemiddleware and the app with its
-policy.  The body limit has one owner, ``[catalog_api] max_body_size``: the
-app's bounded reader enforces it (JSON errors, chunked bodies counted,
-stalls and short bodies told apart) and sizelimit is set to that same number,
-so ``[oslo_middleware] max_request_body_size`` is overridden, never a second
-limit.
+The pipeline is the one ``catalog serve`` serves, from the API's one builder
+(:func:`stowkit.corelib.catalogapi.server.build_app`): oslo.middleware
+(``GET /healthcheck`` before authentication, ``x-openstack-request-id``,
+proxy headers, the body limit ``[catalog_api] max_body_size``), then
+keystonemiddleware and the app with its policy.
 
 Migrations are not applied here (several workers would race): run
 ``stowkit catalog db-sync`` first, as ``freezer-manage db sync`` for freezer-api.
@@ -32,75 +28,20 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from oslo_config import cfg
-
 from stowkit.corelib import config
 from stowkit.corelib.catalogapi import server
-from stowkit.corelib.catalogapi.app import error_body
+from stowkit.corelib.catalogapi.app import ERRORS
 
 LOG = logging.getLogger(__name__)
 
 #: Environment variable naming the configuration file(s), comma-separated.
 CONFIG_ENV = "STOWKIT_CONFIG_FILE"
-#: Where oslo.middleware's healthcheck answers (load balancers poll it).
-HEALTHCHECK_PATH = "/healthcheck"
 
 
 def config_files(environ: dict[str, str] | None = None) -> list[str]:
     environ = os.environ if environ is None else environ
     text = environ.get(CONFIG_ENV, "")
     return [f.strip() for f in text.split(",") if f.strip()]
-
-
-def with_middleware(conf: cfg.ConfigOpts, app: Any) -> Any:
-    """``app`` behind oslo.middleware's sizelimit, healthcheck, request_id, proxy headers."""
-    from oslo_middleware import healthcheck, http_proxy_to_wsgi, request_id, sizelimit
-
-    limited = sizelimit.RequestBodySizeLimiter(app, conf)
-    # One limit: the catalog's.  (The limiter registered its options just above.)
-    conf.set_override(
-        "max_request_body_size", conf[server.GROUP].max_body_size, group="oslo_middleware"
-    )
-    # oslo's healthcheck answers whatever reaches it: it is mounted at its own
-    # path, ahead of authentication, as paste's urlmap does for freezer-api.
-    health = healthcheck.Healthcheck(None, conf)
-
-    limit = conf[server.GROUP].max_body_size
-
-    def checked(environ: dict[str, Any], start_response: Any) -> Any:
-        if environ.get("PATH_INFO", "").rstrip("/") == HEALTHCHECK_PATH:
-            return health(environ, start_response)
-        if _declared_length(environ) > limit:
-            # sizelimit would answer in plain text; the catalog's clients read JSON
-            body = error_body(413, f"body too large (limit {limit} bytes)")
-            start_response(
-                "413 Request Entity Too Large",
-                [
-                    ("Content-Type", "application/json"),
-                    ("Content-Length", str(len(body))),
-                    ("Connection", "close"),  # the body is not read
-                ],
-            )
-            environ["stowkit.close"] = True
-            return [body]
-        return limited(environ, start_response)
-
-    with_ids = request_id.RequestId(checked, conf)
-    return http_proxy_to_wsgi.HTTPProxyToWSGI(with_ids, conf)
-
-
-def _declared_length(environ: dict[str, Any]) -> int:
-    try:
-        return int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return 0  # the app's reader says what is wrong with it
-
-
-def build(conf: cfg.ConfigOpts | None = None, catalog: Any = None, auth: str | None = None) -> Any:
-    """The deployable WSGI application for ``conf`` (default: from the environment)."""
-    if conf is None:
-        conf = config.load_conf(config_files())
-    return with_middleware(conf, server.build_app(conf, catalog, auth))
 
 
 class Application:
@@ -121,7 +62,7 @@ class Application:
         if self._app is None:
             with self._lock:
                 if self._app is None:
-                    self._app = build()
+                    self._app = server.build_app(config.load_conf(config_files()))
         return self._app
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
@@ -129,12 +70,9 @@ class Application:
             app = self.load()
         except Exception as exc:  # a broken deployment: say so once per request, log why
             LOG.error("catalog WSGI application cannot start: %s", exc)
-            body = error_body(500, "the catalog is not configured correctly (see its log)")
-            start_response(
-                "500 Internal Server Error",
-                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+            return ERRORS.respond(
+                start_response, 500, "the catalog is not configured correctly (see its log)"
             )
-            return [body]
         return app(environ, start_response)
 
 
@@ -164,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         conf = config.load_conf(args.config_file or config_files())
-        app = build(conf)
+        app = server.build_app(conf)
         httpd = simple_server.make_server(args.host, args.port, app)
     except StowkitError as err:
         print(f"stowkit-catalog-wsgi: {err.message}", file=sys.stderr)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import traceback
 import urllib.parse
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -32,26 +31,22 @@ from typing import Any
 
 from oslo_config import cfg
 
-from stowkit.corelib import imagesync, wsgiserve
-from stowkit.corelib.errors import (
-    ConfigError,
-    Conflict,
-    InvalidArgument,
-    NotFound,
-    StowkitError,
-)
+from stowkit.corelib import imagesync
+from stowkit.corelib.errors import Conflict, InvalidArgument, NotFound, StowkitError
 from stowkit.corelib.imagesync import plan as P
 from stowkit.corelib.imagesync.config import region_parts
 from stowkit.corelib.imagesync.engine import ImageSync
 from stowkit.corelib.imagesync.tasks import INTERRUPTED, Task, TaskRunner, TaskStore
+from stowkit.corelib.web import keystone, request, serving
+from stowkit.corelib.web.responses import JSON_TYPE, HTTPError, JsonErrors, method_allowed
+from stowkit.corelib.web.responses import status_line as _status_line
 
 LOG = logging.getLogger("stowkit.imagesync.api")
 
 GROUP = "image_sync_api"
 
 api_opts = [
-    cfg.StrOpt("bind", default="127.0.0.1", help="Address the GlanceSync API listens on."),
-    cfg.PortOpt("port", default=8080, help="TCP port of the GlanceSync API."),
+    *serving.listen_opts("GlanceSync API", 8080),
     cfg.IntOpt(
         "workers",
         default=1,
@@ -83,22 +78,16 @@ api_opts = [
         help="The URL `GET /` reports as href (default: the URL the request came to).",
     ),
     cfg.StrOpt("owner", default="stowkit", help="The owner `GET /` reports."),
+    # Requests are short (syncs run on the task workers): few threads, patient clients.
+    *serving.timing_opts(threads=8, client_timeout=30, request_timeout=30),
 ]
 
 #: When this API's shape last changed (GET / ``updated``).
 UPDATED = "2026-12-01T00:00:00Z"
 API_VERSION = "1"
 
-_REASONS = {
-    200: "200 OK",
-    400: "400 Bad Request",
-    401: "401 Unauthorized",
-    404: "404 Not Found",
-    405: "405 Method Not Allowed",
-    410: "410 Gone",
-    500: "500 Internal Server Error",
-    503: "503 Service Unavailable",
-}
+#: The statuses GlanceSync answers; an error of another status answers 500.
+STATUSES = frozenset({200, 400, 401, 404, 405, 410, 500, 503})
 _NO_URL = (
     "The requested URL was not found on the server. If you entered the URL manually "
     "please check your spelling and try again."
@@ -116,14 +105,13 @@ def _version() -> str:
         return "0"
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: Sequence[tuple[str, str]] = ()):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, list(headers)
-
-
-def error_body(status: int, message: str) -> bytes:
-    return json.dumps({"error": {"message": message, "code": status}}).encode()
+#: GlanceSync's error body: ``{"error": {"message", "code"}}``.
+ERRORS = JsonErrors(
+    lambda status, message: {"error": {"message": message, "code": status}},
+    "GlanceSync API",
+    LOG,
+    STATUSES,
+)
 
 
 def image_rows(plan: P.RegionPlan, name: str | None = None) -> list[dict[str, Any]]:
@@ -177,19 +165,11 @@ class GlanceSyncApp:
         try:
             status, payload = self.dispatch(environ)
             body = b"" if payload is None else json.dumps(payload).encode()
-        except ApiError as err:
-            status, body, headers = err.status, error_body(err.status, err.message), err.headers
-        except StowkitError as err:
-            status = err.http_status if err.http_status in _REASONS else 500
-            if status == 500:
-                LOG.error("GlanceSync API: %s", err)
-            body = error_body(status, err.message)
-        except Exception:  # a bug: logged, never shown
-            LOG.error("GlanceSync API request failed:\n%s", traceback.format_exc())
-            status, body = 500, error_body(500, "internal error (logged)")
+        except Exception as exc:
+            status, body, headers = ERRORS.answer(exc)
         start_response(
-            _REASONS[status],
-            [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers],
+            _status_line(status),
+            [JSON_TYPE, ("Content-Length", str(len(body))), *headers],
         )
         return [body]
 
@@ -205,7 +185,7 @@ class GlanceSyncApp:
             or len(parts) not in (2, 4)
             or (len(parts) == 4 and parts[2] != "tasks")
         ):
-            raise ApiError(404, _NO_URL)
+            raise HTTPError(404, _NO_URL)
         region = parts[1]
         if len(parts) == 2:
             self._allow(method, ("GET", "POST"))
@@ -227,7 +207,7 @@ class GlanceSyncApp:
         try:
             self.store.delete(task.task_id)
         except Conflict as exc:
-            raise ApiError(400, exc.message) from None
+            raise HTTPError(400, exc.message) from None
         return 200, None
 
     # -- routes -----------------------------------------------------------------------
@@ -239,7 +219,7 @@ class GlanceSyncApp:
             "version": self.version,
             "updated": UPDATED,
             "runningfrom": self.started.isoformat().replace("+00:00", "Z"),
-            "href": self.href or _base_url(environ) + "/",
+            "href": self.href or request.base_url(environ) + "/",
         }
 
     def region_status(self, sync: ImageSync, region: str, name: str | None) -> dict[str, Any]:
@@ -253,37 +233,32 @@ class GlanceSyncApp:
     # -- checks -------------------------------------------------------------------------
     @staticmethod
     def _allow(method: str, allowed: Sequence[str]) -> None:
-        if method not in allowed:
-            raise ApiError(
-                405,
-                f"the method {method} is not allowed here (allowed: {', '.join(allowed)})",
-                [("Allow", ", ".join(allowed))],
-            )
+        method_allowed(method, allowed)
 
     @staticmethod
     def _check_query(query: dict[str, list[str]], known: Sequence[str]) -> None:
         unknown = sorted(set(query) - set(known))
         if unknown:
-            raise ApiError(400, f"unknown query parameter {unknown[0]!r}")
+            raise HTTPError(400, f"unknown query parameter {unknown[0]!r}")
         for key in known:
             for value in query.get(key, []):
                 if not value:
-                    raise ApiError(400, f"query parameter {key!r} is empty")
+                    raise HTTPError(400, f"query parameter {key!r} is empty")
 
     def _authorise(self, environ: dict[str, Any], admin: bool) -> None:
         if self.auth == "noauth":
             return
         if not environ.get("HTTP_X_AUTH_TOKEN"):
-            raise ApiError(
+            raise HTTPError(
                 401, "a token is required (X-Auth-Token)", [("WWW-Authenticate", "Keystone")]
             )
         if environ.get("HTTP_X_IDENTITY_STATUS") != "Confirmed":
             # GlanceSync answers what Keystone answered for such a token: 404.
-            raise ApiError(404, "The token is not valid or has expired")
+            raise HTTPError(404, "The token is not valid or has expired")
         if admin:
-            roles = {r.strip().lower() for r in (environ.get("HTTP_X_ROLES") or "").split(",") if r}
+            roles = request.roles(environ)
             if not roles & self.admin_roles:
-                raise ApiError(
+                raise HTTPError(
                     401,
                     "this operation needs one of the roles "
                     f"{', '.join(sorted(self.admin_roles))}; the token has "
@@ -298,34 +273,26 @@ class GlanceSyncApp:
         """A fresh engine, once ``region`` is known to be one region (else 400/410)."""
         target, name = region_parts(region)
         if not name:
-            raise ApiError(400, f"{region!r} names no region (one region per request)")
+            raise HTTPError(400, f"{region!r} names no region (one region per request)")
         sync = self.make_sync()
         if target not in sync.config.targets:
-            raise ApiError(410, f"unknown target {target!r} in region {region!r}")
+            raise HTTPError(410, f"unknown target {target!r} in region {region!r}")
         try:
             sync.resolve([region])
         except NotFound:
-            raise ApiError(410, f"Invalid region {region}") from None
+            raise HTTPError(410, f"Invalid region {region}") from None
         except InvalidArgument as exc:
-            raise ApiError(400, exc.message) from None
+            raise HTTPError(400, exc.message) from None
         return sync
 
     def _task(self, region: str, task_id: str) -> Task:
         try:
             task = self.store.get(task_id)
         except NotFound:
-            raise ApiError(404, _NO_URL) from None
+            raise HTTPError(404, _NO_URL) from None
         if task.region != region:
-            raise ApiError(404, _NO_URL)
+            raise HTTPError(404, _NO_URL)
         return task
-
-
-def _base_url(environ: dict[str, Any]) -> str:
-    scheme = environ.get("wsgi.url_scheme", "http")
-    host = environ.get("HTTP_HOST") or (
-        f"{environ.get('SERVER_NAME', 'localhost')}:{environ.get('SERVER_PORT', '80')}"
-    )
-    return f"{scheme}://{host}{environ.get('SCRIPT_NAME', '')}"
 
 
 def sync_runner(make_sync: Callable[[], ImageSync]) -> Callable[[str], tuple[bool, str]]:
@@ -362,47 +329,28 @@ def build_app(
     )
     if strategy == "noauth":
         return app, app
-    return with_keystone(app, conf), app
-
-
-def with_keystone(app: GlanceSyncApp, conf: cfg.ConfigOpts) -> Any:
-    try:
-        from keystonemiddleware import auth_token
-    except ImportError:
-        raise ConfigError(
-            "auth_strategy=keystone needs keystonemiddleware (pip install keystonemiddleware) "
-            "or run with --no-auth"
-        ) from None
     # delay_auth_decision: a missing or bad token reaches the app, which answers
     # as GlanceSync does (401 without a token, 404 for a token Keystone refuses).
-    protected = auth_token.AuthProtocol(
-        app, {"oslo_config_config": conf, "delay_auth_decision": "true"}
-    )
-
-    def pipeline(environ: dict[str, Any], start_response: Any) -> Any:
-        if (environ.get("PATH_INFO") or "/").strip("/") == "":
-            return app(environ, start_response)  # GET / is public
-        return protected(environ, start_response)
-
-    return pipeline
-
-
-#: Threads per server process: requests are short (syncs run on the task workers).
-THREADS = 8
+    # GET / is public.
+    return keystone.with_keystone(app, conf, public=("",), delay_auth_decision=True), app
 
 
 def serve(
-    app: Any, bind: str, port: int, n_workers: int, on_stop: Callable[[], Any] = lambda: None
+    conf: cfg.ConfigOpts,
+    app: Any,
+    bind: str,
+    port: int,
+    n_workers: int,
+    on_stop: Callable[[], Any] = lambda: None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, as the catalog is served (:mod:`stowkit.corelib.wsgiserve`).
+    """Serve until SIGTERM or SIGINT with ``[image_sync_api]``'s threads and timeouts.
 
     ``on_stop`` runs in each process once its server has stopped (the runner
     ends its unfinished tasks as failed).
     """
-    wsgiserve.serve(
-        app, bind, port, n_workers, threads=THREADS, client_timeout=30,
-        request_timeout=30, name="stowkit-glancesync", on_stop=on_stop,
-    )  # fmt: skip
+    serving.serve(
+        conf, GROUP, app, bind, port, n_workers, name="stowkit-glancesync", on_stop=on_stop
+    )
 
 
 def start(tasks: TaskStore) -> int:

@@ -466,13 +466,18 @@ class SqlCatalog(Catalog):
         offset: int,
         match: Sequence[Term],
         match_not: Sequence[Term],
+        central: bool = False,
     ) -> sa.Select:
         check_kind(kind)
         if limit < 0 or offset < 0:
             raise InvalidArgument("limit and offset must not be negative")
         stmt = sa.select(T.c.body).where(T.c.kind == kind)
         if project is not None:
-            stmt = stmt.where(T.c.project_id == project)
+            own = T.c.project_id == project
+            if central:
+                # freezer-api's central clients: seen from every project
+                own = sa.or_(own, self._path_value(["client", "is_central"], True))
+            stmt = stmt.where(own)
         for term in match:
             stmt = stmt.where(self._term(kind, term))
         for term in match_not:
@@ -489,7 +494,11 @@ class SqlCatalog(Catalog):
         offset: int = 0,
         match: Sequence[Term] = (),
         match_not: Sequence[Term] = (),
+        central: bool = False,
     ) -> list[str]:
+        if central and project is not None:
+            # own documents or any project's central ones: the general statement
+            return self._search_statement(project, kind, limit, offset, match, match_not, True)
         if not match and not match_not and project is not None:
             check_kind(kind)
             if limit < 0 or offset < 0:
@@ -504,7 +513,19 @@ class SqlCatalog(Catalog):
         fast = self.token_sql(project, kind, limit, offset, match, match_not)
         if fast is not None:
             return [r[0] for r in self._raw(*fast, "all")]
-        stmt = self._select(project, kind, limit, offset, match, match_not)
+        return self._search_statement(project, kind, limit, offset, match, match_not)
+
+    def _search_statement(
+        self,
+        project: str | None,
+        kind: str,
+        limit: int,
+        offset: int,
+        match: Sequence[Term],
+        match_not: Sequence[Term],
+        central: bool = False,
+    ) -> list[str]:
+        stmt = self._select(project, kind, limit, offset, match, match_not, central)
         try:
             with self.engine.connect() as conn:
                 return list(conn.execute(stmt).scalars())
@@ -559,8 +580,9 @@ class SqlCatalog(Catalog):
         offset: int = 0,
         match: Sequence[Term] = (),
         match_not: Sequence[Term] = (),
+        central: bool = False,
     ) -> list[dict[str, Any]]:
-        found = self.search_json(project, kind, limit, offset, match, match_not)
+        found = self.search_json(project, kind, limit, offset, match, match_not, central)
         return [json.loads(b) for b in found]
 
 

@@ -394,7 +394,7 @@ def test_projects_are_isolated(client):
 def test_keystone_mode_takes_identity_from_the_token_headers(tmp_path):
     conf = config.load_conf(overrides=[(None, "state_dir", str(tmp_path))])
     wsgi = server.build_app(conf, auth="noauth")
-    wsgi.auth = "keystone"  # the headers keystonemiddleware would have set
+    wsgi.app.auth = "keystone"  # the headers keystonemiddleware would have set
     wsgi.service.catalog.sync()
     anonymous = Client(wsgi)
     assert anonymous.get("/v2/p1/backups")[0] == 401

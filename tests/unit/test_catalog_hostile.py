@@ -66,6 +66,8 @@ def call(
         "HTTP_X_USER_ID": "alice",
         **extra,
     }
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", ""):
+        environ["wsgi.input_terminated"] = True  # as cheroot and gunicorn say of a chunked body
     seen: list[Any] = []
     body = b"".join(app(environ, lambda status, headers: seen.append((status, headers))))
     status, headers = seen[0]

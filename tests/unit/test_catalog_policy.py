@@ -171,10 +171,15 @@ def test_policy_file_overrides_a_default(tmp_path):
     assert authorize("backups:delete", Identity("p1", "u", "", frozenset({"admin"})))
 
 
-def test_noauth_has_no_policy(conf):
+def test_noauth_has_no_policy_only_the_admin_roles_privileges(conf):
     app = server.build_app(conf, auth="noauth")
     try:
-        assert app.authorize is None
+        assert isinstance(app.app.authorize, policy.RoleDefaults)
+        member = Identity("p1", "u", "", frozenset({"member"}))
+        admin = Identity("p1", "u", "", frozenset({"service"}))
+        assert app.app.authorize("backups:delete", member)
+        assert not app.app.authorize("jobs:get_all_projects", member)
+        assert app.app.authorize("jobs:get_all_projects", admin)
     finally:
         app.service.catalog.close()
 

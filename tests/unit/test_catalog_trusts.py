@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from stowkit.corelib import config, registry
-from stowkit.corelib.catalogapi.service import CatalogService, Identity
+from stowkit.corelib.catalogapi.service import CatalogService, Identity, Scope
 from stowkit.corelib.errors import BackendUnavailable, NotFound
 
 JOB = {"job_actions": [], "job_schedule": {}, "description": "nightly"}
@@ -43,7 +43,8 @@ def catalog(tmp_path):
 
 
 USER = Identity("proj", "alice", token="tok")
-ADMIN = Identity("proj", "root", roles=frozenset({"admin"}), token="tok")
+#: what the API's policy resolves for an admin registering a central client
+ADMIN = Identity("proj", "root", roles=frozenset({"admin"}), token="tok", scope=Scope(central=True))
 
 
 def test_a_job_of_a_central_client_gets_a_trust_others_do_not(catalog):

@@ -106,7 +106,7 @@ def test_one_body_limit(application):
 
 def test_the_limit_is_the_catalogs(conf_file):
     conf = config.load_conf([str(conf_file)])
-    app = wsgi.build(conf)
+    app = server.build_app(conf)
     assert conf.oslo_middleware.max_request_body_size == 2048
     assert app is not None
 

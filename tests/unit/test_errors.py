@@ -35,6 +35,8 @@ def test_message_is_folded_to_one_line():
         (errors.Conflict, 409),
         (errors.Locked, 423),
         (errors.BackendUnavailable, 503),
+        (errors.Forbidden, 403),
+        (errors.PreconditionFailed, 412),
     ],
 )
 def test_http_status(cls, status):
