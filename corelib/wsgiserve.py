@@ -12,6 +12,13 @@ value) and may call ``environ["stowkit.read_done"]()`` once it has read the
 body; setting ``environ["stowkit.close"]`` closes the connection after the
 response (a bounded lingering close, :mod:`stowkit.corelib.linger`) instead of
 waiting for an unread body.
+
+A body the app (or a middleware answering for it, keystonemiddleware's 401)
+left unread is never read in one piece: up to :data:`DISCARD_LIMIT` bytes are
+discarded in :data:`DISCARD_CHUNK` pieces so the connection can serve its next
+request, anything larger (or an unfinished chunked body) closes the connection
+with a lingering close.  (cheroot itself reads the rest in one call, holding
+the whole body in memory.)
 """
 
 from __future__ import annotations
@@ -33,6 +40,28 @@ from stowkit.corelib.errors import BackendUnavailable, ConfigError
 from stowkit.corelib.linger import linger
 
 LOG = logging.getLogger(__name__)
+
+#: An unread body up to this size is discarded to keep the connection; a larger one closes it.
+DISCARD_LIMIT = 1 << 20
+#: The pieces an unread body is discarded in.
+DISCARD_CHUNK = 65536
+
+
+def discard_unread(rfile: Any, limit: int = DISCARD_LIMIT, chunk: int = DISCARD_CHUNK) -> bool:
+    """Read and drop what is left of a known-length body, in pieces; True once it is all gone.
+
+    False (nothing read) when more than ``limit`` bytes are left: the caller
+    closes the connection instead.
+    """
+    remaining = getattr(rfile, "remaining", 0)
+    if remaining > limit:
+        return False
+    while remaining > 0:
+        piece = rfile.read(min(chunk, remaining))
+        if not piece:
+            return False  # the client stopped short: the connection cannot be reused
+        remaining -= len(piece)
+    return True
 
 
 class Reaper:
@@ -106,6 +135,25 @@ def make_server(
             super().parse_request()
             if not self.ready:
                 reaper.forget(self.conn)
+
+        def send_headers(self) -> None:
+            # Before cheroot's own: it would read an unread body in one call.
+            if self._body_left():
+                keep = (
+                    not self.close_connection
+                    and not self.chunked_read
+                    and int(self.status[:3]) != 413
+                    and discard_unread(self.rfile)
+                )
+                if not keep:
+                    self.close_connection = True
+                    self.conn.stowkit_linger = True
+            super().send_headers()
+
+        def _body_left(self) -> bool:
+            if self.chunked_read:
+                return not getattr(self.rfile, "closed", True)  # the last chunk not read
+            return getattr(self.rfile, "remaining", 0) > 0
 
     class Connection(chserver.HTTPConnection):
         RequestHandlerClass = Request

@@ -144,3 +144,96 @@ def test_a_refused_body_is_answered_not_reset():
             assert answer.endswith(b'{"error": "too large"}')
     finally:
         wsgiserve.stop_within(server, 15)
+
+
+def _unauthorized_app(environ, start_response):
+    """Answers before reading the body, as keystonemiddleware's 401 does (no stowkit.close)."""
+    body = b'{"error": "no token"}'
+    start_response("401 Unauthorized", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _serving(app):
+    import threading
+
+    from stowkit.corelib import wsgiserve
+
+    server = wsgiserve.make_server(app, "127.0.0.1", 0, threads=2)
+    server.prepare()
+    threading.Thread(target=server.serve, daemon=True).start()
+    return server, server.bind_addr[1]
+
+
+def _largest_body_read(monkeypatch):
+    """Every read of a request body, wrapped: the largest size asked for is recorded."""
+    from cheroot import server as chserver
+
+    largest = [0]
+    read = chserver.KnownLengthRFile.read
+
+    def recording(self, size=None):
+        largest[0] = max(largest[0], self.remaining if size is None else size)
+        return read(self, size)
+
+    monkeypatch.setattr(chserver.KnownLengthRFile, "read", recording)
+    return largest
+
+
+def test_an_unread_large_body_is_never_read_in_one_piece(monkeypatch):
+    """A 64 MiB body nobody reads is not held in memory: no read of it asks for more than
+    a bounded piece (cheroot alone reads the rest in one call before answering)."""
+    import threading
+
+    from stowkit.corelib import wsgiserve
+
+    largest = _largest_body_read(monkeypatch)
+    server, port = _serving(_unauthorized_app)
+    size = 64 << 20
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as client:
+            head = f"POST /v2/p/backups HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n"
+
+            def send() -> None:
+                piece = b"x" * (1 << 20)
+                try:
+                    client.sendall(head.encode())
+                    for _ in range(size // len(piece)):
+                        client.sendall(piece)
+                except OSError:
+                    pass  # the server closed instead of reading it all: expected
+
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+            answer = b""
+            try:
+                while chunk := client.recv(65536):
+                    answer += chunk
+            except ConnectionResetError:
+                pass
+            sender.join(30)
+        assert largest[0] <= 65536, f"a read of {largest[0]} bytes"
+        assert answer.startswith(b"HTTP/1.1 401 "), answer[:100]
+        assert b"Connection: close" in answer  # closed (lingering) instead of read
+    finally:
+        wsgiserve.stop_within(server, 15)
+
+
+def test_a_small_unread_body_is_discarded_and_the_connection_kept(monkeypatch):
+    from stowkit.corelib import wsgiserve
+
+    largest = _largest_body_read(monkeypatch)
+    server, port = _serving(_unauthorized_app)
+    try:
+        body = b"y" * 200_000
+        head = f"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(head + body + b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while answer.count(b"HTTP/1.1 401 ") < 2:
+                chunk = client.recv(65536)
+                assert chunk, answer
+                answer += chunk
+        assert b"Connection: close" not in answer  # both answered on one connection
+        assert 0 < largest[0] <= 65536, f"a read of {largest[0]} bytes"
+    finally:
+        wsgiserve.stop_within(server, 15)
