@@ -97,3 +97,18 @@ def test_without_a_keeper_no_trusts(catalog):
     job = svc.create(USER, "jobs", {**JOB, "client_id": "c"})
     assert "user_credentials" not in svc.get(USER, "jobs", job)
     svc.delete(USER, "jobs", job)
+
+
+def test_a_job_in_another_project_for_a_central_client_gets_a_trust(catalog):
+    """freezer-api's central clients serve every project: a user of another project's
+    job for one is a centralized job, so it carries the user's trust."""
+    keeper = FakeKeeper()
+    svc = CatalogService(catalog, keeper)
+    svc.create(ADMIN, "clients", {"client_id": "central", "is_central": True})
+    other = Identity("other", "bob", token="tok")
+    job = svc.create(other, "jobs", {**JOB, "client_id": "central"})
+    assert svc.get(other, "jobs", job)["user_credentials"]["trustor_user_id"] == "bob"
+    svc.create(USER, "clients", {"client_id": "plain"})  # not central: no trust elsewhere
+    assert "user_credentials" not in svc.get(
+        other, "jobs", svc.create(other, "jobs", {**JOB, "client_id": "plain"})
+    )
