@@ -135,6 +135,7 @@ EMPTY_APP = """
 import sys
 from stowkit.corelib import config, wsgiserve
 from stowkit.corelib.catalogapi import server
+from stowkit.corelib.web import serving
 
 def app(environ, start_response):
     length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -148,7 +149,8 @@ def app(environ, start_response):
 
 conf = config.load_conf([])
 server.register_opts(conf)
-server.serve(conf, app, "127.0.0.1", int(sys.argv[1]), server.workers(conf))
+n = serving.workers(conf, server.GROUP)
+serving.serve(conf, server.GROUP, app, "127.0.0.1", int(sys.argv[1]), n, name=server.SERVER_NAME)
 """
 
 

@@ -27,6 +27,7 @@ class Serve(ServeCommand, Command):
     def take_action(self, parsed_args: argparse.Namespace) -> int:
         from stowkit.corelib import notify
         from stowkit.corelib.catalogapi import server
+        from stowkit.corelib.web import serving
 
         opts, bind, port = self.listen(parsed_args, server.register_opts)
         catalog = self.driver("catalog")
@@ -36,12 +37,13 @@ class Serve(ServeCommand, Command):
         app = server.build_app(self.app.conf, catalog, self.auth(parsed_args))
         # The parent's connections must not be shared with the forked workers.
         catalog.close()
-        n = parsed_args.workers or server.workers(self.app.conf)
+        n = parsed_args.workers or serving.workers(self.app.conf, server.GROUP)
         self.announce("catalog API", bind, port, f"{n} workers", parsed_args)
         # systemd (Type=notify) is told once every worker listens, and when it stops.
-        server.serve(
-            self.app.conf, app, bind, port, n, ready=notify.ready, stopping=notify.stopping
-        )
+        serving.serve(
+            self.app.conf, server.GROUP, app, bind, port, n, name=server.SERVER_NAME,
+            ready=notify.ready, stopping=notify.stopping,
+        )  # fmt: skip
         return 0
 
 

@@ -417,6 +417,7 @@ class Serve(ServeCommand, Command):
     def take_action(self, parsed_args: argparse.Namespace) -> int:
         # Imported here: only the server needs the API module (and cheroot).
         from stowkit.corelib.imagesync import api
+        from stowkit.corelib.web import serving
 
         opts, bind, port = self.listen(parsed_args, api.register_opts)
         tasks = self.driver("imagetask")
@@ -435,7 +436,8 @@ class Serve(ServeCommand, Command):
         tasks.close()  # no pooled connection may cross into forked workers
         n = parsed_args.workers or opts.workers
         self.announce("GlanceSync API", bind, port, f"{n} worker(s)", parsed_args)
-        api.serve(self.app.conf, wsgi, bind, port, n, on_stop=app.runner.shutdown)
+        name, stop = api.SERVER_NAME, app.runner.shutdown  # unfinished tasks end as failed
+        serving.serve(self.app.conf, api.GROUP, wsgi, bind, port, n, name=name, on_stop=stop)
         return 0
 
 

@@ -17,7 +17,6 @@ it served this app faster than gunicorn (sync), waitress and bjoern
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from oslo_config import cfg
@@ -28,6 +27,8 @@ from stowkit.corelib.catalogapi.service import CatalogService
 from stowkit.corelib.web import keystone, middleware, serving
 
 GROUP = "catalog_api"
+#: The server's name in its log lines and the ``Server`` header.
+SERVER_NAME = "stowkit-catalog"
 
 api_opts = [
     *serving.listen_opts("catalog API", 9090, " (freezer-api's)"),
@@ -109,26 +110,3 @@ def build_app(conf: cfg.ConfigOpts, catalog: Any = None, auth: str | None = None
         # The version documents are public, as in every OpenStack API.
         inner = keystone.with_keystone(app, conf, public=("", "v1", "v2"))
     return Pipeline(middleware.with_middleware(inner, conf, opts.max_body_size, ERRORS), app)
-
-
-def workers(conf: cfg.ConfigOpts) -> int:
-    return serving.workers(conf, GROUP)
-
-
-def serve(
-    conf: cfg.ConfigOpts,
-    app: Any,
-    bind: str,
-    port: int,
-    n_workers: int,
-    ready: Callable[[], Any] = lambda: None,
-    stopping: Callable[[], Any] = lambda: None,
-) -> None:
-    """Serve the catalog until SIGTERM or SIGINT (see :func:`stowkit.corelib.web.serving.serve`).
-
-    ``ready`` runs once every worker listens, ``stopping`` when the stop signal arrives.
-    """
-    serving.serve(
-        conf, GROUP, app, bind, port, n_workers, name="stowkit-catalog", ready=ready,
-        stopping=stopping,
-    )  # fmt: skip

@@ -44,6 +44,8 @@ from stowkit.corelib.web.responses import status_line as _status_line
 LOG = logging.getLogger("stowkit.imagesync.api")
 
 GROUP = "image_sync_api"
+#: The server's name in its log lines and the ``Server`` header.
+SERVER_NAME = "stowkit-glancesync"
 
 api_opts = [
     *serving.listen_opts("GlanceSync API", 8080),
@@ -335,24 +337,6 @@ def build_app(
     return keystone.with_keystone(app, conf, public=("",), delay_auth_decision=True), app
 
 
-def serve(
-    conf: cfg.ConfigOpts,
-    app: Any,
-    bind: str,
-    port: int,
-    n_workers: int,
-    on_stop: Callable[[], Any] = lambda: None,
-) -> None:
-    """Serve until SIGTERM or SIGINT with ``[image_sync_api]``'s threads and timeouts.
-
-    ``on_stop`` runs in each process once its server has stopped (the runner
-    ends its unfinished tasks as failed).
-    """
-    serving.serve(
-        conf, GROUP, app, bind, port, n_workers, name="stowkit-glancesync", on_stop=on_stop
-    )
-
-
 def start(tasks: TaskStore) -> int:
     """What a starting service does first: tasks left ``syncing`` become ``failed``."""
     tasks.sync()
@@ -364,6 +348,5 @@ __all__ = [
     "api_opts",
     "build_app",
     "register_opts",
-    "serve",
     "start",
 ]

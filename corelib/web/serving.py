@@ -79,15 +79,7 @@ def serve(
     """
     opts = conf[group]
     wsgiserve.serve(
-        app,
-        bind,
-        port,
-        n_workers,
-        threads=opts.threads,
-        client_timeout=opts.client_timeout,
-        request_timeout=opts.request_timeout,
-        name=name,
-        ready=ready,
-        stopping=stopping,
+        app, bind, port, n_workers, threads=opts.threads, client_timeout=opts.client_timeout,
+        request_timeout=opts.request_timeout, name=name, ready=ready, stopping=stopping,
         on_stop=on_stop,
-    )
+    )  # fmt: skip

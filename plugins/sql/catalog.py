@@ -498,7 +498,8 @@ class SqlCatalog(Catalog):
     ) -> list[str]:
         if central and project is not None:
             # own documents or any project's central ones: the general statement
-            return self._search_statement(project, kind, limit, offset, match, match_not, True)
+            stmt = self._select(project, kind, limit, offset, match, match_not, central)
+            return self._run_search(stmt)
         if not match and not match_not and project is not None:
             check_kind(kind)
             if limit < 0 or offset < 0:
@@ -513,19 +514,9 @@ class SqlCatalog(Catalog):
         fast = self.token_sql(project, kind, limit, offset, match, match_not)
         if fast is not None:
             return [r[0] for r in self._raw(*fast, "all")]
-        return self._search_statement(project, kind, limit, offset, match, match_not)
+        return self._run_search(self._select(project, kind, limit, offset, match, match_not))
 
-    def _search_statement(
-        self,
-        project: str | None,
-        kind: str,
-        limit: int,
-        offset: int,
-        match: Sequence[Term],
-        match_not: Sequence[Term],
-        central: bool = False,
-    ) -> list[str]:
-        stmt = self._select(project, kind, limit, offset, match, match_not, central)
+    def _run_search(self, stmt: sa.Select) -> list[str]:
         try:
             with self.engine.connect() as conn:
                 return list(conn.execute(stmt).scalars())

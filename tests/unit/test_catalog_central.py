@@ -3,8 +3,10 @@ admin, seen from every project, and unique by (client_id, hostname) across proje
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import wsgiref.util
 from typing import Any
 
 import pytest
@@ -25,16 +27,10 @@ class Client:
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = b"" if body is None else json.dumps(body).encode()
-        environ = {
-            "REQUEST_METHOD": method,
-            "PATH_INFO": path,
-            "QUERY_STRING": "",
-            "CONTENT_LENGTH": str(len(data)) if data else "",
-            "wsgi.input": io.BytesIO(data),
-            "wsgi.url_scheme": "http",
-            "HTTP_HOST": "catalog.test",
-            **{"HTTP_" + k.upper().replace("-", "_"): v for k, v in self.headers.items()},
-        }
+        environ = {"HTTP_" + k.upper().replace("-", "_"): v for k, v in self.headers.items()}
+        environ.update(REQUEST_METHOD=method, PATH_INFO=path, CONTENT_LENGTH=str(len(data) or ""))
+        environ["wsgi.input"] = io.BytesIO(data)
+        wsgiref.util.setup_testing_defaults(environ)
         seen: list[str] = []
         payload = b"".join(self.app(environ, lambda status, _headers: seen.append(status)))
         return int(seen[0].split()[0]), (json.loads(payload) if payload else None)
@@ -48,11 +44,13 @@ class Client:
 
 @pytest.fixture()
 def app(tmp_path):
-    conf = config.load_conf(overrides=[(None, "state_dir", str(tmp_path))])
-    wsgi = server.build_app(conf, auth="noauth")
-    wsgi.service.catalog.sync()
-    yield wsgi
-    wsgi.service.catalog.close()
+    """The catalog API without Keystone (roles as sent in X-Roles), on its own SQLite file."""
+    pipeline = server.build_app(
+        config.load_conf(overrides=[(None, "state_dir", str(tmp_path))]), auth="noauth"
+    )
+    with contextlib.closing(pipeline.service.catalog) as catalog:
+        catalog.sync()
+        yield pipeline
 
 
 def _ids(answer) -> list[str]:
