@@ -66,6 +66,12 @@ def test_importing_reads_no_config(monkeypatch, tmp_path):
     assert status == 500 and "not configured" in json.loads(body)["description"]
 
 
+def test_the_wsgi_entry_serves_the_apis_one_pipeline(application):
+    """The WSGI entry point and `catalog serve` build the app the same way: server.build_app."""
+    assert isinstance(application.load(), server.Pipeline)
+    assert application.load().app.auth == "noauth"
+
+
 def test_application_is_built_from_the_env_file(application):
     status, _, body = _call(
         application, "POST", "/v2/p1/clients", json.dumps({"client_id": "c"}).encode()

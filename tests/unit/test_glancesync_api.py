@@ -298,3 +298,22 @@ def test_concurrent_starts_make_one_task(env):
 def test_serve_command_is_registered(env, capsys):
     assert main(["--config-file", str(env["conf_file"]), "image", "serve", "--help"]) == 0
     assert "--no-auth" in capsys.readouterr().out
+
+
+def test_the_server_takes_threads_and_timeouts_from_its_options(env, monkeypatch):
+    """[image_sync_api] threads, client_timeout and request_timeout reach the server;
+    their defaults are the ones the service always had (8 threads, 30 s and 30 s)."""
+    from stowkit.corelib import wsgiserve
+    from stowkit.corelib.web import serving
+
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(wsgiserve, "serve", lambda *args, **kw: seen.append(kw))
+    conf = env["conf"]
+    api.register_opts(conf)
+    serving.serve(conf, api.GROUP, object(), "127.0.0.1", 8080, 1, name=api.SERVER_NAME)
+    conf.set_override("threads", 3, api.GROUP)
+    conf.set_override("request_timeout", 5, api.GROUP)
+    serving.serve(conf, api.GROUP, object(), "127.0.0.1", 8080, 1, name=api.SERVER_NAME)
+    timing = [(s["threads"], s["client_timeout"], s["request_timeout"]) for s in seen]
+    assert timing == [(8, 30, 30), (3, 30, 5)]
+    assert seen[0]["name"] == "stowkit-glancesync"
