@@ -1,4 +1,4 @@
-"""stowkit: storage operations for small OpenStack and Docker clusters.
+"""Storage operations for small OpenStack and Docker clusters: the public API.
 
 Open the backends a configuration names, then use them and the engines
 below.  Opening reads the configuration only; each backend is loaded the
@@ -40,6 +40,11 @@ time it is used.
 from __future__ import annotations
 
 import importlib
+
+if __name__ != "stowkit":
+    # This folder is the package ``stowkit`` (setup.py); from a checkout it can also be
+    # reached as stowkit.corelib._stowkit, which would be a second, separate copy.
+    raise ImportError(f"import stowkit, not {__name__}")
 
 # Not typing.TYPE_CHECKING: importing typing would double the cost of ``import stowkit``;
 # type checkers know this spelling too.

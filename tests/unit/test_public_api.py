@@ -80,6 +80,11 @@ def test_the_facade_is_installed_once_as_stowkit(monkeypatch):
     assert {"stowkit.corelib", "stowkit.plugins", "stowkit.cli"} <= set(dist.packages)
 
 
+def test_the_facade_folder_cannot_be_imported_a_second_time_under_corelib():
+    with pytest.raises(ImportError, match="import stowkit, not stowkit.corelib._stowkit"):
+        importlib.import_module("stowkit.corelib._stowkit")
+
+
 def test_open_loads_no_backend_until_one_is_used(tmp_path, monkeypatch):
     loaded = []
     real = registry.load
