@@ -32,6 +32,18 @@ def import_failure(module: str) -> str | None:
 
 
 class Driver(abc.ABC):  # noqa: B024 - the interfaces add the abstract methods
+    """The base of every backend: options, capabilities, availability, close.
+
+    Lifecycle: :func:`stowkit.corelib.registry.load` registers the class's
+    :attr:`options` in its group and builds it with ``cls(conf, group)``;
+    the constructor must be cheap and local (no connection, no login: those
+    happen on first use, so ``stowkit backends`` and ``--help`` never wait
+    for a service).  The front end then calls the interface's methods, from
+    several threads when it serves requests, and :meth:`close` once, when
+    it is done.  Errors a user can cause are raised as
+    :mod:`stowkit.corelib.errors` classes only.
+    """
+
     #: The oslo.config options of this backend, registered under ``group``.
     options: ClassVar[Sequence[cfg.Opt]] = ()
     #: The optional features this backend offers: members of the capability
@@ -44,6 +56,11 @@ class Driver(abc.ABC):  # noqa: B024 - the interfaces add the abstract methods
     client_modules: ClassVar[Sequence[str]] = ()
 
     def __init__(self, conf: cfg.ConfigOpts, group: str) -> None:
+        """Keep ``conf`` and the backend's option ``group``; reach nothing yet.
+
+        :param conf: the configuration, with this backend's options registered.
+        :param group: the backend's own group, ``NAMESPACE_NAME``.
+        """
         # The registry has registered ``options`` under ``group`` already;
         # registering again is harmless and lets tests build drivers directly.
         conf.register_opts(self.options, group=group)
@@ -59,6 +76,10 @@ class Driver(abc.ABC):  # noqa: B024 - the interfaces add the abstract methods
         group when a configuration is at hand, for needs that depend on it
         (a database driver for the configured URL); None otherwise.  Only
         ``stowkit backends`` asks (commands do not pay for the imports).
+
+        :returns: the reason, one line, or None when the backend can work.
+            Never raises: a failing check is reported by the registry as the
+            reason.
         """
         for module in cls.client_modules:
             reason = import_failure(module)
@@ -72,14 +93,21 @@ class Driver(abc.ABC):  # noqa: B024 - the interfaces add the abstract methods
         return self.conf[self.group]
 
     def supports(self, capability: str) -> bool:
+        """Whether this backend declares ``capability`` (a member of its capability enum)."""
         return capability in self.capabilities
 
     def require(self, capability: str) -> None:
-        """Raise a user-facing error when this backend lacks ``capability``."""
+        """Refuse, in the user's words, a feature this backend lacks.
+
+        :raises InvalidArgument: ``capability`` is not in :attr:`capabilities`.
+        """
         if capability not in self.capabilities:
             raise InvalidArgument(
                 f"the {self.group} backend does not support {capability.replace('_', ' ')}"
             )
 
     def close(self) -> None:  # noqa: B027 - optional hook, most drivers hold nothing
-        """Release connections or background work; called by long-running front ends."""
+        """Release connections, pools or background work; called once, when done.
+
+        The default holds nothing.  Must not raise for a backend never used.
+        """

@@ -120,22 +120,59 @@ class Credentials:
 
 
 class ImageStore(Driver):
-    """Images in one or more regions reached with one set of credentials."""
+    """Images in one or more regions reached with one set of credentials.
+
+    Lifecycle: the registry builds one store per configuration
+    (``ImageStore(conf, group)``, :func:`stowkit.corelib.registry.load`);
+    building it reaches no service (a remote backend logs in on first use).
+    Every method may be called from several threads at once (image sync
+    copies regions in parallel).  :meth:`for_credentials` gives a store for
+    another target's regions; :meth:`Driver.close` releases sessions when the
+    front end is done.  Region names are checked with
+    :func:`stowkit.corelib.names.check_name`.  Every method may also raise
+    :class:`~stowkit.corelib.errors.BackendUnavailable` when the service
+    cannot be reached or refuses.
+    """
 
     @abc.abstractmethod
     def regions(self) -> Sequence[str]:
-        """Region names, sorted."""
+        """The regions this store reaches.
+
+        :returns: region names, sorted (empty when there are none yet).
+        :raises BackendUnavailable: the catalog of endpoints cannot be read.
+        """
 
     @abc.abstractmethod
     def tenant_id(self) -> str | None:
-        """The project the credentials act for (owner of the images it creates)."""
+        """The project the credentials act for.
+
+        :returns: the project id that owns the images this store creates, or
+            None when the backend has no notion of it.
+        :raises BackendUnavailable: the login failed.
+        """
 
     @abc.abstractmethod
     def list_images(self, region: str, timeout: float | None = None) -> Sequence[Image]:
-        """Every image visible in ``region``; ``timeout`` bounds the whole listing."""
+        """Every image visible in ``region``.
+
+        :param region: a region of :meth:`regions`.
+        :param timeout: seconds the whole listing may take (None: no bound).
+        :returns: the images, in no particular order.
+        :raises NotFound: unknown region.
+        :raises InvalidName: ``region`` is not a valid name.
+        :raises BackendUnavailable: the listing failed or took longer than ``timeout``.
+        """
 
     @abc.abstractmethod
-    def get_image(self, region: str, image_id: str) -> Image: ...
+    def get_image(self, region: str, image_id: str) -> Image:
+        """One image by id.
+
+        :param region: a region of :meth:`regions`.
+        :param image_id: the image's id in that region.
+        :returns: the image, metadata only.
+        :raises NotFound: unknown region or image.
+        :raises InvalidName: ``region`` is not a valid name.
+        """
 
     @abc.abstractmethod
     def create_image(
@@ -153,11 +190,26 @@ class ImageStore(Driver):
         owner: str | None = None,
         size: int | None = None,
     ) -> Image:
-        """Create an image and upload ``data`` (a ``.read()`` object) to it.
+        """Create an image and upload ``data`` to it.
 
-        The returned Image carries the size and checksums the store computed
-        so the caller can verify the copy.  ``data=None`` creates metadata only
-        (the image stays ``queued``).
+        :param region: the region to create it in.
+        :param name: the image's name (names need not be unique).
+        :param data: a ``.read()`` object giving the bytes, or None to create
+            metadata only (the image stays ``queued``).
+        :param visibility: one of :data:`VISIBILITIES`.
+        :param properties: user properties.
+        :param kernel_id: the region's kernel image, for AMI images.
+        :param ramdisk_id: the region's ramdisk image, for AMI images.
+        :param disk_format: Glance's disk format (a backend default when None).
+        :param container_format: Glance's container format (a backend default when None).
+        :param owner: the owning project; honoured only with
+            :attr:`ImageCapability.SET_OWNER`.
+        :param size: the number of bytes ``data`` will give, when known.
+        :returns: the image as stored, with the size and checksums the store
+            computed over the bytes, so the caller can verify the copy.
+        :raises InvalidArgument: bad visibility, format or metadata.
+        :raises NotFound: unknown region.
+        :raises BackendUnavailable: the upload failed; no half image is left active.
         """
 
     @abc.abstractmethod
@@ -175,20 +227,44 @@ class ImageStore(Driver):
         remove_kernel_id: bool = False,
         remove_ramdisk_id: bool = False,
     ) -> Image:
-        """Change metadata only; bytes are never touched."""
+        """Change an image's metadata; its bytes are never touched.
+
+        Each keyword left at its default leaves that field as it is.
+
+        :param set_properties: user properties to add or change.
+        :param remove_properties: user properties to remove.
+        :param remove_kernel_id: drop the kernel id (``kernel_id`` sets one).
+        :param remove_ramdisk_id: drop the ramdisk id (``ramdisk_id`` sets one).
+        :returns: the image after the change.
+        :raises NotFound: unknown region or image.
+        :raises InvalidArgument: bad visibility or metadata.
+        """
 
     @abc.abstractmethod
     def read_image(self, region: str, image_id: str) -> Iterator[bytes]:
-        """The image's bytes as an iterator of chunks."""
+        """The image's bytes.
+
+        :returns: an iterator of chunks, read as the caller consumes it.
+        :raises NotFound: unknown region or image, or an image without data.
+        :raises BackendUnavailable: the download failed (also while iterating).
+        """
 
     @abc.abstractmethod
-    def delete_image(self, region: str, image_id: str) -> None: ...
+    def delete_image(self, region: str, image_id: str) -> None:
+        """Delete an image and its bytes.
+
+        :raises NotFound: unknown region or image.
+        :raises Conflict: the service refuses in the image's current state.
+        """
 
     def for_credentials(self, credentials: Credentials | None) -> ImageStore:
         """A store reaching the regions of another target.
 
-        The embedded store has no credentials and returns itself; a remote
-        backend returns a store logged in with ``credentials``.
+        :param credentials: the target's login, or None for this store's own.
+        :returns: the embedded store, which has no credentials, returns
+            itself; a remote backend returns a store logged in with
+            ``credentials`` on first use (where credentials that cannot make
+            a login are a :class:`~stowkit.corelib.errors.ConfigError`).
         """
         return self
 

@@ -21,6 +21,10 @@ version = release
 
 extensions = [
     "myst_parser",
+    # the API reference (api.md) from the docstrings of the public package
+    "sphinx.ext.autodoc",
+    # the diagrams (diagrams.md, doc/_diagrams/*.dot), drawn by Debian's graphviz at build time
+    "sphinx.ext.graphviz",
     # autoprogram-cliff-app, autoprogram-argparse, and oslo.config's
     # show-options (it loads cliff.sphinxext and oslo_config.sphinxext)
     "cli_reference",
@@ -28,10 +32,18 @@ extensions = [
     "oslo_config.sphinxconfiggen",
 ]
 source_suffix = {".md": "markdown"}
-exclude_patterns = ["_build", "_ext"]
+exclude_patterns = ["_build", "_ext", "_diagrams"]
 master_doc = "index"
 html_theme = "alabaster"
 myst_heading_anchors = 3
+
+# -- API reference and diagrams ----------------------------------------------
+
+# The public names, in the order the package's __init__ lists them by job.
+autodoc_member_order = "groupwise"
+autodoc_typehints = "signature"
+# SVG: text, no raster renderer needed; Sphinx embeds it with <object>.
+graphviz_output_format = "svg"
 
 # -- generated references --------------------------------------------------
 

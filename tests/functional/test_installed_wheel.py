@@ -74,7 +74,14 @@ def installed(tmp_path_factory) -> dict[str, pathlib.Path]:
     ok(run([*pip, f"{wheel}[btrfs]"], top))
     work = top / "work"
     work.mkdir()
-    return {"sdist": sdist, "wheel": wheel, "venv": venv, "work": work, "top": top}
+    return {
+        "sdist": sdist,
+        "wheel": wheel,
+        "venv": venv,
+        "work": work,
+        "top": top,
+        "unpacked": unpacked,
+    }
 
 
 def test_sdist_carries_tests_docs_and_tools(installed):
@@ -174,3 +181,40 @@ def test_one_real_command_of_each_job(installed, service):
 
     ok(run([*stowkit, "catalog", "db-sync"], work))
     assert sk("catalog", "backup", "list", "--project", "demo") == []
+
+
+def test_wheel_ships_the_public_package_typed(installed):
+    with zipfile.ZipFile(installed["wheel"]) as whl:
+        names = set(whl.namelist())
+    assert {"stowkit/__init__.py", "stowkit/py.typed"} <= names
+    assert not [n for n in names if "_stowkit" in n], "the facade is installed twice"
+
+
+def test_help_of_the_installed_package_shows_the_api(installed):
+    py = str(installed["venv"] / "bin" / "python")
+    shown = ok(run([py, "-c", "import stowkit; help(stowkit)"], installed["work"]))
+    for name in ("open", "Backends", "VolumeDriver", "image_sync", "upload_device", "Catalog"):
+        assert name in shown, name
+    where = ok(run([py, "-c", "import stowkit; print(stowkit.__file__)"], installed["work"]))
+    assert str(installed["venv"]) in where and str(REPO) not in where
+
+
+def test_example_pages_pass_against_the_installed_wheel(installed, service):
+    """Every doc/examples page of the sdist, run by the venv's Python outside the tree."""
+    mount = pathlib.Path(service("btrfs")["mounts"][0])
+    root = mount / f"stowkit-wheel-example-{uuid.uuid4().hex[:8]}"
+    pages = sorted((installed["unpacked"] / "doc" / "examples").glob("*.md"))
+    assert {p.name for p in pages} >= {"blocks.md", "images.md", "catalog.md", "volumes.md"}
+    script = (
+        "import doctest, sys\n"
+        "failed = 0\n"
+        "for page in sys.argv[2:]:\n"
+        "    failed += doctest.testfile(page, module_relative=False,\n"
+        "        globs={'root': sys.argv[1]}, optionflags=doctest.ELLIPSIS).failed\n"
+        "sys.exit(1 if failed else 0)\n"
+    )
+    py = str(installed["venv"] / "bin" / "python")
+    try:
+        ok(run([py, "-c", script, str(root), *map(str, pages)], installed["work"]))
+    finally:
+        wipe(root)
