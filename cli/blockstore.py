@@ -12,16 +12,10 @@ import time
 from typing import Any
 
 from stowkit.cli.common import Bytes, Command, Lister, ShowOne, human, parse_size, utc_time
-from stowkit.corelib import blockcopy
-from stowkit.corelib.blockstore import (
-    DEFAULT_OBJECT_SIZE,
-    BlockDevice,
-    DeviceLocked,
-    LockInfo,
-    UnstoredRecord,
-    default_object_size,
-    ranges,
-)
+from stowkit.corelib import blockcopy, blocklease, blocklock
+from stowkit.corelib.blocklease import UnstoredRecord, ranges
+from stowkit.corelib.blocklock import DeviceLocked, LockInfo
+from stowkit.corelib.blockstore import DEFAULT_OBJECT_SIZE, BlockDevice, default_object_size
 from stowkit.corelib.errors import InvalidArgument, NotFound
 
 UPLOAD_OWNER = "stowkit blockstore upload"
@@ -182,7 +176,8 @@ class ShowDevice(ShowOne):
     def take_action(self, parsed_args):
         store = self.driver("blockstore")
         dev = store.get_device(parsed_args.name, details=True)
-        return _show({**device_fields(dev), **unstored_fields(store.unstored_records(dev.name))})
+        unstored = blocklease.unstored_records(store, dev.name)
+        return _show({**device_fields(dev), **unstored_fields(unstored)})
 
 
 class LockDevice(ShowOne):
@@ -219,13 +214,9 @@ class UnlockDevice(Command):
         return parser
 
     def take_action(self, parsed_args):
-        store = self.driver("blockstore")
-        holder = store.get_lock(parsed_args.name)
-        # Break the lock just read, naming it: one taken meanwhile by someone
-        # else is left alone (DeviceLocked says whose it is now).
-        broken = None if holder is None else store.unlock(parsed_args.name, expected=holder)
+        # Only the lock just read: one taken meanwhile is left alone (DeviceLocked).
+        broken = blocklock.break_lock_read(self.driver("blockstore"), parsed_args.name)
         if broken is None:
-            store.get_device(parsed_args.name)  # NotFound beats "not locked"
             self.app.stdout.write(f"device {parsed_args.name} was not locked\n")
         else:
             self.app.stdout.write(
@@ -308,11 +299,12 @@ class Download(_Copy):
         threads = _threads(parsed_args.threads)
         store = self.driver("blockstore")
         dev = store.get_device(parsed_args.name)
-        if dev.lock is not None and not dev.lock.expired() and not parsed_args.force:
+        holder = blocklock.lock_refusing_copy(dev)
+        if holder is not None and not parsed_args.force:
             raise DeviceLocked(
-                f"device {dev.name} is locked by {dev.lock.describe()}: a copy taken while "
+                f"device {dev.name} is locked by {holder.describe()}: a copy taken while "
                 "it is written may be inconsistent (use --force to copy anyway)",
-                dev.lock,
+                holder,
             )
         progress = ProgressLine(f"download {dev.name}", self.app.stderr, parsed_args.progress)
         start = time.monotonic()
