@@ -72,6 +72,12 @@ def device_fields(dev: BlockDevice) -> dict[str, Any]:
     return fields
 
 
+def _named(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``parser`` with the device's name as its first argument."""
+    parser.add_argument("name", help="Device name.")
+    return parser
+
+
 def _show(fields: dict[str, Any]) -> tuple[tuple[str, ...], tuple[Any, ...]]:
     return tuple(fields), tuple(fields.values())
 
@@ -110,8 +116,7 @@ class Setup(ShowOne):
     """Create a block device: an empty (all zeros) device of the given size."""
 
     def get_parser(self, prog_name):
-        parser = super().get_parser(prog_name)
-        parser.add_argument("name", help="Device name.")
+        parser = _named(super().get_parser(prog_name))
         parser.add_argument(
             "--size",
             required=True,
@@ -169,8 +174,7 @@ class ShowDevice(ShowOne):
     """Show one block device: settings, objects stored, lock."""
 
     def get_parser(self, prog_name):
-        parser = super().get_parser(prog_name)
-        parser.add_argument("name", help="Device name.")
+        parser = _named(super().get_parser(prog_name))
         return parser
 
     def take_action(self, parsed_args):
@@ -184,8 +188,7 @@ class LockDevice(ShowOne):
     """Lock a device by hand, so no server may write to it until `unlock`."""
 
     def get_parser(self, prog_name):
-        parser = super().get_parser(prog_name)
-        parser.add_argument("name", help="Device name.")
+        parser = _named(super().get_parser(prog_name))
         parser.add_argument(
             "--lease",
             type=float,
@@ -209,8 +212,7 @@ class UnlockDevice(Command):
     """Break a device's lock, whoever holds it, and say whose it was."""
 
     def get_parser(self, prog_name):
-        parser = super().get_parser(prog_name)
-        parser.add_argument("name", help="Device name.")
+        parser = _named(super().get_parser(prog_name))
         return parser
 
     def take_action(self, parsed_args):
@@ -229,8 +231,7 @@ class DeleteDevice(Command):
     """Delete a device: its objects, then the device itself.  Refused while locked."""
 
     def get_parser(self, prog_name):
-        parser = super().get_parser(prog_name)
-        parser.add_argument("name", help="Device name.")
+        parser = _named(super().get_parser(prog_name))
         parser.add_argument(
             "--force", action="store_true", help="Delete even while a lock is held."
         )
@@ -285,8 +286,7 @@ class Download(_Copy):
     """Copy a whole device into a local file (holes stay holes)."""
 
     def get_parser(self, prog_name):
-        parser = super().get_parser(prog_name)
-        parser.add_argument("name", help="Device name.")
+        parser = _named(super().get_parser(prog_name))
         parser.add_argument("file", help="Local file (or block device) to write.")
         parser.add_argument(
             "--force",
