@@ -12,10 +12,10 @@ import time
 from typing import Any
 
 from stowkit.cli.common import Bytes, Command, Lister, ShowOne, human, parse_size, utc_time
-from stowkit.corelib import blockcopy, blocklease, blocklock
-from stowkit.corelib.blocklease import UnstoredRecord, ranges
+from stowkit.corelib import blockcopy, blocklock, blockunstored
 from stowkit.corelib.blocklock import DeviceLocked, LockInfo
 from stowkit.corelib.blockstore import DEFAULT_OBJECT_SIZE, BlockDevice, default_object_size
+from stowkit.corelib.blockunstored import UnstoredRecord, ranges
 from stowkit.corelib.errors import InvalidArgument, NotFound
 
 UPLOAD_OWNER = "stowkit blockstore upload"
@@ -180,7 +180,7 @@ class ShowDevice(ShowOne):
     def take_action(self, parsed_args):
         store = self.driver("blockstore")
         dev = store.get_device(parsed_args.name, details=True)
-        unstored = blocklease.unstored_records(store, dev.name)
+        unstored = blockunstored.unstored_records(store, dev.name)
         return _show({**device_fields(dev), **unstored_fields(unstored)})
 
 

@@ -15,14 +15,15 @@ Layout shared by every backend (a Swift container, or a directory):
   and a swiftnbd container is readable as is);
 * ``stowkit.lock`` (LOCK_KEY): the lock object (JSON), see :mod:`stowkit.corelib.blocklock`;
 * ``stowkit.unstored`` (UNSTORED_KEY): what a writer could not store, see
-  :mod:`stowkit.corelib.blocklease`;
+  :mod:`stowkit.corelib.blockunstored`;
 * the settings: container metadata on Swift, ``device.json`` locally.
 
 This module is storage only.  The device lock (its record, protocol and
-rules) is :mod:`stowkit.corelib.blocklock`'s, and the writer's side of it
-(:class:`~stowkit.corelib.blocklease.Lease`, the record of what a writer could
-not store) :mod:`stowkit.corelib.blocklease`'s; the lock methods of
-:class:`BlockStore` only hand over to them.
+rules) is :mod:`stowkit.corelib.blocklock`'s, the writer's side of it
+(:class:`~stowkit.corelib.blocklease.Lease`) :mod:`stowkit.corelib.blocklease`'s,
+and the record of what a writer could not store
+:mod:`stowkit.corelib.blockunstored`'s; the lock methods of :class:`BlockStore`
+only hand over to them.
 
 Thread safety: every backend must allow ``read_object``, ``write_object``,
 ``delete_object`` and ``list_objects`` from many threads at once (the NBD
@@ -41,8 +42,9 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 
 from stowkit.corelib import blocklease, blocklock, names
-from stowkit.corelib.blocklease import UNSTORED_KEY, Lease, UnstoredRecord, ranges
+from stowkit.corelib.blocklease import Lease
 from stowkit.corelib.blocklock import DEFAULT_LEASE, LOCK_KEY, DeviceLocked, LeaseLost, LockInfo
+from stowkit.corelib.blockunstored import UNSTORED_KEY, UnstoredRecord, ranges
 from stowkit.corelib.driver import Driver
 from stowkit.corelib.errors import BackendUnavailable, InvalidArgument
 

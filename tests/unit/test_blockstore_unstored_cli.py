@@ -7,8 +7,8 @@ import logging
 
 from stowkit.cli import app
 from stowkit.corelib import config
-from stowkit.corelib.blocklease import write_local_record
 from stowkit.corelib.blockstore import UnstoredRecord
+from stowkit.corelib.blockunstored import write_local_record
 from stowkit.plugins.local.blocks import LocalBlockStore
 
 

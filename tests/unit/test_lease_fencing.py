@@ -11,7 +11,6 @@ import pytest
 from oslo_config import cfg
 
 from stowkit.corelib import blockcopy, config
-from stowkit.corelib.blocklease import unstored_records, write_local_record
 from stowkit.corelib.blockstore import (
     LOCK_KEY,
     UNSTORED_KEY,
@@ -19,6 +18,7 @@ from stowkit.corelib.blockstore import (
     LeaseLost,
     UnstoredRecord,
 )
+from stowkit.corelib.blockunstored import unstored_records, write_local_record
 from tests.unit.nbd_fakes import MemoryBlockStore
 
 OSIZE = 4096
