@@ -12,16 +12,10 @@ import time
 from typing import Any
 
 from stowkit.cli.common import Bytes, Command, Lister, ShowOne, human, parse_size, utc_time
-from stowkit.corelib import blockcopy
-from stowkit.corelib.blockstore import (
-    DEFAULT_OBJECT_SIZE,
-    BlockDevice,
-    DeviceLocked,
-    LockInfo,
-    UnstoredRecord,
-    default_object_size,
-    ranges,
-)
+from stowkit.corelib import blockcopy, blocklock, blockunstored
+from stowkit.corelib.blocklock import DeviceLocked, LockInfo
+from stowkit.corelib.blockstore import DEFAULT_OBJECT_SIZE, BlockDevice, default_object_size
+from stowkit.corelib.blockunstored import UnstoredRecord, ranges
 from stowkit.corelib.errors import InvalidArgument, NotFound
 
 UPLOAD_OWNER = "stowkit blockstore upload"
@@ -78,6 +72,12 @@ def device_fields(dev: BlockDevice) -> dict[str, Any]:
     return fields
 
 
+def _named(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``parser`` with the device's name as its first argument."""
+    parser.add_argument("name", help="Device name.")
+    return parser
+
+
 def _show(fields: dict[str, Any]) -> tuple[tuple[str, ...], tuple[Any, ...]]:
     return tuple(fields), tuple(fields.values())
 
@@ -116,8 +116,7 @@ class Setup(ShowOne):
     """Create a block device: an empty (all zeros) device of the given size."""
 
     def get_parser(self, prog_name):
-        parser = super().get_parser(prog_name)
-        parser.add_argument("name", help="Device name.")
+        parser = _named(super().get_parser(prog_name))
         parser.add_argument(
             "--size",
             required=True,
@@ -175,22 +174,21 @@ class ShowDevice(ShowOne):
     """Show one block device: settings, objects stored, lock."""
 
     def get_parser(self, prog_name):
-        parser = super().get_parser(prog_name)
-        parser.add_argument("name", help="Device name.")
+        parser = _named(super().get_parser(prog_name))
         return parser
 
     def take_action(self, parsed_args):
         store = self.driver("blockstore")
         dev = store.get_device(parsed_args.name, details=True)
-        return _show({**device_fields(dev), **unstored_fields(store.unstored_records(dev.name))})
+        unstored = blockunstored.unstored_records(store, dev.name)
+        return _show({**device_fields(dev), **unstored_fields(unstored)})
 
 
 class LockDevice(ShowOne):
     """Lock a device by hand, so no server may write to it until `unlock`."""
 
     def get_parser(self, prog_name):
-        parser = super().get_parser(prog_name)
-        parser.add_argument("name", help="Device name.")
+        parser = _named(super().get_parser(prog_name))
         parser.add_argument(
             "--lease",
             type=float,
@@ -214,18 +212,13 @@ class UnlockDevice(Command):
     """Break a device's lock, whoever holds it, and say whose it was."""
 
     def get_parser(self, prog_name):
-        parser = super().get_parser(prog_name)
-        parser.add_argument("name", help="Device name.")
+        parser = _named(super().get_parser(prog_name))
         return parser
 
     def take_action(self, parsed_args):
-        store = self.driver("blockstore")
-        holder = store.get_lock(parsed_args.name)
-        # Break the lock just read, naming it: one taken meanwhile by someone
-        # else is left alone (DeviceLocked says whose it is now).
-        broken = None if holder is None else store.unlock(parsed_args.name, expected=holder)
+        # Only the lock just read: one taken meanwhile is left alone (DeviceLocked).
+        broken = blocklock.break_lock_read(self.driver("blockstore"), parsed_args.name)
         if broken is None:
-            store.get_device(parsed_args.name)  # NotFound beats "not locked"
             self.app.stdout.write(f"device {parsed_args.name} was not locked\n")
         else:
             self.app.stdout.write(
@@ -238,8 +231,7 @@ class DeleteDevice(Command):
     """Delete a device: its objects, then the device itself.  Refused while locked."""
 
     def get_parser(self, prog_name):
-        parser = super().get_parser(prog_name)
-        parser.add_argument("name", help="Device name.")
+        parser = _named(super().get_parser(prog_name))
         parser.add_argument(
             "--force", action="store_true", help="Delete even while a lock is held."
         )
@@ -294,8 +286,7 @@ class Download(_Copy):
     """Copy a whole device into a local file (holes stay holes)."""
 
     def get_parser(self, prog_name):
-        parser = super().get_parser(prog_name)
-        parser.add_argument("name", help="Device name.")
+        parser = _named(super().get_parser(prog_name))
         parser.add_argument("file", help="Local file (or block device) to write.")
         parser.add_argument(
             "--force",
@@ -308,11 +299,12 @@ class Download(_Copy):
         threads = _threads(parsed_args.threads)
         store = self.driver("blockstore")
         dev = store.get_device(parsed_args.name)
-        if dev.lock is not None and not dev.lock.expired() and not parsed_args.force:
+        holder = blocklock.lock_refusing_copy(dev)
+        if holder is not None and not parsed_args.force:
             raise DeviceLocked(
-                f"device {dev.name} is locked by {dev.lock.describe()}: a copy taken while "
+                f"device {dev.name} is locked by {holder.describe()}: a copy taken while "
                 "it is written may be inconsistent (use --force to copy anyway)",
-                dev.lock,
+                holder,
             )
         progress = ProgressLine(f"download {dev.name}", self.app.stderr, parsed_args.progress)
         start = time.monotonic()

@@ -11,7 +11,6 @@ allow parallel object calls, which the interface requires.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import errno
 import logging
@@ -21,7 +20,9 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 
-from stowkit.corelib.blockstore import DEFAULT_LEASE, BlockStore, Lease, LeaseLost, is_zeros
+from stowkit.corelib.blocklease import Lease, held, lease_for
+from stowkit.corelib.blocklock import LeaseLost
+from stowkit.corelib.blockstore import BlockStore, is_zeros
 from stowkit.corelib.errors import BackendUnavailable, InvalidArgument
 
 LOG = logging.getLogger(__name__)
@@ -104,15 +105,14 @@ def upload(
 
     Every object goes through the device's :class:`Lease`: the one given as
     ``store``, else the one this process holds on the device through
-    ``store`` (see held_lock), else one taken for the copy.  Once the lease
-    is lost nothing more is stored and LeaseLost is raised.
+    ``store`` (see held_lock), else one taken for the copy
+    (:func:`~stowkit.corelib.blocklease.lease_for`).  Once the lease is lost
+    nothing more is stored and LeaseLost is raised.
     """
-    lease = store if isinstance(store, Lease) else store.held_lease(device)
+    lease = lease_for(store, device)
     if lease is None:
-        with held_lock(store, device, UPLOAD_OWNER) as own:  # type: ignore[arg-type]
+        with held(store, device, UPLOAD_OWNER) as own:  # type: ignore[arg-type]
             return upload(own, device, path, threads, progress)
-    if lease.device != device:
-        raise InvalidArgument(f"the lease given is for device {lease.device}, not {device}")
     lease.check()
     store = lease.store
     dev = store.get_device(device)
@@ -276,25 +276,5 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def held_lock(
-    store: BlockStore, device: str, owner: str, lease_seconds: float = DEFAULT_LEASE
-) -> Iterator[Lease]:
-    """Hold a :class:`Lease` on ``device`` for the ``with`` block, renewed in the background.
-
-    Objects stored through the lease (upload() does) stop the moment it is
-    lost; LeaseLost is raised when the block ends if it was, whatever the
-    block did, and the lock of whoever holds it now is left alone.
-    """
-    lease = store.lease(device, owner, lease_seconds).acquire()
-    if lease.info is not None and lease.info.taken_over is not None:
-        LOG.warning(
-            "device %s: took over the stale lock of %s", device, lease.info.taken_over.describe()
-        )
-    lease.start()
-    try:
-        yield lease
-    finally:
-        lease.release()
-    if lease.lost:
-        raise lease.error()
+#: Hold a Lease for a ``with`` block: :func:`stowkit.corelib.blocklease.held`.
+held_lock = held

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from stowkit.cli.common import one_line_errors
-from stowkit.corelib import blockcopy, config, names
+from stowkit.corelib import blockcopy, blocklock, config, names
 from stowkit.corelib.blockstore import BlockStore
 from stowkit.corelib.errors import AlreadyExists, InvalidArgument, NotFound, StowkitError
 
@@ -231,14 +231,15 @@ class Ctl:
     def do_unlock(self) -> int:
         name = self.args.container
         store = self.store(name)
-        holder = store.get_lock(names.check_name(name, "container name"))
-        if holder is None:
-            store.get_device(name)
+        # Only the lock just shown: one taken meanwhile is left alone (DeviceLocked).
+        broken = blocklock.break_lock_read(
+            store,
+            names.check_name(name, "container name"),
+            lambda holder: LOG.info("%s lock is: %s", name, holder.describe()),
+        )
+        if broken is None:
             LOG.warning("%s is not locked, nothing to do", name)
             return 1
-        LOG.info("%s lock is: %s", name, holder.describe())
-        # Only the lock just shown: one taken meanwhile is left alone (DeviceLocked).
-        store.unlock(name, expected=holder)
         LOG.info("Done, %s is unlocked", name)
         return 0
 
@@ -253,12 +254,12 @@ class Ctl:
     def do_download(self) -> int:
         name = self.args.container
         store = self.store(name)
-        dev = store.get_device(name)
-        if dev.lock is not None and not dev.lock.expired():
+        holder = blocklock.lock_refusing_copy(store.get_device(name))
+        if holder is not None:
             LOG.error(
                 "%s is locked, downloading a container in use is unreliable (%s)",
                 name,
-                dev.lock.describe(),
+                holder.describe(),
             )
             return 1
         show = not self.args.quiet and sys.stdout.isatty()

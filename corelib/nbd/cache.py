@@ -28,8 +28,9 @@ Rules it keeps:
   loaded whole (it has locality, and would stay cached).  Scattered 4 KiB
   reads of 4 MiB objects would otherwise move a thousand times the bytes
   asked for, and evict each object before its next read.
-* Objects are stored and deleted through the device's Lease when one is
-  given (a writable export always gives one).  :meth:`ObjectCache.abort`
+* Objects are stored and deleted through one writer: the device's Lease (a
+  writable export always gives one), or an unlocked writer for a device
+  written without its lock (tests, embedding).  :meth:`ObjectCache.abort`
   (the lease is lost) fails every pending and later FLUSH, FUA and write
   at once, and nothing more is stored.
 * A retry budget (``retry_attempts`` failed uploads in a row, or
@@ -48,11 +49,11 @@ import logging
 import time
 from collections.abc import Iterable
 
+from stowkit.corelib.blocklease import ObjectWriter, UnlockedWriter
 from stowkit.corelib.blockstore import (
     BlockDevice,
     BlockStore,
     BlockStoreCapability,
-    Lease,
     is_zeros,
     zeros,
 )
@@ -121,7 +122,7 @@ class ObjectCache:
         executor: concurrent.futures.Executor | None = None,
         ranged_reads: bool | None = None,
         gate: asyncio.Future | None = None,
-        lease: Lease | None = None,
+        writer: ObjectWriter | None = None,
         retry_time: float = 60.0,
         retry_attempts: int = 5,
     ) -> None:
@@ -135,10 +136,9 @@ class ObjectCache:
         self.trust_listing = trust_listing
         # Awaited before anything is stored: the export's lock confirmation.
         self._gate = gate
-        # The only path to storing or deleting objects when given (a writable
-        # export always gives one); without, the cache writes to the store
-        # directly (an unlocked device: tests, embedding).
-        self.lease = lease
+        # The only path to storing or deleting objects: the export's Lease, or
+        # without one an unlocked writer (tests, embedding).
+        self.writer: ObjectWriter = writer or UnlockedWriter(store, device.name)
         self._aborted: BaseException | None = None
         # The retry budget: consecutive failed uploads, since when, the last error.
         self.retry_time = retry_time
@@ -539,13 +539,9 @@ class ObjectCache:
         entry.fresh = 0
         data = entry.data
         keep = entry.keep
-        name = self.device.name
         if data is None or (not keep and is_zeros(data)):
             try:
-                if self.lease is not None:
-                    await self._call(self.lease.delete_object, index)
-                else:
-                    await self._call(self.store.delete_object, name, index)
+                await self._call(self.writer.delete_object, index)
             except NotFound:
                 pass
             self.exists.discard(index)
@@ -565,10 +561,7 @@ class ObjectCache:
                 if entry.data is data and isinstance(data, bytearray):
                     entry.data = body
             try:
-                if self.lease is not None:
-                    await self._call(self.lease.write_object, index, body)
-                else:
-                    await self._call(self.store.write_object, name, index, body)
+                await self._call(self.writer.write_object, index, body)
             finally:
                 del body
                 if entry.data is data:

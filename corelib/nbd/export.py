@@ -27,7 +27,7 @@ a rival won, the cache's uploads fail, FLUSH gets EIO and writes are
 refused: the device is never touched.  A lock lost while the server holds
 it is taken again (or refused) when the next client connects.
 
-Everything about the lock is the :class:`~stowkit.corelib.blockstore.Lease`'s:
+Everything about the lock is the :class:`~stowkit.corelib.blocklease.Lease`'s:
 it renews itself, and it is the cache's only way to store or delete
 objects.  When it is lost (a rival won the confirmation, a renewal found
 someone else's lock, or renewals failed for a whole lease) the cache is
@@ -40,25 +40,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import os
-import socket
-import threading
-import time
 
 from oslo_config import cfg
 
-from stowkit.corelib.blockstore import (
-    DEFAULT_LEASE,
-    BlockDevice,
-    BlockStore,
-    DeviceLocked,
-    Lease,
-    LeaseLost,
-    LockInfo,
-)
+from stowkit.corelib.blocklease import Lease
+from stowkit.corelib.blocklock import DEFAULT_LEASE, LeaseLost, LockInfo
+from stowkit.corelib.blockstore import BlockDevice, BlockStore
 from stowkit.corelib.nbd import protocol as p
 from stowkit.corelib.nbd.cache import BackendFailing, ObjectCache
-from stowkit.corelib.process import pid_alive
 
 LOG = logging.getLogger(__name__)
 
@@ -302,7 +291,9 @@ class Export:
         lease = None
         if not self.read_only:
             lease = self.store.lease(self.name, LOCK_OWNER, self.settings.lease)
-            await self._call(lease.acquire, False, self._breakable)
+            # A dead server of this host, or our own lock a failed release left
+            # behind, is reclaimed (blocklock.reclaimable).
+            await self._call(lease.acquire, False, True, self._leftover)
             self._leftover = None
             self.lease = lease
             self.lost_lock = None
@@ -318,7 +309,7 @@ class Export:
             trust_listing=not self.read_only,
             executor=self._executor,
             gate=self._confirmed,
-            lease=lease,
+            writer=lease,
             retry_time=self.settings.retry_time,
             retry_attempts=self.settings.retry_attempts,
         )
@@ -344,25 +335,7 @@ class Export:
 
     async def _confirm_lock(self, lease: Lease) -> None:
         await self._call(lease.confirm)  # a failure loses the lease (and aborts the cache)
-        lease.start(max(self.settings.lease / 3, 0.5))
-
-    def _breakable(self, holder: LockInfo) -> bool:
-        """Ours left behind by a release that failed, or a dead local server's."""
-        leftover = self._leftover
-        if leftover is not None and holder.token == leftover.token:
-            return True
-        return self._dead_local_server(holder)
-
-    @staticmethod
-    def _dead_local_server(holder: LockInfo) -> bool:
-        """A server on this very host that died (SIGKILL) leaves its lock behind;
-        nobody else can be using it."""
-        return (
-            holder.owner == LOCK_OWNER
-            and holder.host == socket.gethostname()
-            and holder.pid != os.getpid()
-            and not pid_alive(holder.pid)
-        )
+        lease.start()
 
     async def detach(self) -> None:
         """A client is gone: on the last one, write everything back (and unlock,
@@ -461,30 +434,7 @@ class Export:
                       self.name)  # fmt: skip
         except Exception as err:
             LOG.error("device %s: could not release the lock: %s", self.name, err)
-        if lease is None or lease.info is None:
-            return
-        self._leftover = lease.info
-        # Keep trying in a thread of its own (a daemon: it never holds up exit):
-        # the lock goes once the backend is back.  It names our token, so a
-        # lock taken meanwhile by anyone else stays.
-        threading.Thread(
-            target=_unlock_later,
-            args=(self.store, self.name, lease.info, self.settings.lease),
-            name=f"unlock-{self.name}",
-            daemon=True,
-        ).start()
-
-
-def _unlock_later(store: BlockStore, device: str, info: LockInfo, lease: float) -> None:
-    deadline = time.monotonic() + lease  # then the lock is stale anyway
-    while time.monotonic() < deadline:
-        try:
-            store.unlock(device, info)
-        except DeviceLocked:
-            return  # someone else's now
-        except Exception as err:
-            LOG.debug("device %s: unlock still failing: %s", device, err)
-            time.sleep(2.0)
-            continue
-        LOG.warning("device %s: the lock left behind is released now", device)
-        return
+        if lease is not None:
+            # Retried in the background until the backend is back (or the lease
+            # ran out); the next attach reclaims it meanwhile.
+            self._leftover = lease.retry_release_later()

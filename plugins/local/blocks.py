@@ -25,20 +25,8 @@ from collections.abc import Iterator, Sequence
 
 from oslo_config import cfg
 
-from stowkit.corelib import names
-from stowkit.corelib.blockstore import (
-    DEFAULT_OBJECT_SIZE,
-    FORMAT_VERSION,
-    OBJECT_PREFIX,
-    BlockDevice,
-    BlockStore,
-    BlockStoreCapability,
-    StorageDenied,
-    StorageFull,
-    check_geometry,
-    object_index,
-    object_name,
-)
+from stowkit.corelib import blockstore, names
+from stowkit.corelib.blockstore import OBJECT_PREFIX, BlockDevice, object_index, object_name
 from stowkit.corelib.errors import AlreadyExists, BackendUnavailable, InvalidArgument, NotFound
 
 SETTINGS = "device.json"
@@ -86,13 +74,13 @@ def _write_temp(directory: str, data: bytes) -> str:
 def _os_error(exc: OSError, what: str) -> BackendUnavailable:
     message = f"local block store: cannot {what}: {exc.strerror or exc}"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageFull(message)
+        return blockstore.StorageFull(message)
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StorageDenied(message)
+        return blockstore.StorageDenied(message)
     return BackendUnavailable(message)
 
 
-class LocalBlockStore(BlockStore):
+class LocalBlockStore(blockstore.BlockStore):
     """Block devices as directories of object files."""
 
     options = [
@@ -102,7 +90,7 @@ class LocalBlockStore(BlockStore):
             help="Directory holding one subdirectory per block device.",
         ),
     ]
-    capabilities = frozenset({BlockStoreCapability.RANGED_READ})  # a pread
+    capabilities = frozenset({blockstore.BlockStoreCapability.RANGED_READ})  # a pread
 
     @property
     def root(self) -> str:
@@ -113,11 +101,8 @@ class LocalBlockStore(BlockStore):
 
     # -- devices -------------------------------------------------------------
 
-    def create_device(
-        self, name: str, size: int, object_size: int = DEFAULT_OBJECT_SIZE
-    ) -> BlockDevice:
+    def _create_device(self, name: str, size: int, object_size: int) -> BlockDevice:
         final = self._dir(name)
-        check_geometry(size, object_size)
         try:
             os.makedirs(self.root, mode=0o700, exist_ok=True)
         except OSError as exc:
@@ -131,7 +116,7 @@ class LocalBlockStore(BlockStore):
             os.mkdir(staging, 0o700)
             os.mkdir(os.path.join(staging, OBJECT_PREFIX.rstrip("/")), 0o700)
             settings = {
-                "format": FORMAT_VERSION,
+                "format": blockstore.FORMAT_VERSION,
                 "size": size,
                 "object_size": object_size,
                 "created": time.time(),
@@ -150,8 +135,7 @@ class LocalBlockStore(BlockStore):
             raise _os_error(exc, f"create device {name}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        self._forget_geometry(name)
-        return BlockDevice(name, size, object_size, FORMAT_VERSION)
+        return BlockDevice(name, size, object_size, blockstore.FORMAT_VERSION)
 
     def _settings(self, name: str) -> dict:
         path = os.path.join(self._dir(name), SETTINGS)
@@ -161,7 +145,7 @@ class LocalBlockStore(BlockStore):
             return {
                 "size": int(settings["size"]),
                 "object_size": int(settings["object_size"]),
-                "format": int(settings.get("format", FORMAT_VERSION)),
+                "format": int(settings.get("format", blockstore.FORMAT_VERSION)),
             }
         except FileNotFoundError:
             raise NotFound(f"device {name} not found") from None
@@ -172,7 +156,7 @@ class LocalBlockStore(BlockStore):
         except OSError as exc:
             raise _os_error(exc, f"read {path}") from None
 
-    def get_device(self, name: str, details: bool = False) -> BlockDevice:
+    def _get_device(self, name: str, details: bool) -> BlockDevice:
         settings = self._settings(name)
         return BlockDevice(
             name,
@@ -214,16 +198,13 @@ class LocalBlockStore(BlockStore):
             raise NotFound(f"device {name} not found") from None
         except OSError as exc:
             raise _os_error(exc, f"delete device {name}") from None
-        finally:
-            self._forget_geometry(name)
 
     # -- objects -------------------------------------------------------------
 
     def _object_path(self, device: str, index: int) -> str:
         return os.path.join(self._dir(device), object_name(index))
 
-    def read_object(self, device: str, index: int) -> bytes | None:
-        self._check_object(device, index)
+    def _read_object(self, device: str, index: int) -> bytes | None:
         try:
             with open(self._object_path(device, index), "rb", buffering=0) as f:
                 return f.read()
@@ -232,8 +213,7 @@ class LocalBlockStore(BlockStore):
         except OSError as exc:
             raise _os_error(exc, f"read object {index} of {device}") from None
 
-    def read_range(self, device: str, index: int, start: int, length: int) -> bytes | None:
-        self._check_range(device, index, start, length)
+    def _read_range(self, device: str, index: int, start: int, length: int) -> bytes | None:
         try:
             with open(self._object_path(device, index), "rb", buffering=0) as f:
                 data = os.pread(f.fileno(), length, start)
@@ -243,12 +223,10 @@ class LocalBlockStore(BlockStore):
             raise _os_error(exc, f"read object {index} of {device}") from None
         return data + bytes(length - len(data)) if len(data) < length else data
 
-    def write_object(self, device: str, index: int, data: bytes) -> None:
-        self._check_object(device, index, data)
+    def _write_object(self, device: str, index: int, data: bytes) -> None:
         _replace(self._object_path(device, index), data, device, f"write object {index}")
 
-    def delete_object(self, device: str, index: int) -> None:
-        self._check_object(device, index)
+    def _delete_object(self, device: str, index: int) -> None:
         path = self._object_path(device, index)
         try:
             os.unlink(path)
@@ -258,7 +236,7 @@ class LocalBlockStore(BlockStore):
         except OSError as exc:
             raise _os_error(exc, f"delete object {index} of {device}") from None
 
-    def list_objects(self, device: str) -> Iterator[int]:
+    def _list_objects(self, device: str) -> Iterator[int]:
         directory = os.path.join(self._dir(device), OBJECT_PREFIX)
         try:
             entries = os.listdir(directory)

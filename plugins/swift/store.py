@@ -21,16 +21,14 @@ import hashlib
 import json
 import logging
 import secrets
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from oslo_config import cfg
 from swiftclient.exceptions import ClientException
 
-from stowkit.corelib import names
+from stowkit.corelib import blocklock, names
 from stowkit.corelib.blockstore import (
-    DEFAULT_OBJECT_SIZE,
     FORMAT_VERSION,
     OBJECT_PREFIX,
     BlockDevice,
@@ -38,7 +36,6 @@ from stowkit.corelib.blockstore import (
     BlockStoreCapability,
     StorageDenied,
     StorageFull,
-    check_geometry,
     object_index,
     object_name,
 )
@@ -123,6 +120,14 @@ def _lent_type(size: int) -> type:
     if cls is None:
         cls = _LENT_TYPES[size] = type(f"LentBody{size}", (_Lent, ctypes.c_char * size), {})
     return cls
+
+
+def _settings_token(raw: bytes | None) -> str | None:
+    """The token of the setup that created a settings object (None: absent, unreadable)."""
+    try:
+        return json.loads(raw)["token"] if raw is not None else None
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class SwiftBlockStore(BlockStore):
@@ -251,11 +256,8 @@ class SwiftBlockStore(BlockStore):
             return None
         return None
 
-    def create_device(
-        self, name: str, size: int, object_size: int = DEFAULT_OBJECT_SIZE
-    ) -> BlockDevice:
+    def _create_device(self, name: str, size: int, object_size: int) -> BlockDevice:
         container = self._container(name)
-        check_geometry(size, object_size)
         headers = self._head(name)
         if headers is not None:
             if self._settings(headers) is not None:
@@ -270,27 +272,26 @@ class SwiftBlockStore(BlockStore):
         token = secrets.token_hex(8)
         settings = {"format": FORMAT_VERSION, "size": size, "object_size": object_size,
                     "token": token}  # fmt: skip
-        started = time.monotonic()
-        created = self._control_create(name, SETTINGS_KEY, json.dumps(settings).encode())
-        took = time.monotonic() - started
-        if created and self.settle_seconds > 0 and took >= self.settle_seconds:
-            # As for the lock (BlockStore.confirm_lock): a rival setup whose
-            # create started after ours may have landed, re-read its own token
-            # and gone on while ours was in flight; ours, newer, replaced its
-            # settings object.  The container metadata, which only a confirmed
-            # setup writes, is what a device's settings are read from first, so
-            # without ours the rival's stand; this setup just cannot say it won.
+        # Created, then trusted only once a rival's create would have landed
+        # (the lock's rule, blocklock.settled_create).
+        setup = blocklock.settled_create(
+            self, name, SETTINGS_KEY, json.dumps(settings).encode(),
+            lambda raw: _settings_token(raw) == token,
+        )  # fmt: skip
+        if setup.untrusted:
+            # A rival setup whose create started after ours may have landed,
+            # re-read its own token and gone on while ours was in flight; ours,
+            # newer, replaced its settings object.  The container metadata,
+            # which only a confirmed setup writes, is what a device's settings
+            # are read from first, so without ours the rival's stand; this
+            # setup just cannot say it won.
             raise Conflict(
                 f"device {name}: its setup could not be confirmed: creating its settings "
-                f"took {took:.2f} s, longer than the settle time ({self.settle_seconds:g} s), "
-                f"so another setup may have made it meanwhile; `stowkit blockstore show "
-                f"{name}` says what exists"
+                f"took {setup.seconds:.2f} s, longer than the settle time "
+                f"({self.settle_seconds:g} s), so another setup may have made it meanwhile; "
+                f"`stowkit blockstore show {name}` says what exists"
             )
-        if created:
-            self._settle()  # a rival's create may still land (see settle_seconds)
-            current = self._settings_token(name)
-            created = current == token
-        if not created:
+        if not setup.created:
             raise AlreadyExists(f"device {name} already exists (another setup created it)")
         # The metadata serves listings (one HEAD per device); the settings
         # object stands in for it if this process dies before the POST.
@@ -298,15 +299,7 @@ class SwiftBlockStore(BlockStore):
             f"set the settings of container {container}",
             lambda conn: conn.post_container(container, headers=meta),
         )
-        self._forget_geometry(name)
         return BlockDevice(name, size, object_size, FORMAT_VERSION)
-
-    def _settings_token(self, name: str) -> str | None:
-        raw = self._control_get(name, SETTINGS_KEY)
-        try:
-            return json.loads(raw)["token"] if raw is not None else None
-        except (ValueError, KeyError, TypeError):
-            return None
 
     def _settings_object(self, name: str) -> tuple[int, int, int] | None:
         """Settings from ``stowkit.device`` (a creation interrupted before its POST)."""
@@ -333,7 +326,7 @@ class SwiftBlockStore(BlockStore):
             objects_stored=sum(1 for _ in self.list_objects(name)) if details else None,
         )
 
-    def get_device(self, name: str, details: bool = False) -> BlockDevice:
+    def _get_device(self, name: str, details: bool) -> BlockDevice:
         headers = self._head(name)
         if headers is None:
             raise NotFound(f"device {name} not found")
@@ -379,7 +372,6 @@ class SwiftBlockStore(BlockStore):
 
     def _destroy_device(self, name: str) -> None:
         container = self._container(name)
-        self._forget_geometry(name)
         for _attempt in range(5):
             # Data first, the lock last: a half-deleted device stays locked.
             objs = sorted(self._all_object_names(container), key=lambda n: n.startswith("stowkit"))
@@ -455,12 +447,10 @@ class SwiftBlockStore(BlockStore):
 
         self._call(f"delete {container}/{obj}", delete)
 
-    def read_object(self, device: str, index: int) -> bytes | None:
-        self._check_object(device, index)
+    def _read_object(self, device: str, index: int) -> bytes | None:
         return self._get(self._container(device), object_name(index))
 
-    def read_range(self, device: str, index: int, start: int, length: int) -> bytes | None:
-        self._check_range(device, index, start, length)
+    def _read_range(self, device: str, index: int, start: int, length: int) -> bytes | None:
         container, obj = self._container(device), object_name(index)
 
         def get(conn: Any) -> bytes | None:
@@ -488,16 +478,14 @@ class SwiftBlockStore(BlockStore):
     def lend_body(self, data: bytearray) -> Any:
         return lent_body(data)
 
-    def write_object(self, device: str, index: int, data: bytes) -> None:
-        self._check_object(device, index, data)
+    def _write_object(self, device: str, index: int, data: bytes) -> None:
         # A Resendable (upload_body) is sent as is: 4 MiB less copied per object.
         self._put(self._container(device), object_name(index), data)
 
-    def delete_object(self, device: str, index: int) -> None:
-        self._check_object(device, index)
+    def _delete_object(self, device: str, index: int) -> None:
         self._delete(self._container(device), object_name(index))
 
-    def list_objects(self, device: str) -> Iterator[int]:
+    def _list_objects(self, device: str) -> Iterator[int]:
         container = self._container(device)
 
         def listing(conn: Any) -> list[dict]:

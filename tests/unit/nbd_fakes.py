@@ -31,6 +31,9 @@ class MemoryBlockStore(BlockStore):
         self.write_gate: threading.Event | None = None  # when set: writes wait for it
 
     def create_device(self, name, size, object_size=65536):
+        return super().create_device(name, size, object_size)  # a smaller default object
+
+    def _create_device(self, name, size, object_size):
         if name in self.devices:
             raise AlreadyExists(name)
         self.devices[name] = BlockDevice(name, size, object_size)
@@ -38,7 +41,7 @@ class MemoryBlockStore(BlockStore):
         self.control[name] = {}
         return self.devices[name]
 
-    def get_device(self, name, details=False):
+    def _get_device(self, name, details):
         try:
             return self.devices[name]
         except KeyError:
@@ -50,20 +53,20 @@ class MemoryBlockStore(BlockStore):
     def _destroy_device(self, name):
         del self.devices[name], self.objects[name], self.control[name]
 
-    def read_object(self, device, index):
+    def _read_object(self, device, index):
         if index in self.fail_reads:
             raise OSError(f"cannot read object {index}")
         with self.guard:
             self.reads.append((device, index))
             return self.objects[device].get(index)
 
-    def read_range(self, device, index, start, length):
+    def _read_range(self, device, index, start, length):
         with self.guard:
             self.ranges.append((device, index, start, length))
             data = self.objects[device].get(index)
         return None if data is None else data[start : start + length]
 
-    def write_object(self, device, index, data):
+    def _write_object(self, device, index, data):
         if self.write_gate is not None:
             self.write_gate.wait(10)
         if isinstance(self.fail_writes, BaseException):
@@ -75,12 +78,12 @@ class MemoryBlockStore(BlockStore):
             self.writes.append((device, index))
             self.objects[device][index] = bytes(data)
 
-    def delete_object(self, device, index):
+    def _delete_object(self, device, index):
         with self.guard:
             self.deletes.append((device, index))
             self.objects[device].pop(index, None)
 
-    def list_objects(self, device):
+    def _list_objects(self, device):
         return iter(sorted(self.objects[device]))
 
     def _control_get(self, device, key):

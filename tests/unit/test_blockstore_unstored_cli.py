@@ -8,6 +8,7 @@ import logging
 from stowkit.cli import app
 from stowkit.corelib import config
 from stowkit.corelib.blockstore import UnstoredRecord
+from stowkit.corelib.blockunstored import write_local_record
 from stowkit.plugins.local.blocks import LocalBlockStore
 
 
@@ -31,8 +32,9 @@ def test_show_prints_the_newest_record_of_what_was_not_stored(tmp_path, capsys):
     assert shown["unstored_objects"] is None and shown["unstored_recorded_in"] is None
     with store.lease("disk", "a server", 60) as lease:
         assert lease.record_unstored([0, 1], 128 << 10, "old") == "device"
-    path = store.write_local_record(
-        UnstoredRecord("disk", (3, 7, 8, 9), 256 << 10, 2e9, "nbd on h (pid 1)", "lost the lock")
+    path = write_local_record(
+        store,
+        UnstoredRecord("disk", (3, 7, 8, 9), 256 << 10, 2e9, "nbd on h (pid 1)", "lost the lock"),
     )
     shown = show(conf_file, capsys)
     assert shown["unstored_objects"] == 4 and shown["unstored_bytes"] == 256 << 10

@@ -18,6 +18,7 @@ from stowkit.corelib.blockstore import (
     LeaseLost,
     UnstoredRecord,
 )
+from stowkit.corelib.blockunstored import unstored_records, write_local_record
 from tests.unit.nbd_fakes import MemoryBlockStore
 
 OSIZE = 4096
@@ -150,7 +151,7 @@ def test_the_unstored_record_goes_into_the_device_while_the_lease_is_ours(tmp_pa
     store = new_store(state_dir=tmp_path)
     lease = store.lease("one", "me", 600).acquire()
     assert lease.record_unstored([3, 7, 8, 9], 4 * OSIZE, "backend down") == "device"
-    (record,) = store.unstored_records("one")
+    (record,) = unstored_records(store, "one")
     assert record.objects == (3, 7, 8, 9) and record.bytes == 4 * OSIZE
     assert record.where == "device" and "me on" in record.by and record.reason == "backend down"
     assert json.loads(store.control["one"][UNSTORED_KEY])["objects"] == "3, 7-9"
@@ -162,7 +163,7 @@ def test_a_writer_that_lost_the_lease_records_locally_never_in_the_device(tmp_pa
     steal(store)
     where = lease.record_unstored([1], OSIZE, "lost")
     assert where.startswith(str(tmp_path)) and UNSTORED_KEY not in store.control["one"]
-    (record,) = store.unstored_records("one")
+    (record,) = unstored_records(store, "one")
     assert record.where == where and record.objects == (1,)
     # The backend down: local as well, without trying the device.
     other = new_store(state_dir=tmp_path / "b")
@@ -187,7 +188,7 @@ def test_an_upload_that_loses_its_lease_records_what_it_did_not_store(tmp_path):
     store.write_object = slow_write
     with pytest.raises(LeaseLost):
         blockcopy.upload(store, "one", str(src), threads=1)
-    (record,) = store.unstored_records("one")
+    (record,) = unstored_records(store, "one")
     assert record.where.startswith(str(tmp_path))
     assert len(record.objects) == 16 - len(store.objects["one"]) and 15 in record.objects
 
@@ -196,12 +197,12 @@ def test_a_complete_upload_clears_the_records(tmp_path):
     store = new_store(state_dir=tmp_path)
     with store.lease("one", "me", 600) as lease:
         lease.record_unstored([1], OSIZE, "earlier")
-    store.write_local_record(UnstoredRecord("one", (2,), OSIZE, time.time(), "x", "older"))
-    assert len(store.unstored_records("one")) == 2
+    write_local_record(store, UnstoredRecord("one", (2,), OSIZE, time.time(), "x", "older"))
+    assert len(unstored_records(store, "one")) == 2
     src = tmp_path / "src"
     src.write_bytes(b"z" * OSIZE)
     blockcopy.upload(store, "one", str(src))
-    assert store.unstored_records("one") == []
+    assert unstored_records(store, "one") == []
 
 
 def test_records_survive_garbage():

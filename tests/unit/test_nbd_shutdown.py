@@ -15,6 +15,7 @@ from oslo_config import cfg
 
 from stowkit.corelib import config
 from stowkit.corelib.blockstore import UNSTORED_KEY
+from stowkit.corelib.blockunstored import unstored_records
 from stowkit.corelib.errors import BackendUnavailable
 from stowkit.corelib.nbd import protocol as p
 from stowkit.corelib.nbd.workers import DaemonExecutor
@@ -189,11 +190,11 @@ def test_what_the_last_disconnect_could_not_store_is_recorded(tmp_path):
         assert c.reply()[1] == p.EIO
         c.request(p.CMD_DISC)
         assert c.closed()
-        eventually(lambda: store.unstored_records("one"))
+        eventually(lambda: unstored_records(store, "one"))
     finally:
         store.fail_writes = False
         t.stop()
-    (record,) = store.unstored_records("one")
+    (record,) = unstored_records(store, "one")
     assert record.objects == (0, 1, 2) and record.bytes == 3 * OSIZE
     # The backend was failing: straight to this host's state file.
     assert record.where.startswith(str(tmp_path)) and UNSTORED_KEY not in store.control["one"]
