@@ -59,9 +59,9 @@ if TYPE_CHECKING:  # what type checkers read; _EXPORTS is what runs (a test keep
     from stowkit.corelib.blockcopy import upload as upload_device
     from stowkit.corelib.blockstore import BlockDevice as BlockDevice
     from stowkit.corelib.blockstore import BlockStore as BlockStore
-    from stowkit.corelib.blockstore import DeviceLocked as DeviceLocked
-    from stowkit.corelib.blockstore import Lease as Lease
-    from stowkit.corelib.blockstore import LeaseLost as LeaseLost
+    from stowkit.corelib.blocklock import DeviceLocked as DeviceLocked
+    from stowkit.corelib.blocklease import Lease as Lease
+    from stowkit.corelib.blocklock import LeaseLost as LeaseLost
     from stowkit.corelib.catalog import KINDS as KINDS
     from stowkit.corelib.catalog import Catalog as Catalog
     from stowkit.corelib.catalog import Stored as Stored
@@ -118,7 +118,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     # block devices
     "BlockStore": ("stowkit.corelib.blockstore", "BlockStore"),
     "BlockDevice": ("stowkit.corelib.blockstore", "BlockDevice"),
-    "Lease": ("stowkit.corelib.blockstore", "Lease"),
+    "Lease": ("stowkit.corelib.blocklease", "Lease"),
     "upload_device": ("stowkit.corelib.blockcopy", "upload"),
     "download_device": ("stowkit.corelib.blockcopy", "download"),
     "CopyStats": ("stowkit.corelib.blockcopy", "CopyStats"),
@@ -137,8 +137,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Locked": ("stowkit.corelib.errors", "Locked"),
     "BackendUnavailable": ("stowkit.corelib.errors", "BackendUnavailable"),
     "ConfigError": ("stowkit.corelib.errors", "ConfigError"),
-    "DeviceLocked": ("stowkit.corelib.blockstore", "DeviceLocked"),
-    "LeaseLost": ("stowkit.corelib.blockstore", "LeaseLost"),
+    "DeviceLocked": ("stowkit.corelib.blocklock", "DeviceLocked"),
+    "LeaseLost": ("stowkit.corelib.blocklock", "LeaseLost"),
 }
 
 # A literal, for type checkers and linters; the same names as _EXPORTS (a test checks).
