@@ -31,6 +31,7 @@ Front ends (CLI, Docker plugin, scheduler) call only what is declared here.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import datetime as dt
 import enum
@@ -340,6 +341,30 @@ class VolumeDriver(Driver):
         Must be safe while other processes use the driver.  Default: nothing to do.
         """
         return []
+
+    # -- the per-volume lock ------------------------------------------------------
+
+    @abc.abstractmethod
+    def volume_lock(
+        self, name: str, *, wait: bool = True
+    ) -> contextlib.AbstractContextManager[None]:
+        """The one per-volume lock, held across processes.
+
+        The driver's own operations on a volume (mount, unmount, delete,
+        restore, purge, ...) take it; a front end that runs a longer job on a
+        volume (the scheduler) takes it around the whole job.  It is
+        reentrant in the thread that holds it, so driver operations called
+        inside it do not deadlock; other threads and processes wait.  A
+        holder that dies releases it.
+
+        :param name: the volume's name (it need not exist).
+        :param wait: False to fail at once instead of waiting for another holder.
+        :returns: a context manager holding the lock while its block runs.
+        :raises InvalidName: for a bad ``name``.
+        :raises Locked: with ``wait=False``, when another holder has it
+            (``volume 'NAME' is busy with another job``).
+        :raises BackendUnavailable: when the lock's storage cannot be reached.
+        """
 
     # -- snapshots ---------------------------------------------------------------
 

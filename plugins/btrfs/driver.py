@@ -212,8 +212,13 @@ class BtrfsVolumeDriver(VolumeDriver):
             raise NotFound(f"no such volume: {name}")
         return path
 
-    def _lock(self, volume: str) -> contextlib.AbstractContextManager[None]:
-        return state.locked(self._dir(".locks", "volume", check_name(volume)))
+    def volume_lock(
+        self, name: str, *, wait: bool = True
+    ) -> contextlib.AbstractContextManager[None]:
+        check_name(name, "volume name")
+        self._setup()
+        busy = None if wait else f"volume {name!r} is busy with another job"
+        return state.reentrant(self._dir(".locks", "volume", name), busy=busy)
 
     @contextlib.contextmanager
     def _temporary(self, kind: str, name: str) -> Iterator[str]:
@@ -277,7 +282,7 @@ class BtrfsVolumeDriver(VolumeDriver):
                 if compression != "none":
                     subvol.set_compression(tmp, compression)
                 subvol.mark_created(tmp, now)
-                with self._lock(name):
+                with self.volume_lock(name):
                     # Under the lock Mount and Remove take: a mount record left
                     # for a volume of this name that is gone (an older stowkit's
                     # race, a crash) must not make the new volume "mounted".
@@ -456,7 +461,7 @@ class BtrfsVolumeDriver(VolumeDriver):
         self._setup()
         # The lock before the existence check: a Mount waiting on it then sees
         # the volume gone instead of recording an ID for a deleted volume.
-        with self._lock(name):
+        with self.volume_lock(name):
             path = self._existing_volume(name)
             users = self.mounts(name)
             if users and not force:
@@ -488,7 +493,7 @@ class BtrfsVolumeDriver(VolumeDriver):
         self._setup()
         # Checked under the lock Remove holds while it deletes: a volume removed
         # meanwhile is NotFound here, never a mountpoint with a stale record.
-        with self._lock(name):
+        with self.volume_lock(name):
             path = self._existing_volume(name)
             record = self._dir(".mounts", name)
             ids = state.read_mounts(record, self._boot)
@@ -503,7 +508,7 @@ class BtrfsVolumeDriver(VolumeDriver):
         check_name(name, "volume name")
         _check_mount_id(mount_id)
         self._setup()
-        with self._lock(name):
+        with self.volume_lock(name):
             record = self._dir(".mounts", name)
             ids = [i for i in state.read_mounts(record, self._boot) if i != mount_id]
             if ids:
@@ -521,7 +526,7 @@ class BtrfsVolumeDriver(VolumeDriver):
     def clear_mounts(self, name: str) -> list[str]:
         self._volume_path(name)  # checks the name first
         self._setup()
-        with self._lock(name):  # as Mount and Remove: the lock, then the existence check
+        with self.volume_lock(name):  # as Mount and Remove: the lock, then the existence check
             self._existing_volume(name)
             ids = state.read_mounts(self._dir(".mounts", name), self._boot)
             with contextlib.suppress(FileNotFoundError):
@@ -578,7 +583,7 @@ class BtrfsVolumeDriver(VolumeDriver):
         return done
 
     def _keep_leftover(self, volume: str, path: str) -> str:
-        with self._lock(volume):
+        with self.volume_lock(volume):
             keep = self._dir(".detached", os.path.basename(self._free_snapshot_path(volume)))
             subvol.rename(path, keep, subvol.RENAME_NOREPLACE)
             if self.mounts(volume):
@@ -752,7 +757,7 @@ class BtrfsVolumeDriver(VolumeDriver):
         volume = self.split_name(snap)[0]
         target = check_name(target if target is not None else volume, "target volume name")
         dst = self._volume_path(target)
-        with self._lock(target), self._temporary("restore", target) as fresh:
+        with self.volume_lock(target), self._temporary("restore", target) as fresh:
             if not subvol.is_subvolume(dst):
                 if os.path.lexists(dst):
                     raise Conflict(f"{dst} exists and is not a volume; refusing to touch it")
@@ -1084,7 +1089,7 @@ class BtrfsVolumeDriver(VolumeDriver):
         check_name(volume, "volume name")
         parsed = retention.parse_pattern(pattern)
         now = now or dt.datetime.now(dt.UTC)
-        with self._lock(volume), self._pipe_lock(volume):
+        with self.volume_lock(volume), self._pipe_lock(volume):
             found = [s for s in self._snapshot_names(volume) if s[0] == volume]
             items = [(os.path.basename(p), created) for _, created, p in found]
             paths = {os.path.basename(p): p for _, _, p in found}
