@@ -406,7 +406,7 @@ def test_a_crashed_create_is_collected_but_a_running_one_is_not(a):
     assert left.startswith(".new-crashed-")
     assert [v.name for v in drv.list_volumes()] == []
     # another process is creating "busy" right now: its temporary must survive
-    with drv._temporary("new", "busy") as busy:
+    with drv.layout.temporary("new", "busy") as busy:
         subvol.create(busy)
         proc = a.stowkit("volume", "cleanup", "-f", "json")
         assert proc.returncode == 0, proc.stderr
