@@ -57,10 +57,10 @@ from stowkit.corelib.volume import (
 from stowkit.plugins.btrfs import state, subvol
 from stowkit.plugins.btrfs.layout import Layout, is_name
 from stowkit.plugins.btrfs.options import OPTIONS
-from stowkit.plugins.btrfs.replication import Replication, shared_parent
+from stowkit.plugins.btrfs.replication import Replication
 from stowkit.plugins.btrfs.snapshots import Snapshots
 
-__all__ = ["BtrfsVolumeDriver", "shared_parent"]
+__all__ = ["BtrfsVolumeDriver"]
 
 COMPRESSIONS = ("none", "zstd", "lzo", "zlib")
 _TRUE = {"true", "yes", "on", "1"}

@@ -20,8 +20,7 @@ import pytest
 from stowkit.corelib import config, registry
 from stowkit.corelib.errors import BackendUnavailable
 from stowkit.corelib.volume import Snapshot
-from stowkit.plugins.btrfs import replication
-from stowkit.plugins.btrfs import transport
+from stowkit.plugins.btrfs import replication, transport
 
 S1 = "v@2026-11-22T03-40-05.123456"
 S2 = "v@2026-11-22T04-40-05.123456"
