@@ -435,19 +435,24 @@ class BtrfsVolumeDriver(VolumeDriver):
             subvol.rename(path, self._detached_path(volume), subvol.RENAME_NOREPLACE)
             if self.mounts(volume):
                 return f"kept in .detached/ until {volume} is unmounted"
-            before = set(os.listdir(self.snapshots_dir))
-            self._settle_detached(volume)
-            made = sorted(set(os.listdir(self.snapshots_dir)) - before)
-            return f"kept as snapshot {', '.join(made)}"
+            made = self._settle_detached(volume)
+            return f"kept as snapshot {', '.join(sorted(made))}"
 
-    def _settle_detached(self, name: str) -> None:
-        """Turn trees a forced restore swapped out into snapshots once nobody uses them."""
+    def _settle_detached(self, name: str) -> list[str]:
+        """Turn trees a forced restore swapped out into snapshots once nobody uses them.
+
+        Returns the names of the snapshots made.
+        """
         with os.scandir(self._dir(".detached")) as it:
             mine = sorted(e.path for e in it if e.name.partition(SNAPSHOT_SEPARATOR)[0] == name)
+        made = []
         for path in mine:
             # A read-only subvolume cannot change directory, so snapshot it instead.
-            subvol.snapshot(path, self.layout.free_snapshot_path(name), read_only=True)
+            keep = self.layout.free_snapshot_path(name)
+            subvol.snapshot(path, keep, read_only=True)
             subvol.delete(path)
+            made.append(os.path.basename(keep))
+        return made
 
     # -- snapshots (plugins/btrfs/snapshots.py) ------------------------------------------
 
