@@ -16,6 +16,8 @@ and raises :mod:`stowkit.corelib.errors` classes only:
 * ``AlreadyExists`` when a target name is taken (create, clone, restore),
 * ``Conflict`` when the volume is mounted and the operation would pull data
   from under a container (delete, restore without ``force``),
+* ``Locked`` (a ``Conflict``) when :meth:`VolumeDriver.volume_lock` is asked
+  not to wait and another holder has the volume,
 * ``BackendUnavailable`` when a tool, the filesystem or a remote host fails.
 
 Mount accounting lives in the driver (:meth:`VolumeDriver.mount` /
