@@ -16,6 +16,8 @@ and raises :mod:`stowkit.corelib.errors` classes only:
 * ``AlreadyExists`` when a target name is taken (create, clone, restore),
 * ``Conflict`` when the volume is mounted and the operation would pull data
   from under a container (delete, restore without ``force``),
+* ``Locked`` (a ``Conflict``) when :meth:`VolumeDriver.volume_lock` is asked
+  not to wait and another holder has the volume,
 * ``BackendUnavailable`` when a tool, the filesystem or a remote host fails.
 
 Mount accounting lives in the driver (:meth:`VolumeDriver.mount` /
@@ -31,6 +33,7 @@ Front ends (CLI, Docker plugin, scheduler) call only what is declared here.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import datetime as dt
 import enum
@@ -245,89 +248,162 @@ class VolumeStatus:
 
 
 class VolumeDriver(Driver):
-    """A place holding volumes and read-only snapshots of them."""
+    """A place holding volumes and read-only snapshots of them (the ``stowkit.volume`` contract).
+
+    Lifecycle.  The registry builds a driver from its option group
+    (``Driver.__init__``): cheap, touching nothing, so a bad configuration
+    fails on first use, not at load.  The first operation sets the backend up
+    (the btrfs root's directories, after checking the filesystem) and raises
+    ``BackendUnavailable`` when it cannot.  A driver is shared by the threads
+    of one process (the Docker plugin serves each request in a thread) and
+    by other processes on the same host (the CLI, the scheduler); every
+    operation on a volume takes :meth:`volume_lock`, so they never interleave.
+
+    Mounts are records, not kernel mounts: :meth:`mount` records a caller's
+    mount ID and returns the path Docker bind-mounts.  Records are kept
+    across restarts and ignored after a reboot; while a volume has any,
+    :meth:`delete_volume` and :meth:`restore` refuse (``Conflict``) unless
+    forced.
+
+    Failures.  Every operation checks its names first and touches nothing
+    for a bad one.  An operation that fails leaves either the old state or
+    the new one, never half of it: a crash may leave hidden temporaries,
+    which :meth:`cleanup` collects (the Docker plugin runs it at start).
+    Only :mod:`stowkit.corelib.errors` classes are raised, as each method says.
+    """
 
     # -- volumes ---------------------------------------------------------------
 
     @abc.abstractmethod
     def create_volume(self, name: str, options: Mapping[str, str] | None = None) -> Volume:
-        """Create an empty volume.  ``AlreadyExists`` if the name is taken.
+        """Create an empty volume.
 
-        Options known to the btrfs backend: ``copyonwrite`` (``true``/``false``,
-        default from config, ``true``) and ``compression``
-        (``zstd``/``lzo``/``zlib``/``none``, or buttervolume's ``true``/``false``).
-        Unknown options are ``InvalidArgument``.
+        :param name: the new volume's name.
+        :param options: create options, strings.  The btrfs backend knows
+            ``copyonwrite`` (``true``/``false``, default from config, ``true``)
+            and ``compression`` (``zstd``/``lzo``/``zlib``/``none``, or
+            buttervolume's ``true``/``false``).
+        :returns: the new volume.
+        :raises InvalidName: for a bad ``name``.
+        :raises InvalidArgument: for an unknown option or value.
+        :raises AlreadyExists: when the name is taken.
+        :raises BackendUnavailable: when the backend cannot be set up or fails.
         """
 
     @abc.abstractmethod
     def get_volume(self, name: str, with_size: bool = False) -> Volume:
-        """One volume with its counts and options.  ``NotFound``.
+        """One volume with its counts and options.
 
-        ``with_size`` also adds up the bytes its files use (a walk of the
-        tree: what ``volume show`` wants, not what the Docker plugin's Get needs).
+        :param name: the volume's name.
+        :param with_size: also add up the bytes its files use (a walk of the
+            tree: what ``volume show`` wants, not what the Docker plugin's Get needs).
+        :returns: the volume (``size`` None unless ``with_size``).
+        :raises InvalidName: for a bad ``name``.
+        :raises NotFound: when there is no such volume.
         """
 
     @abc.abstractmethod
     def list_volumes(self) -> Sequence[Volume]:
-        """Every volume, sorted by name.  Cheap: no process per volume, ``size`` is None.
+        """Every volume, sorted by name.
 
-        ``created`` may be None in lists when the backend cannot tell it cheaply.
+        Cheap: no process per volume.
+
+        :returns: the volumes; ``size`` is None, and ``created`` may be None
+            when the backend cannot tell it cheaply.
+        :raises BackendUnavailable: when the backend cannot be set up.
         """
 
     def volume_entries(self) -> Sequence[tuple[str, str, dt.datetime | None]]:
-        """``(name, path, created)`` of every volume, sorted by name: what Docker's List needs.
+        """What Docker's List needs, as cheaply as the backend can.
 
         Docker calls List often (every ``docker volume ls``, and dockerd at
         start for each volume it knows); a backend that can answer this
         cheaper than :meth:`list_volumes` (no counts) overrides it.
+
+        :returns: ``(name, path, created)`` of every volume, sorted by name.
+        :raises BackendUnavailable: as :meth:`list_volumes`.
         """
         return [(v.name, v.path, v.created) for v in self.list_volumes()]
 
     def volume_created(self, name: str) -> dt.datetime | None:
-        """When the volume was created (aware UTC), as cheaply as the backend can.
+        """When the volume was created, as cheaply as the backend can (the Docker plugin's Get).
 
-        What the Docker plugin's Get reports.  ``NotFound``.
+        :returns: an aware UTC time, or None when unknown.
+        :raises InvalidName: for a bad ``name``.
+        :raises NotFound: when there is no such volume.
         """
         return self.get_volume(name).created
 
     @abc.abstractmethod
     def volume_path(self, name: str) -> str:
-        """Where the volume's data lives (what a container bind-mounts).  ``NotFound``."""
+        """Where the volume's data lives (what a container bind-mounts).
+
+        :raises InvalidName: for a bad ``name``.
+        :raises NotFound: when there is no such volume.
+        """
 
     @abc.abstractmethod
     def delete_volume(self, name: str, force: bool = False) -> None:
-        """Delete a volume (its snapshots stay).  ``Conflict`` while mounted unless ``force``."""
+        """Delete a volume; its snapshots stay.
+
+        :param force: delete it even while mount IDs are recorded for it.
+        :raises InvalidName: for a bad ``name``.
+        :raises NotFound: when there is no such volume.
+        :raises Conflict: while it is mounted, unless ``force``.
+        :raises BackendUnavailable: when the backend fails.
+        """
 
     @abc.abstractmethod
     def clone_volume(self, source: str, target: str) -> Volume:
-        """New writable volume ``target`` with ``source``'s current data.
+        """A new writable volume ``target`` with ``source``'s current data.
 
-        ``AlreadyExists`` if ``target`` exists (never nests one volume in another).
+        :returns: the new volume.
+        :raises InvalidName: for a bad ``source`` or ``target`` (checked before anything).
+        :raises NotFound: when there is no volume ``source``.
+        :raises AlreadyExists: when ``target`` exists (never nests one volume in another).
+        :raises BackendUnavailable: when the backend fails.
         """
 
     # -- mount accounting --------------------------------------------------------
 
     @abc.abstractmethod
     def mount(self, name: str, mount_id: str) -> str:
-        """Record that ``mount_id`` uses the volume; return its path.
+        """Record that ``mount_id`` uses the volume.
 
         Idempotent per ``mount_id``: mounting twice with one ID counts once.
-        ``mount_id`` is any non-empty string up to 256 characters (Docker's is hex).
+
+        :param mount_id: any non-empty string up to 256 characters (Docker's is hex).
+        :returns: the volume's path.
+        :raises InvalidName: for a bad ``name``.
+        :raises InvalidArgument: for a bad ``mount_id``.
+        :raises NotFound: when there is no such volume (also when it was
+            deleted while this call waited for the volume's lock).
         """
 
     @abc.abstractmethod
     def unmount(self, name: str, mount_id: str) -> None:
-        """Forget ``mount_id``'s use of the volume.  Unknown IDs are ignored."""
+        """Forget ``mount_id``'s use of the volume.  Unknown IDs and volumes are ignored.
+
+        :raises InvalidName: for a bad ``name``.
+        :raises InvalidArgument: for a bad ``mount_id``.
+        """
 
     @abc.abstractmethod
     def mounts(self, name: str) -> Sequence[str]:
-        """The mount IDs currently recorded for the volume (may be empty)."""
+        """The mount IDs recorded for the volume in this boot (may be empty).
+
+        :raises InvalidName: for a bad ``name``.
+        """
 
     def clear_mounts(self, name: str) -> list[str]:
-        """Forget every mount ID recorded for the volume; return them.
+        """Forget every mount ID recorded for the volume.
 
         For IDs a crash left behind (a container that is gone, a plugin that
         died): it unmounts nothing, it only stops them blocking delete/restore.
+
+        :returns: the IDs forgotten.
+        :raises InvalidName: for a bad ``name``.
+        :raises NotFound: when there is no such volume (the btrfs backend).
         """
         ids = list(self.mounts(name))
         for mount_id in ids:
@@ -335,27 +411,68 @@ class VolumeDriver(Driver):
         return ids
 
     def cleanup(self) -> list[tuple[str, str]]:
-        """Collect what crashed operations left behind; (item, what was done) pairs.
+        """Collect what crashed operations left behind.
 
-        Must be safe while other processes use the driver.  Default: nothing to do.
+        Safe while other processes use the driver: only what no live process
+        is working on is touched.  Default: nothing to do.
+
+        :returns: (item, what was done) pairs.
+        :raises BackendUnavailable: when the backend cannot be set up.
         """
         return []
+
+    # -- the per-volume lock ------------------------------------------------------
+
+    @abc.abstractmethod
+    def volume_lock(
+        self, name: str, *, wait: bool = True
+    ) -> contextlib.AbstractContextManager[None]:
+        """The one per-volume lock, held across processes.
+
+        The driver's own operations on a volume (mount, unmount, delete,
+        restore, purge, ...) take it; a front end that runs a longer job on a
+        volume (the scheduler) takes it around the whole job.  It is
+        reentrant in the thread that holds it, so driver operations called
+        inside it do not deadlock; other threads and processes wait.  A
+        holder that dies releases it.
+
+        :param name: the volume's name (it need not exist).
+        :param wait: False to fail at once instead of waiting for another holder.
+        :returns: a context manager holding the lock while its block runs.
+        :raises InvalidName: for a bad ``name``.
+        :raises Locked: with ``wait=False``, when another holder has it
+            (``volume 'NAME' is busy with another job``).
+        :raises BackendUnavailable: when the lock's storage cannot be reached.
+        """
 
     # -- snapshots ---------------------------------------------------------------
 
     @abc.abstractmethod
     def create_snapshot(self, volume: str) -> Snapshot:
-        """Read-only snapshot ``VOLUME@now``.  ``NotFound`` if there is no such volume."""
+        """A read-only snapshot of the volume's data now, named ``VOLUME@now`` (UTC).
+
+        :returns: the new snapshot.
+        :raises InvalidName: for a bad ``volume``.
+        :raises NotFound: when there is no such volume.
+        :raises BackendUnavailable: when the backend fails.
+        """
 
     @abc.abstractmethod
     def get_snapshot(self, name: str) -> Snapshot:
-        """One snapshot, local or received.  ``NotFound``."""
+        """One snapshot, local or received (a receive still in progress is not one).
+
+        :param name: ``VOLUME@TIMESTAMP`` (see :func:`split_snapshot_name`).
+        :raises InvalidName: for a bad ``name``.
+        :raises NotFound: when there is no such snapshot.
+        """
 
     @abc.abstractmethod
     def list_snapshots(self, volume: str | None = None) -> Sequence[Snapshot]:
-        """Snapshots (local and received), oldest first; only ``volume``'s when given.
+        """Snapshots, local and received, oldest first.
 
-        A volume name with no snapshots gives an empty list, not ``NotFound``.
+        :param volume: only this volume's; a name with no snapshots (or no
+            volume) gives an empty list, not ``NotFound``.
+        :raises InvalidName: for a bad ``volume``.
         """
 
     def snapshot_entries(self, volume: str | None = None) -> Sequence[str]:
@@ -365,11 +482,17 @@ class VolumeDriver(Driver):
         entries were made, sent markers (``VOLUME@STAMP@HOST``) included.  A
         backend that keeps such records besides snapshots says so here; the
         default is :meth:`list_snapshots`' names.
+
+        :raises InvalidName: for a bad ``volume``.
         """
         return [s.name for s in self.list_snapshots(volume)]
 
     def volume_status(self, name: str) -> VolumeStatus:
-        """Counts for the Docker plugin's Get: cheap (no walk of the data).  ``NotFound``."""
+        """Counts for the Docker plugin's Get: cheap (no walk of the data).
+
+        :raises InvalidName: for a bad ``name``.
+        :raises NotFound: when there is no such volume.
+        """
         self.volume_path(name)  # NotFound for a volume that is not there
         snaps = self.list_snapshots(name)
         return VolumeStatus(
@@ -381,7 +504,12 @@ class VolumeDriver(Driver):
 
     @abc.abstractmethod
     def delete_snapshot(self, name: str) -> None:
-        """Delete one snapshot.  ``NotFound``."""
+        """Delete one snapshot.
+
+        :raises InvalidName: for a bad ``name``.
+        :raises NotFound: when there is no such snapshot.
+        :raises BackendUnavailable: when the backend fails.
+        """
 
     @abc.abstractmethod
     def restore(self, name: str, target: str | None = None, force: bool = False) -> RestoreResult:
@@ -393,6 +521,13 @@ class VolumeDriver(Driver):
         result); a mounted target is ``Conflict`` unless ``force``, and even
         then the directory a container has bind-mounted is never deleted from
         under it (see doc/volumes.md for what a forced restore does).
+
+        :returns: the volume restored, the snapshot used and the backup taken.
+        :raises InvalidName: for a bad ``name`` or ``target``.
+        :raises NotFound: when there is no such snapshot, or the volume has none.
+        :raises Conflict: when the target is mounted and not ``force``, or
+            its path holds something that is not a volume.
+        :raises BackendUnavailable: when the backend fails.
         """
 
     # -- replication -------------------------------------------------------------
@@ -411,7 +546,15 @@ class VolumeDriver(Driver):
         Incremental from the newest snapshot both sides hold (found by UUIDs),
         else full.  ``compress`` (zstd on both ends) and ``bwlimit`` (bytes per
         second, 0 = none) default to the configuration.  A failed or interrupted
-        transfer leaves nothing on the peer.  ``BackendUnavailable`` on failure.
+        transfer leaves nothing on the peer.
+
+        :returns: what was sent (``already_there`` when the peer held it).
+        :raises InvalidName: for a bad snapshot name or host.
+        :raises InvalidArgument: for a negative ``bwlimit``.
+        :raises NotFound: when there is no such snapshot.
+        :raises Conflict: when the peer holds a different snapshot of that name.
+        :raises ConfigError: for a bad ``peer_addresses`` entry.
+        :raises BackendUnavailable: when ssh, the peer or the transfer fails.
         """
 
     def receive_snapshot(
@@ -427,16 +570,24 @@ class VolumeDriver(Driver):
 
         Incremental from the newest snapshot both sides hold, else full;
         ``already_there`` (and ``snapshot`` = the copy here) when this side
-        holds it; ``dry_run`` chooses the parent and moves nothing.  ``NotFound``
-        when the peer does not hold it.  ``volume pull`` uses it; a backend
-        without it cannot pull.
+        holds it; ``dry_run`` chooses the parent and moves nothing.  ``volume
+        pull`` uses it.
+
+        :returns: what was received.
+        :raises InvalidName: for a bad snapshot name or host.
+        :raises InvalidArgument: for a negative ``bwlimit``.
+        :raises NotFound: when the peer does not hold it.
+        :raises Conflict: when a different snapshot of that name is here.
+        :raises BackendUnavailable: when ssh, the peer or the transfer fails,
+            and (the default) for a backend that cannot pull.
         """
         raise BackendUnavailable(f"the {type(self).__name__} backend cannot pull snapshots")
 
     def replicate(self, volume: str, host: str) -> SendResult:
         """Snapshot ``volume`` now and send that snapshot to ``host``.
 
-        This is the scheduler's ``replicate:HOST`` job; failures raise.
+        This is the scheduler's ``replicate:HOST`` job.  It raises what
+        :meth:`create_snapshot` and then :meth:`send_snapshot` raise.
         """
         return self.send_snapshot(self.create_snapshot(volume).name, host)
 
@@ -447,6 +598,12 @@ class VolumeDriver(Driver):
         A local snapshot is taken first; files missing here or newer on a peer
         are copied in; nothing is ever deleted.  Per-peer failures are reported
         in the result (and the scheduler must count ``not result.ok`` as a failure).
+
+        :param hosts: one or more peers, ``[user@]host[:port]`` (a str is one).
+        :returns: the backup snapshot taken and each peer's outcome.
+        :raises InvalidName: for a bad ``volume`` or host.
+        :raises InvalidArgument: when no host is given.
+        :raises NotFound: when there is no such volume.
         """
 
     # -- retention ---------------------------------------------------------------
@@ -463,6 +620,13 @@ class VolumeDriver(Driver):
 
         Pattern language and meaning: :mod:`stowkit.corelib.retention`.  Never deletes
         the volume's newest snapshot nor the newest snapshot sent to each peer
-        (the parent of the next incremental send).  ``InvalidArgument`` for a
-        bad pattern.
+        (the parent of the next incremental send).  Takes the volume's lock
+        and waits for a send of it to end.
+
+        :param dry_run: decide, and delete nothing.
+        :param now: the time ages are counted from (default: now).
+        :returns: what was (or would be) deleted, kept, and kept although condemned.
+        :raises InvalidName: for a bad ``volume``.
+        :raises InvalidArgument: for a bad pattern.
+        :raises BackendUnavailable: when the backend fails.
         """

@@ -1,7 +1,10 @@
 """Small persistent records under the btrfs root, shared by every process.
 
-* ``.locks/NAME``   - an flock per volume, so the CLI, the plugin and the
-  scheduler never restore, delete or send one volume at the same time;
+* ``.locks/volume/NAME`` - THE per-volume lock (:func:`reentrant`, reached
+  through ``VolumeDriver.volume_lock``), so the CLI, the plugin and the
+  scheduler's jobs never mount, restore, delete or purge one volume at the
+  same time; ``.locks/pipe/NAME`` keeps one send of a volume at a time and
+  ``.locks/send/NAME`` guards its ``.sent`` record;
 * ``.mounts/NAME``  - JSON ``{"boot_id": ..., "ids": [...]}``: the mount IDs
   using the volume and the kernel boot they were recorded in (the Docker
   plugin writes it through ``mount``/``unmount``; ``volume show``, ``delete``
@@ -25,8 +28,11 @@ import fcntl
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from typing import Any
+
+from stowkit.corelib.errors import Locked
 
 
 def write_json(path: str, data: Any) -> None:
@@ -79,17 +85,9 @@ def write_mounts(path: str, boot: str, ids: list[str]) -> None:
     write_json(path, {"boot_id": boot, "ids": ids})
 
 
-@contextlib.contextmanager
-def held(path: str) -> Iterator[None]:
+def held(path: str) -> contextlib.AbstractContextManager[None]:
     """Create ``path`` and hold an exclusive flock on it; remove it when done."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        os.close(fd)
+    return _flocked(path, remove=True)
 
 
 def abandoned(path: str) -> bool:
@@ -111,12 +109,60 @@ def abandoned(path: str) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def locked(path: str) -> Iterator[None]:
+def locked(path: str) -> contextlib.AbstractContextManager[None]:
     """Hold an exclusive flock on ``path`` (created if needed)."""
+    return _flocked(path, remove=False)
+
+
+@contextlib.contextmanager
+def _flocked(path: str, remove: bool) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
+        if remove:  # while still held: nobody finds the file unlocked and takes it for a leftover
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         os.close(fd)
+
+
+#: The reentrant locks this process holds, per thread: {(pid, st_dev, st_ino): depth}.
+#: Keyed by the lock file itself, so two drivers (or two spellings of one root)
+#: share the count; the pid keeps a forked child from inheriting its parent's count.
+_reentrant = threading.local()
+
+
+@contextlib.contextmanager
+def reentrant(path: str, *, busy: str | None = None) -> Iterator[None]:
+    """An exclusive flock on ``path`` (created if needed) that its holder may take again.
+
+    A flock belongs to an open file, so a second open of the same file in
+    the same thread would wait for itself: the thread that holds the lock
+    only counts its re-entries.  Other threads and processes open their own
+    file and wait, or, when ``busy`` is given, get :class:`Locked` (``busy``
+    its message) at once.  The kernel frees the lock when its holder dies.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        st = os.fstat(fd)
+        key = (os.getpid(), st.st_dev, st.st_ino)
+        held = _reentrant.__dict__.setdefault("depth", {})
+        if key not in held:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy is not None else 0))
+            except BlockingIOError:
+                raise Locked(busy) from None
+        else:
+            os.close(fd)  # closing another open file of it never releases the held flock
+            fd = -1
+        held[key] = held.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            held[key] -= 1
+            if not held[key]:
+                del held[key]
+    finally:
+        if fd >= 0:
+            os.close(fd)

@@ -79,36 +79,30 @@ def is_subvolume(path: str) -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_ino == SUBVOLUME_INODE
 
 
-def create(path: str) -> None:
+def _ioctl(what: str, path: str, call: str, *args: Any, **kwargs: Any) -> Any:
+    """libbtrfsutil's ``call`` (by name: the module may be missing, or replaced in tests),
+    its failures as stowkit errors about ``path``."""
     require_bindings()
     try:
-        btrfsutil.create_subvolume(path)
+        return getattr(btrfsutil, call)(*args, **kwargs)
     except (btrfsutil.BtrfsUtilError, OSError) as exc:
-        raise _fail(exc, "create subvolume", path) from exc
+        raise _fail(exc, what, path) from exc
+
+
+def create(path: str) -> None:
+    _ioctl("create subvolume", path, "create_subvolume", path)
 
 
 def snapshot(source: str, path: str, read_only: bool) -> None:
-    require_bindings()
-    try:
-        btrfsutil.create_snapshot(source, path, read_only=read_only)
-    except (btrfsutil.BtrfsUtilError, OSError) as exc:
-        raise _fail(exc, "snapshot", path) from exc
+    _ioctl("snapshot", path, "create_snapshot", source, path, read_only=read_only)
 
 
 def delete(path: str) -> None:
-    require_bindings()
-    try:
-        btrfsutil.delete_subvolume(path)
-    except (btrfsutil.BtrfsUtilError, OSError) as exc:
-        raise _fail(exc, "delete subvolume", path) from exc
+    _ioctl("delete subvolume", path, "delete_subvolume", path)
 
 
 def sync(path: str) -> None:
-    require_bindings()
-    try:
-        btrfsutil.sync(path)
-    except (btrfsutil.BtrfsUtilError, OSError) as exc:
-        raise _fail(exc, "sync", path) from exc
+    _ioctl("sync", path, "sync", path)
 
 
 def _uuid(raw: bytes) -> str | None:
@@ -117,11 +111,7 @@ def _uuid(raw: bytes) -> str | None:
 
 def info(path: str) -> dict[str, Any]:
     """uuid, parent_uuid, received_uuid (str or None), otime (aware UTC), read_only."""
-    require_bindings()
-    try:
-        i = btrfsutil.subvolume_info(path)
-    except (btrfsutil.BtrfsUtilError, OSError) as exc:
-        raise _fail(exc, "subvolume info", path) from exc
+    i = _ioctl("subvolume info", path, "subvolume_info", path)
     return {
         "id": i.id,
         "uuid": _uuid(i.uuid),
@@ -133,11 +123,7 @@ def info(path: str) -> dict[str, Any]:
 
 
 def subvolume_id(path: str) -> int:
-    require_bindings()
-    try:
-        return btrfsutil.subvolume_id(path)
-    except (btrfsutil.BtrfsUtilError, OSError) as exc:
-        raise _fail(exc, "subvolume id", path) from exc
+    return _ioctl("subvolume id", path, "subvolume_id", path)
 
 
 def mark_created(path: str, when: dt.datetime) -> None:

@@ -326,6 +326,43 @@ def test_purge_dry_run_then_real(a):
     assert bad.returncode == 3 and "pattern" in bad.stderr
 
 
+def test_a_job_holding_the_volume_lock_runs_every_driver_operation(a):
+    """What a scheduler job does: hold the lock, then call operations that take it too."""
+    drv = a.driver
+
+    def other_process() -> str:
+        argv = [sys.executable, "-c", LOCK_PROBE, str(a.root)]
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    drv.create_volume("v")
+    with drv.volume_lock("v", wait=False):
+        first = drv.create_snapshot("v")
+        drv.mount("v", "m1")
+        drv.unmount("v", "m1")
+        restored = drv.restore(first.name)
+        purged = drv.purge("v", "1h:1d")
+        assert restored.backup and purged.deleted == []
+        # meanwhile a job on the volume in another process is refused at once
+        assert other_process() == "busy: volume 'v' is busy with another job"
+        drv.delete_volume("v")
+    assert other_process() == "free"
+
+
+LOCK_PROBE = """
+import sys
+from stowkit.corelib import config, registry
+from stowkit.corelib.errors import Locked
+driver = registry.load("volume", config.load_conf(), "btrfs", root=sys.argv[1])
+try:
+    with driver.volume_lock("v", wait=False):
+        print("free")
+except Locked as exc:
+    print("busy:", exc)
+"""
+
+
 def otime(path) -> dt.datetime:
     return dt.datetime.fromtimestamp(btrfsutil.subvolume_info(str(path)).otime, dt.UTC)
 
@@ -406,7 +443,7 @@ def test_a_crashed_create_is_collected_but_a_running_one_is_not(a):
     assert left.startswith(".new-crashed-")
     assert [v.name for v in drv.list_volumes()] == []
     # another process is creating "busy" right now: its temporary must survive
-    with drv._temporary("new", "busy") as busy:
+    with drv.layout.temporary("new", "busy") as busy:
         subvol.create(busy)
         proc = a.stowkit("volume", "cleanup", "-f", "json")
         assert proc.returncode == 0, proc.stderr

@@ -72,15 +72,15 @@ def test_any_dtformat_it_is_told_about():
 
 def test_driver_recognises_markers(tmp_path):
     drv = registry.load("volume", config.load_conf(), "btrfs", root=str(tmp_path))
-    assert drv._marker("v1@2026-01-15T10:30:00.123456@backup1") == (
+    assert drv.snapshots.marker("v1@2026-01-15T10:30:00.123456@backup1") == (
         "v1",
         "v1@2026-01-15T10:30:00.123456",
         "backup1",
     )
     # buttervolume was given user@host: the marker keeps it whole
-    assert drv._marker("v1@2026-01-15T10:30:00.123456@root@10.0.0.2")[2] == "root@10.0.0.2"
-    assert drv._marker("v1@2026-01-15T10:30:00.123456") is None
-    assert drv._marker("v1@garbage@host") is None
+    assert drv.snapshots.marker("v1@2026-01-15T10:30:00.123456@root@10.0.0.2")[2] == "root@10.0.0.2"
+    assert drv.snapshots.marker("v1@2026-01-15T10:30:00.123456") is None
+    assert drv.snapshots.marker("v1@garbage@host") is None
 
 
 def test_driver_paths_may_be_apart(tmp_path):
@@ -98,7 +98,7 @@ def test_driver_paths_may_be_apart(tmp_path):
     )
     assert drv._volume_path("x") == str(tmp_path / "v" / "x")
     # peers are expected to have the same layout, unless remote paths are set
-    assert drv._remote_dirs() == (str(tmp_path / "r"), str(tmp_path / "s"))
+    assert drv.replication.remote_dirs() == (str(tmp_path / "r"), str(tmp_path / "s"))
 
 
 # -- peer listings ----------------------------------------------------------------------
@@ -200,7 +200,7 @@ def test_send_ignores_a_same_named_received_directory_elsewhere(tmp_path, monkey
         return out
 
     monkeypatch.setattr(transport, "run", fake_run)
-    held, landed = drv._remote_held(transport.parse_peer("peer", "root", 22), "v")
+    held, landed = drv.replication.remote_held(transport.parse_peer("peer", "root", 22), "v")
     # nothing of the other root; buttervolume's received copy in snapshots/ counts
     assert held == {OTHER: "v@2026-01-01T10:00:00.000000"}
     assert landed == set()

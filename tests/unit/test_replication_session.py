@@ -20,8 +20,7 @@ import pytest
 from stowkit.corelib import config, registry
 from stowkit.corelib.errors import BackendUnavailable
 from stowkit.corelib.volume import Snapshot
-from stowkit.plugins.btrfs import driver as driver_mod
-from stowkit.plugins.btrfs import transport
+from stowkit.plugins.btrfs import replication, transport
 
 S1 = "v@2026-11-22T03-40-05.123456"
 S2 = "v@2026-11-22T04-40-05.123456"
@@ -102,13 +101,15 @@ def setup(tmp_path, monkeypatch):
         S1: Snapshot(S1, "v", when, str(tmp_path / "snaps" / S1), uuid=UUID1),
         S2: Snapshot(S2, "v", when + dt.timedelta(hours=1), str(tmp_path / "snaps" / S2), UUID2),
     }
-    monkeypatch.setattr(drv, "_snapshot_path", lambda name: snaps[name].path)
-    monkeypatch.setattr(drv, "_snapshot", lambda path: snaps[os.path.basename(path)])
-    monkeypatch.setattr(drv, "list_snapshots", lambda volume=None: list(snaps.values()))
-    monkeypatch.setattr(drv, "_pipe_lock", lambda volume: contextlib.nullcontext())
+    monkeypatch.setattr(drv.snapshots, "path", lambda name: snaps[name].path)
+    monkeypatch.setattr(drv.snapshots, "snapshot", lambda path: snaps[os.path.basename(path)])
+    monkeypatch.setattr(drv.snapshots, "list", lambda volume=None: list(snaps.values()))
+    monkeypatch.setattr(drv.layout, "pipe_lock", lambda volume: contextlib.nullcontext())
     recorded = []
-    monkeypatch.setattr(drv, "_record_sent", lambda peer, snap: recorded.append(snap.name))
-    monkeypatch.setattr(driver_mod.subvol, "sync", lambda path: None)
+    monkeypatch.setattr(
+        drv.replication, "record_sent", lambda peer, snap: recorded.append(snap.name)
+    )
+    monkeypatch.setattr(replication.subvol, "sync", lambda path: None)
 
     def connections() -> int:
         log = tmp_path / "ssh.log"

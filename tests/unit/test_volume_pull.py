@@ -13,7 +13,7 @@ from stowkit.cli.app import StowkitApp, main
 from stowkit.corelib import catalogdocs, pull
 from stowkit.corelib.errors import AlreadyExists, BackendUnavailable, Conflict, NotFound
 from stowkit.corelib.volume import RestoreResult, SendResult, Snapshot
-from stowkit.plugins.btrfs.driver import shared_parent
+from stowkit.plugins.btrfs.replication import shared_parent
 
 T = 1_900_000_000
 
