@@ -27,16 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from oslo_config import cfg
 
+from stowkit.corelib import errors
 from stowkit.corelib.agent import options
 from stowkit.corelib.catalogapi.schemas import check_id
-from stowkit.corelib.errors import (
-    BackendUnavailable,
-    ConfigError,
-    Conflict,
-    InvalidArgument,
-    NotFound,
-    StowkitError,
-)
+from stowkit.corelib.errors import BackendUnavailable, ConfigError, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from stowkit.corelib.keystone import ServiceLogin
@@ -48,7 +42,7 @@ PAGE = 1000
 SERVICE_TYPE = "backup"
 
 
-class ClaimLost(Conflict):
+class ClaimLost(errors.Conflict):
     """A conditional write found the job at another version: someone else moved first."""
 
 
@@ -117,7 +111,7 @@ class CatalogClient:
             raise BackendUnavailable(f"catalog at {self.base} unreachable: {reason}") from None
 
     @staticmethod
-    def _fail(status: int, body: Any, what: str) -> StowkitError:
+    def _fail(status: int, body: Any, what: str) -> errors.StowkitError:
         detail = (body or {}).get("description", "") if isinstance(body, dict) else ""
         if status in (401, 403):
             # Not an outage: waiting will not help, the credentials must change.
@@ -127,6 +121,13 @@ class CatalogClient:
             )
         cls = NotFound if status == 404 else BackendUnavailable
         return cls(f"catalog: {what}: HTTP {status} {detail}".strip())
+
+    def _expect(self, method: str, path: str, body: Any, ok: tuple[int, ...], what: str) -> Any:
+        """The answer's body when its status is one of ``ok``; else the error for ``what``."""
+        status, answer, _ = self._call(method, path, body)
+        if status not in ok:
+            raise self._fail(status, answer, what)
+        return answer
 
     def _pages(self, kind: str, search: Mapping[str, Any], every: str = "") -> list[Document]:
         found: list[Document] = []
@@ -145,9 +146,7 @@ class CatalogClient:
     # -- clients and jobs -----------------------------------------------------------
     def register_client(self, client: Mapping[str, Any]) -> None:
         """Register this host (``POST clients``); an existing registration is fine."""
-        status, body, _ = self._call("POST", "clients", dict(client))
-        if status not in (201, 409):
-            raise self._fail(status, body, "registering the client")
+        self._expect("POST", "clients", dict(client), (201, 409), "registering the client")
 
     def client_jobs(self, client_id: str) -> list[Document]:
         """Every job of ``client_id``, completed ones included."""
@@ -187,43 +186,34 @@ class CatalogClient:
         return int(answer.get("version", 0))
 
     def create_job(self, job: Mapping[str, Any]) -> str:
-        status, body, _ = self._call("POST", "jobs", dict(job))
-        if status != 201:
-            raise self._fail(status, body, "creating a job")
-        return str(body["job_id"])
+        return str(self._expect("POST", "jobs", dict(job), (201,), "creating a job")["job_id"])
 
     def delete_job(self, job_id: str) -> None:
-        status, body, _ = self._call("DELETE", f"jobs/{urllib.parse.quote(job_id)}")
-        if status not in (200, 204):
-            raise self._fail(status, body, f"deleting job {job_id}")
+        path = f"jobs/{urllib.parse.quote(job_id)}"
+        self._expect("DELETE", path, None, (200, 204), f"deleting job {job_id}")
 
     def job_event(self, job_id: str, event: str) -> None:
         """``freezer job-start|job-stop``: POST the event; the agent acts on it."""
         path = f"jobs/{urllib.parse.quote(job_id)}/event"
-        status, body, _ = self._call("POST", path, {event: None})
-        if status not in (200, 202):
-            raise self._fail(status, body, f"sending {event} to job {job_id}")
+        self._expect("POST", path, {event: None}, (200, 202), f"sending {event} to job {job_id}")
 
     # -- backups -------------------------------------------------------------------
     def add_backup(self, meta: Mapping[str, Any]) -> str:
         """Record a backup (``POST backups``); returns its id."""
-        status, body, _ = self._call("POST", "backups", dict(meta))
-        if status != 201:
-            raise self._fail(status, body, "recording a backup")
-        return str(body["backup_id"])
+        made = self._expect("POST", "backups", dict(meta), (201,), "recording a backup")
+        return str(made["backup_id"])
 
     def delete_backup(self, backup_id: str) -> None:
         """Remove a backup's record (``DELETE backups/ID``); one already gone is fine."""
-        status, body, _ = self._call("DELETE", f"backups/{urllib.parse.quote(backup_id)}")
-        if status not in (200, 204, 404):
-            raise self._fail(status, body, f"removing the record of backup {backup_id}")
+        path = f"backups/{urllib.parse.quote(backup_id)}"
+        what = f"removing the record of backup {backup_id}"
+        self._expect("DELETE", path, None, (200, 204, 404), what)
 
     def find_backups(self, match: Sequence[Mapping[str, Any]], limit: int = 10) -> list[Document]:
         """Backups matching every term (a first page: for a parent's level)."""
-        status, body, _ = self._call("GET", f"backups?limit={limit}", {"match": list(match)})
-        if status != 200:
-            raise self._fail(status, body, "searching backups")
-        return list(body.get("backups", []))
+        search = {"match": list(match)}
+        found = self._expect("GET", f"backups?limit={limit}", search, (200,), "searching backups")
+        return list(found.get("backups", []))
 
     def search_backups(self, match: Sequence[Mapping[str, Any]]) -> list[Document]:
         """Every backup matching all terms (not just a first page)."""
@@ -232,10 +222,8 @@ class CatalogClient:
     # -- sessions ------------------------------------------------------------------
     def get_session(self, session_id: str) -> Document:
         """One session document (NotFound when deleted)."""
-        status, body, _ = self._call("GET", f"sessions/{urllib.parse.quote(session_id)}")
-        if status != 200:
-            raise self._fail(status, body, f"reading session {session_id}")
-        return dict(body)
+        path = f"sessions/{urllib.parse.quote(session_id)}"
+        return dict(self._expect("GET", path, None, (200,), f"reading session {session_id}"))
 
     def session_action(
         self, session_id: str, action: str, job_id: str, current_tag: int, result: str = ""
@@ -245,10 +233,8 @@ class CatalogClient:
         if action == "end":
             args["result"] = result
         path = f"sessions/{urllib.parse.quote(session_id)}/action"
-        status, body, _ = self._call("POST", path, {action: args})
-        if status not in (200, 201, 202):
-            raise self._fail(status, body, f"session {session_id} {action}")
-        return dict(body or {})
+        what = f"session {session_id} {action}"
+        return dict(self._expect("POST", path, {action: args}, (200, 201, 202), what) or {})
 
 
 # -- reaching it ---------------------------------------------------------------------

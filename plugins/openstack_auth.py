@@ -328,31 +328,16 @@ class LazyLogin:
     speak to their service; until then :attr:`made` is None.
     """
 
-    def __init__(
-        self,
-        conf: cfg.ConfigOpts,
-        group: str,
-        credentials: Any = None,
-        *,
-        service_type: str,
-        timeout: float | None = None,
-        insecure: bool = False,
-        cacert: str | None = None,
-    ) -> None:
-        self._args = (conf, group, credentials)
-        self._kwargs: dict[str, Any] = {
-            "service_type": service_type,
-            "timeout": timeout,
-            "insecure": insecure,
-            "cacert": cacert,
-        }
+    def __init__(self, make: Callable[[], Login]) -> None:
+        #: :func:`login` with the backend's arguments (a ``functools.partial``)
+        self._make = make
         self._lock = threading.Lock()
         self.made: Login | None = None
 
     def __call__(self) -> Login:
         with self._lock:
             if self.made is None:
-                self.made = login(*self._args, **self._kwargs)
+                self.made = self._make()
             return self.made
 
     def where(self, fallback: str | None) -> str:

@@ -12,6 +12,7 @@ serves v2.0, so a URL ending in ``/v2.0`` is used as ``/v3``.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -36,6 +37,7 @@ from stowkit.corelib.image import (
     check_visibility,
 )
 from stowkit.corelib.names import check_name
+from stowkit.plugins import openstack_auth
 from stowkit.plugins.openstack_auth import AuthOptions, LazyLogin, Login
 
 #: fields of a Glance v2 image that are not user properties
@@ -130,13 +132,16 @@ class GlanceImageStore(ImageStore):
         self._credentials = credentials
         self._lock = threading.Lock()
         self._login = LazyLogin(
-            conf,
-            group,
-            credentials,
-            service_type="image",
-            timeout=self.opts.timeout,
-            insecure=self.opts.insecure,
-            cacert=self.opts.cacert,
+            functools.partial(
+                openstack_auth.login,
+                conf,
+                group,
+                credentials,
+                service_type="image",
+                timeout=self.opts.timeout,
+                insecure=self.opts.insecure,
+                cacert=self.opts.cacert,
+            )
         )
         self._endpoints: dict[str, str] | None = None
         self._clients: dict[str, Any] = {}

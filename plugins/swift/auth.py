@@ -8,6 +8,7 @@ token for v1, so N threads cost one authentication, not N.
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
@@ -135,12 +136,15 @@ class ConnectionFactory:
         self._lock = threading.Lock()
         self._all: list[swift_client.Connection] = []
         self._login = openstack_auth.LazyLogin(
-            conf,
-            group,
-            service_type="object-store",
-            timeout=opts.timeout,
-            insecure=opts.insecure,
-            cacert=opts.cacert,
+            functools.partial(
+                openstack_auth.login,
+                conf,
+                group,
+                service_type="object-store",
+                timeout=opts.timeout,
+                insecure=opts.insecure,
+                cacert=opts.cacert,
+            )
         )
         self._preauth: tuple[str, str] | None = None
 
