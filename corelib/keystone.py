@@ -79,11 +79,11 @@ class Keystone(Protocol):
         """Log in with ``[group]``'s credentials (``who`` names them in errors)."""
         ...
 
-    def Trustee(self, conf: cfg.ConfigOpts, section: str, where: str) -> Trustee:
+    def trustee(self, conf: cfg.ConfigOpts, section: str, where: str) -> Trustee:
         """The trustee logging in from ``[section]`` (``where`` names the option in errors)."""
         ...
 
-    def IdentityAdmin(
+    def identity_admin(
         self, session: Any, error: type[StowkitError] = StowkitError
     ) -> IdentityAdmin:
         """REST calls on a keystoneauth1-like session; a refusal is ``error``."""

@@ -641,7 +641,14 @@ class Keystone:
 
     credentials_configured = staticmethod(credentials_configured)
     service_login = staticmethod(service_login)
-    Trustee = Trustee
-    IdentityAdmin = IdentityAdmin
+
+    def trustee(self, conf: cfg.ConfigOpts, section: str, where: str) -> Trustee:
+        return Trustee(conf, section, where)
+
+    def identity_admin(
+        self, session: Any, error: type[StowkitError] = StowkitError
+    ) -> IdentityAdmin:
+        return IdentityAdmin(session, error)
+
     add_admin_arguments = staticmethod(add_admin_arguments)
     admin_from_arguments = staticmethod(admin_from_arguments)

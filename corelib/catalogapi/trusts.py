@@ -93,7 +93,7 @@ class TrustKeeper:
     def _keystone(self) -> Trustee:
         """The trustee, logging in from ``auth_section`` (on first use)."""
         section = self.opts.auth_section
-        return registry.keystone().Trustee(
+        return registry.keystone().trustee(
             self.conf, section, f"[{GROUP}] auth_section = {section}"
         )
 

@@ -64,7 +64,7 @@ class _Response:
 
 
 def Keystone(session):
-    return registry.keystone().IdentityAdmin(session, RegisterError)
+    return registry.keystone().identity_admin(session, RegisterError)
 
 
 URLS = {"public": "https://backup.example.org", "internal": "http://10.0.0.5:9090"}
