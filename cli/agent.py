@@ -5,72 +5,32 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import threading
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from stowkit.cli.catalogreach import (
-    configured_url,
-    keystone_catalog,
-    keystone_error,
-    keystone_wanted,
-    token_headers,
-)
 from stowkit.cli.common import Command
-from stowkit.corelib import catalogdocs
+from stowkit.corelib import catalogclient
 from stowkit.corelib.agent import actions, engine, options
-from stowkit.corelib.agent.client import CatalogClient, HttpCatalog, noauth_headers
-from stowkit.corelib.catalogapi.schemas import check_id
+from stowkit.corelib.catalogclient import CatalogClient
 from stowkit.corelib.errors import ConfigError, InvalidArgument
 
+if TYPE_CHECKING:
+    from stowkit.corelib.keystone import ServiceLogin
+
 LOG = logging.getLogger(__name__)
-
-
-def trust_auth(service_session: Any, trust_id: str) -> Any:
-    """A keystoneauth1 plugin: the agent's own token exchanged for one scoped by a trust.
-
-    Keystone's documented way to consume a trust: the trustee authenticates
-    with the token method and the ``OS-TRUST:trust`` scope; the token it gets
-    is scoped to the trustor's project with the delegated roles.
-    """
-    from keystoneauth1.identity import v3
-
-    auth_url = getattr(service_session.auth, "auth_url", None)
-    if not auth_url:
-        raise ConfigError("[agent] central: the agent's credentials name no auth_url")
-    return v3.Token(auth_url=auth_url, token=service_session.get_token(), trust_id=trust_id)
 
 
 class TrustCatalogs:
     """A central agent's catalog per job: its trust's project, with the trust's token.
 
-    One keystoneauth1 session per trust, made again when the agent's own
-    token changed (the trust token is exchanged from it).
+    The token is exchanged by the Keystone owner from the agent's own login
+    when the job is first looked at, and again when the agent's token changed.
     """
 
-    def __init__(self, service_session: Any, url: str, own: HttpCatalog) -> None:
-        self.service_session = service_session
-        self.url = url
+    def __init__(self, login: ServiceLogin, own: CatalogClient) -> None:
+        self.login = login
         self.own = own
-        self._made: dict[str, tuple[str, Any]] = {}
-        self._lock = threading.Lock()
         self._ignored: set[str] = set()
-
-    def _session(self, trust_id: str) -> Any:
-        from keystoneauth1 import exceptions as ks_exc
-        from keystoneauth1 import session as ks_session
-
-        try:
-            token = self.service_session.get_token()
-        except ks_exc.ClientException as exc:
-            raise keystone_error(exc, "the agent's credentials") from None
-        with self._lock:
-            made = self._made.get(trust_id)
-            if made is None or made[0] != token:
-                auth = trust_auth(self.service_session, trust_id)
-                made = (token, ks_session.Session(auth=auth, verify=self.service_session.verify))
-                self._made[trust_id] = made
-            return made[1]
 
     def __call__(self, job: Mapping[str, Any]) -> CatalogClient | None:
         trust_id = (job.get("user_credentials") or {}).get("trust_id")
@@ -84,21 +44,9 @@ class TrustCatalogs:
                 LOG.error("job %s (project %s) ignored: it has no trust", job_id, project)
             return None
         what = f"trust {trust_id} of job {job.get('job_id')}"
-        return HttpCatalog(
-            self.url,
-            str(project),
-            token_headers(_Lazy(lambda: self._session(str(trust_id))), what),
+        return CatalogClient(
+            self.own.url, str(project), self.login.trust_headers(str(trust_id), what)
         )
-
-
-class _Lazy:
-    """A session made on first use (a trust is exchanged only when the job is looked at)."""
-
-    def __init__(self, make: Callable[[], Any]) -> None:
-        self.make = make
-
-    def get_token(self) -> str:
-        return self.make().get_token()
 
 
 class Agent(Command):
@@ -135,22 +83,23 @@ class Agent(Command):
         poll = parsed_args.poll_interval or opts.poll_interval
         if poll < 0.2:
             raise InvalidArgument("--poll-interval must be at least 0.2 seconds")
-        given_url = configured_url(conf, parsed_args.catalog_url)
-        catalog_for = None
-        if keystone_wanted(conf):
-            if parsed_args.project:
-                raise InvalidArgument("--project: with Keystone the project is the token's")
-            catalog, session, url = keystone_catalog(conf, given_url)
-            project = catalog.project
-            if opts.central:
-                catalog_for = TrustCatalogs(session, url, catalog)
-        else:
-            if opts.central:
-                raise ConfigError("[agent] central = true needs Keystone credentials")
-            project = check_id(parsed_args.project or opts.project, "project")
-            url = given_url or opts.catalog_url
-            catalog = HttpCatalog(url, project, noauth_headers(opts.user_id))
-        hostname, client_id = catalogdocs.identity(conf, project, parsed_args.client_id)
+        login = catalogclient.login(conf)
+        if login is None and opts.central:
+            raise ConfigError("[agent] central = true needs Keystone credentials")
+        catalog = catalogclient.connect(
+            conf,
+            login,
+            url=parsed_args.catalog_url,
+            project=parsed_args.project,
+            client_id=parsed_args.client_id,
+        )
+        catalog_for = TrustCatalogs(login, catalog) if login is not None and opts.central else None
+        url, project, client_id, hostname = (
+            catalog.url,
+            catalog.project,
+            catalog.client_id,
+            catalog.hostname,
+        )
 
         def context() -> actions.Context:
             return actions.Context(

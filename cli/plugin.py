@@ -35,9 +35,7 @@ def serve(
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         scheduler.register_opts(conf)
-        from stowkit.cli import catalogreach  # late: only the catalog store needs it
-
-        schedule = scheduler.open_store(conf, catalogreach.reach)
+        schedule = scheduler.open_store(conf)
         server = PluginServer(socket_path, PluginApp(driver, schedule))
         # Collect what a crash left (hidden temporaries no live process holds)
         # before serving; a failure here must not keep Docker's volumes offline.

@@ -33,9 +33,7 @@ ACTION_HELP = "snapshot, replicate:HOST, purge:PATTERN or synchronize:HOST1,HOST
 
 def store(app: Any) -> scheduler.JobStore:
     """The store ``[scheduler] store`` names: the schedule file, or this host's catalog jobs."""
-    from stowkit.cli import catalogreach  # late: only the catalog store needs it
-
-    return scheduler.open_store(app.conf, catalogreach.reach)
+    return scheduler.open_store(app.conf)
 
 
 class AddJob(ShowOne):

@@ -48,9 +48,9 @@ def forget_records(app: Any, volume: str, deleted: list[str]) -> None:
     """The catalog's records of deleted snapshots go with them (on a catalog client host)."""
     if not deleted:
         return
-    from stowkit.cli import catalogreach  # late: the catalog client costs ~60 ms to import
+    from stowkit.corelib import catalogdocs
 
-    trouble = catalogreach.forget_deleted_snapshots(app.conf, volume, deleted)
+    trouble = catalogdocs.forget_deleted_snapshots(app.conf, volume, deleted)
     if trouble:
         app.stderr.write(f"stowkit: warning: {trouble}\n")
 

@@ -215,14 +215,20 @@ class PullVolume(ShowOne):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace):
-        from stowkit.cli import catalogreach  # late: the catalog client costs ~60 ms to import
+        from stowkit.corelib import catalogclient  # late: the HTTP client costs ~60 ms to import
 
-        reach = catalogreach.reach(self.app.conf, parsed_args.catalog_url, parsed_args.project)
+        conf = self.app.conf
+        catalog = catalogclient.connect(
+            conf,
+            catalogclient.login(conf),
+            url=parsed_args.catalog_url,
+            project=parsed_args.project,
+        )
         result = pull.pull(
             self.driver("volume"),
-            reach.catalog,
+            catalog,
             parsed_args.volume,
-            reach.hostname,
+            catalog.hostname,
             source=parsed_args.source,
             dry_run=parsed_args.dry_run,
             force=parsed_args.force,

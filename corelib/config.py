@@ -179,7 +179,8 @@ def as_config_error(conf: cfg.ConfigOpts | None, exc: cfg.Error) -> ConfigError:
     return ConfigError(f"bad configuration: {' '.join(str(exc).split())}")
 
 
-#: Engines in corelib with option groups of their own: (module, group attr, opts attr).
+#: Engines in corelib with option groups of their own: (module, group attr, opts attr);
+#: an opts attr that is a function is called (its options are not all the module's own).
 _ENGINE_OPTS: tuple[tuple[str, str, str], ...] = (
     ("stowkit.corelib.scheduler", "GROUP", "opts"),
     ("stowkit.corelib.dockerplugin", "GROUP", "opts"),
@@ -188,7 +189,7 @@ _ENGINE_OPTS: tuple[tuple[str, str, str], ...] = (
     ("stowkit.corelib.nbd.export", "GROUP", "opts"),
     ("stowkit.corelib.nbd.tls", "GROUP", "opts"),
     ("stowkit.corelib.imagesync.api", "GROUP", "api_opts"),
-    ("stowkit.corelib.agent.options", "GROUP", "opts"),
+    ("stowkit.corelib.agent.options", "GROUP", "sample_opts"),
     ("stowkit.corelib.catalogapi.trusts", "GROUP", "opts"),
 )
 
@@ -207,7 +208,8 @@ def list_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
         result.append((namespace, _namespace_opts(namespace)))
     for module_name, group_attr, opts_attr in _ENGINE_OPTS:
         module = importlib.import_module(module_name)
-        result.append((getattr(module, group_attr), list(getattr(module, opts_attr))))
+        listed = getattr(module, opts_attr)
+        result.append((getattr(module, group_attr), list(listed() if callable(listed) else listed)))
     for info in registry.installed():
         if info.options:
             result.append((info.group, list(info.options)))

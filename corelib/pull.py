@@ -23,18 +23,22 @@
    (``action`` = ``stowkit-volume-pull``), so the next pull, here or
    elsewhere, sees the copy here too.
 
-No backend is imported: the driver and the catalog are given.
+No backend is imported: the driver and the catalog client (its ``search_backups``
+and ``add_backup``) are given.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from stowkit.corelib.errors import AlreadyExists, BackendUnavailable, NotFound
 from stowkit.corelib.names import check_host, check_name
 from stowkit.corelib.volume import SNAPSHOT_SEPARATOR, SendResult, VolumeDriver
+
+if TYPE_CHECKING:
+    from stowkit.corelib.catalogclient import CatalogClient
 
 PULL_ACTION = "stowkit-volume-pull"
 #: The agent's actions whose documents name a snapshot that lives on ``hostname``.
@@ -44,12 +48,6 @@ VOLUME_ACTIONS = frozenset(
 REPLICATE_ACTION = "stowkit-volume-replicate"
 #: Copies tried before a pull gives up: each is one ssh listing of its host.
 MAX_TRIES = 8
-
-
-class BackupSearch(Protocol):
-    def search_backups(self, match: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]: ...
-
-    def add_backup(self, meta: Mapping[str, Any]) -> str: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +154,7 @@ def _mode(sent: SendResult) -> str:
 
 def pull(
     driver: VolumeDriver,
-    catalog: BackupSearch,
+    catalog: CatalogClient,
     volume: str,
     here: str,
     source: str | None = None,

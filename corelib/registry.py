@@ -4,14 +4,19 @@ Namespaces are ``stowkit.NAME`` for each NAME of
 :data:`stowkit.corelib.config.DEFAULT_BACKENDS` (volume, image, blockstore,
 catalog, imagetask).  A third-party distribution adds a backend by
 declaring an entry point in one of them; ``load()`` then finds it by name.
+
+Keystone has one owner, the ``stowkit.keystone`` entry point ``keystone``
+(:func:`keystone`): corelib and cli log in, make trusts and register services
+through it, and so import no client library.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from oslo_config import cfg
 from stevedore import driver as sd_driver
@@ -22,7 +27,13 @@ from stowkit.corelib.config import DEFAULT_BACKENDS
 from stowkit.corelib.driver import Driver
 from stowkit.corelib.errors import BackendUnavailable, ConfigError
 
+if TYPE_CHECKING:
+    from stowkit.corelib.keystone import Keystone
+
 NAMESPACES: tuple[str, ...] = tuple(DEFAULT_BACKENDS)
+#: the entry point namespace and name of the one Keystone owner
+KEYSTONE_NAMESPACE = "stowkit.keystone"
+KEYSTONE_NAME = "keystone"
 
 
 def entry_point_namespace(namespace: str) -> str:
@@ -73,6 +84,23 @@ def load(namespace: str, conf: cfg.ConfigOpts, name: str | None = None, **overri
     for key, value in overrides.items():
         conf.set_override(key, value, group)
     return cls(conf, group)
+
+
+@functools.cache
+def keystone() -> Keystone:
+    """The Keystone owner (:class:`stowkit.corelib.keystone.Keystone`), loaded once."""
+    try:
+        manager = sd_driver.DriverManager(
+            KEYSTONE_NAMESPACE,
+            KEYSTONE_NAME,
+            invoke_on_load=True,
+            on_load_failure_callback=_reraise,
+        )
+    except sd_exception.NoMatches:
+        raise BackendUnavailable(
+            f"no {KEYSTONE_NAMESPACE} entry point {KEYSTONE_NAME!r}: is stowkit installed?"
+        ) from None
+    return manager.driver
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from oslo_config import cfg
 
@@ -60,6 +60,9 @@ from stowkit.corelib.errors import (
     StowkitError,
 )
 from stowkit.corelib.names import check_name
+
+if TYPE_CHECKING:
+    from stowkit.corelib.catalogclient import CatalogClient
 
 LOG = logging.getLogger(__name__)
 
@@ -477,22 +480,6 @@ def interval_text(minutes: float) -> str:
     return f"{seconds} seconds"
 
 
-class CatalogJobs(Protocol):
-    """The catalog requests the store makes (``catalogdocs.CommandCatalog``)."""
-
-    def register_client(self, client: Mapping[str, Any]) -> None: ...
-
-    def client_jobs(self, client_id: str) -> list[dict[str, Any]]: ...
-
-    def create_job(self, job: Mapping[str, Any]) -> str: ...
-
-    def patch_job(self, job_id: str, body: Mapping[str, Any], if_version: int | None) -> int: ...
-
-    def delete_job(self, job_id: str) -> None: ...
-
-    def job_event(self, job_id: str, event: str) -> None: ...
-
-
 class CatalogScheduleStore(JobStore):
     """This host's jobs in the backup catalog, one stowkit volume action per job.
 
@@ -508,7 +495,7 @@ class CatalogScheduleStore(JobStore):
 
     runs_here = False
 
-    def __init__(self, catalog: CatalogJobs, client_id: str, hostname: str) -> None:
+    def __init__(self, catalog: CatalogClient, client_id: str, hostname: str) -> None:
         self.catalog = catalog
         self.client_id = client_id
         self.hostname = hostname
@@ -632,20 +619,23 @@ class CatalogScheduleStore(JobStore):
 
 
 def open_store(
-    conf: cfg.ConfigOpts, connect: Callable[[cfg.ConfigOpts], Any] | None = None
+    conf: cfg.ConfigOpts, connect: Callable[[cfg.ConfigOpts], CatalogClient] | None = None
 ) -> JobStore:
     """The store ``[scheduler] store`` names.
 
-    ``connect(conf)`` reaches the catalog (a :class:`~stowkit.corelib.catalogdocs.Reach`);
-    the command line gives the one that logs in to Keystone as the agent does.
+    ``connect(conf)`` gives the catalog client; by default this host's, as the
+    agent reaches it (:func:`stowkit.corelib.catalogclient.connect`, Keystone included).
     """
     register_opts(conf)
     group = conf[GROUP]
     if group.store == "catalog":
-        from stowkit.corelib import catalogdocs  # late: the file store needs no HTTP client
+        from stowkit.corelib import catalogclient  # late: the file store needs no HTTP client
 
-        reach = (connect or catalogdocs.connect)(conf)
-        return CatalogScheduleStore(reach.catalog, reach.client_id, reach.hostname)
+        if connect is None:
+            catalog = catalogclient.connect(conf, catalogclient.login(conf))
+        else:
+            catalog = connect(conf)
+        return CatalogScheduleStore(catalog, catalog.client_id, catalog.hostname)
     return ScheduleStore(group.schedule_file)
 
 

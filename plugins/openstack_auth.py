@@ -1,10 +1,14 @@
 """Keystone credentials of every OpenStack backend, built in one place.
 
 The Glance image store, the Swift block store (Keystone mode) and the image
-sync targets all log in through :func:`login`.  It lives in ``plugins/``
-because it imports keystoneauth1 and openstacksdk, the backends' client
-libraries, which ``corelib`` must never import (doc/architecture.md); both
-are imported on first use, so loading a backend class costs neither.
+sync targets all log in through :func:`login`.  The catalog's clients (the
+agent, ``volume pull``, the schedule store), its trusts and ``stowkit catalog
+register`` reach Keystone here too, through the registry
+(:func:`stowkit.corelib.registry.keystone`, which loads :class:`Keystone`).
+It lives in ``plugins/`` because it imports keystoneauth1 and openstacksdk,
+the backends' client libraries, which ``corelib`` and ``cli`` must never
+import (tests/unit/test_layers.py); both are imported on first use, so
+loading a backend class costs neither.
 
 Where the credentials come from, first match wins:
 
@@ -22,16 +26,24 @@ Where the credentials come from, first match wins:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import functools
 import os
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from oslo_config import cfg
 
-from stowkit.corelib.errors import ConfigError
+from stowkit.corelib.errors import (
+    BackendUnavailable,
+    ConfigError,
+    InvalidArgument,
+    NotFound,
+    StowkitError,
+)
 
 CLOUD_HELP = (
     "Take the credentials (and region_name, interface, verify, cacert) from this "
@@ -307,3 +319,336 @@ def login(
         cloud or None, service_type, timeout
     )
     return Login(session, where, source, interface, region, verify)
+
+
+class LazyLogin:
+    """A backend's Keystone login, made on first use and then kept (thread-safe).
+
+    The Glance store and the Swift connections log in only when they first
+    speak to their service; until then :attr:`made` is None.
+    """
+
+    def __init__(self, make: Callable[[], Login]) -> None:
+        #: :func:`login` with the backend's arguments (a ``functools.partial``)
+        self._make = make
+        self._lock = threading.Lock()
+        self.made: Login | None = None
+
+    def __call__(self) -> Login:
+        with self._lock:
+            if self.made is None:
+                self.made = self._make()
+            return self.made
+
+    def where(self, fallback: str | None) -> str:
+        """Where it logs in, for messages: known once logged in, else ``fallback``."""
+        return (self.made.where if self.made is not None else fallback) or "keystone"
+
+    def forget(self) -> Login | None:
+        """Log in again on next use; the login there was, if any (to close its session)."""
+        with self._lock:
+            made, self.made = self.made, None
+            return made
+
+
+# -- what corelib and cli ask of Keystone, through the registry ---------------------------
+
+
+def credentials_configured(conf: cfg.ConfigOpts, group: str, environment: bool = True) -> bool:
+    """Whether any credential source is set for ``[group]`` (see the module doc).
+
+    ``OS_CLOUD``/``OS_AUTH_URL`` in the environment count unless ``environment``
+    is false.
+    """
+    conf.register_opts(AuthOptions.shared(), group=group)
+    opts = conf[group]
+    return bool(
+        getattr(conf, CLI_CLOUD, None)
+        or opts.cloud
+        or opts.auth_type
+        or opts.auth_url
+        or opts.auth_section
+        or (environment and environment_configured())
+    )
+
+
+def _keystone_error(exc: BaseException, what: str) -> StowkitError:
+    """A keystoneauth1 failure as stowkit's error: refused credentials are configuration."""
+    from keystoneauth1 import exceptions as ks_exc
+
+    text = " ".join(str(exc).split())[:300] or type(exc).__name__
+    if isinstance(exc, ks_exc.EndpointNotFound):
+        return NotFound(text)
+    if isinstance(exc, (ks_exc.Unauthorized, ks_exc.Forbidden, ks_exc.BadRequest)):
+        return ConfigError(f"Keystone refused {what}: {text}")
+    return BackendUnavailable(f"Keystone: {what}: {text}")
+
+
+def _token_headers(get_session: Callable[[], Any], what: str) -> Callable[[], dict[str, str]]:
+    """Per request, the session's token (keystoneauth1 renews it before it expires)."""
+
+    def headers() -> dict[str, str]:
+        from keystoneauth1 import exceptions as ks_exc
+
+        try:
+            return {"X-Auth-Token": get_session().get_token()}
+        except ks_exc.ClientException as exc:
+            raise _keystone_error(exc, what) from None
+
+    return headers
+
+
+class ServiceLogin:
+    """A client's Keystone login to a service of the Keystone catalog (the backup catalog).
+
+    :attr:`project` is the token's; :meth:`endpoint` looks the service up in the
+    Keystone catalog; :attr:`headers` gives the token per request; :meth:`trust_headers`
+    the token of a trust, exchanged from this login's own token (a central agent
+    running the jobs of other projects).
+    """
+
+    def __init__(self, made: Login, service_type: str, who: str) -> None:
+        self.login = made
+        self.service_type = service_type
+        self.what = f"{who} ({made.source})"
+        self.interface = made.interface
+        self.region_name = made.region_name
+        self.headers = _token_headers(lambda: made.session, self.what)
+        self._trusts: dict[str, tuple[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    @functools.cached_property
+    def project(self) -> str:
+        """The token's project (the first use logs in)."""
+        from keystoneauth1 import exceptions as ks_exc
+
+        try:
+            project = self.login.session.get_project_id()
+        except ks_exc.ClientException as exc:
+            raise _keystone_error(exc, self.what) from None
+        if not project:
+            raise ConfigError(
+                f"{self.login.source}: the token is not scoped to a project (set project_name "
+                "or project_id)"
+            )
+        return str(project)
+
+    def endpoint(self, interface: str, region_name: str | None) -> str:
+        """The service's URL in the Keystone catalog (the login's own interface and
+        region first); NotFound when the catalog has none."""
+        from keystoneauth1 import exceptions as ks_exc
+
+        try:
+            url = self.login.session.get_endpoint(
+                service_type=self.service_type,
+                interface=self.interface or interface,
+                region_name=self.region_name or region_name,
+            )
+            if not url:
+                raise ks_exc.EndpointNotFound(f"service type {self.service_type}")
+        except ks_exc.ClientException as exc:
+            raise _keystone_error(exc, self.what) from None
+        return str(url)
+
+    def _trust_session(self, trust_id: str) -> Any:
+        """One session per trust, made again when this login's own token changed.
+
+        Keystone's documented way to consume a trust: the trustee authenticates
+        with the token method and the ``OS-TRUST:trust`` scope; the token it gets
+        is scoped to the trustor's project with the delegated roles.
+        """
+        from keystoneauth1 import exceptions as ks_exc
+        from keystoneauth1.identity import v3
+
+        own = self.login.session
+        try:
+            token = own.get_token()
+        except ks_exc.ClientException as exc:
+            raise _keystone_error(exc, "the agent's credentials") from None
+        with self._lock:
+            made = self._trusts.get(trust_id)
+            if made is None or made[0] != token:
+                auth_url = getattr(own.auth, "auth_url", None)
+                if not auth_url:
+                    raise ConfigError("[agent] central: the agent's credentials name no auth_url")
+                auth = v3.Token(auth_url=auth_url, token=token, trust_id=trust_id)
+                made = (token, _session(auth, own.verify, None))
+                self._trusts[trust_id] = made
+            return made[1]
+
+    def trust_headers(self, trust_id: str, what: str) -> Callable[[], dict[str, str]]:
+        """Per request, a token scoped by ``trust_id`` (exchanged on first use)."""
+        return _token_headers(lambda: self._trust_session(trust_id), what)
+
+
+def service_login(conf: cfg.ConfigOpts, group: str, *, service_type: str, who: str) -> ServiceLogin:
+    """:func:`login` for ``[group]``, a client of ``service_type`` (``who`` names it in errors)."""
+    return ServiceLogin(login(conf, group, service_type=service_type), service_type, who)
+
+
+class Trustee:
+    """The Keystone calls of a catalog making trusts for its central clients' jobs.
+
+    The service user (trustee) logs in from the ``section`` group with
+    keystoneauth1's loading API; trusts are listed, created and deleted with the
+    trustor's own token over Keystone's REST API (no keystoneclient).  Failures
+    are stowkit's errors: NotFound, InvalidArgument (Keystone refused),
+    BackendUnavailable.
+    """
+
+    def __init__(self, conf: cfg.ConfigOpts, section: str, where: str) -> None:
+        self.conf = conf
+        self.section = section
+        #: the option naming ``section``, for messages
+        self.where = where
+        self._made: Any = None
+        self._lock = threading.Lock()
+
+    def _service(self) -> Any:
+        from keystoneauth1 import loading
+        from keystoneauth1 import session as ks_session
+
+        with self._lock:
+            if self._made is None:
+                loading.register_auth_conf_options(self.conf, self.section)
+                try:
+                    plugin = loading.load_auth_from_conf_options(self.conf, self.section)
+                except Exception as exc:  # keystoneauth's MissingRequiredOptions and friends
+                    raise ConfigError(
+                        f"{self.where}: cannot load the service credentials: {exc}"
+                    ) from None
+                if plugin is None:
+                    raise ConfigError(f"{self.where} names no credentials")
+                self._made = ks_session.Session(auth=plugin)
+            return self._made
+
+    def _call(self, what: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        from keystoneauth1 import exceptions as ks
+
+        try:
+            return func(*args, **kwargs)
+        except ks.NotFound as exc:
+            raise NotFound(f"Keystone: cannot {what}: {exc.message}") from None
+        except ks.http.HttpError as exc:
+            if 400 <= exc.http_status < 500:
+                raise InvalidArgument(f"Keystone refused to {what}: {exc.message}") from None
+            raise BackendUnavailable(f"Keystone failed to {what}: {exc.message}") from None
+        except ks.ClientException as exc:  # unreachable, timeouts
+            raise BackendUnavailable(f"cannot reach Keystone to {what}: {exc}") from None
+
+    def _as_user(self, token: str, project: str) -> tuple[Any, str]:
+        """A session with the trustor's own token scoped to ``project``, and the trusts' URL."""
+        from keystoneauth1 import session as ks_session
+        from keystoneauth1.identity import v3
+
+        service = self._service()
+        user = ks_session.Session(auth=v3.Token(service.auth.auth_url, token, project_id=project))
+        base = self._call(
+            "find the identity endpoint",
+            service.get_endpoint,
+            service_type="identity",
+            interface="public",
+        )
+        return user, f"{base.rstrip('/')}/OS-TRUST/trusts"
+
+    def trustee_id(self) -> str:
+        """The service user's id."""
+        return str(self._call("learn the service user", self._service().get_user_id))
+
+    def find(self, token: str, project: str, trustor: str, trustee: str) -> list[dict[str, Any]]:
+        """The trusts from ``trustor`` to ``trustee`` (listed with the trustor's token)."""
+        user, url = self._as_user(token, project)
+        params = {"trustor_user_id": trustor, "trustee_user_id": trustee}
+        return list(self._call("list trusts", user.get, url, params=params).json()["trusts"])
+
+    def create(self, token: str, project: str, trust: dict[str, Any]) -> dict[str, Any]:
+        """POST ``trust`` with the trustor's token; Keystone's trust document."""
+        user, url = self._as_user(token, project)
+        made = self._call("create a trust", user.post, url, json={"trust": trust})
+        return dict(made.json()["trust"])
+
+    def delete(self, token: str, project: str, trust_id: str) -> None:
+        """Delete a trust (NotFound when it is gone already)."""
+        user, url = self._as_user(token, project)
+        self._call("delete a trust", user.delete, f"{url}/{trust_id}")
+
+
+class IdentityAdmin:
+    """Keystone v3 REST calls of a cloud admin (``stowkit catalog register``).
+
+    A failure is ``error`` (the command's own error class); missing
+    credentials a ConfigError.
+    """
+
+    def __init__(self, session: Any, error: type[StowkitError] = StowkitError) -> None:
+        self.session = session
+        self.error = error
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        from keystoneauth1 import exceptions
+
+        try:
+            resp = self.session.request(
+                path,
+                method,
+                json=body,
+                endpoint_filter={
+                    "service_type": "identity",
+                    "interface": "public",
+                    "version": (3, 0),
+                },
+                raise_exc=True,
+            )
+        except exceptions.MissingRequiredOptions as exc:
+            raise ConfigError(f"Keystone credentials incomplete: {exc}") from None
+        except exceptions.ClientException as exc:
+            raise self.error(f"Keystone {method} {path}: {exc}") from None
+        return resp.json() if resp.content else None
+
+
+def add_admin_arguments(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """keystoneauth1's own ``--os-*`` options (session and auth; ``OS_*`` defaults)."""
+    from keystoneauth1 import loading
+
+    loading.register_session_argparse_arguments(parser)
+    loading.register_auth_argparse_arguments(parser, list(argv), default="password")
+
+
+def admin_from_arguments(
+    parsed_args: argparse.Namespace, error: type[StowkitError] = StowkitError
+) -> IdentityAdmin:
+    """The admin's session from :func:`add_admin_arguments`' options."""
+    from keystoneauth1 import exceptions, loading
+
+    try:
+        auth = loading.load_auth_from_argparse_arguments(parsed_args)
+    except (exceptions.MissingRequiredOptions, exceptions.NoMatchingPlugin) as exc:
+        raise ConfigError(
+            f"Keystone credentials incomplete ({exc}): give --os-auth-url, "
+            "--os-username... or the OS_* variables of a cloud admin"
+        ) from None
+    session = loading.load_session_from_argparse_arguments(parsed_args, auth=auth)
+    return IdentityAdmin(session, error)
+
+
+class Keystone:
+    """The one Keystone owner as corelib and cli reach it: the ``stowkit.keystone`` entry
+    point ``keystone`` (:func:`stowkit.corelib.registry.keystone`), so they import no
+    client library.  Its contract is :class:`stowkit.corelib.keystone.Keystone`."""
+
+    def auth_options(self) -> list[cfg.Opt]:
+        return list(AuthOptions.shared())
+
+    credentials_configured = staticmethod(credentials_configured)
+    service_login = staticmethod(service_login)
+
+    def trustee(self, conf: cfg.ConfigOpts, section: str, where: str) -> Trustee:
+        return Trustee(conf, section, where)
+
+    def identity_admin(
+        self, session: Any, error: type[StowkitError] = StowkitError
+    ) -> IdentityAdmin:
+        return IdentityAdmin(session, error)
+
+    add_admin_arguments = staticmethod(add_admin_arguments)
+    admin_from_arguments = staticmethod(admin_from_arguments)

@@ -198,9 +198,7 @@ class Context:
     def schedule(self) -> scheduler.JobStore:
         """The store ``[scheduler] store`` names: the one the plugin's scheduler runs."""
         if self._schedule is None:
-            from stowkit.cli import catalogreach  # late: only the catalog store needs it
-
-            self._schedule = scheduler.open_store(self.conf, catalogreach.reach)
+            self._schedule = scheduler.open_store(self.conf)
         return self._schedule
 
     def print(self, *lines: str) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from stowkit.corelib.agent import actions, claims, runner, sessions
-from stowkit.corelib.agent.client import CatalogClient, ClaimLost
+from stowkit.corelib.catalogclient import CatalogClient, ClaimLost
 from stowkit.corelib.errors import NotFound, StowkitError
 from stowkit.corelib.process import pid_alive
 

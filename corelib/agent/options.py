@@ -1,18 +1,13 @@
 """The ``[agent]`` option group of ``stowkit agent``.
 
 The group also carries keystoneauth1's auth options (``auth_type``,
-``auth_url``, ``username`` ..., and ``cloud``): they belong to
-``stowkit.plugins.openstack_auth``, which ``stowkit agent`` registers when it
-logs in; :data:`opts` lists them for the sample configuration only, loaded
-by name when listed (as the backends' options are), so this module imports
-no client library.
+``auth_url``, ``username`` ..., and ``cloud``): they belong to the Keystone
+owner, which registers them when the agent logs in; :func:`sample_opts` lists
+them for the sample configuration, asking the owner through the registry, so
+this module imports no client library.
 """
 
 from __future__ import annotations
-
-import importlib
-from collections.abc import Iterator, Sequence
-from typing import Any
 
 from oslo_config import cfg
 
@@ -115,25 +110,12 @@ own_opts: list[cfg.Opt] = [
 ]
 
 
-class _Listed(Sequence[cfg.Opt]):
-    """The group's options for the sample: its own, then the shared Keystone ones."""
+def sample_opts() -> list[cfg.Opt]:
+    """Every option of ``[agent]``, for oslo-config-generator (config.list_opts):
+    its own, then the Keystone owner's auth options."""
+    from stowkit.corelib import registry  # late: registry imports config, which lists this
 
-    def _all(self) -> list[cfg.Opt]:
-        auth = importlib.import_module("stowkit.plugins.openstack_auth")
-        return [*own_opts, *auth.AuthOptions.shared()]
-
-    def __getitem__(self, index: Any) -> Any:
-        return self._all()[index]
-
-    def __len__(self) -> int:
-        return len(self._all())
-
-    def __iter__(self) -> Iterator[cfg.Opt]:
-        return iter(self._all())
-
-
-#: every option of ``[agent]``, for oslo-config-generator (config.list_opts)
-opts: Sequence[cfg.Opt] = _Listed()
+    return [*own_opts, *registry.keystone().auth_options()]
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:

@@ -14,24 +14,26 @@ trustee and project is reused; deleting the last job that names a trust
 deletes the trust.  Options in ``[centralized_scheduler]``, named as
 freezer-api's.
 
-Keystone is spoken to over its REST API through keystoneauth1 sessions (no
-keystoneclient): the trustor's own token for creating and deleting (Keystone
+Keystone is spoken to by its one owner (:func:`stowkit.corelib.registry.keystone`'s
+``Trustee``): the trustor's own token for creating and deleting (Keystone
 lets only the trustor create a trust), the service credentials to learn the
-trustee's user id.
+trustee's user id.  The rules (when, which roles, reuse) are this module's.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from oslo_config import cfg
 
-from stowkit.corelib.errors import BackendUnavailable, ConfigError, InvalidArgument
+from stowkit.corelib import registry
+from stowkit.corelib.errors import InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from stowkit.corelib.catalogapi.service import Identity
+    from stowkit.corelib.keystone import Trustee
 
 LOG = logging.getLogger(__name__)
 
@@ -88,61 +90,24 @@ class TrustKeeper:
     # -- Keystone ---------------------------------------------------------------------
 
     @functools.cached_property
-    def _service(self) -> Any:
-        """The trustee's session, from ``auth_section`` (keystoneauth1's loading API)."""
-        from keystoneauth1 import loading, session
-
+    def _keystone(self) -> Trustee:
+        """The trustee, logging in from ``auth_section`` (on first use)."""
         section = self.opts.auth_section
-        loading.register_auth_conf_options(self.conf, section)
-        try:
-            plugin = loading.load_auth_from_conf_options(self.conf, section)
-        except Exception as exc:  # keystoneauth's MissingRequiredOptions and friends
-            raise ConfigError(
-                f"[{GROUP}] auth_section = {section}: cannot load the service credentials: {exc}"
-            ) from None
-        if plugin is None:
-            raise ConfigError(f"[{GROUP}] auth_section = {section} names no credentials")
-        return session.Session(auth=plugin)
+        return registry.keystone().trustee(
+            self.conf, section, f"[{GROUP}] auth_section = {section}"
+        )
 
-    def _identity_url(self) -> str:
-        return self._service.get_endpoint(service_type="identity", interface="public").rstrip("/")
-
-    def _as_user(self, who: Identity) -> Any:
-        """A session with the trustor's own token, scoped to the job's project."""
-        from keystoneauth1 import session
-        from keystoneauth1.identity import v3
-
+    @staticmethod
+    def _token(who: Identity) -> str:
         if not who.token:
             raise InvalidArgument("a trust needs the request's Keystone token")
-        auth_url = self._service.auth.auth_url
-        return session.Session(auth=v3.Token(auth_url, who.token, project_id=who.project))
-
-    def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
-        from keystoneauth1 import exceptions as ks
-
-        try:
-            return func(*args, **kwargs)
-        except ks.NotFound:
-            raise
-        except ks.http.HttpError as exc:
-            if 400 <= exc.http_status < 500:
-                raise InvalidArgument(f"Keystone refused to {what}: {exc.message}") from None
-            raise BackendUnavailable(f"Keystone failed to {what}: {exc.message}") from None
-        except ks.ClientException as exc:  # unreachable, timeouts
-            raise BackendUnavailable(f"cannot reach Keystone to {what}: {exc}") from None
+        return who.token
 
     def create(self, who: Identity) -> dict[str, str]:
         """The job's ``user_credentials``: a trust from ``who`` to the service user."""
-        trustee = self._call("learn the service user", self._service.get_user_id)
-        user = self._as_user(who)
-        base = self._identity_url()
-        found = self._call(
-            "list trusts",
-            user.get,
-            f"{base}/OS-TRUST/trusts",
-            params={"trustor_user_id": who.user_id, "trustee_user_id": trustee},
-        ).json()["trusts"]
-        for trust in found:
+        trustee = self._keystone.trustee_id()
+        token = self._token(who)
+        for trust in self._keystone.find(token, who.project, who.user_id, trustee):
             if trust.get("project_id") == who.project:
                 return {"trust_id": trust["id"], "trustor_user_id": who.user_id}
         if self.opts.trusts_delegated_roles:
@@ -150,30 +115,22 @@ class TrustKeeper:
         else:
             roles = [{"name": name} for name in sorted(who.roles)]
         body = {
-            "trust": {
-                "trustor_user_id": who.user_id,
-                "trustee_user_id": trustee,
-                "project_id": who.project,
-                "impersonation": False,
-                "allow_redelegation": False,
-                "roles": roles,
-            }
+            "trustor_user_id": who.user_id,
+            "trustee_user_id": trustee,
+            "project_id": who.project,
+            "impersonation": False,
+            "allow_redelegation": False,
+            "roles": roles,
         }
-        made = self._call("create a trust", user.post, f"{base}/OS-TRUST/trusts", json=body)
-        trust = made.json()["trust"]
+        trust = self._keystone.create(token, who.project, body)
         LOG.info("trust %s: %s delegates %s on %s", trust["id"], who.user_id, roles, who.project)
         return {"trust_id": trust["id"], "trustor_user_id": who.user_id}
 
     def delete(self, who: Identity, trust_id: str) -> None:
         """Delete a trust no job names any more (a failure is logged, the job is gone)."""
-        from keystoneauth1 import exceptions as ks
-
         try:
-            user = self._as_user(who)
-            self._call(
-                "delete a trust", user.delete, f"{self._identity_url()}/OS-TRUST/trusts/{trust_id}"
-            )
-        except ks.NotFound:
+            self._keystone.delete(self._token(who), who.project, trust_id)
+        except NotFound:
             return
         except Exception as exc:  # the job is deleted; the trust is an orphan to report
             LOG.warning("could not delete trust %s: %s", trust_id, exc)

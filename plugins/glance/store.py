@@ -12,6 +12,7 @@ serves v2.0, so a URL ending in ``/v2.0`` is used as ``/v3``.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -37,7 +38,7 @@ from stowkit.corelib.image import (
 )
 from stowkit.corelib.names import check_name
 from stowkit.plugins import openstack_auth
-from stowkit.plugins.openstack_auth import AuthOptions, Login
+from stowkit.plugins.openstack_auth import AuthOptions, LazyLogin, Login
 
 #: fields of a Glance v2 image that are not user properties
 CORE_FIELDS = frozenset(
@@ -130,36 +131,35 @@ class GlanceImageStore(ImageStore):
         super().__init__(conf, group)
         self._credentials = credentials
         self._lock = threading.Lock()
-        self._login: Login | None = None
+        self._login = LazyLogin(
+            functools.partial(
+                openstack_auth.login,
+                conf,
+                group,
+                credentials,
+                service_type="image",
+                timeout=self.opts.timeout,
+                insecure=self.opts.insecure,
+                cacert=self.opts.cacert,
+            )
+        )
         self._endpoints: dict[str, str] | None = None
         self._clients: dict[str, Any] = {}
 
     # -- connection --------------------------------------------------------------
 
     def login(self) -> Login:
-        with self._lock:
-            if self._login is None:
-                self._login = openstack_auth.login(
-                    self.conf,
-                    self.group,
-                    self._credentials,
-                    service_type="image",
-                    timeout=self.opts.timeout,
-                    insecure=self.opts.insecure,
-                    cacert=self.opts.cacert,
-                )
-            return self._login
+        return self._login()
 
     @property
     def where(self) -> str:
-        if self._login is not None:
-            return self._login.where
         creds = self._credentials
-        return (creds.auth_url if creds else None) or self.opts.auth_url or "keystone"
+        return self._login.where((creds.auth_url if creds else None) or self.opts.auth_url)
 
     @property
     def interface(self) -> str:
-        return (self._login and self._login.interface) or self.opts.interface
+        made = self._login.made
+        return (made and made.interface) or self.opts.interface
 
     def session(self) -> Any:
         return self.login().session
@@ -387,6 +387,7 @@ class GlanceImageStore(ImageStore):
 
     def close(self) -> None:
         with self._lock:
-            if self._login is not None:
-                self._login.session.session.close()
-            self._login, self._clients, self._endpoints = None, {}, None
+            made = self._login.forget()
+            if made is not None:
+                made.session.session.close()
+            self._clients, self._endpoints = {}, None

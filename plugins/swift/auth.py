@@ -8,6 +8,7 @@ token for v1, so N threads cost one authentication, not N.
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
@@ -16,6 +17,7 @@ from swiftclient import client as swift_client
 from swiftclient.exceptions import ClientException
 
 from stowkit.corelib.errors import BackendUnavailable, ConfigError
+from stowkit.plugins import openstack_auth
 
 #: Swift's own options; ``auth_url`` (a Keystone URL, or tempauth's
 #: http://host:8080/auth/v1.0), ``cloud`` and keystoneauth1's auth options come
@@ -133,35 +135,31 @@ class ConnectionFactory:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[swift_client.Connection] = []
-        self._login: Any = None
+        self._login = openstack_auth.LazyLogin(
+            functools.partial(
+                openstack_auth.login,
+                conf,
+                group,
+                service_type="object-store",
+                timeout=opts.timeout,
+                insecure=opts.insecure,
+                cacert=opts.cacert,
+            )
+        )
         self._preauth: tuple[str, str] | None = None
 
     def login(self) -> Any:
         """The Keystone login (stowkit.plugins.openstack_auth), made once."""
-        with self._lock:
-            if self._login is None:
-                from stowkit.plugins import openstack_auth
-
-                self._login = openstack_auth.login(
-                    self.conf,
-                    self.group,
-                    service_type="object-store",
-                    timeout=self.opts.timeout,
-                    insecure=self.opts.insecure,
-                    cacert=self.opts.cacert,
-                )
-            return self._login
+        return self._login()
 
     @property
     def where(self) -> str:
-        if self._login is not None:
-            return self._login.where
-        return self.opts.auth_url or "keystone"
+        return self._login.where(self.opts.auth_url)
 
     def _common(self) -> dict[str, Any]:
         verify: Any = _verify(self.opts.insecure, self.opts.cacert)
-        if self._login is not None:
-            verify = self._login.verify
+        if self._login.made is not None:
+            verify = self._login.made.verify
         return {
             "retries": self.opts.retries,
             "starting_backoff": 0.5,

@@ -253,9 +253,9 @@ def test_interval_job_snapshots_records_backups_and_stops(stack):
 
     # What a purge does for the snapshots it deleted: their records go too
     # (twice is fine: a record already gone is not an error).
-    from stowkit.corelib.agent.client import HttpCatalog, noauth_headers
+    from stowkit.corelib.catalogclient import CatalogClient, noauth_headers
 
-    catalog = HttpCatalog(api.url, PROJECT, noauth_headers("tester"))
+    catalog = CatalogClient(api.url, PROJECT, noauth_headers("tester"))
     gone = backups[0]["backup_id"]
     catalog.delete_backup(gone)
     catalog.delete_backup(gone)

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from stowkit.corelib.agent import actions
-from stowkit.corelib.agent.client import HttpCatalog, noauth_headers
+from stowkit.corelib.catalogclient import CatalogClient, noauth_headers
 from tests.commands import STOWKIT
 from tests.functional.test_agent import stop_group, wait_for
 from tests.functional.test_btrfs_fixtures import REPO, peers  # noqa: F401 - fixture
@@ -107,7 +107,7 @@ def world(peers, tmp_path) -> Iterator[dict[str, Any]]:  # noqa: F811
     addresses = f"peer_addresses = host-a={remote},host-c={remote}:1"
     side_a = Side(a, "host-a", url, tmp_path)
     side_b = Side(b, "host-b", url, tmp_path, addresses)
-    catalog = HttpCatalog(url, PROJECT, noauth_headers("tester"))
+    catalog = CatalogClient(url, PROJECT, noauth_headers("tester"))
     try:
         yield {"a": side_a, "b": side_b, "catalog": catalog, "start": start, "tmp": tmp_path}
     finally:
@@ -115,7 +115,7 @@ def world(peers, tmp_path) -> Iterator[dict[str, Any]]:  # noqa: F811
             stop_group(proc)
 
 
-def agent_snapshot(side: Side, catalog: HttpCatalog, volume: str) -> str:
+def agent_snapshot(side: Side, catalog: CatalogClient, volume: str) -> str:
     """What ``stowkit agent`` does for a ``stowkit-volume-snapshot`` action."""
     ctx = actions.Context(hostname=side.name, volumes=lambda: side.host.driver)
     outcome = actions.run(ctx, {"action": "stowkit-volume-snapshot", "volume": volume})

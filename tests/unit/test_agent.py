@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from stowkit.corelib.agent import actions, claims, engine, runner, triggers
-from stowkit.corelib.agent.client import CatalogClient, ClaimLost
+from stowkit.corelib.catalogclient import CatalogClient, ClaimLost
 from stowkit.corelib.errors import BackendUnavailable, InvalidArgument, NotFound
 
 T0 = 1_800_000_000  # a fixed "now"

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from stowkit.cli import agent as agent_cli
-from stowkit.corelib import config
+from stowkit.corelib import catalogclient, config
 from stowkit.corelib.agent import actions, engine, options
-from stowkit.corelib.agent.client import HttpCatalog
+from stowkit.corelib.catalogclient import CatalogClient
 from stowkit.corelib.errors import ConfigError
 from tests.unit.test_agent import FakeCatalog
 
@@ -132,20 +132,27 @@ def password_conf(tmp_path, keystone: FakeKeystone, extra: str = ""):
     )
 
 
+def keystone_catalog(conf, **given):
+    """The agent's client when it logs in to Keystone."""
+    login = catalogclient.login(conf)
+    assert login is not None
+    return catalogclient.connect(conf, login, **given)
+
+
 # -- which strategy ---------------------------------------------------------------------------
 
 
 def test_no_auth_options_mean_no_auth(tmp_path, clean_env):
-    assert not agent_cli.keystone_wanted(conf_with(tmp_path))
+    assert not catalogclient.keystone_wanted(conf_with(tmp_path))
 
 
 def test_auth_options_os_cloud_or_the_environment_mean_keystone(tmp_path, clean_env, monkeypatch):
-    assert agent_cli.keystone_wanted(conf_with(tmp_path, "auth_url = http://k/v3\n"))
-    assert agent_cli.keystone_wanted(conf_with(tmp_path, "cloud = mine\n"))
+    assert catalogclient.keystone_wanted(conf_with(tmp_path, "auth_url = http://k/v3\n"))
+    assert catalogclient.keystone_wanted(conf_with(tmp_path, "cloud = mine\n"))
     monkeypatch.setenv("OS_CLOUD", "mine")
-    assert agent_cli.keystone_wanted(conf_with(tmp_path))
+    assert catalogclient.keystone_wanted(conf_with(tmp_path))
     # forced: the environment does not count
-    assert not agent_cli.keystone_wanted(conf_with(tmp_path, "auth_strategy = noauth\n"))
+    assert not catalogclient.keystone_wanted(conf_with(tmp_path, "auth_strategy = noauth\n"))
 
 
 # -- Keystone login --------------------------------------------------------------------------
@@ -155,7 +162,8 @@ def test_password_login_takes_the_project_from_the_token_and_the_url_from_the_ca
     tmp_path, keystone, clean_env
 ):
     conf = password_conf(tmp_path, keystone)
-    catalog, session, url = agent_cli.keystone_catalog(conf, None)
+    catalog = keystone_catalog(conf)
+    url = catalog.url
     assert catalog.project == SERVICE_PROJECT
     assert url == catalog.base == keystone.catalog_url
     assert catalog.headers() == {"X-Auth-Token": "service-token"}
@@ -166,8 +174,8 @@ def test_password_login_takes_the_project_from_the_token_and_the_url_from_the_ca
 
 def test_catalog_url_given_wins_over_the_keystone_catalog(tmp_path, keystone, clean_env):
     conf = password_conf(tmp_path, keystone)
-    catalog, _, url = agent_cli.keystone_catalog(conf, "http://elsewhere:1")
-    assert url == catalog.base == "http://elsewhere:1"
+    catalog = keystone_catalog(conf, url="http://elsewhere:1")
+    assert catalog.url == catalog.base == "http://elsewhere:1"
 
 
 def test_refused_credentials_are_one_config_error(tmp_path, keystone, clean_env):
@@ -177,13 +185,13 @@ def test_refused_credentials_are_one_config_error(tmp_path, keystone, clean_env)
         "password = wrong\nproject_name = p\n",
     )
     with pytest.raises(ConfigError, match="Keystone refused"):
-        agent_cli.keystone_catalog(conf, None)
+        keystone_catalog(conf)
 
 
 def test_missing_backup_endpoint_names_the_fix(tmp_path, keystone, clean_env):
     conf = password_conf(tmp_path, keystone, "region_name = Nowhere\n")
     with pytest.raises(ConfigError, match="catalog register"):
-        agent_cli.keystone_catalog(conf, None)
+        keystone_catalog(conf)
 
 
 def test_agent_command_with_bad_credentials_exits_with_the_config_code(
@@ -215,12 +223,14 @@ def test_a_trust_job_gets_a_catalog_of_its_project_with_the_trust_token(
     tmp_path, keystone, clean_env
 ):
     conf = password_conf(tmp_path, keystone, "central = true\n")
-    own, session, url = agent_cli.keystone_catalog(conf, None)
+    login = catalogclient.login(conf)
+    own = catalogclient.connect(conf, login)
+    url = own.url
     assert own.all_projects  # polls every project's jobs of the client
-    trusts = agent_cli.TrustCatalogs(session, url, own)
+    trusts = agent_cli.TrustCatalogs(login, own)
     job = {"job_id": "j", "project_id": USER_PROJECT, "user_credentials": {"trust_id": "t1"}}
     catalog = trusts(job)
-    assert isinstance(catalog, HttpCatalog) and catalog is not own
+    assert isinstance(catalog, CatalogClient) and catalog is not own
     assert catalog.project == USER_PROJECT and catalog.base == url
     assert catalog.headers() == {"X-Auth-Token": "trust-token-t1"}
     exchange = keystone.requests[-1]["auth"]
@@ -283,12 +293,13 @@ def test_central_engine_runs_a_trust_job_through_the_jobs_catalog():
 
 
 def test_agent_user_id_is_keystoneauths_own_option_and_defaults_to_stowkit_agent(tmp_path):
-    from stowkit.corelib.agent.client import noauth_headers
-    from stowkit.plugins.openstack_auth import AuthOptions
+    from stowkit.corelib import registry
+    from stowkit.corelib.catalogclient import noauth_headers
 
+    shared = registry.keystone().auth_options()
     (ours,) = [o for o in options.own_opts if o.dest == "user_id"]
-    (theirs,) = [o for o in AuthOptions.shared() if o.dest == "user_id"]
+    (theirs,) = [o for o in shared if o.dest == "user_id"]
     assert ours == theirs  # else registering the login's options in [agent] fails
     conf = conf_with(tmp_path)
-    conf.register_opts(AuthOptions.shared(), group=options.GROUP)
+    conf.register_opts(shared, group=options.GROUP)
     assert noauth_headers(conf.agent.user_id)() == {"X-User-Id": options.NOAUTH_USER}

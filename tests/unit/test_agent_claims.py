@@ -13,8 +13,8 @@ import pytest
 
 from stowkit.corelib import config
 from stowkit.corelib.agent import actions, engine
-from stowkit.corelib.agent.client import ClaimLost, HttpCatalog, noauth_headers
 from stowkit.corelib.catalogapi import server
+from stowkit.corelib.catalogclient import CatalogClient, ClaimLost, noauth_headers
 from tests.unit.test_catalog_api import Client
 
 
@@ -95,7 +95,7 @@ def test_claim_fields_are_checked(app):
 
 
 def test_http_client_claims_with_if_match(app, url):
-    cat = HttpCatalog(url, "p", noauth_headers("agent"))
+    cat = CatalogClient(url, "p", noauth_headers("agent"))
     cat.register_client({"client_id": "p_host", "hostname": "host"})
     cat.register_client({"client_id": "p_host", "hostname": "host"})  # again: fine
     job_id = Client(app, {"X-User-Id": "u"}).post("/v2/p/jobs", JOB)[1]["job_id"]
@@ -126,7 +126,7 @@ def test_agents_racing_through_the_real_catalog_run_each_slot_once(app, url):
 
     agents = [
         engine.Agent(
-            HttpCatalog(url, "p", noauth_headers("agent")),
+            CatalogClient(url, "p", noauth_headers("agent")),
             "p_host",
             "host",
             lambda: actions.Context(hostname="host"),

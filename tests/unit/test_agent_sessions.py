@@ -1,7 +1,7 @@
 """Sessions across hosts: two agents, one session, against stowkit's own catalog.
 
 The catalog is the real WSGI application (no-auth, SQLite in tmp) called in
-process; the agents' HttpCatalog sends their requests to it instead of a
+process; the agents' CatalogClient sends their requests to it instead of a
 socket.  One fake clock drives both the agents and the catalog (its session
 ``time_start`` and ``hold_off`` checks), so "the same moment" is exact.
 """
@@ -19,9 +19,9 @@ import pytest
 
 from stowkit.corelib import config
 from stowkit.corelib.agent import actions, claims, engine, sessions
-from stowkit.corelib.agent.client import HttpCatalog
 from stowkit.corelib.catalogapi import server
 from stowkit.corelib.catalogapi import service as catalog_service
+from stowkit.corelib.catalogclient import CatalogClient
 from stowkit.corelib.errors import BackendUnavailable
 
 T0 = 1_800_000_000
@@ -36,8 +36,8 @@ class Clock:
         return self.now
 
 
-class InProcessCatalog(HttpCatalog):
-    """HttpCatalog whose requests go to a WSGI app (its request building and answers kept)."""
+class InProcessCatalog(CatalogClient):
+    """CatalogClient whose requests go to a WSGI app (its request building and answers kept)."""
 
     def __init__(self, app: Any, user: str = "agent") -> None:
         super().__init__("http://catalog.test", PROJECT, lambda: {"X-User-Id": user})

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from stowkit.cli import catalog_register
-from stowkit.cli.catalog_register import Keystone, RegisterError, register
+from stowkit.cli.catalog_register import RegisterError, register
+from stowkit.corelib import registry
 
 
 class FakeSession:
@@ -60,6 +61,10 @@ class _Response:
 
     def json(self):
         return self.doc
+
+
+def Keystone(session):
+    return registry.keystone().identity_admin(session, RegisterError)
 
 
 URLS = {"public": "https://backup.example.org", "internal": "http://10.0.0.5:9090"}

@@ -314,3 +314,21 @@ def test_sync_master_from_os_variables(monkeypatch):
     # part in the section, part from OS_*: GlanceSync's merged password
     mixed = C.parse("[main]\nmaster_region = R\n[master]\nuser = v\n").master.credentials
     assert mixed.user == "v" and not mixed.environment
+
+
+def test_corelib_reaches_the_one_keystone_owner_through_the_registry_with_its_whole_contract():
+    import inspect
+
+    from stowkit.corelib import keystone, registry
+
+    owner = registry.keystone()
+    assert isinstance(owner, A.Keystone) and registry.keystone() is owner
+    wanted = {
+        name: inspect.signature(member)
+        for name, member in vars(keystone.Keystone).items()
+        if inspect.isfunction(member) and not name.startswith("_")
+    }
+    assert wanted  # the contract names its methods
+    for name, signature in wanted.items():
+        given = inspect.signature(getattr(owner, name))
+        assert list(given.parameters) == list(signature.parameters)[1:], name

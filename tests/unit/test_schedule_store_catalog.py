@@ -16,21 +16,27 @@ from typing import Any
 import pytest
 
 from stowkit.cli.app import main
-from stowkit.corelib import catalogdocs, config, scheduler
+from stowkit.corelib import catalogclient, config, scheduler
 from stowkit.corelib.agent import engine
 from stowkit.corelib.agent import options as agent_options
 from stowkit.corelib.catalogapi import server
-from stowkit.corelib.catalogdocs import CommandCatalog
+from stowkit.corelib.catalogclient import CatalogClient
 from stowkit.corelib.errors import InvalidArgument, NotFound
 
 CLIENT = "demo_host-a"
 
 
-class WsgiCatalog(CommandCatalog):
+class WsgiCatalog(CatalogClient):
     """The command client with its HTTP call answered by the app in process."""
 
     def __init__(self, app: Any, project: str = "demo") -> None:
-        super().__init__("http://catalog.test", project, lambda: {"X-User-Id": "tester"})
+        super().__init__(
+            "http://catalog.test",
+            project,
+            lambda: {"X-User-Id": "tester"},
+            hostname="host-a",
+            client_id=CLIENT,
+        )
         self.app = app
         self.requests: list[tuple[str, str]] = []
 
@@ -60,7 +66,7 @@ class WsgiCatalog(CommandCatalog):
 def served_catalog(state_dir, monkeypatch=None) -> Iterator[WsgiCatalog]:
     """The real catalog app (SQLite under ``state_dir``), in process.
 
-    With ``monkeypatch``, commands reach it too: ``catalogdocs.connect`` answers
+    With ``monkeypatch``, commands reach it too: ``catalogclient.connect`` answers
     with it, as host ``host-a`` of project ``demo``.
     """
     conf = config.load_conf(overrides=[(None, "state_dir", str(state_dir))])
@@ -69,11 +75,11 @@ def served_catalog(state_dir, monkeypatch=None) -> Iterator[WsgiCatalog]:
     app.service.catalog.sync()
     wsgi = WsgiCatalog(app)
 
-    def connect(conf, url=None, project=None):
-        return catalogdocs.Reach(wsgi, "http://catalog.test", "demo", "host-a", CLIENT)
+    def connect(conf, login=None, **given):
+        return wsgi
 
     if monkeypatch is not None:
-        monkeypatch.setattr(catalogdocs, "connect", connect)
+        monkeypatch.setattr(catalogclient, "connect", connect)
     try:
         yield wsgi
     finally:

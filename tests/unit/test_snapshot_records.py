@@ -8,9 +8,8 @@ import os
 
 import pytest
 
-from stowkit.cli import catalogreach
 from stowkit.cli.app import StowkitApp, main
-from stowkit.corelib import config
+from stowkit.corelib import catalogclient, catalogdocs, config
 from stowkit.corelib.errors import BackendUnavailable
 from tests.unit.test_dockerplugin import FakeDriver
 from tests.unit.test_schedule_store_catalog import served_catalog
@@ -115,7 +114,7 @@ def test_a_catalog_that_cannot_be_reached_is_a_warning_and_the_delete_stands(
 
 def test_forget_is_nothing_without_deletions(tmp_path):
     conf = config.load_conf(overrides=[(None, "state_dir", str(tmp_path))])
-    assert catalogreach.forget_deleted_snapshots(conf, "v1", []) is None
+    assert catalogdocs.forget_deleted_snapshots(conf, "v1", []) is None
 
 
 def test_an_openrc_in_the_environment_alone_makes_no_catalog_client(tmp_path, monkeypatch):
@@ -124,7 +123,7 @@ def test_an_openrc_in_the_environment_alone_makes_no_catalog_client(tmp_path, mo
     monkeypatch.setenv("OS_AUTH_URL", "http://keystone.invalid:5000/v3")
     monkeypatch.setenv("OS_USERNAME", "admin")
     loaded = config.load_conf([str(conf)])
-    assert not catalogreach.configured(loaded)
-    assert catalogreach.keystone_wanted(loaded)  # the agent and volume pull would log in
+    assert not catalogclient.configured(loaded)
+    assert catalogclient.keystone_wanted(loaded)  # the agent and volume pull would log in
     conf.write_text(f"[DEFAULT]\nstate_dir = {tmp_path}\n[agent]\ncatalog_url = http://c:1\n")
-    assert catalogreach.configured(config.load_conf([str(conf)]))
+    assert catalogclient.configured(config.load_conf([str(conf)]))

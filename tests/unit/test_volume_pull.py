@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from stowkit.cli.app import StowkitApp, main
-from stowkit.corelib import catalogdocs, pull
+from stowkit.corelib import catalogclient, pull
 from stowkit.corelib.errors import AlreadyExists, BackendUnavailable, Conflict, NotFound
 from stowkit.corelib.volume import RestoreResult, SendResult, Snapshot
 from stowkit.plugins.btrfs.replication import shared_parent
@@ -325,10 +325,11 @@ def cli(tmp_path, monkeypatch, capsys):
     state: dict[str, Any] = {"catalog": Catalog([]), "driver": Driver()}
     monkeypatch.setattr(StowkitApp, "driver", lambda self, namespace: state["driver"])
 
-    def connect(conf, url=None, project=None):
-        return catalogdocs.Reach(state["catalog"], url or "u", project or "p", "here", "p_here")
+    def connect(conf, login=None, **given):
+        state["catalog"].hostname = "here"
+        return state["catalog"]
 
-    monkeypatch.setattr(catalogdocs, "connect", connect)
+    monkeypatch.setattr(catalogclient, "connect", connect)
 
     def run(*args: str) -> tuple[int, str, str]:
         code = main(["--config-file", str(conf_file), "volume", "pull", *args])
