@@ -162,7 +162,7 @@ class Bench:
         self.driver = registry.load("volume", config.load_conf(), "btrfs", **self.settings)
         self.remote = f"{sshd['user']}@{sshd['host']}:{sshd['port']}"
         peer = transport.parse_peer(self.remote, "root", 22)
-        self.ssh = self.driver._ssh().argv(peer)  # exactly stowkit's ssh arguments
+        self.ssh = self.driver.replication.ssh().argv(peer)  # exactly stowkit's ssh arguments
         self.host = sshd["host"]
         self.port = str(sshd["port"])
         self.scratch = pathlib.Path(tempfile.mkdtemp(prefix="bench-replication-"))
