@@ -12,8 +12,9 @@ import argparse
 from typing import Any
 
 from stowkit.cli.common import Command, Lister, ShowOne
-from stowkit.corelib import scheduler
+from stowkit.corelib import schedule
 from stowkit.corelib.errors import InvalidArgument
+from stowkit.corelib.schedule.jobs import JobStore, job_rows
 
 COLUMNS = (
     "volume",
@@ -31,11 +32,11 @@ COLUMNS = (
 ACTION_HELP = "snapshot, replicate:HOST, purge:PATTERN or synchronize:HOST1,HOST2"
 
 
-def store(app: Any) -> scheduler.JobStore:
+def store(app: Any) -> JobStore:
     """The store ``[scheduler] store`` names: the schedule file, or this host's catalog jobs."""
     from stowkit.cli import catalogreach  # late: only the catalog store needs it
 
-    return scheduler.open_store(app.conf, catalogreach.reach)
+    return schedule.open_store(app.conf, catalogreach.reach)
 
 
 class AddJob(ShowOne):
@@ -54,7 +55,7 @@ class AddJob(ShowOne):
         job = s.add(
             parsed_args.volume, parsed_args.action, parsed_args.minutes, not parsed_args.paused
         )
-        row = scheduler.job_rows([job], s.load().paused)[0]
+        row = job_rows([job], s.load().paused)[0]
         return COLUMNS, tuple(row[c] for c in COLUMNS)
 
 
@@ -80,9 +81,9 @@ class ListJobs(Lister):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        schedule = store(self.app).load()
-        jobs = [j for j in schedule.jobs if parsed_args.volume in (None, j.volume)]
-        rows = scheduler.job_rows(jobs, schedule.paused)
+        current = store(self.app).load()
+        jobs = [j for j in current.jobs if parsed_args.volume in (None, j.volume)]
+        rows = job_rows(jobs, current.paused)
         return COLUMNS, [tuple(r[c] for c in COLUMNS) for r in rows]
 
 
@@ -132,7 +133,7 @@ class ImportJobs(Lister):
         text = _read(parsed_args.file, self.app.stdin)
         s = store(self.app)
         jobs = s.import_csv(text)
-        rows = scheduler.job_rows(jobs, s.load().paused)
+        rows = job_rows(jobs, s.load().paused)
         return COLUMNS, [tuple(r[c] for c in COLUMNS) for r in rows]
 
 
