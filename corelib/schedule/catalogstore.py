@@ -16,7 +16,7 @@ from stowkit.corelib.agent.triggers import parse_interval
 from stowkit.corelib.errors import InvalidArgument, NotFound
 from stowkit.corelib.names import check_name
 from stowkit.corelib.schedule.csvfile import parse_buttervolume_csv
-from stowkit.corelib.schedule.jobs import FAILED, OK, Job, JobStore, Schedule, parse_minutes
+from stowkit.corelib.schedule.jobs import FAILED, OK, Job, JobStore, Schedule
 from stowkit.corelib.volumejobs import VolumeJob, decode
 
 #: freezer's job results as the schedule names them
@@ -129,18 +129,11 @@ class CatalogScheduleStore(JobStore):
                 return job_id, job
         raise NotFound(f"no scheduled job {action!r} for volume {volume!r}")
 
-    def add(
-        self,
-        volume: str,
-        action: str,
-        minutes: object,
-        active: bool = True,
-        now: float | None = None,
-    ) -> Job:
-        body = VolumeJob.parse(volume, action).freezer_action()
-        interval = interval_text(parse_minutes(minutes))
+    def _add(self, job: VolumeJob, minutes: float, active: bool, now: float) -> Job:
+        volume, action, body = job.volume, job.text, job.freezer_action()
+        interval = interval_text(minutes)
         try:
-            job_id, job = self._find(volume, action)
+            job_id, found = self._find(volume, action)
         except NotFound:
             self.catalog.register_client(
                 {
@@ -162,7 +155,7 @@ class CatalogScheduleStore(JobStore):
             )
         else:
             self.catalog.patch_job(job_id, {"job_schedule": {"schedule_interval": interval}}, None)
-            if job.active != active:
+            if found.active != active:
                 self.catalog.job_event(job_id, "start" if active else "stop")
         return self._find(volume, action)[1]
 

@@ -19,8 +19,8 @@ from typing import Any
 from stowkit.corelib.errors import NotFound, StowkitError
 from stowkit.corelib.names import check_name
 from stowkit.corelib.schedule.csvfile import parse_buttervolume_csv
-from stowkit.corelib.schedule.jobs import Job, JobStore, Schedule, parse_minutes
-from stowkit.corelib.volumejobs import parse_action
+from stowkit.corelib.schedule.jobs import Job, JobStore, Schedule
+from stowkit.corelib.volumejobs import VolumeJob
 
 
 class ScheduleStore(JobStore):
@@ -92,29 +92,18 @@ class ScheduleStore(JobStore):
 
     # -- the operations the CLI and the compat front end offer -------------------
 
-    def add(
-        self,
-        volume: str,
-        action: str,
-        minutes: object,
-        active: bool = True,
-        now: float | None = None,
-    ) -> Job:
-        """Schedule ``action`` on ``volume``; an existing job gets the new interval."""
-        check_name(volume, "volume name")
-        parse_action(action)
-        interval = parse_minutes(minutes)
-        stamp = time.time() if now is None else now
+    def _add(self, job: VolumeJob, minutes: float, active: bool, now: float) -> Job:
+        volume, action = job.volume, job.text
 
         def change(schedule: Schedule) -> Job:
             try:
-                job = schedule.find(volume, action)
+                found = schedule.find(volume, action)
             except NotFound:
-                job = Job(volume=volume, action=action, minutes=interval, added=stamp)
-                schedule.jobs.append(job)
-            job.minutes = interval
-            job.active = active
-            return job
+                found = Job(volume=volume, action=action, minutes=minutes, added=now)
+                schedule.jobs.append(found)
+            found.minutes = minutes
+            found.active = active
+            return found
 
         return self.update(change)
 

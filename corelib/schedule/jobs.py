@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from stowkit.corelib.errors import InvalidArgument, NotFound
+from stowkit.corelib.volumejobs import VolumeJob
 
 #: A run's results, as the schedule records them (``last_result``).
 OK = "ok"
@@ -91,7 +92,6 @@ class JobStore(abc.ABC):
     def load(self) -> Schedule:
         """Every job, and the global switch."""
 
-    @abc.abstractmethod
     def add(
         self,
         volume: str,
@@ -100,7 +100,17 @@ class JobStore(abc.ABC):
         active: bool = True,
         now: float | None = None,
     ) -> Job:
-        """Schedule ``action`` on ``volume``; an existing job gets the new interval."""
+        """Schedule ``action`` on ``volume``; an existing job gets the new interval.
+
+        Everything is checked before the store is touched: a job its run
+        would refuse never gets into a schedule.
+        """
+        job = VolumeJob.parse(volume, action)
+        return self._add(job, parse_minutes(minutes), active, time.time() if now is None else now)
+
+    @abc.abstractmethod
+    def _add(self, job: VolumeJob, minutes: float, active: bool, now: float) -> Job:
+        """Store ``job`` (checked), every ``minutes``; ``now``: when it is added."""
 
     @abc.abstractmethod
     def remove(self, volume: str, action: str) -> None:
