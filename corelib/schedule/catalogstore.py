@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from stowkit.corelib.agent.claims import IDLE
+from stowkit.corelib.agent.claims import IDLE, Result, Status
 from stowkit.corelib.agent.triggers import parse_interval
 from stowkit.corelib.errors import InvalidArgument, NotFound
 from stowkit.corelib.names import check_name
@@ -20,7 +20,7 @@ from stowkit.corelib.schedule.jobs import FAILED, OK, Job, JobStore, Schedule
 from stowkit.corelib.volumejobs import VolumeJob, decode
 
 #: freezer's job results as the schedule names them
-_RESULTS = {"success": OK, "fail": FAILED, "aborted": FAILED}
+_RESULTS = {Result.SUCCESS: OK, Result.FAIL: FAILED, Result.ABORTED: FAILED}
 
 
 def action_of(job: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -144,7 +144,7 @@ class CatalogScheduleStore(JobStore):
             )
             schedule: dict[str, Any] = {"schedule_interval": interval}
             if not active:
-                schedule["status"] = "stop"  # an idle status: the agent leaves it alone
+                schedule["status"] = Status.STOP  # an idle status: the agent leaves it alone
             self.catalog.create_job(
                 {
                     "description": f"stowkit schedule: {action} {volume}",
