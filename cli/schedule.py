@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 from stowkit.cli.common import Command, Lister, ShowOne
-from stowkit.corelib import schedule
+from stowkit.corelib import schedule, volumejobs
 from stowkit.corelib.errors import InvalidArgument
 from stowkit.corelib.schedule.jobs import JobStore, job_rows
 
@@ -29,7 +29,7 @@ COLUMNS = (
     "failures",
 )
 
-ACTION_HELP = "snapshot, replicate:HOST, purge:PATTERN or synchronize:HOST1,HOST2"
+ACTION_HELP = volumejobs.USAGE
 
 
 def store(app: Any) -> JobStore:

@@ -65,7 +65,8 @@ SCHEDULED = tuple(a for a in VolumeAction if a.scheduled)
 #: The ``freezer_action.action`` of every volume action.
 FREEZER_NAMES = frozenset(a.freezer_name for a in VolumeAction)
 
-_USAGE = "use snapshot, replicate:HOST, purge:PATTERN or synchronize:HOST1,HOST2"
+#: The grammar in one line, for help texts and errors.
+USAGE = "snapshot, replicate:HOST, purge:PATTERN or synchronize:HOST1,HOST2"
 
 
 def check_host(host: str) -> str:
@@ -85,7 +86,7 @@ def parse_action(action: str) -> tuple[VolumeAction, list[str]]:
     name, sep, arg = action.partition(":")
     kind = next((a for a in SCHEDULED if a == name), None)
     if kind is None:
-        raise InvalidArgument(f"invalid action {action!r}: {_USAGE}")
+        raise InvalidArgument(f"invalid action {action!r}: use {USAGE}")
     if kind is VolumeAction.SNAPSHOT:
         if sep:
             raise InvalidArgument(f"invalid action {action!r}: snapshot takes no argument")
