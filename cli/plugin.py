@@ -8,10 +8,11 @@ import threading
 from typing import Any, TextIO
 
 from stowkit.cli.common import Command
-from stowkit.corelib import dockerplugin, notify, scheduler
+from stowkit.corelib import dockerplugin, notify, schedule
 from stowkit.corelib.dockerplugin.app import PluginApp
 from stowkit.corelib.dockerplugin.server import PluginServer
 from stowkit.corelib.errors import StowkitError
+from stowkit.corelib.schedule.runner import Scheduler
 
 
 def serve(
@@ -34,9 +35,9 @@ def serve(
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        scheduler.register_opts(conf)
-        schedule = scheduler.open_store(conf)
-        server = PluginServer(socket_path, PluginApp(driver, schedule))
+        schedule.register_opts(conf)
+        store = schedule.open_store(conf)
+        server = PluginServer(socket_path, PluginApp(driver, store))
         # Collect what a crash left (hidden temporaries no live process holds)
         # before serving; a failure here must not keep Docker's volumes offline.
         try:
@@ -45,8 +46,8 @@ def serve(
         except StowkitError as exc:
             out.write(f"cleanup skipped: {exc}\n")
         # With [scheduler] store = catalog, `stowkit agent` runs the jobs, not this process.
-        run_jobs = with_scheduler and schedule.runs_here
-        jobs = scheduler.Scheduler.from_conf(conf, driver) if run_jobs else None
+        run_jobs = with_scheduler and store.runs_here
+        jobs = Scheduler.from_conf(conf, driver) if run_jobs else None
         try:
             server.start()
             if jobs is not None:

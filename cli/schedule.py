@@ -12,8 +12,9 @@ import argparse
 from typing import Any
 
 from stowkit.cli.common import Command, Lister, ShowOne
-from stowkit.corelib import scheduler
+from stowkit.corelib import schedule, volumejobs
 from stowkit.corelib.errors import InvalidArgument
+from stowkit.corelib.schedule.jobs import JobStore, job_rows
 
 COLUMNS = (
     "volume",
@@ -28,12 +29,12 @@ COLUMNS = (
     "failures",
 )
 
-ACTION_HELP = "snapshot, replicate:HOST, purge:PATTERN or synchronize:HOST1,HOST2"
+ACTION_HELP = volumejobs.USAGE
 
 
-def store(app: Any) -> scheduler.JobStore:
+def store(app: Any) -> JobStore:
     """The store ``[scheduler] store`` names: the schedule file, or this host's catalog jobs."""
-    return scheduler.open_store(app.conf)
+    return schedule.open_store(app.conf)
 
 
 class AddJob(ShowOne):
@@ -52,7 +53,7 @@ class AddJob(ShowOne):
         job = s.add(
             parsed_args.volume, parsed_args.action, parsed_args.minutes, not parsed_args.paused
         )
-        row = scheduler.job_rows([job], s.load().paused)[0]
+        row = job_rows([job], s.load().paused)[0]
         return COLUMNS, tuple(row[c] for c in COLUMNS)
 
 
@@ -78,9 +79,9 @@ class ListJobs(Lister):
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        schedule = store(self.app).load()
-        jobs = [j for j in schedule.jobs if parsed_args.volume in (None, j.volume)]
-        rows = scheduler.job_rows(jobs, schedule.paused)
+        current = store(self.app).load()
+        jobs = [j for j in current.jobs if parsed_args.volume in (None, j.volume)]
+        rows = job_rows(jobs, current.paused)
         return COLUMNS, [tuple(r[c] for c in COLUMNS) for r in rows]
 
 
@@ -130,7 +131,7 @@ class ImportJobs(Lister):
         text = _read(parsed_args.file, self.app.stdin)
         s = store(self.app)
         jobs = s.import_csv(text)
-        rows = scheduler.job_rows(jobs, s.load().paused)
+        rows = job_rows(jobs, s.load().paused)
         return COLUMNS, [tuple(r[c] for c in COLUMNS) for r in rows]
 
 

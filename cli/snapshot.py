@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from stowkit.cli.common import Bytes, Command, Lister, ShowOne, utc_time
+from stowkit.corelib import volumejobs
 from stowkit.corelib.volume import SNAPSHOT_SEPARATOR, Snapshot, parse_rate
 
 SNAPSHOT_COLUMNS = ("name", "volume", "created", "received", "uuid", "received_uuid", "path")
@@ -121,15 +122,10 @@ class SendSnapshot(ShowOne):
             parsed_args.name, parsed_args.host, compress=parsed_args.compress, bwlimit=rate
         )
         columns = ("snapshot", "host", "mode", "parent", "bytes_sent")
-        mode = (
-            "already there"
-            if result.already_there
-            else ("incremental" if result.incremental else "full")
-        )
         return columns, (
             result.snapshot,
             result.host,
-            mode,
+            volumejobs.send_mode(result),
             result.parent,
             Bytes(result.bytes_sent),
         )

@@ -16,6 +16,7 @@ from typing import Any
 from oslo_config import cfg
 
 from stowkit.corelib.errors import StowkitError
+from stowkit.corelib.volumejobs import VolumeAction
 
 LOG = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ LOG = logging.getLogger(__name__)
 #: replication's record stays when the sender deletes its snapshot: the copy it
 #: records lives on the peer too (``volume pull`` counts it there).
 LOCAL_SNAPSHOT_ACTIONS = frozenset(
-    {"stowkit-volume-snapshot", "stowkit-volume-sync", "stowkit-volume-pull"}
+    a.freezer_name for a in (VolumeAction.SNAPSHOT, VolumeAction.SYNCHRONIZE, VolumeAction.PULL)
 )
 
 

@@ -182,7 +182,7 @@ def as_config_error(conf: cfg.ConfigOpts | None, exc: cfg.Error) -> ConfigError:
 #: Engines in corelib with option groups of their own: (module, group attr, opts attr);
 #: an opts attr that is a function is called (its options are not all the module's own).
 _ENGINE_OPTS: tuple[tuple[str, str, str], ...] = (
-    ("stowkit.corelib.scheduler", "GROUP", "opts"),
+    ("stowkit.corelib.schedule", "GROUP", "opts"),
     ("stowkit.corelib.dockerplugin", "GROUP", "opts"),
     ("stowkit.corelib.imagesync.config", "GROUP", "image_sync_opts"),
     ("stowkit.corelib.catalogapi.server", "GROUP", "api_opts"),

@@ -36,16 +36,15 @@ from typing import TYPE_CHECKING, Any
 from stowkit.corelib.errors import AlreadyExists, BackendUnavailable, NotFound
 from stowkit.corelib.names import check_host, check_name
 from stowkit.corelib.volume import SNAPSHOT_SEPARATOR, SendResult, VolumeDriver
+from stowkit.corelib.volumejobs import FREEZER_NAMES, VolumeAction
 
 if TYPE_CHECKING:
     from stowkit.corelib.catalogclient import CatalogClient
 
-PULL_ACTION = "stowkit-volume-pull"
+PULL_ACTION = VolumeAction.PULL.freezer_name
 #: The agent's actions whose documents name a snapshot that lives on ``hostname``.
-VOLUME_ACTIONS = frozenset(
-    {"stowkit-volume-snapshot", "stowkit-volume-replicate", "stowkit-volume-sync", PULL_ACTION}
-)
-REPLICATE_ACTION = "stowkit-volume-replicate"
+VOLUME_ACTIONS = FREEZER_NAMES - {VolumeAction.PURGE.freezer_name}
+REPLICATE_ACTION = VolumeAction.REPLICATE.freezer_name
 #: Copies tried before a pull gives up: each is one ssh listing of its host.
 MAX_TRIES = 8
 

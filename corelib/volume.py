@@ -427,14 +427,17 @@ class VolumeDriver(Driver):
     def volume_lock(
         self, name: str, *, wait: bool = True
     ) -> contextlib.AbstractContextManager[None]:
-        """The one per-volume lock, held across processes.
+        """The volume's one job lock, held across processes.
 
-        The driver's own operations on a volume (mount, unmount, delete,
-        restore, purge, ...) take it; a front end that runs a longer job on a
-        volume (the scheduler) takes it around the whole job.  It is
-        reentrant in the thread that holds it, so driver operations called
-        inside it do not deadlock; other threads and processes wait.  A
-        holder that dies releases it.
+        One job, send, pull or purge of a volume at a time: a front end that
+        runs a job on a volume (the scheduler) takes it around the whole job,
+        and the driver's own sends, pulls and purges take it too, so a purge
+        never removes the parent a send is using.  It is reentrant in the
+        thread that holds it, so driver operations called inside it do not
+        deadlock; other threads and processes wait.  A holder that dies
+        releases it.  Mount, unmount, restore and delete do not wait for it
+        (a driver serializes those with a short lock of its own), so a
+        container can start while its volume replicates.
 
         :param name: the volume's name (it need not exist).
         :param wait: False to fail at once instead of waiting for another holder.

@@ -42,9 +42,11 @@ from typing import Any, TextIO
 
 from stowkit.cli.app import split_config_files
 from stowkit.cli.common import one_line_errors, report
-from stowkit.corelib import config, registry, scheduler
+from stowkit.corelib import config, registry, schedule, volumejobs
 from stowkit.corelib.dockerplugin import buttervolume as bvroutes
-from stowkit.corelib.errors import BackendUnavailable, ConfigError, InvalidArgument, StowkitError
+from stowkit.corelib.errors import ConfigError, InvalidArgument, StowkitError
+from stowkit.corelib.schedule.jobs import JobStore
+from stowkit.corelib.volumejobs import VolumeAction, VolumeJob
 
 PROG = "stowkit-buttervolume"
 DEFAULT_SOCKET = "/run/docker/plugins/btrfs.sock"
@@ -172,10 +174,10 @@ class Context:
         self.err = err or sys.stderr
         self.bv = buttervolume or ButtervolumeConfig.load()
         self._driver: Any = None
-        self._schedule: scheduler.JobStore | None = None
-        scheduler.register_opts(self.conf)
+        self._schedule: JobStore | None = None
+        schedule.register_opts(self.conf)
         # buttervolume's TIMER: how often its scheduler looks at the schedule.
-        self.conf.set_default("tick", float(self.bv.values["TIMER"]), scheduler.GROUP)
+        self.conf.set_default("tick", float(self.bv.values["TIMER"]), schedule.GROUP)
 
     @property
     def driver(self) -> Any:
@@ -195,10 +197,10 @@ class Context:
         return self._driver
 
     @property
-    def schedule(self) -> scheduler.JobStore:
+    def schedule(self) -> JobStore:
         """The store ``[scheduler] store`` names: the one the plugin's scheduler runs."""
         if self._schedule is None:
-            self._schedule = scheduler.open_store(self.conf)
+            self._schedule = schedule.open_store(self.conf)
         return self._schedule
 
     def print(self, *lines: str) -> None:
@@ -264,7 +266,8 @@ def do_run(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def do_snapshot(ctx: Context, args: argparse.Namespace) -> int:
-    ctx.print(ctx.driver.create_snapshot(args.name[0]).name)
+    job = VolumeJob(args.name[0], VolumeAction.SNAPSHOT)
+    ctx.print(volumejobs.run(ctx.driver, job).message)
     return 0
 
 
@@ -310,7 +313,7 @@ def do_clone(ctx: Context, args: argparse.Namespace) -> int:
 def do_send(ctx: Context, args: argparse.Namespace) -> int:
     result = ctx.driver.send_snapshot(args.snapshot[0], args.host[0])
     # buttervolume's CLI prints nothing; what was sent goes to stderr, as its log would.
-    how = bvroutes.send_mode(result)
+    how = volumejobs.send_mode(result)
     if result.parent:
         how += f" from {result.parent}"
     ctx.log(f"Sent {result.snapshot} to {result.host} ({how})")
@@ -320,10 +323,9 @@ def do_send(ctx: Context, args: argparse.Namespace) -> int:
 def do_sync(ctx: Context, args: argparse.Namespace) -> int:
     if not args.hosts:
         raise InvalidArgument("sync needs at least one host to pull from")
-    result = ctx.driver.sync_volume(args.volumes[0], args.hosts)
-    if not result.ok:
-        # one line, like every other error; what the other peers gave stays
-        raise BackendUnavailable(scheduler.sync_failures(result))
+    # A peer's failure is one line, like every other error; what the others gave stays.
+    job = VolumeJob(args.volumes[0], VolumeAction.SYNCHRONIZE, hosts=tuple(args.hosts))
+    volumejobs.run(ctx.driver, job)
     return 0
 
 
@@ -333,13 +335,14 @@ def do_rm(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def do_purge(ctx: Context, args: argparse.Namespace) -> int:
-    result = ctx.driver.purge(args.name[0], args.pattern[0], dry_run=args.dryrun)
+    job = VolumeJob(args.name[0], VolumeAction.PURGE, pattern=args.pattern[0])
+    result = volumejobs.run(ctx.driver, job, dry_run=args.dryrun).purged
     # buttervolume's CLI prints nothing: its plugin logs each snapshot.  These
     # are its log lines, on stderr, so a --dryrun still tells what it would do.
     verb = "(Dry run) Would delete" if args.dryrun else "Deleted"
-    for name in result.deleted:
+    for name in result.deleted if result else ():
         ctx.log(f"{verb} snapshot {name}")
-    for name, why in sorted(result.protected.items()):
+    for name, why in sorted(result.protected.items() if result else ()):
         ctx.log(f"Kept snapshot {name} ({why})")
     return 0
 

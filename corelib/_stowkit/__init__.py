@@ -57,11 +57,11 @@ if TYPE_CHECKING:  # what type checkers read; _EXPORTS is what runs (a test keep
     from stowkit.corelib.blockcopy import CopyStats as CopyStats
     from stowkit.corelib.blockcopy import download as download_device
     from stowkit.corelib.blockcopy import upload as upload_device
+    from stowkit.corelib.blocklease import Lease as Lease
+    from stowkit.corelib.blocklock import DeviceLocked as DeviceLocked
+    from stowkit.corelib.blocklock import LeaseLost as LeaseLost
     from stowkit.corelib.blockstore import BlockDevice as BlockDevice
     from stowkit.corelib.blockstore import BlockStore as BlockStore
-    from stowkit.corelib.blocklock import DeviceLocked as DeviceLocked
-    from stowkit.corelib.blocklease import Lease as Lease
-    from stowkit.corelib.blocklock import LeaseLost as LeaseLost
     from stowkit.corelib.catalog import KINDS as KINDS
     from stowkit.corelib.catalog import Catalog as Catalog
     from stowkit.corelib.catalog import Stored as Stored

@@ -1,9 +1,10 @@
 """The catalog actions the agent runs, by ``freezer_action.action``.
 
-stowkit's own actions make the library calls the CLI commands make and
-return the backup documents to record (one per snapshot, replication or
-device copy; a purge removes those of the snapshots it deleted); freezer's
-actions are handed to ``freezer-agent``.
+stowkit's own actions make the library calls the CLI commands make (the
+volume ones through :func:`stowkit.corelib.volumejobs.run`, as the schedule
+and the Docker plugin do) and return the backup documents to record (one
+per snapshot, replication or device copy; a purge removes those of the
+snapshots it deleted); freezer's actions are handed to ``freezer-agent``.
 
 ============================  ===============================  =============================
 action                        fields of ``freezer_action``     the CLI command it stands for
@@ -30,8 +31,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from stowkit.corelib import catalogdocs
+from stowkit.corelib import catalogdocs, volumejobs
 from stowkit.corelib.errors import BackendUnavailable, InvalidArgument, StowkitError
+from stowkit.corelib.volumejobs import VolumeAction, VolumeJob
 
 LOG = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ LOG = logging.getLogger(__name__)
 FREEZER_ACTIONS = frozenset({"backup", "restore", "info", "admin", "exec"})
 #: What a BlockStore copy's lock names (as ``stowkit blockstore upload`` names its own).
 UPLOAD_OWNER = "stowkit agent upload"
+#: The ``engine_name`` of the documents of a volume's own snapshots.
+ENGINE = "stowkit-volume"
 
 
 @dataclasses.dataclass
@@ -116,25 +120,33 @@ def _levels(level: int) -> dict[str, int]:
     return {"curr_backup_level": level, "level": level}
 
 
+def _volume_job(ctx: Context, job: VolumeJob, dry_run: bool = False) -> volumejobs.Outcome:
+    return volumejobs.run(ctx.need("volumes"), job, dry_run=dry_run)
+
+
 def snapshot(ctx: Context, action: Mapping[str, Any]) -> Outcome:
     volume = _field(action, "volume")  # the driver checks the name, as for the CLI
-    driver = ctx.need("volumes")
-    snap = driver.create_snapshot(volume)
+    done = _volume_job(ctx, VolumeJob(volume, VolumeAction.SNAPSHOT))
+    snap = done.snapshot
+    assert snap is not None  # what a snapshot job's outcome holds
     meta = {
-        **_base(ctx, "stowkit-volume-snapshot", volume, snap.name, _epoch(snap.created)),
+        **_base(ctx, VolumeAction.SNAPSHOT.freezer_name, volume, snap.name, _epoch(snap.created)),
         **_levels(0),  # a btrfs snapshot is whole, never a diff of another
-        "engine_name": "stowkit-volume",
-        "path_to_backup": driver.volume_path(volume),
+        "engine_name": ENGINE,
+        "path_to_backup": ctx.need("volumes").volume_path(volume),
         "snapshot": snap.name,
         "snapshot_path": snap.path,
     }
-    return Outcome(f"snapshot {snap.name} taken", [meta])
+    return Outcome(done.message, [meta])
 
 
 def replicate(ctx: Context, action: Mapping[str, Any]) -> Outcome:
     volume, host = _field(action, "volume"), _field(action, "host")
+    done = _volume_job(ctx, VolumeJob(volume, VolumeAction.REPLICATE, host=host))
+    sent = done.sent
+    assert sent is not None  # what a replicate job's outcome holds
     driver = ctx.need("volumes")
-    sent = driver.replicate(volume, host)
+    name = VolumeAction.REPLICATE.freezer_name
     level = 0
     if sent.parent:
         # The parent chain: the send is a diff against the last snapshot both
@@ -143,16 +155,15 @@ def replicate(ctx: Context, action: Mapping[str, Any]) -> Outcome:
             [
                 {"container": volume},
                 {"backup_name": sent.parent},
-                {"action": "stowkit-volume-replicate"},
+                {"action": name},
                 {"remote_host": host},
             ]
         )
         known = [p.get("backup_metadata", {}).get("curr_backup_level") for p in parents]
         level = 1 + max((k for k in known if isinstance(k, int)), default=0)
     created = driver.get_snapshot(sent.snapshot).created
-    how = "already there" if sent.already_there else ("incremental" if sent.parent else "full")
     meta = {
-        **_base(ctx, "stowkit-volume-replicate", volume, sent.snapshot, _epoch(created)),
+        **_base(ctx, name, volume, sent.snapshot, _epoch(created)),
         **_levels(level),
         "engine_name": "btrfs-send",
         "storage": "ssh",
@@ -162,46 +173,45 @@ def replicate(ctx: Context, action: Mapping[str, Any]) -> Outcome:
         "backup_size_compressed": sent.bytes_sent,
         "path_to_backup": driver.volume_path(volume),
     }
-    return Outcome(f"{sent.snapshot} sent to {host} ({how})", [meta])
+    return Outcome(done.message, [meta])
 
 
 def purge(ctx: Context, action: Mapping[str, Any]) -> Outcome:
     volume, pattern = _field(action, "volume"), _field(action, "pattern")
     dry_run = action.get("dry_run") in (True, "true", "True", "1")
-    result = ctx.need("volumes").purge(volume, pattern, dry_run=dry_run)
-    verb = "would delete" if dry_run else "deleted"
-    message = f"{verb} {len(result.deleted)} snapshot(s), kept {len(result.kept)}"
-    if dry_run or not result.deleted or ctx.forget_backup is None:
-        return Outcome(message)
+    done = _volume_job(ctx, VolumeJob(volume, VolumeAction.PURGE, pattern=pattern), dry_run)
+    deleted = done.purged.deleted if done.purged else ()
+    if dry_run or not deleted or ctx.forget_backup is None:
+        return Outcome(done.message)
     # The catalog must not go on listing (nor `volume pull` choosing) snapshots
     # that are gone: their records on this host go with them.  A replication's
     # record stays: the copy it records lives on the peer.
     try:
         forgotten = catalogdocs.forget_snapshots(
-            ctx.find_backups, ctx.forget_backup, ctx.hostname, volume, result.deleted
+            ctx.find_backups, ctx.forget_backup, ctx.hostname, volume, deleted
         )
     except StowkitError as err:
         LOG.warning("purge of %s: the catalog still records deleted snapshots: %s", volume, err)
-        return Outcome(f"{message}; their catalog records could not be removed: {err}")
-    return Outcome(f"{message}, {forgotten} catalog record(s) removed")
+        return Outcome(f"{done.message}; their catalog records could not be removed: {err}")
+    return Outcome(f"{done.message}, {forgotten} catalog record(s) removed")
 
 
 def sync(ctx: Context, action: Mapping[str, Any]) -> Outcome:
     volume, hosts = _field(action, "volume"), _list(action, "hosts", required=True)
-    driver = ctx.need("volumes")
-    result = driver.sync_volume(volume, hosts)
-    if not result.ok:
-        failed = "; ".join(f"{p}: {m}" for p, m in result.peers.items() if m != "ok")
-        raise BackendUnavailable(f"sync of {volume} failed: {failed}")
-    snap = driver.get_snapshot(result.backup)
+    done = _volume_job(ctx, VolumeJob(volume, VolumeAction.SYNCHRONIZE, hosts=tuple(hosts)))
+    synced = done.synced
+    assert synced is not None  # what a synchronize job's outcome holds
+    snap = ctx.need("volumes").get_snapshot(synced.backup)
     meta = {
-        **_base(ctx, "stowkit-volume-sync", volume, snap.name, _epoch(snap.created)),
+        **_base(
+            ctx, VolumeAction.SYNCHRONIZE.freezer_name, volume, snap.name, _epoch(snap.created)
+        ),
         **_levels(0),
-        "engine_name": "stowkit-volume",
+        "engine_name": ENGINE,
         "snapshot": snap.name,
         "synchronized_from": ",".join(hosts),
     }
-    return Outcome(f"{snap.name} taken, synchronized from {','.join(hosts)}", [meta])
+    return Outcome(done.message, [meta])
 
 
 def image_sync(ctx: Context, action: Mapping[str, Any]) -> Outcome:
@@ -268,10 +278,10 @@ def freezer(ctx: Context, action: Mapping[str, Any]) -> Outcome:
 
 
 ACTIONS: dict[str, Callable[[Context, Mapping[str, Any]], Outcome]] = {
-    "stowkit-volume-snapshot": snapshot,
-    "stowkit-volume-replicate": replicate,
-    "stowkit-volume-purge": purge,
-    "stowkit-volume-sync": sync,
+    VolumeAction.SNAPSHOT.freezer_name: snapshot,
+    VolumeAction.REPLICATE.freezer_name: replicate,
+    VolumeAction.PURGE.freezer_name: purge,
+    VolumeAction.SYNCHRONIZE.freezer_name: sync,
     "stowkit-image-sync": image_sync,
     "stowkit-blockstore-upload": lambda ctx, a: _copy(ctx, a, upload=True),
     "stowkit-blockstore-download": lambda ctx, a: _copy(ctx, a, upload=False),

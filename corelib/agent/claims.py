@@ -21,6 +21,7 @@ Every function here is pure: the engine reads, calls, and writes.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -29,8 +30,28 @@ from stowkit.corelib.agent import sessions
 from stowkit.corelib.agent.triggers import Trigger, parse_schedule
 from stowkit.corelib.errors import InvalidArgument
 
+
+class Status(enum.StrEnum):
+    """A job's ``job_schedule.status``, freezer-scheduler's words ("": new or restarted)."""
+
+    NEW = ""
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    STOP = "stop"
+    REMOVED = "removed"
+
+
+class Result(enum.StrEnum):
+    """How a run ended: ``job_schedule.result``."""
+
+    SUCCESS = "success"
+    FAIL = "fail"
+    ABORTED = "aborted"
+
+
 #: Statuses after which nothing runs until a ``start`` event.
-IDLE = frozenset({"stop", "removed", "completed"})
+IDLE = frozenset({Status.STOP, Status.REMOVED, Status.COMPLETED})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +111,7 @@ def decide(
     claim = claim_of(schedule)
     now_i = math.floor(now)
 
-    if status == "running":
+    if status == Status.RUNNING:
         owner = str(claim.get("owner", ""))
         if owner == me:
             return Step()
@@ -99,28 +120,32 @@ def decide(
         if not dead(owner, heartbeat if isinstance(heartbeat, int) else 0):
             return Step(note=f"running on {owner or 'another agent'}")
         # Lost: recorded as failed; its slot stays claimed, so it never runs again.
-        patch = finished(schedule, "fail", now, keep_event=True, session_member=session is not None)
+        patch = finished(
+            schedule, Result.FAIL, now, keep_event=True, session_member=session is not None
+        )
         return Step(
             patch=patch,
             note=f"run {claim.get('run', '?')} lost: {owner} is gone",
             # its session must not wait for it
-            session_end="fail" if session is not None else None,
+            session_end=Result.FAIL if session is not None else None,
         )
 
     try:
         trigger = _trigger(schedule)
     except InvalidArgument as err:
-        if status == "stop" and not event:
+        if status == Status.STOP and not event:
             return Step()
         return Step(
-            patch={"status": "stop", "result": "fail", "event": ""},
+            patch={"status": Status.STOP, "result": Result.FAIL, "event": ""},
             note=f"cannot schedule: {err}",
         )
 
     if event == "remove":
-        return Step(patch={"status": "removed", "event": ""}, note="removed")
+        return Step(patch={"status": Status.REMOVED, "event": ""}, note="removed")
     if event in ("stop", "abort"):
-        return Step(patch={"status": "stop", "event": ""}, note=f"{event}: not scheduled any more")
+        return Step(
+            patch={"status": Status.STOP, "event": ""}, note=f"{event}: not scheduled any more"
+        )
     if status in IDLE and event != "start":
         return Step()
 
@@ -144,22 +169,22 @@ def decide(
             return step
         if due is None and trigger.kind == "now":
             # No schedule of its own: the job waits for the session's next run.
-            if status == "scheduled" and not base_patch and claim.get("since") == since:
+            if status == Status.SCHEDULED and not base_patch and claim.get("since") == since:
                 return Step()
             return Step(
-                patch={**base_patch, "status": "scheduled", "claim": fresh},
+                patch={**base_patch, "status": Status.SCHEDULED, "claim": fresh},
                 note="waiting for its session to start",
             )
     if due is None:
         return Step(
-            patch={**base_patch, "status": "completed", "event": "", "claim": fresh},
+            patch={**base_patch, "status": Status.COMPLETED, "event": "", "claim": fresh},
             note="no run left in the schedule",
         )
     if due > now_i:
-        if status == "scheduled" and not base_patch and claim.get("since") == since:
+        if status == Status.SCHEDULED and not base_patch and claim.get("since") == since:
             return Step(wake=due)
         return Step(
-            patch={**base_patch, "status": "scheduled", "claim": fresh},
+            patch={**base_patch, "status": Status.SCHEDULED, "claim": fresh},
             wake=due,
             note=f"scheduled, next run at {due}",
         )
@@ -178,7 +203,7 @@ def _claim(
     run = int(fresh.get("run", 0)) + 1
     patch = {
         **base_patch,
-        "status": "running",
+        "status": Status.RUNNING,
         "result": "",
         "event": "",
         "current_pid": pid,
@@ -216,7 +241,7 @@ def _session_step(
         # The run's slot is when the session opened it: claimed once, as any slot.
         return _claim(base_patch, fresh, start, since, me, pid, now_i)
     return Step(
-        session_end="fail",
+        session_end=Result.FAIL,
         note=f"session run {sessions.tag(session)} (opened at {start}) missed: "
         "ended as failed for this job",
     )
@@ -226,7 +251,9 @@ def owns(schedule: Mapping[str, Any], me: str, run: int) -> bool:
     """Whether run ``run`` of this schedule is still ``me``'s (nobody declared it lost)."""
     claim = claim_of(schedule)
     return (
-        schedule.get("status") == "running" and claim.get("owner") == me and claim.get("run") == run
+        schedule.get("status") == Status.RUNNING
+        and claim.get("owner") == me
+        and claim.get("run") == run
     )
 
 
@@ -256,10 +283,10 @@ def finished(
         "claim": {**claim, "heartbeat": now_i},
     }
     if event in ("stop", "abort", "remove") and not keep_event:
-        patch["status"] = "removed" if event == "remove" else "stop"
+        patch["status"] = Status.REMOVED if event == "remove" else Status.STOP
         patch["event"] = ""
-        if event == "abort" and result != "fail":
-            patch["result"] = "aborted"
+        if event == "abort" and result != Result.FAIL:
+            patch["result"] = Result.ABORTED
         return patch
     try:
         trigger = _trigger(schedule)
@@ -269,7 +296,7 @@ def finished(
         left = left or (session_member and trigger.kind == "now")
     except InvalidArgument:
         left = False
-    patch["status"] = "scheduled" if left else "completed"
+    patch["status"] = Status.SCHEDULED if left else Status.COMPLETED
     return patch
 
 

@@ -225,16 +225,16 @@ class Agent:
             if run.session is not None:
                 tag, refused = self._start_session(catalog, run)
             if refused is not None:
-                result, message = "fail", refused
+                result, message = claims.Result.FAIL, refused
             else:
                 result, message = runner.run_job(job, run.ctx, catalog.add_backup, self.run_action)
         except Exception:  # never leave a claimed run without a result
             LOG.exception("job %s: run %d crashed", run.job_id, run.number)
-            result, message = "fail", "the agent's run crashed (see its log)"
+            result, message = claims.Result.FAIL, "the agent's run crashed (see its log)"
         try:
             if run.session is not None:
-                if run.ctx.cancel.is_set() and result == "success":
-                    result = "aborted"
+                if run.ctx.cancel.is_set() and result == claims.Result.SUCCESS:
+                    result = claims.Result.ABORTED
                 current = sessions.tag(run.session) if tag is None else tag
                 self._end_session(catalog, run.job_id, run.session, current, result)
             self._finish(run, result, message, tag)
@@ -314,8 +314,8 @@ class Agent:
                     result,
                 )
                 return
-            if run.ctx.cancel.is_set() and result == "success":
-                result = "aborted"
+            if run.ctx.cancel.is_set() and result == claims.Result.SUCCESS:
+                result = claims.Result.ABORTED
             member = run.session is not None
             if member:
                 schedule = sessions.schedule_view(schedule, run.session)

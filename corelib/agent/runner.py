@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from stowkit.corelib.agent import actions
+from stowkit.corelib.agent.claims import Result
 from stowkit.corelib.errors import StowkitError
 
 LOG = logging.getLogger(__name__)
@@ -38,13 +39,13 @@ def run_job(
 ) -> tuple[str, str]:
     """(result, message) of one run: ``success``, ``fail`` or ``aborted``, and one line."""
     job_id = job.get("job_id", "?")
-    result, lines = "success", []
+    result, lines = Result.SUCCESS, []
     for index, job_action in enumerate(job.get("job_actions") or []):
         freezer_action = dict(job_action.get("freezer_action") or {})
         name = freezer_action.get("action") or "backup"
         if ctx.cancel.is_set():
-            return "aborted", "; ".join([*lines, "aborted"])
-        if result != "success" and not job_action.get("mandatory", False):
+            return Result.ABORTED, "; ".join([*lines, "aborted"])
+        if result != Result.SUCCESS and not job_action.get("mandatory", False):
             LOG.warning("job %s: skipping action %d (%s) after a failure", job_id, index, name)
             continue
         tries = max(1, _int(job_action.get("max_retries"), 1))
@@ -65,20 +66,20 @@ def run_job(
                 except StowkitError as err:
                     failure = f"{outcome.message}, but not recorded: {err}"
                     LOG.error("job %s: action %s: %s", job_id, name, failure)
-                    result = "fail"
+                    result = Result.FAIL
                     lines.append(f"{name}: {failure}")
                     break
                 LOG.info("job %s: action %s: %s", job_id, name, outcome.message)
                 lines.append(f"{name}: {outcome.message}")
                 break
             if ctx.cancel.is_set():
-                return "aborted", "; ".join([*lines, f"{name}: aborted"])
+                return Result.ABORTED, "; ".join([*lines, f"{name}: aborted"])
             LOG.warning(
                 "job %s: action %s attempt %d/%d failed: %s", job_id, name, attempt, tries, failure
             )
             if attempt == tries:
-                result = "fail"
+                result = Result.FAIL
                 lines.append(f"{name}: {failure}")
             elif ctx.cancel.wait(pause):
-                return "aborted", "; ".join([*lines, f"{name}: aborted"])
+                return Result.ABORTED, "; ".join([*lines, f"{name}: aborted"])
     return result, "; ".join(lines) or "no actions"

@@ -23,7 +23,7 @@ from typing import Any
 from stowkit.corelib.dockerplugin.buttervolume import ButtervolumeRoutes, route_for
 from stowkit.corelib.errors import AlreadyExists, InvalidArgument, NotFound, StowkitError
 from stowkit.corelib.names import check_name
-from stowkit.corelib.scheduler import JobStore
+from stowkit.corelib.schedule.jobs import JobStore
 from stowkit.corelib.volume import check_create_options
 
 LOG = logging.getLogger(__name__)

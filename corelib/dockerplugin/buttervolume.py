@@ -9,7 +9,8 @@ also what ``stowkit-buttervolume`` calls, so the two never disagree about
 what, say, ``schedule snapshot pause v1`` or a globally paused schedule means.
 
 Every route calls the VolumeDriver methods and the JobStore operations
-the ``stowkit`` commands use; nothing here knows a backend.
+the ``stowkit`` commands use, and runs volume jobs (snapshot, purge, sync)
+with :func:`stowkit.corelib.volumejobs.run`; nothing here knows a backend.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from stowkit.corelib.errors import InvalidArgument, NotFound, StowkitError
+from stowkit.corelib import volumejobs
+from stowkit.corelib.errors import BackendUnavailable, InvalidArgument, NotFound, StowkitError
 from stowkit.corelib.names import check_name
-from stowkit.corelib.scheduler import JobStore, sync_failures
+from stowkit.corelib.schedule.jobs import JobStore
+from stowkit.corelib.volumejobs import VolumeAction, VolumeJob
 
 #: buttervolume's answer to any schedule change or listing while globally paused
 GLOBALLY_PAUSED = "Schedule is globally paused"
@@ -93,13 +96,6 @@ def scheduled_line(row: Mapping[str, Any]) -> str:
     return f"{row['Action']} {row['Timer']} {row['Name']} {paused}"
 
 
-def send_mode(result: Any) -> str:
-    """``full``, ``incremental`` or ``already there``: what a send did."""
-    if result.already_there:
-        return "already there"
-    return "incremental" if result.parent else "full"
-
-
 def _text(body: Mapping[str, Any], key: str, what: str) -> str:
     value = body.get(key)
     if not isinstance(value, str) or not value:
@@ -162,8 +158,8 @@ class ButtervolumeRoutes:
     # -- snapshots ---------------------------------------------------------------
 
     def snapshot(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        name = check_name(body.get("Name"), "volume name")
-        return {"Err": "", "Snapshot": self.driver.create_snapshot(name).name}
+        job = VolumeJob(check_name(body.get("Name"), "volume name"), VolumeAction.SNAPSHOT)
+        return {"Err": "", "Snapshot": volumejobs.run(self.driver, job).message}
 
     def snapshot_list(self, body: Mapping[str, Any]) -> dict[str, Any]:
         # The directory's entries as buttervolume lists them, sent markers included.
@@ -183,7 +179,7 @@ class ButtervolumeRoutes:
         result = self.driver.send_snapshot(name, host)
         return {
             "Err": "",
-            "Mode": send_mode(result),
+            "Mode": volumejobs.send_mode(result),
             "Parent": result.parent,
             "BytesSent": result.bytes_sent,
         }
@@ -199,9 +195,9 @@ class ButtervolumeRoutes:
 
     def snapshots_purge(self, body: Mapping[str, Any]) -> dict[str, Any]:
         name = check_name(body.get("Name"), "volume name")
-        pattern = _text(body, "Pattern", "Snapshots.Purge")
-        result = self.driver.purge(name, pattern, dry_run=_flag(body, "Dryrun"))
-        return {"Err": "", "Deleted": list(result.deleted)}
+        job = VolumeJob(name, VolumeAction.PURGE, pattern=_text(body, "Pattern", "Snapshots.Purge"))
+        purged = volumejobs.run(self.driver, job, dry_run=_flag(body, "Dryrun")).purged
+        return {"Err": "", "Deleted": list(purged.deleted if purged else ())}
 
     # -- volumes -----------------------------------------------------------------
 
@@ -217,9 +213,11 @@ class ButtervolumeRoutes:
         hosts = _texts(body, "Hosts", "Volume.Sync")
         errors = []
         for volume in volumes:
-            result = self.driver.sync_volume(volume, hosts)
-            if not result.ok:
-                errors.append(sync_failures(result))
+            job = VolumeJob(volume, VolumeAction.SYNCHRONIZE, hosts=tuple(hosts))
+            try:
+                volumejobs.run(self.driver, job)
+            except BackendUnavailable as err:  # a peer refused: the other volumes go on
+                errors.append(str(err))
         return {"Err": "; ".join(errors)}
 
     # -- schedule ----------------------------------------------------------------

@@ -183,7 +183,7 @@ class BtrfsVolumeDriver(VolumeDriver):
                 if compression != "none":
                     subvol.set_compression(tmp, compression)
                 subvol.mark_created(tmp, now)
-                with self.volume_lock(name):
+                with self.layout.state_lock(name):
                     # Under the lock Mount and Remove take: a mount record left
                     # for a volume of this name that is gone (an older stowkit's
                     # race, a crash) must not make the new volume "mounted".
@@ -309,7 +309,7 @@ class BtrfsVolumeDriver(VolumeDriver):
         self.layout.setup()
         # The lock before the existence check: a Mount waiting on it then sees
         # the volume gone instead of recording an ID for a deleted volume.
-        with self.volume_lock(name):
+        with self.layout.state_lock(name):
             path = self._existing_volume(name)
             users = self.mounts(name)
             if users and not force:
@@ -341,7 +341,7 @@ class BtrfsVolumeDriver(VolumeDriver):
         self.layout.setup()
         # Checked under the lock Remove holds while it deletes: a volume removed
         # meanwhile is NotFound here, never a mountpoint with a stale record.
-        with self.volume_lock(name):
+        with self.layout.state_lock(name):
             path = self._existing_volume(name)
             record = self._dir(".mounts", name)
             ids = state.read_mounts(record, self._boot)
@@ -356,7 +356,7 @@ class BtrfsVolumeDriver(VolumeDriver):
         check_name(name, "volume name")
         _check_mount_id(mount_id)
         self.layout.setup()
-        with self.volume_lock(name):
+        with self.layout.state_lock(name):
             record = self._dir(".mounts", name)
             ids = [i for i in state.read_mounts(record, self._boot) if i != mount_id]
             if ids:
@@ -374,7 +374,8 @@ class BtrfsVolumeDriver(VolumeDriver):
     def clear_mounts(self, name: str) -> list[str]:
         self._volume_path(name)  # checks the name first
         self.layout.setup()
-        with self.volume_lock(name):  # as Mount and Remove: the lock, then the existence check
+        # As Mount and Remove: the lock, then the existence check.
+        with self.layout.state_lock(name):
             self._existing_volume(name)
             ids = state.read_mounts(self._dir(".mounts", name), self._boot)
             with contextlib.suppress(FileNotFoundError):
@@ -431,7 +432,7 @@ class BtrfsVolumeDriver(VolumeDriver):
         return done
 
     def _keep_leftover(self, volume: str, path: str) -> str:
-        with self.volume_lock(volume):
+        with self.layout.state_lock(volume):
             subvol.rename(path, self._detached_path(volume), subvol.RENAME_NOREPLACE)
             if self.mounts(volume):
                 return f"kept in .detached/ until {volume} is unmounted"
@@ -498,7 +499,7 @@ class BtrfsVolumeDriver(VolumeDriver):
         volume = self.snapshots.split_name(snap)[0]
         target = check_name(target if target is not None else volume, "target volume name")
         dst = self._volume_path(target)
-        with self.volume_lock(target), self.layout.temporary("restore", target) as fresh:
+        with self.layout.state_lock(target), self.layout.temporary("restore", target) as fresh:
             if not subvol.is_subvolume(dst):
                 if os.path.lexists(dst):
                     raise Conflict(f"{dst} exists and is not a volume; refusing to touch it")

@@ -110,15 +110,29 @@ class Layout:
     def volume_lock(
         self, name: str, *, wait: bool = True
     ) -> contextlib.AbstractContextManager[None]:
-        """THE per-volume lock (VolumeDriver.volume_lock): reentrant, across processes."""
+        """VolumeDriver.volume_lock: one job, send, pull or purge of a volume at a time.
+
+        A reentrant flock on ``.locks/pipe/NAME`` (the path sends have always
+        used, so a send of an older stowkit still excludes a purge).  Take it
+        before :meth:`state_lock`, never after: that one order rules out a
+        deadlock between a job and a purge or restore in another process.
+        """
         check_name(name, "volume name")
         self.setup()
         busy = None if wait else f"volume {name!r} is busy with another job"
-        return state.reentrant(self.dir(".locks", "volume", name), busy=busy)
+        return state.reentrant(self.dir(".locks", "pipe", name), busy=busy)
 
-    def pipe_lock(self, volume: str) -> contextlib.AbstractContextManager[None]:
-        """One send or pull of ``volume`` at a time, and no purge meanwhile."""
-        return state.locked(self.dir(".locks", "pipe", check_name(volume)))
+    def state_lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """Short changes of a volume (create, mount, unmount, snapshot, restore, delete).
+
+        Apart from :meth:`volume_lock` so that a Docker Mount never waits for
+        a long replication: a job holds the volume lock for its whole run,
+        while this one is held for one driver call.  Reentrant, flock on
+        ``.locks/volume/NAME``.
+        """
+        check_name(name, "volume name")
+        self.setup()
+        return state.reentrant(self.dir(".locks", "volume", name))
 
     def record_lock(self, volume: str) -> contextlib.AbstractContextManager[None]:
         """Around a read-modify-write of ``volume``'s ``.sent`` record."""

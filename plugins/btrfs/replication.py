@@ -223,7 +223,7 @@ class Replication:
         compress, rate = self._transfer(compress, bwlimit)
         # One send of a volume at a time (and no purge meanwhile): the parent
         # chosen below must still be there, on both sides, when the stream runs.
-        with self.layout.pipe_lock(os.path.basename(path).partition(SNAPSHOT_SEPARATOR)[0]):
+        with self.layout.volume_lock(os.path.basename(path).partition(SNAPSHOT_SEPARATOR)[0]):
             return self._send(path, peer, host, compress, rate)
 
     def _send(
@@ -272,7 +272,7 @@ class Replication:
         peer = self.peer(host)
         compress, rate = self._transfer(compress, bwlimit)
         self.layout.setup()
-        with self.layout.pipe_lock(volume):
+        with self.layout.volume_lock(volume):
             dirs = self._listing_dirs()
             remote = self._peer_snapshots(self._list_peer(peer, dirs), dirs, volume)
             target = next((r for r in remote if r.name == name), None)

@@ -233,7 +233,7 @@ class Snapshots:
         check_name(volume, "volume name")
         parsed = retention.parse_pattern(pattern)
         now = now or dt.datetime.now(dt.UTC)
-        with self.layout.volume_lock(volume), self.layout.pipe_lock(volume):
+        with self.layout.volume_lock(volume), self.layout.state_lock(volume):
             found = list(self.scan(volume))
             items = [(e.name, e.created) for e in found]
             paths = {e.name: e.path for e in found}

@@ -1,10 +1,11 @@
 """Small persistent records under the btrfs root, shared by every process.
 
-* ``.locks/volume/NAME`` - THE per-volume lock (:func:`reentrant`, reached
-  through ``VolumeDriver.volume_lock``), so the CLI, the plugin and the
-  scheduler's jobs never mount, restore, delete or purge one volume at the
-  same time; ``.locks/pipe/NAME`` keeps one send of a volume at a time and
-  ``.locks/send/NAME`` guards its ``.sent`` record;
+* ``.locks/pipe/NAME`` - the volume's job lock (:func:`reentrant`, reached
+  through ``VolumeDriver.volume_lock``): one scheduled job, send, pull or
+  purge of a volume at a time, across the CLI, the plugin and the agents;
+  ``.locks/volume/NAME`` - the short lock of one driver call that changes the
+  volume (mount, unmount, restore, delete), so a Mount never waits for a job;
+  ``.locks/send/NAME`` guards the volume's ``.sent`` record;
 * ``.mounts/NAME``  - JSON ``{"boot_id": ..., "ids": [...]}``: the mount IDs
   using the volume and the kernel boot they were recorded in (the Docker
   plugin writes it through ``mount``/``unmount``; ``volume show``, ``delete``

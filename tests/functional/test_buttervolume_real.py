@@ -31,7 +31,7 @@ import uuid
 import btrfsutil
 import pytest
 
-from stowkit.corelib.scheduler import ScheduleStore
+from stowkit.corelib.schedule.filestore import ScheduleStore
 from tests.functional.conftest import missing
 from tests.functional.test_btrfs_fixtures import REPO, ssh_settings, wipe
 from tests.functional.test_docker_plugin import PLUGINS_DIR, plugin_call

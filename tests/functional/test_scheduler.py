@@ -99,3 +99,20 @@ def test_pause_and_resume_one_job(plugin):
         lambda r: r[(vol, "snapshot")]["runs"] >= paused_runs + 2,
         "runs after resume",
     )
+
+
+def test_a_job_waits_while_another_process_holds_its_volume(plugin):
+    """One lock per volume, the driver's: a job neither runs nor fails while it is held."""
+    from stowkit.corelib import config, registry
+
+    vol = f"held-{uuid.uuid4().hex[:4]}"
+    assert plugin.call("/VolumeDriver.Create", {"Name": vol}) == {"Err": ""}
+    conf = config.load_conf([str(plugin.conf)])
+    driver = registry.load("volume", conf, "btrfs")
+    with driver.volume_lock(vol):
+        added = plugin.stowkit("schedule", "add", vol, "snapshot", "0.02")
+        assert added.returncode == 0, added.stderr
+        time.sleep(2.0)  # many ticks, every one finding the volume busy
+        row = jobs(plugin)[(vol, "snapshot")]
+        assert row["runs"] == 0 and row["last_result"] is None, row
+    wait_for(plugin, lambda r: r[(vol, "snapshot")]["last_result"] == "ok", "the released job")

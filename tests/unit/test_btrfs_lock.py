@@ -157,3 +157,30 @@ def test_the_name_is_checked_before_anything(driver):
     with pytest.raises(InvalidName):
         driver.volume_lock("../x")
     assert not os.path.exists(driver.root)
+
+
+def test_a_mount_does_not_wait_for_a_job_holding_the_volumes_lock(driver):
+    # A job (a long replication) holds the volume's lock; Docker's Mount of
+    # that volume must still answer, as it did before jobs shared the lock.
+    os.makedirs(os.path.join(driver.volumes_dir, "v"))
+    with driver.volume_lock("v"):
+        out = _in_thread(lambda: driver.mount("v", "m1"))
+        assert out == {"result": os.path.join(driver.volumes_dir, "v")}
+        assert _in_thread(lambda: driver.unmount("v", "m1")) == {"result": None}
+
+
+def test_a_purge_waits_for_the_job_holding_the_volumes_lock(driver):
+    # The job may be sending a snapshot a purge would condemn as the parent.
+    os.makedirs(os.path.join(driver.volumes_dir, "v"))
+    done = threading.Event()
+
+    def purge():
+        driver.purge("v", "1h:1d")
+        done.set()
+
+    with driver.volume_lock("v"):
+        thread = threading.Thread(target=purge, daemon=True)
+        thread.start()
+        assert not done.wait(0.3)
+    assert done.wait(10)
+    thread.join(10)

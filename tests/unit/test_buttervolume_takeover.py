@@ -13,7 +13,7 @@ import time
 import pytest
 
 from stowkit.cli.compat import buttervolume
-from stowkit.corelib import config, registry, scheduler
+from stowkit.corelib import config, registry, schedule
 from stowkit.corelib.errors import ConfigError, InvalidName
 from stowkit.corelib.volume import split_snapshot_name
 from stowkit.plugins.btrfs import transport
@@ -276,7 +276,7 @@ def test_context_gives_buttervolumes_paths_to_the_driver(tmp_path, monkeypatch):
     assert drv.root == str(tmp_path / "bv")
     assert drv.snapshots_dir == "/var/lib/buttervolume/snapshots"
     assert drv.opts.ssh_port == 2200
-    assert ctx.conf[scheduler.GROUP].tick == 60.0
+    assert ctx.conf[schedule.GROUP].tick == 60.0
     # a stowkit configuration that sets root wins over buttervolume's defaults
     conf_file.write_text(f"[volume_btrfs]\nroot = {tmp_path}/mine\n")
     ctx = buttervolume.Context([str(conf_file)], io.StringIO(), bv)

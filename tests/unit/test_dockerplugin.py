@@ -20,6 +20,7 @@ from stowkit.corelib.errors import (
     BackendUnavailable,
     Conflict,
     InvalidArgument,
+    Locked,
     NotFound,
 )
 from stowkit.corelib.names import check_name
@@ -132,9 +133,6 @@ class FakeDriver(VolumeDriver):
         self._need(name)
         self.ids.get(name, set()).discard(mount_id)
 
-    def volume_lock(self, name, *, wait=True):
-        return contextlib.nullcontext()
-
     def mounts(self, name):
         self._need(name)
         return sorted(self.ids.get(name, ()))
@@ -212,6 +210,18 @@ class FakeDriver(VolumeDriver):
         return PurgeResult(
             volume=volume, pattern=pattern, dry_run=dry_run, deleted=doomed, kept=snaps[-1:]
         )
+
+    @contextlib.contextmanager
+    def volume_lock(self, name, *, wait=True):
+        # As the interface says: one holder per volume, reentrant in its thread.
+        with self.lock:
+            lock = self.__dict__.setdefault("volume_locks", {}).setdefault(name, threading.RLock())
+        if not lock.acquire(blocking=wait):
+            raise Locked(f"volume {name} is busy with another job")
+        try:
+            yield
+        finally:
+            lock.release()
 
 
 # -- the app, called directly -------------------------------------------------------

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from stowkit.corelib.dockerplugin.app import PluginApp
 from stowkit.corelib.dockerplugin.server import PluginServer
-from stowkit.corelib.scheduler import ScheduleStore
+from stowkit.corelib.schedule.filestore import ScheduleStore
 from tests.unit.test_dockerplugin import FakeDriver, UnixHTTPConnection
 
 #: every route buttervolume 3.13's plugin.py serves besides Docker's own

@@ -104,7 +104,9 @@ def setup(tmp_path, monkeypatch):
     monkeypatch.setattr(drv.snapshots, "path", lambda name: snaps[name].path)
     monkeypatch.setattr(drv.snapshots, "snapshot", lambda path: snaps[os.path.basename(path)])
     monkeypatch.setattr(drv.snapshots, "list", lambda volume=None: list(snaps.values()))
-    monkeypatch.setattr(drv.layout, "pipe_lock", lambda volume: contextlib.nullcontext())
+    monkeypatch.setattr(
+        drv.layout, "volume_lock", lambda volume, wait=True: contextlib.nullcontext()
+    )
     recorded = []
     monkeypatch.setattr(
         drv.replication, "record_sent", lambda peer, snap: recorded.append(snap.name)

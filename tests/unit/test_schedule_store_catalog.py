@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 
 from stowkit.cli.app import main
-from stowkit.corelib import catalogclient, config, scheduler
+from stowkit.corelib import catalogclient, config, schedule
 from stowkit.corelib.agent import engine
 from stowkit.corelib.agent import options as agent_options
 from stowkit.corelib.catalogapi import server
 from stowkit.corelib.catalogclient import CatalogClient
 from stowkit.corelib.errors import InvalidArgument, NotFound
+from stowkit.corelib.schedule.catalogstore import CatalogScheduleStore
+from stowkit.corelib.schedule.filestore import ScheduleStore
 
 CLIENT = "demo_host-a"
 
@@ -94,7 +96,7 @@ def catalog(tmp_path):
 
 @pytest.fixture()
 def store(catalog):
-    return scheduler.CatalogScheduleStore(catalog, CLIENT, "host-a")
+    return CatalogScheduleStore(catalog, CLIENT, "host-a")
 
 
 def _only_job(catalog):
@@ -251,14 +253,14 @@ def test_import_checks_every_line_first(store):
 
 def test_the_option_picks_the_store(tmp_path):
     conf = config.load_conf(overrides=[(None, "state_dir", str(tmp_path))])
-    assert isinstance(scheduler.open_store(conf), scheduler.ScheduleStore)
-    assert scheduler.open_store(conf).runs_here
-    conf.set_override("store", "catalog", scheduler.GROUP)
+    assert isinstance(schedule.open_store(conf), ScheduleStore)
+    assert schedule.open_store(conf).runs_here
+    conf.set_override("store", "catalog", schedule.GROUP)
     agent_options.register_opts(conf)
     conf.set_override("hostname", "host-a", "agent")
     conf.set_override("project", "demo", "agent")
-    store = scheduler.open_store(conf)
-    assert isinstance(store, scheduler.CatalogScheduleStore)
+    store = schedule.open_store(conf)
+    assert isinstance(store, CatalogScheduleStore)
     assert store.client_id == CLIENT and not store.runs_here
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -12,15 +11,12 @@ import time
 
 import pytest
 
-from stowkit.corelib import scheduler
-from stowkit.corelib.errors import InvalidArgument, InvalidName, NotFound
-from stowkit.corelib.scheduler import (
-    Job,
-    Scheduler,
-    ScheduleStore,
-    parse_action,
-    parse_buttervolume_csv,
-)
+from stowkit.corelib.errors import InvalidArgument, InvalidName, Locked, NotFound
+from stowkit.corelib.schedule.csvfile import parse_buttervolume_csv
+from stowkit.corelib.schedule.filestore import ScheduleStore
+from stowkit.corelib.schedule.jobs import Job, job_rows
+from stowkit.corelib.schedule.runner import Scheduler
+from stowkit.corelib.volumejobs import parse_action
 from tests.unit.test_dockerplugin import FakeDriver
 
 
@@ -40,7 +36,7 @@ def env(tmp_path):
         driver.create_volume(name)
     driver.calls.clear()
     store = ScheduleStore(str(tmp_path / "schedule.json"))
-    sched = Scheduler(driver, store, str(tmp_path / "locks"), max_workers=4, clock=clock)
+    sched = Scheduler(driver, store, max_workers=4, clock=clock)
     yield clock, driver, store, sched
     sched.stop()
 
@@ -317,9 +313,7 @@ def test_jobs_of_one_volume_never_overlap_but_volumes_run_together(tmp_path):
             with mutex:
                 inflight[volume] -= 1
 
-    sched = Scheduler(
-        None, store, str(tmp_path / "locks"), max_workers=4, runner=runner, clock=clock
-    )
+    sched = Scheduler(FakeDriver(), store, max_workers=4, runner=runner, clock=clock)
     for v in ("v1", "v2"):
         store.add(v, "snapshot", 1, now=clock.now)
         store.add(v, "purge:1h:1d", 1, now=clock.now)
@@ -336,17 +330,38 @@ def test_jobs_of_one_volume_never_overlap_but_volumes_run_together(tmp_path):
     assert all(j.runs == 1 for j in store.load().jobs)
 
 
-def test_a_volume_locked_by_another_process_is_skipped_not_failed(env, tmp_path):
+def test_a_volume_whose_lock_another_job_holds_is_skipped_not_failed(env, monkeypatch):
     clock, driver, store, sched = env
     store.add("v1", "snapshot", 1, now=clock.now)
-    os.makedirs(tmp_path / "locks", exist_ok=True)
-    with open(tmp_path / "locks" / "v1.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    asked = []
+
+    def busy(name, *, wait=True):  # another process or command holds the driver's lock
+        asked.append((name, wait))
+        raise Locked(f"volume {name} is busy with another job")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(driver, "volume_lock", busy)
         sched.run_due()
-        job = jobs_by_key(store)[("v1", "snapshot")]
-        assert job.runs == 0 and job.last_result is None
+    assert asked == [("v1", False)]  # never waits: the next tick tries again
+    job = jobs_by_key(store)[("v1", "snapshot")]
+    assert job.runs == 0 and job.last_result is None
     sched.run_due()
     assert jobs_by_key(store)[("v1", "snapshot")].last_result == "ok"
+
+
+def test_a_locked_error_from_the_job_itself_is_a_failed_run_not_a_skip(env):
+    clock, driver, store, _ = env
+
+    def runner(driver, volume, action):  # e.g. the peer's receive of the volume is busy
+        raise Locked("peer b is receiving v1 already")
+
+    sched = Scheduler(driver, store, runner=runner, clock=clock)
+    store.add("v1", "snapshot", 1, now=clock.now)
+    sched.run_due()
+    sched.stop()
+    job = jobs_by_key(store)[("v1", "snapshot")]
+    assert (job.runs, job.last_result) == (1, "failed")
+    assert job.last_message == "peer b is receiving v1 already"
 
 
 # -- the schedule file ---------------------------------------------------------------------
@@ -442,11 +457,11 @@ def test_rows_show_last_and_next_run(tmp_path):
     job = Job(
         "v1", "snapshot", 1, added=0.0, last_run=120.5, last_result="failed", last_message="x"
     )
-    row = scheduler.job_rows([job])[0]
+    row = job_rows([job])[0]
     assert row["last_run"] == "1970-01-01T00:02:00Z"
     assert row["next_run"] == "1970-01-01T00:03:00Z"
     assert row["last_result"] == "failed" and row["state"] == "active"
-    assert scheduler.job_rows([job], paused=True)[0]["state"] == "paused (all)"
+    assert job_rows([job], paused=True)[0]["state"] == "paused (all)"
 
 
 # -- the background loop, with the real clock ------------------------------------------------
@@ -457,7 +472,7 @@ def test_background_loop_runs_due_jobs_and_stops(tmp_path):
     driver.create_volume("v1")
     store = ScheduleStore(str(tmp_path / "s.json"))
     store.add("v1", "snapshot", 0.005)  # every 0.3 s
-    sched = Scheduler(driver, store, str(tmp_path / "locks"), tick=0.05)
+    sched = Scheduler(driver, store, tick=0.05)
     sched.start()
     deadline = time.monotonic() + 20
     while store.load().jobs[0].runs < 3 and time.monotonic() < deadline:
