@@ -17,14 +17,18 @@ The four jobs, and the names this package gives them:
 - Volumes: ``VolumeDriver``, ``Volume``, ``Snapshot``, ``SendResult``; a
   volume is sent with ``kit.volumes.send_snapshot`` / ``replicate`` and
   fetched back with ``pull`` (``PullResult``); ``plan_purge`` and
-  ``parse_pattern`` are the retention rules ``VolumeDriver.purge`` applies.
+  ``parse_pattern`` are the retention rules ``VolumeDriver.purge`` applies;
+  ``run_volume_job`` runs a ``VolumeJob`` (a ``VolumeAction`` on a volume)
+  as the scheduler and the agent do.
 - Images: ``ImageStore``, ``Image``, ``find_image``; GlanceSync's engine is
   ``image_sync`` (``ImageSync``: ``status()`` plans, ``sync()`` applies,
   giving a ``SyncReport``).
 - Block devices: ``BlockStore``, ``BlockDevice``, ``Lease``; a device is
   copied from and to a file with ``upload_device`` and ``download_device``
   (``CopyStats``).
-- The catalog: ``Catalog``, ``Stored``, ``KINDS``, ``VersionConflict``.
+- The catalog: ``Catalog``, ``Stored``, ``KINDS``, ``VersionConflict``; a
+  catalog service is reached with ``connect_catalog`` (``CatalogClient``:
+  jobs, sessions, backup documents, as ``stowkit agent`` uses it).
 
 Every error stowkit raises on purpose is a ``StowkitError`` (the hierarchy of
 ``stowkit.corelib.errors``, re-exported here).  The names in ``__all__`` are
@@ -66,15 +70,19 @@ if TYPE_CHECKING:  # what type checkers read; _EXPORTS is what runs (a test keep
     from stowkit.corelib.catalog import Catalog as Catalog
     from stowkit.corelib.catalog import Stored as Stored
     from stowkit.corelib.catalog import VersionConflict as VersionConflict
+    from stowkit.corelib.catalogclient import CatalogClient as CatalogClient
+    from stowkit.corelib.catalogclient import connect as connect_catalog
     from stowkit.corelib.driver import Driver as Driver
     from stowkit.corelib.errors import AlreadyExists as AlreadyExists
     from stowkit.corelib.errors import BackendUnavailable as BackendUnavailable
     from stowkit.corelib.errors import ConfigError as ConfigError
     from stowkit.corelib.errors import Conflict as Conflict
+    from stowkit.corelib.errors import Forbidden as Forbidden
     from stowkit.corelib.errors import InvalidArgument as InvalidArgument
     from stowkit.corelib.errors import InvalidName as InvalidName
     from stowkit.corelib.errors import Locked as Locked
     from stowkit.corelib.errors import NotFound as NotFound
+    from stowkit.corelib.errors import PreconditionFailed as PreconditionFailed
     from stowkit.corelib.errors import StowkitError as StowkitError
     from stowkit.corelib.image import Image as Image
     from stowkit.corelib.image import ImageStore as ImageStore
@@ -91,6 +99,9 @@ if TYPE_CHECKING:  # what type checkers read; _EXPORTS is what runs (a test keep
     from stowkit.corelib.volume import Snapshot as Snapshot
     from stowkit.corelib.volume import Volume as Volume
     from stowkit.corelib.volume import VolumeDriver as VolumeDriver
+    from stowkit.corelib.volumejobs import VolumeAction as VolumeAction
+    from stowkit.corelib.volumejobs import VolumeJob as VolumeJob
+    from stowkit.corelib.volumejobs import run as run_volume_job
 
 #: public name -> (module, name there)
 _EXPORTS: dict[str, tuple[str, str]] = {
@@ -106,6 +117,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "pull": ("stowkit.corelib.pull", "pull"),
     "PullResult": ("stowkit.corelib.pull", "PullResult"),
     "plan_purge": ("stowkit.corelib.retention", "plan_purge"),
+    "VolumeAction": ("stowkit.corelib.volumejobs", "VolumeAction"),
+    "VolumeJob": ("stowkit.corelib.volumejobs", "VolumeJob"),
+    "run_volume_job": ("stowkit.corelib.volumejobs", "run"),
     "parse_pattern": ("stowkit.corelib.retention", "parse_pattern"),
     # images
     "ImageStore": ("stowkit.corelib.image", "ImageStore"),
@@ -127,6 +141,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Stored": ("stowkit.corelib.catalog", "Stored"),
     "KINDS": ("stowkit.corelib.catalog", "KINDS"),
     "VersionConflict": ("stowkit.corelib.catalog", "VersionConflict"),
+    "CatalogClient": ("stowkit.corelib.catalogclient", "CatalogClient"),
+    "connect_catalog": ("stowkit.corelib.catalogclient", "connect"),
     # errors
     "StowkitError": ("stowkit.corelib.errors", "StowkitError"),
     "InvalidArgument": ("stowkit.corelib.errors", "InvalidArgument"),
@@ -137,6 +153,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Locked": ("stowkit.corelib.errors", "Locked"),
     "BackendUnavailable": ("stowkit.corelib.errors", "BackendUnavailable"),
     "ConfigError": ("stowkit.corelib.errors", "ConfigError"),
+    "Forbidden": ("stowkit.corelib.errors", "Forbidden"),
+    "PreconditionFailed": ("stowkit.corelib.errors", "PreconditionFailed"),
     "DeviceLocked": ("stowkit.corelib.blocklock", "DeviceLocked"),
     "LeaseLost": ("stowkit.corelib.blocklock", "LeaseLost"),
 }
@@ -149,11 +167,13 @@ __all__ = [
     "BlockDevice",
     "BlockStore",
     "Catalog",
+    "CatalogClient",
     "ConfigError",
     "Conflict",
     "CopyStats",
     "DeviceLocked",
     "Driver",
+    "Forbidden",
     "Image",
     "ImageStore",
     "ImageSync",
@@ -164,6 +184,7 @@ __all__ = [
     "LeaseLost",
     "Locked",
     "NotFound",
+    "PreconditionFailed",
     "PullResult",
     "RegionResult",
     "SendResult",
@@ -173,7 +194,10 @@ __all__ = [
     "SyncReport",
     "VersionConflict",
     "Volume",
+    "VolumeAction",
     "VolumeDriver",
+    "VolumeJob",
+    "connect_catalog",
     "download_device",
     "find_image",
     "image_sync",
@@ -181,6 +205,7 @@ __all__ = [
     "parse_pattern",
     "plan_purge",
     "pull",
+    "run_volume_job",
     "upload_device",
 ]
 

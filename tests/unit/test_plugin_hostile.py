@@ -114,7 +114,7 @@ def test_mount_racing_remove_leaves_no_stale_record(driver, monkeypatch):
 def test_remove_checks_existence_under_the_lock(driver, monkeypatch):
     driver.create_volume("v2")
     seen = []
-    real_lock = driver.volume_lock
+    real_lock = driver.layout.state_lock
     real_existing = driver._existing_volume
     held = threading.local()
 
@@ -136,7 +136,7 @@ def test_remove_checks_existence_under_the_lock(driver, monkeypatch):
         seen.append(getattr(held, "on", False))
         return real_existing(name)
 
-    monkeypatch.setattr(driver, "volume_lock", lock)
+    monkeypatch.setattr(driver.layout, "state_lock", lock)
     monkeypatch.setattr(driver, "_existing_volume", existing)
     driver.mount("v2", "m1")
     driver.unmount("v2", "m1")
