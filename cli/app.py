@@ -46,14 +46,14 @@ def _version() -> str:
         return "0+unknown"
 
 
-def split_config_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
-    """Pull every ``--config-file F`` and ``--config-dir D`` out of ``argv``, wherever they stand.
+def _lift(argv: Sequence[str], options: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """Pull every ``OPTION VALUE`` and ``OPTION=VALUE`` of ``options`` out of ``argv``.
 
-    cliff only knows global options placed before the command; users write
-    ``stowkit volume list --config-file F`` too, and both must work.
-    Returns ``(files, dirs, rest)``.
+    The one parser of the config arguments: returns each option's values and
+    what is left, in order.  An option with no value left stays in the rest,
+    so argparse says the value is missing.
     """
-    found: dict[str, list[str]] = {"--config-file": [], "--config-dir": []}
+    found: dict[str, list[str]] = {option: [] for option in options}
     rest: list[str] = []
     it = iter(argv)
     for arg in it:
@@ -63,31 +63,29 @@ def split_config_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[s
         elif arg in found:
             following = next(it, None)
             if following is None:
-                rest.append(arg)  # let argparse say the value is missing
+                rest.append(arg)
             else:
                 found[arg].append(following)
         else:
             rest.append(arg)
+    return found, rest
+
+
+def split_config_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """Pull every ``--config-file F`` and ``--config-dir D`` out of ``argv``, wherever they stand.
+
+    cliff only knows global options placed before the command; users write
+    ``stowkit volume list --config-file F`` too, and both must work.
+    Returns ``(files, dirs, rest)``.
+    """
+    found, rest = _lift(argv, ("--config-file", "--config-dir"))
     return found["--config-file"], found["--config-dir"], rest
 
 
 def split_config_files(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """:func:`split_config_args` for ``--config-file`` only (``--config-dir`` stays in rest)."""
-    files: list[str] = []
-    rest: list[str] = []
-    it = iter(argv)
-    for arg in it:
-        if arg == "--config-file":
-            value = next(it, None)
-            if value is None:
-                rest.append(arg)  # let argparse say the value is missing
-            else:
-                files.append(value)
-        elif arg.startswith("--config-file="):
-            files.append(arg.split("=", 1)[1])
-        else:
-            rest.append(arg)
-    return files, rest
+    found, rest = _lift(argv, ("--config-file",))
+    return found["--config-file"], rest
 
 
 #: cliff's verbose level (default 1, -q 0, each -v one more) to the console's log level
