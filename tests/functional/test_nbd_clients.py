@@ -21,7 +21,7 @@ import pytest
 
 from stowkit.corelib.nbd import protocol as p
 from tests.commands import STOWKIT
-from tests.unit.nbd_fakes import RawClient, _string
+from tests.fakes.nbd import RawClient, _string
 
 MiB = 1 << 20
 

@@ -18,7 +18,7 @@ from stowkit.corelib.blockstore import (
     LeaseLost,
     UnstoredRecord,
 )
-from tests.unit.nbd_fakes import MemoryBlockStore
+from tests.fakes.nbd import MemoryBlockStore
 
 OSIZE = 4096
 

@@ -21,7 +21,7 @@ from stowkit.corelib.errors import ConfigError
 from stowkit.corelib.nbd import protocol as p
 from stowkit.corelib.nbd import tls as nbd_tls
 from stowkit.corelib.nbd.tls import Mode, ServerTls, TlsConfig
-from tests.unit.nbd_fakes import MemoryBlockStore, RawClient, ServerThread, _string
+from tests.fakes.nbd import MemoryBlockStore, RawClient, ServerThread, _string
 
 OSIZE = 64 << 10
 
