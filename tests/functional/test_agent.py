@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from tests.commands import STOWKIT
+from tests.fakes.net import free_port
 from tests.functional.test_btrfs_fixtures import REPO, hosts, peers  # noqa: F401 - fixture
-from tests.functional.test_catalog_freezer import _free_port
 from tests.functional.test_replication import received
 
 PROJECT = "demo"
@@ -103,7 +103,7 @@ def wait_for(what: str, check, timeout: float = 90.0, proc=None, procs=()) -> An
 def agent_stack(a, tmp_path):
     """A no-auth catalog on SQLite and an agent factory for host ``a``; a volume ``data``."""
     conf = tmp_path / "stowkit.conf"
-    port = _free_port()
+    port = free_port()
     conf.write_text(
         a.config_file.read_text()
         + f"""

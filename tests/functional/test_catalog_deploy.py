@@ -21,7 +21,8 @@ import uuid
 import pytest
 
 from tests.commands import STOWKIT
-from tests.functional.test_catalog_freezer import BACKUP, Api, _free_port, authtoken_section
+from tests.fakes.net import free_port
+from tests.functional.test_catalog_freezer import BACKUP, Api, authtoken_section
 
 
 def _admin_session(admin):
@@ -112,7 +113,7 @@ auth_strategy = keystone
         timeout=120,
     )
     assert sync.returncode == 0, sync.stderr
-    port = _free_port()
+    port = free_port()
     log = open(work / "server.log", "wb")
     proc = subprocess.Popen(
         SERVERS[request.param](port, conf),

@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -25,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.commands import STOWKIT
+from tests.fakes.net import free_port
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -58,12 +58,6 @@ def authtoken_section(keystone: dict[str, Any], svc: dict[str, Any]) -> str:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def database(request, service, tmp_path_factory) -> str:
     if request.param == "sqlite":
@@ -92,7 +86,7 @@ def catalog_server(work: pathlib.Path, database: str, keystone: dict[str, Any], 
     ``extra`` is appended to its configuration file (more groups).
     """
     svc = keystone["service"]
-    port = _free_port()
+    port = free_port()
     conf = work / "stowkit.conf"
     conf.write_text(
         f"""[DEFAULT]

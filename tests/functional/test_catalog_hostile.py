@@ -28,15 +28,10 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 
 from tests.commands import STOWKIT
+from tests.fakes.net import free_port
 from tests.unit.test_catalog_hostile_props import encode, hostile
 
 BACKUP = {"container": "c", "hostname": "h.example.org", "backup_name": "etc", "time_stamp": 1}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -59,7 +54,7 @@ class Server:
     """``stowkit catalog serve --no-auth`` in its own session, on a fixed port."""
 
     def __init__(self, work: pathlib.Path, database: str, port: int | None = None) -> None:
-        self.work, self.port = work, port or _free_port()
+        self.work, self.port = work, port or free_port()
         self.conf = work / "stowkit.conf"
         self.conf.write_text(
             f"[DEFAULT]\nstate_dir = {work}\n[catalog_sql]\nconnection = {database}\n"

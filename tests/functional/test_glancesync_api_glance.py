@@ -32,15 +32,10 @@ from stowkit.corelib.imagesync import api
 from stowkit.corelib.imagesync.tasks import FAILED, INTERRUPTED, SYNCED, SYNCING
 from stowkit.plugins.glance.store import GlanceImageStore
 from tests.commands import STOWKIT
+from tests.fakes.net import free_port
 from tests.functional.test_imagesync_glance import _make_admin
 
 REGION = "RegionTwo"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _token(creds: dict[str, Any]) -> str:
@@ -130,7 +125,7 @@ def _image(stack, name: str, size: int) -> None:
 
 
 def _start_server(stack) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     log = open(stack["work"] / "server.log", "ab")
     proc = subprocess.Popen(
         [*STOWKIT, "--config-file", str(stack["conf_file"]), "image", "serve", "--port", str(port)],
