@@ -13,16 +13,14 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def stack_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("STOWKIT_STACK_DIR", REPO / ".stack"))
+from tests.fakes.btrfs_hosts import Host, ssh_settings, wipe
+from tests.fakes.harness import missing, stack_dir
 
 
 def _state() -> dict[str, Any]:
@@ -42,13 +40,6 @@ def _alive(record: dict[str, Any]) -> bool:
     return True
 
 
-def missing(reason: str) -> None:
-    """Fail under CI, skip elsewhere."""
-    if os.environ.get("CI"):
-        pytest.fail(f"required service unavailable: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def service() -> Callable[[str], dict[str, Any]]:
     """``service(name)`` -> that service's record from the harness state file."""
@@ -62,3 +53,40 @@ def service() -> Callable[[str], dict[str, Any]]:
         return record
 
     return get
+
+
+# -- two btrfs hosts (host a and host b), fresh for each test ---------------------
+
+
+@pytest.fixture
+def hosts(service) -> Iterator[tuple[Host, Host]]:
+    """(a, b): a's peer root is b's root and the reverse; ssh settings when sshd runs."""
+    mounts = service("btrfs")["mounts"]
+    tag = f"stowkit-test-{uuid.uuid4().hex[:8]}"
+    root_a = pathlib.Path(mounts[0]) / tag
+    root_b = pathlib.Path(mounts[1]) / tag
+    a, b = Host(root_a, root_b, {}), Host(root_b, root_a, {})
+    try:
+        yield a, b
+    finally:
+        for h in (a, b):
+            wipe(h.root)
+            h.config_file.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def peers(service) -> Iterator[tuple[Host, Host, str]]:
+    """Like ``hosts`` with ssh between them: (a, b, "host b as seen from a")."""
+    sshd = service("sshd")
+    mounts = service("btrfs")["mounts"]
+    tag = f"stowkit-test-{uuid.uuid4().hex[:8]}"
+    root_a = pathlib.Path(mounts[0]) / tag
+    root_b = pathlib.Path(mounts[1]) / tag
+    ssh = ssh_settings(sshd)
+    a, b = Host(root_a, root_b, ssh), Host(root_b, root_a, ssh)
+    try:
+        yield a, b, sshd["host"]
+    finally:
+        for h in (a, b):
+            wipe(h.root)
+            h.config_file.unlink(missing_ok=True)

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from tests.commands import STOWKIT
+from tests.fakes.harness import REPO
 from tests.fakes.net import free_port
-from tests.functional.test_btrfs_fixtures import REPO, hosts, peers  # noqa: F401 - fixture
 from tests.functional.test_replication import received
 
 PROJECT = "demo"
@@ -164,13 +164,13 @@ claim_timeout = 600
 
 
 @pytest.fixture
-def stack(hosts, tmp_path):  # noqa: F811
+def stack(hosts, tmp_path):
     with agent_stack(hosts[0], tmp_path) as parts:
         yield parts
 
 
 @pytest.fixture
-def peer_stack(peers, tmp_path):  # noqa: F811
+def peer_stack(peers, tmp_path):
     a, b, host_b = peers
     with agent_stack(a, tmp_path) as parts:
         yield (*parts, b, host_b)

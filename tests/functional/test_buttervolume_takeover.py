@@ -15,7 +15,7 @@ import sys
 
 import btrfsutil
 
-from tests.functional.test_btrfs_fixtures import REPO, peers  # noqa: F401 - fixture
+from tests.fakes.harness import REPO
 from tests.unit.test_buttervolume_takeover import BV, paris  # noqa: F401 - fixture
 
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.harness import missing
 from tests.functional import test_catalog_freezer as catalog_tests
-from tests.functional.conftest import missing
 
 # The catalog server behind Keystone, its scratch database and the freezer CLI:
 # test_catalog_freezer's fixtures, shared rather than copied.

@@ -23,7 +23,7 @@ from stowkit.corelib import imagesync
 from stowkit.corelib.image import Credentials
 from stowkit.corelib.imagesync import plan as P
 from stowkit.plugins.glance.store import GlanceImageStore
-from tests.functional.conftest import stack_dir
+from tests.fakes.harness import stack_dir
 
 REGIONS = ("RegionTwo", "RegionThree")
 OTHER = "other:RegionOther"

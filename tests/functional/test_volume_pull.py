@@ -26,9 +26,9 @@ import pytest
 from stowkit.corelib.agent import actions
 from stowkit.corelib.agent.client import HttpCatalog, noauth_headers
 from tests.commands import STOWKIT
+from tests.fakes.harness import REPO
 from tests.fakes.net import free_port
 from tests.functional.test_agent import stop_group, wait_for
-from tests.functional.test_btrfs_fixtures import REPO, peers  # noqa: F401 - fixture
 
 PROJECT = "demo"
 
@@ -65,7 +65,7 @@ class Side:
 
 
 @pytest.fixture
-def world(peers, tmp_path) -> Iterator[dict[str, Any]]:  # noqa: F811
+def world(peers, tmp_path) -> Iterator[dict[str, Any]]:
     a, b, remote = peers
     port = free_port()
     url = f"http://127.0.0.1:{port}"

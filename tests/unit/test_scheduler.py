@@ -21,7 +21,7 @@ from stowkit.corelib.scheduler import (
     parse_action,
     parse_buttervolume_csv,
 )
-from tests.unit.test_dockerplugin import FakeDriver
+from tests.fakes.volumes import FakeDriver
 
 
 class Clock:
