@@ -20,7 +20,7 @@ from stowkit.corelib import config
 from stowkit.corelib.agent import actions, engine, options
 from stowkit.corelib.agent.client import HttpCatalog
 from stowkit.corelib.errors import ConfigError
-from tests.unit.test_agent import FakeCatalog
+from tests.fakes.agent_catalog import FakeCatalog
 
 SERVICE_PROJECT = "a" * 32
 USER_PROJECT = "b" * 32

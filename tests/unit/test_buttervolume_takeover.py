@@ -349,7 +349,7 @@ def test_with_the_catalog_store_the_verbs_and_the_take_over_use_the_catalog(tmp_
     """`[scheduler] store = catalog`: the plugin's scheduler is the agent's catalog jobs, so
     schedule.csv is taken over there (once) and `schedule`/`scheduled` edit and show those,
     never a schedule file nothing runs."""
-    from tests.unit.test_schedule_store_catalog import served_catalog
+    from tests.fakes.catalog import served_catalog
 
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "schedule.csv").write_text("v1,snapshot,60,True\n")

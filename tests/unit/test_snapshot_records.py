@@ -12,8 +12,8 @@ from stowkit.cli import catalogreach
 from stowkit.cli.app import StowkitApp, main
 from stowkit.corelib import config
 from stowkit.corelib.errors import BackendUnavailable
+from tests.fakes.catalog import served_catalog
 from tests.fakes.volumes import FakeDriver
-from tests.unit.test_schedule_store_catalog import served_catalog
 
 
 @pytest.fixture()
