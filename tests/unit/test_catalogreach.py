@@ -7,16 +7,11 @@ import pytest
 from stowkit.cli import catalogreach
 from stowkit.corelib.catalogdocs import CommandCatalog
 from stowkit.corelib.errors import InvalidArgument
-from tests.unit.test_agent_auth import (  # noqa: F401 - fixtures
-    SERVICE_PROJECT,
-    clean_env,
-    conf_with,
-    keystone,
-    password_conf,
-)
+from tests.fakes.agent_conf import conf_with, password_conf
+from tests.fakes.keystone import SERVICE_PROJECT
 
 
-def test_with_keystone_the_token_names_the_project_and_the_catalog(tmp_path, keystone, clean_env):  # noqa: F811
+def test_with_keystone_the_token_names_the_project_and_the_catalog(tmp_path, keystone, clean_env):
     reach = catalogreach.reach(password_conf(tmp_path, keystone, "hostname = web-1\n"))
     assert isinstance(reach.catalog, CommandCatalog)  # whole searches, job edits
     assert (reach.project, reach.url) == (SERVICE_PROJECT, keystone.catalog_url)
@@ -26,8 +21,8 @@ def test_with_keystone_the_token_names_the_project_and_the_catalog(tmp_path, key
 
 def test_with_keystone_a_given_url_wins_and_a_given_project_is_refused(
     tmp_path,
-    keystone,  # noqa: F811
-    clean_env,  # noqa: F811
+    keystone,
+    clean_env,
 ):
     conf = password_conf(tmp_path, keystone)
     assert catalogreach.reach(conf, "http://elsewhere:1").url == "http://elsewhere:1"
@@ -35,7 +30,7 @@ def test_with_keystone_a_given_url_wins_and_a_given_project_is_refused(
         catalogreach.reach(conf, project="other")
 
 
-def test_without_credentials_it_is_the_no_auth_client(tmp_path, clean_env):  # noqa: F811
+def test_without_credentials_it_is_the_no_auth_client(tmp_path, clean_env):
     reach = catalogreach.reach(conf_with(tmp_path, "project = demo\nhostname = h\n"))
     assert (reach.project, reach.client_id) == ("demo", "demo_h")
     assert "X-Auth-Token" not in reach.catalog.headers()
