@@ -28,8 +28,8 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 
 from tests.commands import STOWKIT
+from tests.fakes.hostile_json import encode, hostile
 from tests.fakes.net import free_port
-from tests.unit.test_catalog_hostile_props import encode, hostile
 
 BACKUP = {"container": "c", "hostname": "h.example.org", "backup_name": "etc", "time_stamp": 1}
 

@@ -23,7 +23,7 @@ from stowkit.plugins.sql.catalog import SqlCatalog
 from stowkit.plugins.sql.tables import PG_TERMS_INDEX
 from stowkit.plugins.sql.terms import terms_of
 from tests.commands import STOWKIT
-from tests.unit.test_catalog_sql_index import expected, walked
+from tests.fakes.catalog_search import expected, walked
 
 POLL_MATCH = [{"client_id": "c-7"}]
 POLL_NOT = [{"status": "completed"}]
