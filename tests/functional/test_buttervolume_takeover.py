@@ -15,15 +15,15 @@ import sys
 
 import btrfsutil
 
+from tests.fakes.buttervolume import BV
 from tests.fakes.harness import REPO
-from tests.unit.test_buttervolume_takeover import BV, paris  # noqa: F401 - fixture
 
 
 def bv_name(volume, ago):
     return f"{volume}@{(dt.datetime.now() - ago).strftime(BV)}"
 
 
-def test_stowkit_takes_over_a_buttervolume_tree(peers, paris):  # noqa: F811
+def test_stowkit_takes_over_a_buttervolume_tree(peers, paris):
     a, b, remote = peers
     vols, snaps, recv = (a.root / "bv-volumes", a.root / "bv-snapshots", a.root / "bv-received")
     peer_snaps, peer_recv = b.root / "bv-snapshots", b.root / "bv-received"

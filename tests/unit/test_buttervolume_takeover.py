@@ -8,7 +8,6 @@ import datetime as dt
 import io
 import os
 import subprocess
-import time
 
 import pytest
 
@@ -17,19 +16,7 @@ from stowkit.corelib import config, registry, scheduler
 from stowkit.corelib.errors import ConfigError, InvalidName
 from stowkit.corelib.volume import split_snapshot_name
 from stowkit.plugins.btrfs import transport
-
-BV = "%Y-%m-%dT%H:%M:%S.%f"
-
-
-@pytest.fixture
-def paris(monkeypatch):
-    """Local time an hour ahead of UTC in winter, as buttervolume's host may be."""
-    monkeypatch.setenv("TZ", "Europe/Paris")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
-
+from tests.fakes.buttervolume import BV
 
 # -- names ---------------------------------------------------------------------------
 
