@@ -21,6 +21,7 @@ import pytest
 
 from tests.fakes.btrfs_hosts import Host, ssh_settings, wipe
 from tests.fakes.harness import missing, stack_dir
+from tests.fakes.keystone_catalog import catalog_server, freezer_runner
 
 
 def _state() -> dict[str, Any]:
@@ -90,3 +91,40 @@ def peers(service) -> Iterator[tuple[Host, Host, str]]:
         for h in (a, b):
             wipe(h.root)
             h.config_file.unlink(missing_ok=True)
+
+
+# -- the catalog behind the harness Keystone, on SQLite and PostgreSQL -----------------
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database(request, service, tmp_path_factory) -> str:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('catalog-sqlite')}/catalog.sqlite"
+        return
+    import psycopg
+
+    pg = service("postgres")
+    name = f"stowkit_catalog_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg["url"], autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield pg["url"].rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(pg["url"], autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
+def keystone(service) -> dict[str, Any]:
+    return service("keystone")
+
+
+@pytest.fixture(scope="module")
+def catalog_url(database, keystone, tmp_path_factory) -> str:
+    """stowkit's catalog on ``database``, validating tokens with the harness Keystone."""
+    with catalog_server(tmp_path_factory.mktemp("catalog-server"), database, keystone) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def freezer(service, keystone, catalog_url):
+    """Run the real ``freezer`` CLI as the member user; returns parsed JSON output."""
+    return freezer_runner(service("freezerclient")["bin"], keystone["member"], catalog_url)

@@ -21,8 +21,8 @@ import pytest
 from stowkit.corelib.errors import ConfigError
 from tests.commands import STOWKIT
 from tests.fakes.harness import REPO
+from tests.fakes.keystone_catalog import Api, catalog_server, freezer_runner
 from tests.functional.test_agent import stop_group, wait_for
-from tests.functional.test_catalog_freezer import Api, catalog_server, freezer_runner
 
 
 @pytest.fixture(scope="module")

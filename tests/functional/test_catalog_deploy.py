@@ -21,8 +21,9 @@ import uuid
 import pytest
 
 from tests.commands import STOWKIT
+from tests.fakes.catalog import BACKUP
+from tests.fakes.keystone_catalog import Api, authtoken_section
 from tests.fakes.net import free_port
-from tests.functional.test_catalog_freezer import BACKUP, Api, authtoken_section
 
 
 def _admin_session(admin):

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from tests.functional.test_catalog_freezer import Api, catalog_server, keystone  # noqa: F401
+from tests.fakes.keystone_catalog import Api, catalog_server
 
 
 @pytest.fixture(scope="module")
-def trusting_catalog(keystone, tmp_path_factory):  # noqa: F811
+def trusting_catalog(keystone, tmp_path_factory):
     work = tmp_path_factory.mktemp("catalog-trusts")
     extra = "[centralized_scheduler]\nenforce_trusts = true\n"
     with catalog_server(work, f"sqlite:///{work}/catalog.sqlite", keystone, extra) as url:
@@ -34,7 +34,7 @@ def _trust_session(svc: dict[str, Any], trust_id: str):
     return session.Session(auth=auth)
 
 
-def test_a_centralized_job_gets_a_trust_the_service_user_can_use(keystone, trusting_catalog):  # noqa: F811
+def test_a_centralized_job_gets_a_trust_the_service_user_can_use(keystone, trusting_catalog):
     from keystoneauth1 import exceptions
 
     member, svc = keystone["member"], keystone["service"]
