@@ -89,3 +89,12 @@ class Host:
 
     def path(self, *parts: str) -> pathlib.Path:
         return self.root.joinpath(*parts)
+
+
+def received(host, volume=None):
+    """The snapshots ``host`` has received (of ``volume``), by name."""
+    return sorted(
+        n
+        for n in os.listdir(host.path("received"))
+        if not n.startswith(".") and (volume is None or n.startswith(volume + "@"))
+    )

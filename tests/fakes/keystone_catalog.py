@@ -19,6 +19,7 @@ import urllib.request
 from typing import Any
 
 from tests.commands import STOWKIT
+from tests.fakes import keystone_admin
 from tests.fakes.net import free_port
 
 
@@ -95,28 +96,13 @@ max_body_size = 65536
         log.close()
 
 
-def _token(user: dict[str, Any]) -> str:
-    from keystoneauth1 import session
-    from keystoneauth1.identity import v3
-
-    auth = v3.Password(
-        auth_url=user["auth_url"],
-        username=user["username"],
-        password=user["password"],
-        project_name=user["project_name"],
-        user_domain_name=user["user_domain_name"],
-        project_domain_name=user["project_domain_name"],
-    )
-    return session.Session(auth=auth).get_token()
-
-
 class Api:
     """Raw HTTP as one Keystone user."""
 
     def __init__(self, url: str, user: dict[str, Any]) -> None:
         self.url = url
         self.project = user["project_id"]
-        self.token = _token(user)
+        self.token = keystone_admin.token(user)
 
     def call(
         self, method: str, path: str, body: Any = None, raw: bytes | None = None

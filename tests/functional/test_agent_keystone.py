@@ -22,7 +22,7 @@ from stowkit.corelib.errors import ConfigError
 from tests.commands import STOWKIT
 from tests.fakes.harness import REPO
 from tests.fakes.keystone_catalog import Api, catalog_server, freezer_runner
-from tests.functional.test_agent import stop_group, wait_for
+from tests.fakes.processes import stop_group, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -21,21 +21,10 @@ import uuid
 import pytest
 
 from tests.commands import STOWKIT
+from tests.fakes import keystone_admin
 from tests.fakes.catalog import BACKUP
 from tests.fakes.keystone_catalog import Api, authtoken_section
 from tests.fakes.net import free_port
-
-
-def _admin_session(admin):
-    from keystoneauth1 import session
-    from keystoneauth1.identity import v3
-
-    auth = v3.Password(
-        **{k: admin[k] for k in ("auth_url", "username", "password", "project_name")},
-        user_domain_name=admin["user_domain_name"],
-        project_domain_name=admin["project_domain_name"],
-    )
-    return session.Session(auth=auth)
 
 
 def _os_env(user, **extra):
@@ -158,7 +147,7 @@ def registered(keystone, server_url):
     assert again.returncode == 0, again.stderr
     assert {r["change"] for r in json.loads(again.stdout)} == {"unchanged"}
     yield region
-    sess = _admin_session(admin)
+    sess = keystone_admin.session(admin)
     ident = {"service_type": "identity", "interface": "public", "version": (3, 0)}
     service_id = rows[0]["service_id"]
     for ep in sess.get(f"/endpoints?service_id={service_id}", endpoint_filter=ident).json()[
@@ -198,7 +187,7 @@ def test_freezer_cli_finds_stowkit_in_the_keystone_catalog(service, keystone, re
 
 
 def registered_url(keystone, region):
-    sess = _admin_session(keystone["admin"])
+    sess = keystone_admin.session(keystone["admin"])
     return sess.get_endpoint(service_type="backup", interface="public", region_name=region)
 
 
@@ -206,7 +195,7 @@ def registered_url(keystone, region):
 def reader(keystone):
     """A user with only the reader role on the member's project, removed after."""
     admin, member = keystone["admin"], keystone["member"]
-    sess = _admin_session(admin)
+    sess = keystone_admin.session(admin)
     ident = {"service_type": "identity", "interface": "public", "version": (3, 0)}
     password = uuid.uuid4().hex
     name = f"reader-{uuid.uuid4().hex[:8]}"

@@ -32,25 +32,10 @@ from stowkit.corelib.imagesync import api
 from stowkit.corelib.imagesync.tasks import FAILED, INTERRUPTED, SYNCED, SYNCING
 from stowkit.plugins.glance.store import GlanceImageStore
 from tests.commands import STOWKIT
+from tests.fakes import keystone_admin
 from tests.fakes.net import free_port
-from tests.functional.test_imagesync_glance import _make_admin
 
 REGION = "RegionTwo"
-
-
-def _token(creds: dict[str, Any]) -> str:
-    from keystoneauth1 import session
-    from keystoneauth1.identity import v3
-
-    auth = v3.Password(
-        auth_url=creds["auth_url"],
-        username=creds["username"],
-        password=creds["password"],
-        project_name=creds["project_name"],
-        user_domain_name=creds.get("user_domain_name", "Default"),
-        project_domain_name=creds.get("project_domain_name", "Default"),
-    )
-    return session.Session(auth=auth).get_token()
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +44,7 @@ def stack(service, tmp_path_factory):
     service("glance")
     name = f"skapi-{uuid.uuid4().hex[:8]}"
     password = uuid.uuid4().hex
-    project = _make_admin(keystone["admin"], name, password)
+    project = keystone_admin.make_admin(keystone["admin"], name, password)
     work = tmp_path_factory.mktemp("glancesync-api")
     svc = keystone["service"]
     conf_file = work / "stowkit.conf"
@@ -91,8 +76,8 @@ def stack(service, tmp_path_factory):
         "store": store,
         "work": work,
         "project": project,
-        "admin_token": _token(admin),
-        "member_token": _token(keystone["member"]),
+        "admin_token": keystone_admin.token(admin),
+        "member_token": keystone_admin.token(keystone["member"]),
         "name": name,
     }
     try:

@@ -16,16 +16,8 @@ import btrfsutil
 import pytest
 
 from stowkit.corelib.errors import BackendUnavailable
-from tests.fakes.btrfs_hosts import wipe
+from tests.fakes.btrfs_hosts import received, wipe
 from tests.fakes.harness import REPO
-
-
-def received(host, volume=None):
-    return sorted(
-        n
-        for n in os.listdir(host.path("received"))
-        if not n.startswith(".") and (volume is None or n.startswith(volume + "@"))
-    )
 
 
 def write(host, volume, name, data):

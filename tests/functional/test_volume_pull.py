@@ -28,7 +28,7 @@ from stowkit.corelib.agent.client import HttpCatalog, noauth_headers
 from tests.commands import STOWKIT
 from tests.fakes.harness import REPO
 from tests.fakes.net import free_port
-from tests.functional.test_agent import stop_group, wait_for
+from tests.fakes.processes import stop_group, wait_for
 
 PROJECT = "demo"
 
