@@ -22,6 +22,7 @@ import pytest
 from tests.fakes.btrfs_hosts import Host, ssh_settings, wipe
 from tests.fakes.harness import missing, stack_dir
 from tests.fakes.keystone_catalog import catalog_server, freezer_runner
+from tests.fakes.postgres import scratch_database
 
 
 def _state() -> dict[str, Any]:
@@ -101,15 +102,8 @@ def database(request, service, tmp_path_factory) -> str:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('catalog-sqlite')}/catalog.sqlite"
         return
-    import psycopg
-
-    pg = service("postgres")
-    name = f"stowkit_catalog_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg["url"], autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield pg["url"].rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(pg["url"], autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database(service("postgres"), "stowkit_catalog") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

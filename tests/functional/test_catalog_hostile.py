@@ -34,22 +34,6 @@ from tests.fakes.net import free_port
 BACKUP = {"container": "c", "hostname": "h.example.org", "backup_name": "etc", "time_stamp": 1}
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database(request, service, tmp_path_factory) -> Any:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('hostile-sqlite')}/catalog.sqlite"
-        return
-    import psycopg
-
-    pg = service("postgres")
-    name = f"stowkit_hostile_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg["url"], autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield pg["url"].rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(pg["url"], autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 class Server:
     """``stowkit catalog serve --no-auth`` in its own session, on a fixed port."""
 

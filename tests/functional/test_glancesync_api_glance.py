@@ -23,7 +23,6 @@ import urllib.request
 import uuid
 from typing import Any
 
-import psycopg
 import pytest
 
 from stowkit.corelib import config as core_config
@@ -34,6 +33,7 @@ from stowkit.plugins.glance.store import GlanceImageStore
 from tests.commands import STOWKIT
 from tests.fakes import keystone_admin
 from tests.fakes.net import free_port
+from tests.fakes.postgres import scratch_database
 
 REGION = "RegionTwo"
 
@@ -356,18 +356,13 @@ def test_a_region_whose_glance_goes_away_mid_run_fails(stack):
 
 @pytest.fixture
 def pg_tasks(service):
-    pg = service("postgres")
-    name = f"stowkit_tasks_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg["url"], autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    conf = core_config.load_conf([])
-    conf.set_override("state_dir", "/nonexistent")
-    store = registry.load("imagetask", conf, connection=pg["url"].rsplit("/", 1)[0] + f"/{name}")
-    store.sync()
-    yield store
-    store.close()
-    with psycopg.connect(pg["url"], autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database(service("postgres"), "stowkit_tasks") as url:
+        conf = core_config.load_conf([])
+        conf.set_override("state_dir", "/nonexistent")
+        store = registry.load("imagetask", conf, connection=url)
+        store.sync()
+        yield store
+        store.close()
 
 
 def test_task_store_on_postgresql(pg_tasks):
