@@ -42,6 +42,38 @@ JOB = {
 }
 
 
+def wsgi_call(
+    app: Any,
+    method: str,
+    path: str,
+    data: bytes = b"",
+    headers: dict[str, str] | None = None,
+    content_type: str | None = None,
+) -> tuple[int, Any, dict[str, str]]:
+    """One request to the WSGI ``app`` as host catalog.test: (status, JSON answer, headers).
+
+    ``path`` may carry a query string; ``headers`` become ``HTTP_*`` keys.
+    """
+    path, _, query = path.partition("?")
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "CONTENT_LENGTH": str(len(data)) if data else "",
+        "wsgi.input": io.BytesIO(data),
+        "wsgi.url_scheme": "http",
+        "HTTP_HOST": "catalog.test",
+    }
+    if content_type is not None:
+        environ["CONTENT_TYPE"] = content_type
+    for key, value in (headers or {}).items():
+        environ["HTTP_" + key.upper().replace("-", "_")] = value
+    seen: list[tuple[str, list]] = []
+    payload = b"".join(app(environ, lambda status, hdrs: seen.append((status, hdrs))))
+    status, answer_headers = seen[0]
+    return int(status.split()[0]), (json.loads(payload) if payload else None), dict(answer_headers)
+
+
 class Client:
     """A minimal WSGI test client (no server)."""
 
@@ -57,24 +89,11 @@ class Client:
         raw: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
-        path, _, query = path.partition("?")
         data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
-        environ = {
-            "REQUEST_METHOD": method,
-            "PATH_INFO": path,
-            "QUERY_STRING": query,
-            "CONTENT_LENGTH": str(len(data)) if data else "",
-            "wsgi.input": io.BytesIO(data),
-            "wsgi.url_scheme": "http",
-            "HTTP_HOST": "catalog.test",
-        }
-        for key, value in {**self.headers, **(headers or {})}.items():
-            environ["HTTP_" + key.upper().replace("-", "_")] = value
-        seen: list[str] = []
-        chunks = self.app(environ, lambda status, hdrs: seen.append(status))
-        payload = b"".join(chunks)
-        status = int(seen[0].split()[0])
-        return status, (json.loads(payload) if payload else None)
+        status, answer, _ = wsgi_call(
+            self.app, method, path, data, {**self.headers, **(headers or {})}
+        )
+        return status, answer
 
     def get(self, path: str, **kw: Any) -> tuple[int, Any]:
         return self.request("GET", path, **kw)
@@ -105,24 +124,10 @@ class WsgiCatalog(CommandCatalog):
 
     def _call(self, method, path, body=None, extra=None):
         self.requests.append((method, path))
-        path, _, query = f"/v2/{self.project}/{path}".partition("?")
         data = b"" if body is None else json.dumps(body).encode()
-        environ = {
-            "REQUEST_METHOD": method,
-            "PATH_INFO": path,
-            "QUERY_STRING": query,
-            "CONTENT_LENGTH": str(len(data)) if data else "",
-            "CONTENT_TYPE": "application/json",
-            "wsgi.input": io.BytesIO(data),
-            "wsgi.url_scheme": "http",
-            "HTTP_HOST": "catalog.test",
-        }
-        for key, value in {**self.headers(), **(extra or {})}.items():
-            environ["HTTP_" + key.upper().replace("-", "_")] = value
-        seen: list[tuple[str, list]] = []
-        payload = b"".join(self.app(environ, lambda status, hdrs: seen.append((status, hdrs))))
-        status, headers = seen[0]
-        return int(status.split()[0]), (json.loads(payload) if payload else None), dict(headers)
+        headers = {**self.headers(), **(extra or {})}
+        path = f"/v2/{self.project}/{path}"
+        return wsgi_call(self.app, method, path, data, headers, "application/json")
 
 
 @contextlib.contextmanager
