@@ -18,6 +18,17 @@ def conf_file(tmp_path, extra: str = "") -> str:
     return str(path)
 
 
+def db_sync(conf) -> None:
+    """``stowkit catalog db-sync`` with the config file ``conf``: the schema, before serving."""
+    sync = subprocess.run(
+        [*STOWKIT, "--config-file", str(conf), "catalog", "db-sync"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert sync.returncode == 0, sync.stderr
+
+
 def serve_and_stop(conf: str, *args: str) -> subprocess.CompletedProcess:
     """Serve with ``conf`` (and ``args`` before the command) until it answers, then SIGTERM it."""
     port = free_port()

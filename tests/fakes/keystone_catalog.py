@@ -20,6 +20,7 @@ from typing import Any
 
 from tests.commands import STOWKIT
 from tests.fakes import keystone_admin
+from tests.fakes.catalog_process import db_sync
 from tests.fakes.net import free_port
 
 
@@ -62,13 +63,7 @@ auth_strategy = keystone
 max_body_size = 65536
 {authtoken_section(keystone, svc)}{extra}"""
     )
-    sync = subprocess.run(
-        [*STOWKIT, "--config-file", str(conf), "catalog", "db-sync"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert sync.returncode == 0, sync.stderr
+    db_sync(conf)
     log = open(work / "server.log", "wb")
     proc = subprocess.Popen(
         [*STOWKIT, "--config-file", str(conf), "catalog", "serve", "--port", str(port)]

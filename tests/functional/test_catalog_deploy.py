@@ -23,6 +23,7 @@ import pytest
 from tests.commands import STOWKIT
 from tests.fakes import keystone_admin
 from tests.fakes.catalog import BACKUP
+from tests.fakes.catalog_process import db_sync
 from tests.fakes.keystone_catalog import Api, authtoken_section
 from tests.fakes.net import free_port
 
@@ -96,13 +97,7 @@ state_dir = {work}
 auth_strategy = keystone
 {authtoken_section(keystone, svc)}"""
     )
-    sync = subprocess.run(
-        [*STOWKIT, "--config-file", str(conf), "catalog", "db-sync"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert sync.returncode == 0, sync.stderr
+    db_sync(conf)
     port = free_port()
     log = open(work / "server.log", "wb")
     proc = subprocess.Popen(
