@@ -12,16 +12,16 @@ import json
 import os
 import signal
 import subprocess
-import time
 import urllib.request
 from typing import Any
 
 import pytest
 
 from tests.commands import STOWKIT
-from tests.functional.test_btrfs_fixtures import REPO, hosts, peers  # noqa: F401 - fixture
-from tests.functional.test_catalog_freezer import _free_port
-from tests.functional.test_replication import received
+from tests.fakes.btrfs_hosts import received
+from tests.fakes.harness import REPO
+from tests.fakes.net import free_port
+from tests.fakes.processes import stop_group, wait_for
 
 PROJECT = "demo"
 HOSTNAME = "agent-host.example.org"
@@ -73,37 +73,11 @@ class Api:
         return self.call("GET", "backups?limit=1000", search)[1]["backups"]
 
 
-def stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process group a test started, SIGKILL if it does not end in 30 s."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-
-
-def wait_for(what: str, check, timeout: float = 90.0, proc=None, procs=()) -> Any:
-    """``check()``'s first true value; fails when ``proc`` (or one of ``procs``) exits first."""
-    deadline = time.monotonic() + timeout
-    watched = [*procs, *([proc] if proc is not None else [])]
-    while True:
-        value = check()
-        if value:
-            return value
-        for p in watched:
-            assert p.poll() is None, f"process exited {p.returncode} while waiting for {what}"
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.2)
-
-
 @contextlib.contextmanager
 def agent_stack(a, tmp_path):
     """A no-auth catalog on SQLite and an agent factory for host ``a``; a volume ``data``."""
     conf = tmp_path / "stowkit.conf"
-    port = _free_port()
+    port = free_port()
     conf.write_text(
         a.config_file.read_text()
         + f"""
@@ -164,13 +138,13 @@ claim_timeout = 600
 
 
 @pytest.fixture
-def stack(hosts, tmp_path):  # noqa: F811
+def stack(hosts, tmp_path):
     with agent_stack(hosts[0], tmp_path) as parts:
         yield parts
 
 
 @pytest.fixture
-def peer_stack(peers, tmp_path):  # noqa: F811
+def peer_stack(peers, tmp_path):
     a, b, host_b = peers
     with agent_stack(a, tmp_path) as parts:
         yield (*parts, b, host_b)

@@ -20,9 +20,9 @@ import pytest
 
 from stowkit.corelib.errors import ConfigError
 from tests.commands import STOWKIT
-from tests.functional.test_agent import stop_group, wait_for
-from tests.functional.test_btrfs_fixtures import REPO, hosts  # noqa: F401 - fixture
-from tests.functional.test_catalog_freezer import Api, catalog_server, freezer_runner
+from tests.fakes.harness import REPO
+from tests.fakes.keystone_catalog import Api, catalog_server, freezer_runner
+from tests.fakes.processes import stop_group, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def job(api: Api, job_id: str) -> dict[str, Any]:
 
 def test_agent_logs_in_as_the_member_and_runs_a_snapshot_job(
     service,
-    hosts,  # noqa: F811
+    hosts,
     api,
     catalog,
     keystone,
@@ -158,7 +158,7 @@ def test_agent_logs_in_as_the_member_and_runs_a_snapshot_job(
     assert status == 200, answer
 
 
-def test_agent_with_a_wrong_password_exits_with_one_line(hosts, catalog, keystone, tmp_path):  # noqa: F811
+def test_agent_with_a_wrong_password_exits_with_one_line(hosts, catalog, keystone, tmp_path):
     a, _ = hosts
     member = {**keystone["member"], "password": "not-the-password"}
     conf = agent_conf(tmp_path, a, catalog, member, "kagent-bad")
@@ -168,7 +168,7 @@ def test_agent_with_a_wrong_password_exits_with_one_line(hosts, catalog, keyston
 
 
 def test_commands_reach_the_keystone_catalog_as_the_agent_does(
-    hosts,  # noqa: F811
+    hosts,
     api,
     catalog,
     keystone,
@@ -226,7 +226,7 @@ def test_commands_reach_the_keystone_catalog_as_the_agent_does(
 
 
 def test_two_agents_of_one_session_snapshot_at_the_same_moment(
-    hosts,  # noqa: F811
+    hosts,
     api,
     catalog,
     keystone,
@@ -322,7 +322,7 @@ def trusting_catalog(keystone, tmp_path_factory):
 
 
 def test_central_agent_runs_a_users_job_with_its_trust(
-    hosts,  # noqa: F811
+    hosts,
     trusting_catalog,
     keystone,
     tmp_path,

@@ -20,7 +20,7 @@ from stowkit.corelib import blockcopy, config, registry
 from stowkit.corelib.blockstore import DeviceLocked, object_name
 from stowkit.corelib.errors import AlreadyExists, BackendUnavailable, InvalidName, NotFound
 from stowkit.plugins.swift.store import SwiftBlockStore
-from tests.functional.conftest import missing
+from tests.fakes.harness import missing
 
 OS = 64 << 10
 SIZE = 32 * OS

@@ -16,11 +16,11 @@ from stowkit.cli.app import main
 from stowkit.corelib.errors import AlreadyExists, Conflict, InvalidName, NotFound
 from stowkit.corelib.volume import split_snapshot_name
 from stowkit.plugins.btrfs import subvol
-from tests.functional.test_btrfs_fixtures import REPO, hosts  # noqa: F401 - fixture
+from tests.fakes.harness import REPO
 
 
 @pytest.fixture
-def a(hosts):  # noqa: F811
+def a(hosts):
     return hosts[0]
 
 

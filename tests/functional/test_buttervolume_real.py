@@ -32,9 +32,9 @@ import btrfsutil
 import pytest
 
 from stowkit.corelib.schedule.filestore import ScheduleStore
-from tests.functional.conftest import missing
-from tests.functional.test_btrfs_fixtures import REPO, ssh_settings, wipe
-from tests.functional.test_docker_plugin import PLUGINS_DIR, plugin_call
+from tests.fakes.btrfs_hosts import ssh_settings, wipe
+from tests.fakes.docker_plugin import PLUGINS_DIR, plugin_call
+from tests.fakes.harness import REPO, missing
 from tools.stack.buttervolume_venv import VENV, ensure_buttervolume
 
 BV_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"  # buttervolume's DTFORMAT

@@ -15,15 +15,15 @@ import sys
 
 import btrfsutil
 
-from tests.functional.test_btrfs_fixtures import REPO, peers  # noqa: F401 - fixture
-from tests.unit.test_buttervolume_takeover import BV, paris  # noqa: F401 - fixture
+from tests.fakes.buttervolume import BV
+from tests.fakes.harness import REPO
 
 
 def bv_name(volume, ago):
     return f"{volume}@{(dt.datetime.now() - ago).strftime(BV)}"
 
 
-def test_stowkit_takes_over_a_buttervolume_tree(peers, paris):  # noqa: F811
+def test_stowkit_takes_over_a_buttervolume_tree(peers, paris):
     a, b, remote = peers
     vols, snaps, recv = (a.root / "bv-volumes", a.root / "bv-snapshots", a.root / "bv-received")
     peer_snaps, peer_recv = b.root / "bv-snapshots", b.root / "bv-received"

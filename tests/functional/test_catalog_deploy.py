@@ -21,19 +21,11 @@ import uuid
 import pytest
 
 from tests.commands import STOWKIT
-from tests.functional.test_catalog_freezer import BACKUP, Api, _free_port, authtoken_section
-
-
-def _admin_session(admin):
-    from keystoneauth1 import session
-    from keystoneauth1.identity import v3
-
-    auth = v3.Password(
-        **{k: admin[k] for k in ("auth_url", "username", "password", "project_name")},
-        user_domain_name=admin["user_domain_name"],
-        project_domain_name=admin["project_domain_name"],
-    )
-    return session.Session(auth=auth)
+from tests.fakes import keystone_admin
+from tests.fakes.catalog import BACKUP
+from tests.fakes.catalog_process import db_sync
+from tests.fakes.keystone_catalog import Api, authtoken_section
+from tests.fakes.net import free_port
 
 
 def _os_env(user, **extra):
@@ -105,14 +97,8 @@ state_dir = {work}
 auth_strategy = keystone
 {authtoken_section(keystone, svc)}"""
     )
-    sync = subprocess.run(
-        [*STOWKIT, "--config-file", str(conf), "catalog", "db-sync"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert sync.returncode == 0, sync.stderr
-    port = _free_port()
+    db_sync(conf)
+    port = free_port()
     log = open(work / "server.log", "wb")
     proc = subprocess.Popen(
         SERVERS[request.param](port, conf),
@@ -156,7 +142,7 @@ def registered(keystone, server_url):
     assert again.returncode == 0, again.stderr
     assert {r["change"] for r in json.loads(again.stdout)} == {"unchanged"}
     yield region
-    sess = _admin_session(admin)
+    sess = keystone_admin.session(admin)
     ident = {"service_type": "identity", "interface": "public", "version": (3, 0)}
     service_id = rows[0]["service_id"]
     for ep in sess.get(f"/endpoints?service_id={service_id}", endpoint_filter=ident).json()[
@@ -196,7 +182,7 @@ def test_freezer_cli_finds_stowkit_in_the_keystone_catalog(service, keystone, re
 
 
 def registered_url(keystone, region):
-    sess = _admin_session(keystone["admin"])
+    sess = keystone_admin.session(keystone["admin"])
     return sess.get_endpoint(service_type="backup", interface="public", region_name=region)
 
 
@@ -204,7 +190,7 @@ def registered_url(keystone, region):
 def reader(keystone):
     """A user with only the reader role on the member's project, removed after."""
     admin, member = keystone["admin"], keystone["member"]
-    sess = _admin_session(admin)
+    sess = keystone_admin.session(admin)
     ident = {"service_type": "identity", "interface": "public", "version": (3, 0)}
     password = uuid.uuid4().hex
     name = f"reader-{uuid.uuid4().hex[:8]}"

@@ -7,16 +7,11 @@ with real tokens checks project isolation and bad input.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import os
 import pathlib
-import signal
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -24,197 +19,10 @@ from typing import Any
 
 import pytest
 
-from tests.commands import STOWKIT
+from tests.fakes.catalog import BACKUP
+from tests.fakes.keystone_catalog import Api
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-
-BACKUP = {
-    "container": "freezer_backups",
-    "hostname": "web-1.example.org",
-    "backup_name": "etc",
-    "time_stamp": 1_700_000_000,
-    "curr_backup_level": 0,
-    "path_to_backup": "/etc",
-}
-
-
-def authtoken_section(keystone: dict[str, Any], svc: dict[str, Any]) -> str:
-    """``[keystone_authtoken]`` for a catalog served behind the harness Keystone."""
-    return (
-        "[keystone_authtoken]\n"
-        f"www_authenticate_uri = {keystone['auth_url']}\n"
-        f"auth_url = {keystone['auth_url']}\n"
-        "auth_type = password\n"
-        + "".join(
-            f"{key} = {svc[key]}\n"
-            for key in (
-                "username",
-                "password",
-                "project_name",
-                "user_domain_name",
-                "project_domain_name",
-            )
-        )
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database(request, service, tmp_path_factory) -> str:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('catalog-sqlite')}/catalog.sqlite"
-        return
-    import psycopg
-
-    pg = service("postgres")
-    name = f"stowkit_catalog_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg["url"], autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield pg["url"].rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(pg["url"], autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-@pytest.fixture(scope="module")
-def keystone(service) -> dict[str, Any]:
-    return service("keystone")
-
-
-@contextlib.contextmanager
-def catalog_server(work: pathlib.Path, database: str, keystone: dict[str, Any], extra: str = ""):
-    """``stowkit catalog serve`` on ``database`` behind the harness Keystone; yields its URL.
-
-    ``extra`` is appended to its configuration file (more groups).
-    """
-    svc = keystone["service"]
-    port = _free_port()
-    conf = work / "stowkit.conf"
-    conf.write_text(
-        f"""[DEFAULT]
-state_dir = {work}
-[catalog_sql]
-connection = {database}
-[catalog_api]
-auth_strategy = keystone
-max_body_size = 65536
-{authtoken_section(keystone, svc)}{extra}"""
-    )
-    sync = subprocess.run(
-        [*STOWKIT, "--config-file", str(conf), "catalog", "db-sync"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert sync.returncode == 0, sync.stderr
-    log = open(work / "server.log", "wb")
-    proc = subprocess.Popen(
-        [*STOWKIT, "--config-file", str(conf), "catalog", "serve", "--port", str(port)]
-        + ["--workers", "2"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(url + "/", timeout=2)
-            except urllib.error.HTTPError:
-                break  # 300 Multiple Choices: it answers
-            except OSError:
-                assert proc.poll() is None, (work / "server.log").read_text()
-                assert time.monotonic() < deadline, "catalog server not ready"
-                time.sleep(0.2)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def catalog_url(database, keystone, tmp_path_factory) -> str:
-    """stowkit's catalog on ``database``, validating tokens with the harness Keystone."""
-    with catalog_server(tmp_path_factory.mktemp("catalog-server"), database, keystone) as url:
-        yield url
-
-
-def _token(user: dict[str, Any]) -> str:
-    from keystoneauth1 import session
-    from keystoneauth1.identity import v3
-
-    auth = v3.Password(
-        auth_url=user["auth_url"],
-        username=user["username"],
-        password=user["password"],
-        project_name=user["project_name"],
-        user_domain_name=user["user_domain_name"],
-        project_domain_name=user["project_domain_name"],
-    )
-    return session.Session(auth=auth).get_token()
-
-
-class Api:
-    """Raw HTTP as one Keystone user."""
-
-    def __init__(self, url: str, user: dict[str, Any]) -> None:
-        self.url = url
-        self.project = user["project_id"]
-        self.token = _token(user)
-
-    def call(
-        self, method: str, path: str, body: Any = None, raw: bytes | None = None
-    ) -> tuple[int, Any]:
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        req.add_header("X-Auth-Token", self.token)
-        req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                status, payload = resp.status, resp.read()
-        except urllib.error.HTTPError as err:
-            status, payload = err.code, err.read()
-        try:
-            return status, json.loads(payload) if payload else None
-        except ValueError:
-            return status, payload.decode(errors="replace")
-
-
-def freezer_runner(binary: str, user: dict[str, Any], url: str):
-    """Run the real ``freezer`` CLI at ``binary`` as ``user`` against the catalog at ``url``."""
-    env = dict(
-        os.environ,
-        OS_AUTH_URL=user["auth_url"],
-        OS_USERNAME=user["username"],
-        OS_PASSWORD=user["password"],
-        OS_PROJECT_NAME=user["project_name"],
-        OS_USER_DOMAIN_NAME=user["user_domain_name"],
-        OS_PROJECT_DOMAIN_NAME=user["project_domain_name"],
-        OS_BACKUP_URL=url,
-        OS_IDENTITY_API_VERSION="3",
-    )
-
-    def run(*args: str, fmt: bool = True) -> Any:
-        argv = [binary, *args] + (["-f", "json"] if fmt else [])
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, f"{' '.join(args)}: {proc.stderr[-2000:]}"
-        return json.loads(proc.stdout) if fmt and proc.stdout.strip() else proc.stdout
-
-    run.env = env  # type: ignore[attr-defined]
-    run.python = str(pathlib.Path(binary).with_name("python"))  # type: ignore[attr-defined]
-    return run
-
-
-@pytest.fixture(scope="module")
-def freezer(service, keystone, catalog_url):
-    """Run the real ``freezer`` CLI as the member user; returns parsed JSON output."""
-    return freezer_runner(service("freezerclient")["bin"], keystone["member"], catalog_url)
 
 
 def test_freezer_cli_against_stowkit(freezer, keystone, catalog_url, tmp_path):

@@ -28,38 +28,17 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 
 from tests.commands import STOWKIT
-from tests.unit.test_catalog_hostile_props import encode, hostile
+from tests.fakes.hostile_json import encode, hostile
+from tests.fakes.net import free_port
 
 BACKUP = {"container": "c", "hostname": "h.example.org", "backup_name": "etc", "time_stamp": 1}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database(request, service, tmp_path_factory) -> Any:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('hostile-sqlite')}/catalog.sqlite"
-        return
-    import psycopg
-
-    pg = service("postgres")
-    name = f"stowkit_hostile_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg["url"], autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield pg["url"].rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(pg["url"], autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 class Server:
     """``stowkit catalog serve --no-auth`` in its own session, on a fixed port."""
 
     def __init__(self, work: pathlib.Path, database: str, port: int | None = None) -> None:
-        self.work, self.port = work, port or _free_port()
+        self.work, self.port = work, port or free_port()
         self.conf = work / "stowkit.conf"
         self.conf.write_text(
             f"[DEFAULT]\nstate_dir = {work}\n[catalog_sql]\nconnection = {database}\n"

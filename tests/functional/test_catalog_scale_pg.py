@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -23,7 +22,8 @@ from stowkit.plugins.sql.catalog import SqlCatalog
 from stowkit.plugins.sql.tables import PG_TERMS_INDEX
 from stowkit.plugins.sql.terms import terms_of
 from tests.commands import STOWKIT
-from tests.unit.test_catalog_sql_index import expected, walked
+from tests.fakes.catalog_search import expected, walked
+from tests.fakes.postgres import scratch_database
 
 POLL_MATCH = [{"client_id": "c-7"}]
 POLL_NOT = [{"status": "completed"}]
@@ -31,15 +31,8 @@ POLL_NOT = [{"status": "completed"}]
 
 @pytest.fixture()
 def database(service):
-    import psycopg
-
-    pg = service("postgres")
-    name = f"stowkit_scale_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg["url"], autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield pg["url"].rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(pg["url"], autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database(service("postgres"), "stowkit_scale") as url:
+        yield url
 
 
 def write_conf(tmp_path, url: str):

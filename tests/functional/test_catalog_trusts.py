@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from tests.functional.test_catalog_freezer import Api, catalog_server, keystone  # noqa: F401
+from tests.fakes.keystone_catalog import Api, catalog_server
 
 
 @pytest.fixture(scope="module")
-def central_catalog(keystone, tmp_path_factory):  # noqa: F811
+def central_catalog(keystone, tmp_path_factory):
     """Trusts for central clients only (the default), not for every job."""
     work = tmp_path_factory.mktemp("catalog-central")
     with catalog_server(work, f"sqlite:///{work}/catalog.sqlite", keystone) as url:
@@ -21,7 +21,7 @@ def central_catalog(keystone, tmp_path_factory):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def trusting_catalog(keystone, tmp_path_factory):  # noqa: F811
+def trusting_catalog(keystone, tmp_path_factory):
     work = tmp_path_factory.mktemp("catalog-trusts")
     extra = "[centralized_scheduler]\nenforce_trusts = true\n"
     with catalog_server(work, f"sqlite:///{work}/catalog.sqlite", keystone, extra) as url:
@@ -43,7 +43,7 @@ def _trust_session(svc: dict[str, Any], trust_id: str):
     return session.Session(auth=auth)
 
 
-def test_a_centralized_job_gets_a_trust_the_service_user_can_use(keystone, trusting_catalog):  # noqa: F811
+def test_a_centralized_job_gets_a_trust_the_service_user_can_use(keystone, trusting_catalog):
     from keystoneauth1 import exceptions
 
     member, svc = keystone["member"], keystone["service"]
@@ -71,7 +71,7 @@ def test_a_centralized_job_gets_a_trust_the_service_user_can_use(keystone, trust
         _trust_session(svc, creds["trust_id"]).get_token()
 
 
-def test_a_members_job_for_an_admins_central_client_carries_a_trust(keystone, central_catalog):  # noqa: F811
+def test_a_members_job_for_an_admins_central_client_carries_a_trust(keystone, central_catalog):
     """freezer-api's central clients: an admin registers one in the admin project; a member
     of another project sees it, schedules a job on it, and the job carries the member's trust
     (the trust is for central clients only here: a job for the member's own client has none)."""

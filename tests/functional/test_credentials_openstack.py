@@ -22,7 +22,7 @@ import pytest
 from stowkit.corelib import config as core_config
 from stowkit.corelib import imagesync, registry
 from stowkit.plugins.glance.store import GlanceImageStore
-from tests.functional.conftest import missing
+from tests.fakes.harness import missing
 
 SOURCES = ("cloud-password", "cloud-appcred", "env-password", "env-appcred")
 OS = 64 << 10

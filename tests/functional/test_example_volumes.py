@@ -6,7 +6,7 @@ import doctest
 import pathlib
 import uuid
 
-from tests.functional.test_btrfs_fixtures import wipe
+from tests.fakes.btrfs_hosts import wipe
 
 PAGE = pathlib.Path(__file__).resolve().parents[2] / "doc" / "examples" / "volumes.md"
 

@@ -26,16 +26,11 @@ from typing import Any
 
 import pytest
 
-from tests.functional import test_catalog_freezer as catalog_tests
-from tests.functional.conftest import missing
+from tests.fakes.harness import missing
+from tests.fakes.keystone_catalog import Api
 
-# The catalog server behind Keystone, its scratch database and the freezer CLI:
-# test_catalog_freezer's fixtures, shared rather than copied.
-Api = catalog_tests.Api
-database = catalog_tests.database
-keystone = catalog_tests.keystone
-catalog_url = catalog_tests.catalog_url
-freezer = catalog_tests.freezer
+# The catalog server behind Keystone, its scratch database and the freezer CLI
+# are fixtures of tests/functional/conftest.py (database, keystone, catalog_url, freezer).
 
 # The scheduler's searches (any-depth match_not) must hold on PostgreSQL: only that one.
 pytestmark = pytest.mark.parametrize("database", ["postgresql"], indirect=True)

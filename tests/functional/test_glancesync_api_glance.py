@@ -23,7 +23,6 @@ import urllib.request
 import uuid
 from typing import Any
 
-import psycopg
 import pytest
 
 from stowkit.corelib import config as core_config
@@ -32,30 +31,11 @@ from stowkit.corelib.imagesync import api
 from stowkit.corelib.imagesync.tasks import FAILED, INTERRUPTED, SYNCED, SYNCING
 from stowkit.plugins.glance.store import GlanceImageStore
 from tests.commands import STOWKIT
-from tests.functional.test_imagesync_glance import _make_admin
+from tests.fakes import keystone_admin
+from tests.fakes.net import free_port
+from tests.fakes.postgres import scratch_database
 
 REGION = "RegionTwo"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _token(creds: dict[str, Any]) -> str:
-    from keystoneauth1 import session
-    from keystoneauth1.identity import v3
-
-    auth = v3.Password(
-        auth_url=creds["auth_url"],
-        username=creds["username"],
-        password=creds["password"],
-        project_name=creds["project_name"],
-        user_domain_name=creds.get("user_domain_name", "Default"),
-        project_domain_name=creds.get("project_domain_name", "Default"),
-    )
-    return session.Session(auth=auth).get_token()
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +44,7 @@ def stack(service, tmp_path_factory):
     service("glance")
     name = f"skapi-{uuid.uuid4().hex[:8]}"
     password = uuid.uuid4().hex
-    project = _make_admin(keystone["admin"], name, password)
+    project = keystone_admin.make_admin(keystone["admin"], name, password)
     work = tmp_path_factory.mktemp("glancesync-api")
     svc = keystone["service"]
     conf_file = work / "stowkit.conf"
@@ -96,8 +76,8 @@ def stack(service, tmp_path_factory):
         "store": store,
         "work": work,
         "project": project,
-        "admin_token": _token(admin),
-        "member_token": _token(keystone["member"]),
+        "admin_token": keystone_admin.token(admin),
+        "member_token": keystone_admin.token(keystone["member"]),
         "name": name,
     }
     try:
@@ -130,7 +110,7 @@ def _image(stack, name: str, size: int) -> None:
 
 
 def _start_server(stack) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     log = open(stack["work"] / "server.log", "ab")
     proc = subprocess.Popen(
         [*STOWKIT, "--config-file", str(stack["conf_file"]), "image", "serve", "--port", str(port)],
@@ -376,18 +356,13 @@ def test_a_region_whose_glance_goes_away_mid_run_fails(stack):
 
 @pytest.fixture
 def pg_tasks(service):
-    pg = service("postgres")
-    name = f"stowkit_tasks_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg["url"], autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    conf = core_config.load_conf([])
-    conf.set_override("state_dir", "/nonexistent")
-    store = registry.load("imagetask", conf, connection=pg["url"].rsplit("/", 1)[0] + f"/{name}")
-    store.sync()
-    yield store
-    store.close()
-    with psycopg.connect(pg["url"], autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database(service("postgres"), "stowkit_tasks") as url:
+        conf = core_config.load_conf([])
+        conf.set_override("state_dir", "/nonexistent")
+        store = registry.load("imagetask", conf, connection=url)
+        store.sync()
+        yield store
+        store.close()
 
 
 def test_task_store_on_postgresql(pg_tasks):

@@ -23,48 +23,11 @@ from stowkit.corelib import imagesync
 from stowkit.corelib.image import Credentials
 from stowkit.corelib.imagesync import plan as P
 from stowkit.plugins.glance.store import GlanceImageStore
-from tests.functional.conftest import stack_dir
+from tests.fakes import keystone_admin
+from tests.fakes.harness import stack_dir
 
 REGIONS = ("RegionTwo", "RegionThree")
 OTHER = "other:RegionOther"
-
-
-def _admin_session(creds):
-    from keystoneauth1 import session
-    from keystoneauth1.identity import v3
-
-    auth = v3.Password(
-        auth_url=creds["auth_url"],
-        username=creds["username"],
-        password=creds["password"],
-        project_name=creds["project_name"],
-        user_domain_name="Default",
-        project_domain_name="Default",
-    )
-    return session.Session(auth=auth)
-
-
-def _make_admin(creds, name: str, password: str) -> str:
-    """A fresh project and a user with the admin role on it; returns the project id."""
-    sess = _admin_session(creds)
-    url = creds["auth_url"].rstrip("/")
-    project = sess.post(
-        f"{url}/projects", json={"project": {"name": name, "domain_id": "default"}}
-    ).json()["project"]["id"]
-    user = sess.post(
-        f"{url}/users",
-        json={
-            "user": {
-                "name": name,
-                "password": password,
-                "domain_id": "default",
-                "default_project_id": project,
-            }
-        },
-    ).json()["user"]["id"]
-    role = sess.get(f"{url}/roles?name=admin").json()["roles"][0]["id"]
-    sess.put(f"{url}/projects/{project}/users/{user}/roles/{role}")
-    return project
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +42,8 @@ def stack(service, tmp_path_factory):
     fcntl.flock(lock, fcntl.LOCK_EX)
     name = f"sksync-{uuid.uuid4().hex[:8]}"
     password = uuid.uuid4().hex
-    project = _make_admin(keystone["admin"], name, password)
-    second_project = _make_admin(keystone["second"]["admin"], name, password)
+    project = keystone_admin.make_admin(keystone["admin"], name, password)
+    second_project = keystone_admin.make_admin(keystone["second"]["admin"], name, password)
     work = tmp_path_factory.mktemp("imagesync")
     conf_file = work / "stowkit.conf"
     conf_file.write_text(

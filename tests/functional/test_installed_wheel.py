@@ -19,7 +19,7 @@ import zipfile
 
 import pytest
 
-from tests.functional.test_btrfs_fixtures import wipe
+from tests.fakes.btrfs_hosts import wipe
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 

@@ -23,9 +23,9 @@ import btrfsutil
 import pytest
 
 from tests.commands import STOWKIT
-from tests.functional.conftest import missing
-from tests.functional.test_btrfs_fixtures import wipe
-from tests.functional.test_docker_plugin import plugin_call
+from tests.fakes.btrfs_hosts import wipe
+from tests.fakes.docker_plugin import plugin_call
+from tests.fakes.harness import missing
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BUILD = REPO / "contrib" / "docker-plugin" / "build.sh"

@@ -25,7 +25,7 @@ from swiftclient import client as swift_client
 
 from stowkit.corelib.blockstore import LOCK_KEY, UNSTORED_KEY, LockInfo, object_name
 from tests.commands import STOWKIT
-from tests.functional.test_nbd_clients import Backend, run, sha256
+from tests.fakes.nbd_clients import Backend, run, sha256
 from tools.stack.faultproxy import FaultProxy
 
 MiB = 1 << 20

@@ -18,9 +18,9 @@ import pytest
 
 from stowkit.corelib.nbd import protocol as p
 from stowkit.corelib.nbd import tls as nbd_tls
-from tests.functional.test_nbd_clients import Backend, MiB, run, sha256
-from tests.unit.nbd_fakes import RawClient, _string
-from tests.unit.test_nbd_tls import make_cert_dir
+from tests.fakes.nbd import RawClient, _string
+from tests.fakes.nbd_clients import Backend, MiB, run, sha256
+from tests.fakes.tls import make_cert_dir
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from tests.functional.test_docker_plugin import PluginProcess, delete_tree
-from tests.unit.test_dockerplugin import exchange_all
+from tests.fakes.docker_plugin import exchange
+from tests.fakes.plugin_process import PluginProcess, delete_tree
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def plugin(service, tmp_path):
 
 
 def _raw(sock_path: str, data: bytes) -> tuple[int, dict]:
-    answer = exchange_all(sock_path, data)
+    answer = exchange(sock_path, data)
     head, _, body = answer.partition(b"\r\n\r\n")
     return int(head.split()[1]), json.loads(body)
 

@@ -16,22 +16,15 @@ import btrfsutil
 import pytest
 
 from stowkit.corelib.errors import BackendUnavailable
-from tests.functional.test_btrfs_fixtures import REPO, peers, wipe  # noqa: F401 - fixture
-
-
-def received(host, volume=None):
-    return sorted(
-        n
-        for n in os.listdir(host.path("received"))
-        if not n.startswith(".") and (volume is None or n.startswith(volume + "@"))
-    )
+from tests.fakes.btrfs_hosts import received, wipe
+from tests.fakes.harness import REPO
 
 
 def write(host, volume, name, data):
     (host.path("volumes", volume) / name).write_bytes(data)
 
 
-def test_full_then_incremental_then_already_there(peers):  # noqa: F811
+def test_full_then_incremental_then_already_there(peers):
     a, b, remote = peers
     a.driver.create_volume("v")
     write(a, "v", "f", b"one" * 1000)
@@ -62,7 +55,7 @@ def test_full_then_incremental_then_already_there(peers):  # noqa: F811
     assert (b.path("received", s3.name) / "h").stat().st_size == 200_000
 
 
-def test_incremental_found_by_uuid_not_by_name(peers):  # noqa: F811
+def test_incremental_found_by_uuid_not_by_name(peers):
     a, b, remote = peers
     a.driver.create_volume("v")
     s1 = a.driver.create_snapshot("v")
@@ -83,7 +76,7 @@ def test_incremental_found_by_uuid_not_by_name(peers):  # noqa: F811
     assert a.driver.send_snapshot(s3.name, remote).parent == s1.name
 
 
-def test_incremental_after_purge_and_after_restore(peers):  # noqa: F811
+def test_incremental_after_purge_and_after_restore(peers):
     a, b, remote = peers
     drv = a.driver
     drv.create_volume("v")
@@ -118,7 +111,7 @@ def test_incremental_after_purge_and_after_restore(peers):  # noqa: F811
     assert sorted(os.listdir(got)) == ["after-restore", "f0", "f1", "f2"]
 
 
-def test_killed_send_leaves_nothing_on_the_peer(peers):  # noqa: F811
+def test_killed_send_leaves_nothing_on_the_peer(peers):
     a, b, remote = peers
     drv = a.driver
     drv.create_volume("v")
@@ -162,7 +155,7 @@ def test_killed_send_leaves_nothing_on_the_peer(peers):  # noqa: F811
     assert (b.path("received", s2.name) / "big").stat().st_size == 24 << 20
 
 
-def test_failed_receive_reports_and_leaves_nothing(peers):  # noqa: F811
+def test_failed_receive_reports_and_leaves_nothing(peers):
     a, b, remote = peers
     drv = a.driver
     drv.create_volume("v")
@@ -178,7 +171,7 @@ def test_failed_receive_reports_and_leaves_nothing(peers):  # noqa: F811
         unreachable.send_snapshot(s1.name, remote)
 
 
-def test_sync_pulls_newer_files_after_a_local_snapshot(peers):  # noqa: F811
+def test_sync_pulls_newer_files_after_a_local_snapshot(peers):
     a, b, remote = peers
     a.driver.create_volume("shared")
     b.driver.create_volume("shared")
@@ -207,7 +200,7 @@ def test_sync_pulls_newer_files_after_a_local_snapshot(peers):  # noqa: F811
     assert "127.0.0.1:1" in cli.stdout and "ok" in cli.stdout
 
 
-def test_a_copy_in_another_roots_received_is_not_there(peers):  # noqa: F811
+def test_a_copy_in_another_roots_received_is_not_there(peers):
     """Two stowkit roots on one peer filesystem: a snapshot received by one root
     is not "already there" for the other (the peer's subvolume list covers the
     whole filesystem; only the configured received/ counts)."""
@@ -236,7 +229,7 @@ def test_a_copy_in_another_roots_received_is_not_there(peers):  # noqa: F811
         wipe(second_root)
 
 
-def test_one_ssh_connection_per_send(peers, tmp_path):  # noqa: F811
+def test_one_ssh_connection_per_send(peers, tmp_path):
     """Discovery, receive and checks share one ssh connection: full, incremental,
     compressed and rate-limited, and "already there" sends each open exactly one."""
     a, b, remote = peers

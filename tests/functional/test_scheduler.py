@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.functional.test_docker_plugin import PluginProcess, delete_tree
+from tests.fakes.plugin_process import PluginProcess, delete_tree
 
 
 @pytest.fixture

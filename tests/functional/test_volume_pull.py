@@ -26,9 +26,9 @@ import pytest
 from stowkit.corelib.agent import actions
 from stowkit.corelib.catalogclient import CatalogClient, noauth_headers
 from tests.commands import STOWKIT
-from tests.functional.test_agent import stop_group, wait_for
-from tests.functional.test_btrfs_fixtures import REPO, peers  # noqa: F401 - fixture
-from tests.functional.test_catalog_freezer import _free_port
+from tests.fakes.harness import REPO
+from tests.fakes.net import free_port
+from tests.fakes.processes import stop_group, wait_for
 
 PROJECT = "demo"
 
@@ -65,9 +65,9 @@ class Side:
 
 
 @pytest.fixture
-def world(peers, tmp_path) -> Iterator[dict[str, Any]]:  # noqa: F811
+def world(peers, tmp_path) -> Iterator[dict[str, Any]]:
     a, b, remote = peers
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     catalog_conf = tmp_path / "catalog.conf"
     catalog_conf.write_text(f"[DEFAULT]\nstate_dir = {tmp_path / 'catalog'}\n")

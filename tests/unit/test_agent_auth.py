@@ -7,129 +7,16 @@ test_agent_sessions.py.
 
 from __future__ import annotations
 
-import http.server
-import json
-import threading
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 
 from stowkit.cli import agent as agent_cli
-from stowkit.corelib import catalogclient, config
+from stowkit.corelib import catalogclient
 from stowkit.corelib.agent import actions, engine, options
 from stowkit.corelib.catalogclient import CatalogClient
 from stowkit.corelib.errors import ConfigError
-from tests.unit.test_agent import FakeCatalog
-
-SERVICE_PROJECT = "a" * 32
-USER_PROJECT = "b" * 32
-
-
-class FakeKeystone(http.server.ThreadingHTTPServer):
-    """POST /v3/auth/tokens: password (alice/secret) or token + trust; records the bodies."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.requests: list[dict[str, Any]] = []
-        self.url = f"http://127.0.0.1:{self.server_address[1]}/v3"
-        self.catalog_url = "http://catalog.example:9090"
-
-    def answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], str]:
-        self.requests.append(body)
-        ident, scope = body["auth"]["identity"], body["auth"].get("scope", {})
-        if ident["methods"] == ["password"]:
-            user = ident["password"]["user"]
-            if (user.get("name"), user.get("password")) != ("alice", "secret"):
-                return 401, {"error": {"code": 401, "message": "bad password"}}, ""
-            project, token = SERVICE_PROJECT, "service-token"
-        elif ident["methods"] == ["token"] and "OS-TRUST:trust" in scope:
-            if ident["token"]["id"] != "service-token":
-                return 401, {"error": {"code": 401, "message": "bad token"}}, ""
-            project, token = USER_PROJECT, "trust-token-" + scope["OS-TRUST:trust"]["id"]
-        else:
-            return 400, {"error": {"code": 400, "message": "unexpected"}}, ""
-        doc = {
-            "token": {
-                "methods": ident["methods"],
-                "expires_at": "2999-01-01T00:00:00.000000Z",
-                "issued_at": "2020-01-01T00:00:00.000000Z",
-                "user": {"id": "u1", "name": "alice", "domain": {"id": "default"}},
-                "project": {"id": project, "name": "p", "domain": {"id": "default"}},
-                "roles": [{"id": "r", "name": "member"}],
-                "catalog": [
-                    {
-                        "type": "backup",
-                        "name": "freezer",
-                        "id": "s1",
-                        "endpoints": [
-                            {
-                                "id": "e1",
-                                "interface": "public",
-                                "region": "RegionOne",
-                                "region_id": "RegionOne",
-                                "url": self.catalog_url,
-                            }
-                        ],
-                    }
-                ],
-            }
-        }
-        return 201, doc, token
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: FakeKeystone
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        status, doc, token = self.server.answer(body)
-        raw = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        if token:
-            self.send_header("X-Subject-Token", token)
-        self.end_headers()
-        self.wfile.write(raw)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture()
-def keystone() -> Iterator[FakeKeystone]:
-    server = FakeKeystone()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.fixture()
-def clean_env(monkeypatch):
-    for name in list(__import__("os").environ):
-        if name.startswith("OS_"):
-            monkeypatch.delenv(name)
-
-
-def conf_with(tmp_path, text: str = ""):
-    path = tmp_path / "stowkit.conf"
-    path.write_text(f"[DEFAULT]\nstate_dir = {tmp_path}\n[agent]\n{text}")
-    conf = config.load_conf([str(path)])
-    options.register_opts(conf)
-    return conf
-
-
-def password_conf(tmp_path, keystone: FakeKeystone, extra: str = ""):
-    return conf_with(
-        tmp_path,
-        f"auth_type = password\nauth_url = {keystone.url}\nusername = alice\n"
-        f"password = secret\nproject_name = p\n{extra}",
-    )
+from tests.fakes.agent_catalog import FakeCatalog
+from tests.fakes.agent_conf import conf_with, password_conf
+from tests.fakes.keystone import SERVICE_PROJECT, USER_PROJECT
 
 
 def keystone_catalog(conf, **given):

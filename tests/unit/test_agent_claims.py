@@ -15,7 +15,7 @@ from stowkit.corelib import config
 from stowkit.corelib.agent import actions, engine
 from stowkit.corelib.catalogapi import server
 from stowkit.corelib.catalogclient import CatalogClient, ClaimLost, noauth_headers
-from tests.unit.test_catalog_api import Client
+from tests.fakes.catalog import Client
 
 
 class _Quiet(wsgiref.simple_server.WSGIRequestHandler):

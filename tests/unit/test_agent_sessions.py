@@ -9,10 +9,8 @@ socket.  One fake clock drives both the agents and the catalog (its session
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import types
-import urllib.parse
 from typing import Any
 
 import pytest
@@ -23,6 +21,7 @@ from stowkit.corelib.catalogapi import server
 from stowkit.corelib.catalogapi import service as catalog_service
 from stowkit.corelib.catalogclient import CatalogClient
 from stowkit.corelib.errors import BackendUnavailable
+from tests.fakes.catalog import wsgi_call
 
 T0 = 1_800_000_000
 PROJECT = "demo"
@@ -44,25 +43,10 @@ class InProcessCatalog(CatalogClient):
         self.app = app
 
     def _call(self, method, path, body=None, extra=None):
-        url = urllib.parse.urlsplit(f"{self.base}/v2/{self.project}/{path}")
         data = b"" if body is None else json.dumps(body).encode()
-        environ = {
-            "REQUEST_METHOD": method,
-            "PATH_INFO": url.path,
-            "QUERY_STRING": url.query,
-            "CONTENT_LENGTH": str(len(data)) if data else "",
-            "CONTENT_TYPE": "application/json",
-            "wsgi.input": io.BytesIO(data),
-            "wsgi.url_scheme": "http",
-            "HTTP_HOST": "catalog.test",
-        }
-        for key, value in {**self.headers(), **(extra or {})}.items():
-            environ["HTTP_" + key.upper().replace("-", "_")] = value
-        seen: list[tuple[str, list]] = []
-        chunks = self.app(environ, lambda status, headers: seen.append((status, headers)))
-        raw = b"".join(chunks)
-        status = int(seen[0][0].split()[0])
-        return status, json.loads(raw) if raw else None, dict(seen[0][1])
+        headers = {**self.headers(), **(extra or {})}
+        path = f"/v2/{self.project}/{path}"
+        return wsgi_call(self.app, method, path, data, headers, "application/json")
 
 
 @pytest.fixture()

@@ -18,7 +18,7 @@ from stowkit.corelib.blocklease import UnlockedWriter
 from stowkit.corelib.blocklock import DeviceLocked, LockInfo
 from stowkit.corelib.errors import NotFound
 from stowkit.corelib.nbd.cache import ObjectCache
-from tests.unit.nbd_fakes import MemoryBlockStore, ServerThread
+from tests.fakes.nbd import MemoryBlockStore, ServerThread
 
 OSIZE = 4096
 

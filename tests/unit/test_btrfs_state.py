@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from stowkit.plugins.btrfs import state
-from tests.unit.test_dockerplugin import FakeDriver
+from tests.fakes.volumes import FakeDriver
 
 
 def test_boot_id_is_the_kernels():

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from stowkit.cli.compat import buttervolume
-from tests.unit.test_dockerplugin import FakeDriver
+from tests.fakes.volumes import FakeDriver
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ import io
 import pytest
 
 from stowkit.cli.compat import buttervolume
-from tests.unit.test_dockerplugin import FakeDriver
+from tests.fakes.volumes import FakeDriver
 
 
 class MarkedDriver(FakeDriver):

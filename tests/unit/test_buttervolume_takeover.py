@@ -8,7 +8,6 @@ import datetime as dt
 import io
 import os
 import subprocess
-import time
 
 import pytest
 
@@ -17,19 +16,7 @@ from stowkit.corelib import config, registry, schedule
 from stowkit.corelib.errors import ConfigError, InvalidName
 from stowkit.corelib.volume import split_snapshot_name
 from stowkit.plugins.btrfs import transport
-
-BV = "%Y-%m-%dT%H:%M:%S.%f"
-
-
-@pytest.fixture
-def paris(monkeypatch):
-    """Local time an hour ahead of UTC in winter, as buttervolume's host may be."""
-    monkeypatch.setenv("TZ", "Europe/Paris")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
-
+from tests.fakes.buttervolume import BV
 
 # -- names ---------------------------------------------------------------------------
 
@@ -349,7 +336,7 @@ def test_with_the_catalog_store_the_verbs_and_the_take_over_use_the_catalog(tmp_
     """`[scheduler] store = catalog`: the plugin's scheduler is the agent's catalog jobs, so
     schedule.csv is taken over there (once) and `schedule`/`scheduled` edit and show those,
     never a schedule file nothing runs."""
-    from tests.unit.test_schedule_store_catalog import served_catalog
+    from tests.fakes.catalog import served_catalog
 
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "schedule.csv").write_text("v1,snapshot,60,True\n")

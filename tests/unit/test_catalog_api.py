@@ -2,87 +2,11 @@
 
 from __future__ import annotations
 
-import io
-import json
-from typing import Any
-
 import pytest
 
 from stowkit.corelib import config
 from stowkit.corelib.catalogapi import server
-
-BACKUP = {
-    "container": "freezer_backups",
-    "hostname": "web-1.example.org",
-    "backup_name": "etc",
-    "time_stamp": 1_700_000_000,
-    "curr_backup_level": 0,
-    "path_to_backup": "/etc",
-}
-JOB = {
-    "description": "nightly etc",
-    "client_id": "demo_web-1.example.org",
-    "job_actions": [
-        {"freezer_action": {"action": "backup", "path_to_backup": "/etc"}, "max_retries": 3},
-        {"freezer_action": {"action": "backup", "container": "own"}},
-    ],
-    "action_defaults": {"container": "freezer_backups", "mode": "fs"},
-    "job_schedule": {
-        "schedule_interval": "1 days",
-        "schedule_start_date": "2030-01-01T02:00:00",
-        "schedule_end_date": "2031-01-01T02:00:00",
-    },
-}
-
-
-class Client:
-    """A minimal WSGI test client (no server)."""
-
-    def __init__(self, app: Any, headers: dict[str, str] | None = None) -> None:
-        self.app = app
-        self.headers = headers or {}
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        raw: bytes | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[int, Any]:
-        path, _, query = path.partition("?")
-        data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
-        environ = {
-            "REQUEST_METHOD": method,
-            "PATH_INFO": path,
-            "QUERY_STRING": query,
-            "CONTENT_LENGTH": str(len(data)) if data else "",
-            "wsgi.input": io.BytesIO(data),
-            "wsgi.url_scheme": "http",
-            "HTTP_HOST": "catalog.test",
-        }
-        for key, value in {**self.headers, **(headers or {})}.items():
-            environ["HTTP_" + key.upper().replace("-", "_")] = value
-        seen: list[str] = []
-        chunks = self.app(environ, lambda status, hdrs: seen.append(status))
-        payload = b"".join(chunks)
-        status = int(seen[0].split()[0])
-        return status, (json.loads(payload) if payload else None)
-
-    def get(self, path: str, **kw: Any) -> tuple[int, Any]:
-        return self.request("GET", path, **kw)
-
-    def post(self, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
-        return self.request("POST", path, body, **kw)
-
-    def patch(self, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
-        return self.request("PATCH", path, body, **kw)
-
-    def put(self, path: str, **kw: Any) -> tuple[int, Any]:
-        return self.request("PUT", path, **kw)
-
-    def delete(self, path: str, **kw: Any) -> tuple[int, Any]:
-        return self.request("DELETE", path, **kw)
+from tests.fakes.catalog import BACKUP, JOB, Client
 
 
 @pytest.fixture()

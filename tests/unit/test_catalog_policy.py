@@ -12,7 +12,7 @@ from stowkit.corelib import config
 from stowkit.corelib.catalogapi import policy, server
 from stowkit.corelib.catalogapi.app import CatalogApp
 from stowkit.corelib.catalogapi.service import CatalogService, Identity
-from tests.unit.test_catalog_api import BACKUP, JOB, Client
+from tests.fakes.catalog import BACKUP, JOB, Client
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 

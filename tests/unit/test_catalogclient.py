@@ -7,20 +7,15 @@ import pytest
 from stowkit.corelib import catalogclient
 from stowkit.corelib.catalogclient import CatalogClient
 from stowkit.corelib.errors import BackendUnavailable, ConfigError, InvalidArgument, NotFound
-from tests.unit.test_agent_auth import (  # noqa: F401 - fixtures
-    SERVICE_PROJECT,
-    clean_env,
-    conf_with,
-    keystone,
-    password_conf,
-)
+from tests.fakes.agent_conf import conf_with, password_conf
+from tests.fakes.keystone import SERVICE_PROJECT
 
 
 def reach(conf, **given):
     return catalogclient.connect(conf, catalogclient.login(conf), **given)
 
 
-def test_with_keystone_the_token_names_the_project_and_the_catalog(tmp_path, keystone, clean_env):  # noqa: F811
+def test_with_keystone_the_token_names_the_project_and_the_catalog(tmp_path, keystone, clean_env):
     client = reach(password_conf(tmp_path, keystone, "hostname = web-1\n"))
     assert isinstance(client, CatalogClient)  # whole searches, job edits
     assert (client.project, client.url) == (SERVICE_PROJECT, keystone.catalog_url)
@@ -30,8 +25,8 @@ def test_with_keystone_the_token_names_the_project_and_the_catalog(tmp_path, key
 
 def test_with_keystone_a_given_url_wins_and_a_given_project_is_refused(
     tmp_path,
-    keystone,  # noqa: F811
-    clean_env,  # noqa: F811
+    keystone,
+    clean_env,
 ):
     conf = password_conf(tmp_path, keystone)
     assert reach(conf, url="http://elsewhere:1").url == "http://elsewhere:1"
@@ -40,7 +35,7 @@ def test_with_keystone_a_given_url_wins_and_a_given_project_is_refused(
     assert len(keystone.requests) == 1  # refused before logging in again
 
 
-def test_without_credentials_it_is_the_no_auth_client(tmp_path, clean_env):  # noqa: F811
+def test_without_credentials_it_is_the_no_auth_client(tmp_path, clean_env):
     conf = conf_with(tmp_path, "project = demo\nhostname = h\n")
     assert catalogclient.login(conf) is None
     client = reach(conf)
@@ -56,7 +51,7 @@ def test_refused_credentials_are_configuration_not_an_outage():
     assert isinstance(CatalogClient._fail(404, None, "x"), NotFound)
 
 
-def test_an_unreachable_catalog_is_an_outage(tmp_path, clean_env):  # noqa: F811
+def test_an_unreachable_catalog_is_an_outage(tmp_path, clean_env):
     client = reach(conf_with(tmp_path, "catalog_url = http://127.0.0.1:9\n"))
     with pytest.raises(BackendUnavailable, match="unreachable"):
         client.poll_jobs("c")

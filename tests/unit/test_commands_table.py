@@ -6,8 +6,9 @@ tests read the sources (nothing is run) and find the commands:
 
 - Python (tests/, bench/, tools/stack/, and stowkit's own corelib/, plugins/, cli/,
   which the tests run): the program of every ``subprocess.run``, ``Popen``,
-  ``check_output``..., of the harness's ``ctx.run``/``ctx.spawn``, and of local
-  helpers that pass an argument on as a command (``def run(*cmd)``), with
+  ``check_output``..., of the harness's ``ctx.run``/``ctx.spawn``, and of helpers
+  that pass an argument on as a command (``def run(*cmd)``, in the module or
+  imported from tests/fakes), with
   ``timeout N`` and ``env VAR=x`` looked through and list variables followed
   (``docker = ["docker", ...]; run([*docker, "ps"])``);
 - shell (tools/try-it, tools/try-it.d/, tools/test-all, tools/lib.sh, .ci/run): the
@@ -117,7 +118,12 @@ def _positional_params(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
 class PyScanner:
     """The commands one Python module runs (see the module docstring)."""
 
-    def __init__(self, path: pathlib.Path, source: str | None = None):
+    def __init__(
+        self,
+        path: pathlib.Path,
+        source: str | None = None,
+        shared: dict[str, dict[str, tuple[str, int]]] | None = None,
+    ):
         self.path = path
         self.tree = ast.parse(source if source is not None else path.read_text(), str(path))
         self.scope_of: dict[int, Scope] = {}  # id(node) -> innermost scope holding it
@@ -125,6 +131,12 @@ class PyScanner:
         self._index(self.tree, Scope(self.tree, None))
         # function name -> ("vararg", n) | ("param", n): where its callers pass a command
         self.helpers: dict[str, tuple[str, int]] = {}
+        # helpers of other modules (``shared``: dotted module -> its helpers) imported here
+        for node in ast.walk(self.tree):
+            if isinstance(node, ast.ImportFrom) and node.module in (shared or {}):
+                for alias in node.names:
+                    if alias.name in shared[node.module]:
+                        self.helpers[alias.asname or alias.name] = shared[node.module][alias.name]
         while self._find_helpers():
             pass
 
@@ -630,7 +642,10 @@ def sh_files() -> list[pathlib.Path]:
 
 
 def all_uses() -> list[Use]:
-    uses = [u for p in py_files() for u in PyScanner(p).uses()]
+    files = py_files()
+    fakes = REPO / "tests" / "fakes"
+    shared = {f"tests.fakes.{p.stem}": PyScanner(p).helpers for p in files if p.parent == fakes}
+    uses = [u for p in files for u in PyScanner(p, shared=shared).uses()]
     # The scripts source each other's helpers (tools/lib.sh, tools/try-it.d/lib.bash).
     shared = set().union(*(defined_functions(p.read_text()) for p in sh_files()))
     return uses + [u for p in sh_files() for u in ShellScanner(p, functions=shared).uses()]

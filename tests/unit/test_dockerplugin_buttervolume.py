@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from stowkit.corelib.dockerplugin.app import PluginApp
 from stowkit.corelib.dockerplugin.server import PluginServer
 from stowkit.corelib.schedule.filestore import ScheduleStore
-from tests.unit.test_dockerplugin import FakeDriver, UnixHTTPConnection
+from tests.fakes.docker_plugin import UnixHTTPConnection
+from tests.fakes.volumes import FakeDriver
 
 #: every route buttervolume 3.13's plugin.py serves besides Docker's own
 BUTTERVOLUME_ROUTES = {

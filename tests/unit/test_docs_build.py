@@ -10,6 +10,7 @@ committed (otherwise the committed sample is stale).
 from __future__ import annotations
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -47,7 +48,10 @@ def test_html_and_man_pages_build_without_warnings(tmp_path):
     api = (tmp_path / "html" / "api.html").read_text()
     for name in stowkit.__all__:
         assert f'id="stowkit.{name}"' in api, f"the API reference lacks stowkit.{name}"
-    diagrams = (tmp_path / "html" / "diagrams.html").read_text()
-    drawn = list((tmp_path / "html" / "_images").glob("graphviz-*.svg"))
-    assert diagrams.count('<object data="_images/graphviz-') == 3, "a diagram is missing"
-    assert len(drawn) == 3, "a diagram is not drawn"
+    # the three diagrams, and the layers again on the architecture page: each drawn
+    for page, count in (("diagrams.html", 3), ("architecture.html", 1)):
+        html = (tmp_path / "html" / page).read_text()
+        drawn = re.findall(r'<object data="(_images/graphviz-[0-9a-f]+\.svg)"', html)
+        assert len(drawn) == count, f"a diagram is missing from {page}"
+        for image in drawn:
+            assert (tmp_path / "html" / image).stat().st_size > 0, f"{image} is not drawn"

@@ -13,7 +13,7 @@ import pytest
 
 from stowkit.corelib import config
 from stowkit.corelib.catalogapi import server
-from tests.unit.test_catalog_api import JOB, Client
+from tests.fakes.catalog import JOB, Client
 
 #: A backup document as freezer-agent 19 posts it with its default options:
 #: "" for every option it was not given.

@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 
 from stowkit.corelib.dockerplugin.app import PluginApp
 from stowkit.corelib.dockerplugin.server import PluginServer
-
-from .test_plugin_hostile import _Driver, _exchange, _post, _split
+from tests.fakes.docker_plugin import ProtocolDriver, exchange, raw_post, split_answer
 
 EXAMPLES = int(os.environ.get("STOWKIT_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(
@@ -75,7 +74,7 @@ def _raw(value) -> bytes:
 
 @pytest.fixture(scope="module")
 def app():
-    return PluginApp(_Driver())
+    return PluginApp(ProtocolDriver())
 
 
 def _check_answer(status, payload):
@@ -104,14 +103,14 @@ def test_any_bytes_get_a_json_answer(app, endpoint, raw):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = PluginServer(str(tmp_path_factory.mktemp("fz") / "p.sock"), PluginApp(_Driver()))
+    srv = PluginServer(str(tmp_path_factory.mktemp("fz") / "p.sock"), PluginApp(ProtocolDriver()))
     srv.start()
     yield srv
     srv.stop()
 
 
 def _answered_in_json(answer: bytes) -> None:
-    status, headers, body = _split(answer)
+    status, headers, body = split_answer(answer)
     assert headers.get("content-type", "").endswith("json"), answer[:300]
     payload = json.loads(body)
     assert isinstance(payload, dict), payload
@@ -134,7 +133,7 @@ def test_any_request_head_gets_a_json_answer(server, method, target, version, he
     line = b" ".join(p for p in (method, target, version) if p)
     raw = line + b"\r\n" + b"".join(h.replace(b"\r\n", b"") + b"\r\n" for h in headers)
     raw += b"Connection: close\r\n\r\n"
-    answer = _exchange(server.socket_path, raw)
+    answer = exchange(server.socket_path, raw)
     if not answer:
         # Nothing to answer: the first line held no word (no request at all).
         assert not raw.split(b"\n", 1)[0].split(), raw
@@ -145,4 +144,4 @@ def test_any_request_head_gets_a_json_answer(server, method, target, version, he
 @SOCKET_FUZZ
 @given(endpoint=st.sampled_from(ENDPOINTS), body=st.binary(max_size=2000) | bodies.map(_raw))
 def test_any_post_body_on_the_socket_gets_a_json_answer(server, endpoint, body):
-    _answered_in_json(_exchange(server.socket_path, _post(endpoint, body)))
+    _answered_in_json(exchange(server.socket_path, raw_post(endpoint, body)))

@@ -6,8 +6,8 @@ import pytest
 
 from stowkit.corelib.errors import Conflict, StowkitError
 from stowkit.corelib.imagesync import plan as P
-from tests.unit.test_imagesync_cli import env, rows  # noqa: F401  (fixture)
-from tests.unit.test_imagesync_scenario import (
+from tests.fakes.cli_output import rows
+from tests.fakes.imagesync import (
     build_scenario,
     engine,
     make_store,
@@ -43,7 +43,7 @@ def test_master_region_status_is_ok_and_sync_changes_nothing(store, images):
     assert snapshot(store) == before
 
 
-def test_master_region_named_in_cli_and_front_end(env, capsys, tmp_path):  # noqa: F811
+def test_master_region_named_in_cli_and_front_end(env, capsys, tmp_path):
     env("image", "create", str(tmp_path / "a.img"), "--name", "a", "--region", "One", "--public")
     capsys.readouterr()
     assert env("image", "status", "One", "-f", "json") == 0
@@ -69,7 +69,7 @@ def test_backup_of_named_regions_includes_the_master(store, images, tmp_path):
     assert [r[0] for r in rows_] == ["Master", "RegionA"]
 
 
-def test_make_backup_region_includes_the_master(env, capsys, tmp_path):  # noqa: F811
+def test_make_backup_region_includes_the_master(env, capsys, tmp_path):
     assert env("--make-backup", "Two", front=glancesync_main()) == 0
     names = sorted(p.name for p in tmp_path.glob("backup_glance_*/backup_*.csv"))
     assert names == ["backup_One.csv", "backup_Two.csv"]
@@ -229,7 +229,7 @@ def test_load_backups_does_not_merge_into_a_region(tmp_path):
 # -- image status -f csv is GlanceSync's lines --------------------------------------------
 
 
-def test_status_csv_is_glancesync_lines(env, capsys, tmp_path):  # noqa: F811
+def test_status_csv_is_glancesync_lines(env, capsys, tmp_path):
     env("image", "create", str(tmp_path / "a.img"), "--name", "a", "--region", "One", "--public")
     capsys.readouterr()
     assert env("image", "status", "-f", "csv") == 0
@@ -239,7 +239,7 @@ def test_status_csv_is_glancesync_lines(env, capsys, tmp_path):  # noqa: F811
 # -- progress: per-image bytes, rate and ETA on a terminal only ---------------------------
 
 
-def test_sync_and_create_progress_only_when_asked_or_on_a_terminal(env, capsys, tmp_path):  # noqa: F811
+def test_sync_and_create_progress_only_when_asked_or_on_a_terminal(env, capsys, tmp_path):
     img = str(tmp_path / "a.img")
     assert env("image", "create", img, "--name", "a", "--region", "One", "--public") == 0
     assert "MiB" not in capsys.readouterr().err  # not a terminal: quiet

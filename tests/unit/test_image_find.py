@@ -9,7 +9,7 @@ import pytest
 from stowkit.cli.app import main
 from stowkit.corelib.errors import Conflict, NotFound
 from stowkit.corelib.image import find_image
-from tests.unit.test_imagesync_scenario import make_store, put
+from tests.fakes.imagesync import make_store, put
 
 
 def test_an_id_then_a_unique_name_finds_the_image(tmp_path):

@@ -6,35 +6,8 @@ import json
 
 import pytest
 
-from stowkit.cli.app import main as stowkit_main
 from stowkit.cli.compat import glancesync
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("GLANCESYNC_CONFIG", raising=False)
-    conf = tmp_path / "stowkit.conf"
-    conf.write_text(
-        f"[DEFAULT]\nstate_dir = {tmp_path / 'state'}\n"
-        f"[image_sync]\nconfig_file = {tmp_path / 'glancesync.conf'}\n"
-    )
-    (tmp_path / "glancesync.conf").write_text("[main]\nmaster_region = One\n")
-    (tmp_path / "state" / "images" / "Two").mkdir(parents=True)
-    (tmp_path / "state" / "images" / "Three").mkdir(parents=True)
-    (tmp_path / "state" / "images" / "One").mkdir(parents=True)
-    (tmp_path / "a.img").write_bytes(b"a" * 1000)
-    (tmp_path / "b.img").write_bytes(b"b" * 10)
-
-    def run(*args, front=stowkit_main):
-        return front(["--config-file", str(conf), *args])
-
-    return run
-
-
-def rows(capsys):
-    out = capsys.readouterr().out
-    return json.loads(out) if out.strip() else []
+from tests.fakes.cli_output import rows
 
 
 def test_create_list_status_sync(env, capsys, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from stowkit.corelib.errors import InvalidArgument, NotFound
 from stowkit.corelib.imagesync import plan as P
-from tests.unit.test_imagesync_scenario import (
+from tests.fakes.imagesync import (
     OTHER,
     build_scenario,
     engine,

@@ -12,7 +12,7 @@ import pytest
 from stowkit.corelib.errors import BackendUnavailable
 from stowkit.corelib.imagesync import fanout
 from stowkit.corelib.imagesync import plan as P
-from tests.unit.test_imagesync_scenario import build_scenario, engine, make_store, put
+from tests.fakes.imagesync import build_scenario, engine, make_store, put
 
 REGIONS = ("RegionA", "RegionB", "RegionC")
 PIECE = 7  # bytes per chunk the wrapper hands out: several chunks per image

@@ -9,7 +9,7 @@ import pytest
 
 from stowkit.corelib import blockcopy
 from stowkit.corelib.blockstore import DeviceLocked, LeaseLost, LockInfo
-from tests.unit.nbd_fakes import MemoryBlockStore
+from tests.fakes.nbd import MemoryBlockStore
 
 OSIZE = 4096
 

@@ -19,7 +19,7 @@ from stowkit.corelib.blockstore import (
     UnstoredRecord,
 )
 from stowkit.corelib.blockunstored import unstored_records, write_local_record
-from tests.unit.nbd_fakes import MemoryBlockStore
+from tests.fakes.nbd import MemoryBlockStore
 
 OSIZE = 4096
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from stowkit.corelib.errors import InvalidName
-from tests.unit.test_imagesync_scenario import make_store, put
+from tests.fakes.imagesync import make_store, put
 
 # "ABS" stands for an absolute path to the test's own victim file: a regression
 # must only ever be able to delete a file the test made.

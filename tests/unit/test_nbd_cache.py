@@ -9,7 +9,7 @@ import pytest
 
 from stowkit.corelib.nbd.cache import ObjectCache
 from stowkit.corelib.nbd.protocol import STATE_HOLE, STATE_ZERO
-from tests.unit.nbd_fakes import MemoryBlockStore
+from tests.fakes.nbd import MemoryBlockStore
 
 OSIZE = 4096
 

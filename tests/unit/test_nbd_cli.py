@@ -164,7 +164,7 @@ def test_swiftnbd_server_locks_a_container_while_a_client_uses_it_as_swiftnbd_di
     # swiftnbd locked a container at a client's connection and unlocked it at
     # the disconnect; stowkit.conf's [blockstore] lock_scope can say otherwise.
     import stowkit.corelib.nbd.server as nbd_server
-    from tests.unit.nbd_fakes import MemoryBlockStore
+    from tests.fakes.nbd import MemoryBlockStore
 
     store = MemoryBlockStore()
     store.create_device("c1", 1 << 20, 65536)

@@ -11,7 +11,7 @@ from stowkit.corelib import config, registry
 from stowkit.corelib.blockstore import StorageDenied, StorageFull
 from stowkit.corelib.errors import BackendUnavailable, InvalidArgument
 from stowkit.corelib.nbd import protocol as p
-from tests.unit.nbd_fakes import MemoryBlockStore, RawClient, ServerThread
+from tests.fakes.nbd import MemoryBlockStore, RawClient, ServerThread
 
 OSIZE = 4096
 

@@ -6,7 +6,7 @@ import threading
 import time
 
 from stowkit.corelib.nbd import protocol as p
-from tests.unit.nbd_fakes import MemoryBlockStore, RawClient, ServerThread
+from tests.fakes.nbd import MemoryBlockStore, RawClient, ServerThread
 
 OSIZE = 4096
 SIZE = 64 * OSIZE

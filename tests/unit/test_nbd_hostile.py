@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stowkit.corelib.nbd import protocol as p
-from tests.unit.nbd_fakes import MemoryBlockStore, RawClient, ServerThread
+from tests.fakes.nbd import MemoryBlockStore, RawClient, ServerThread
 
 OSIZE = 64 << 10
 #: hypothesis examples per property: STOWKIT_FUZZ_EXAMPLES, as the other fuzz suites

@@ -10,7 +10,7 @@ import time
 from stowkit.corelib.blockstore import LockInfo
 from stowkit.corelib.nbd import protocol as p
 from stowkit.corelib.nbd.export import LOCK_OWNER
-from tests.unit.nbd_fakes import MemoryBlockStore, RawClient, ServerThread, _string
+from tests.fakes.nbd import MemoryBlockStore, RawClient, ServerThread, _string
 
 OSIZE = 4096
 SIZE = 64 * OSIZE

@@ -10,7 +10,7 @@ import pytest
 
 from stowkit.corelib.blockstore import DEFAULT_LEASE, DeviceLocked, LockInfo
 from stowkit.corelib.nbd import protocol as p
-from tests.unit.nbd_fakes import MemoryBlockStore, RawClient, ServerThread, _string
+from tests.fakes.nbd import MemoryBlockStore, RawClient, ServerThread, _string
 
 OSIZE = 4096
 SIZE = 64 * OSIZE

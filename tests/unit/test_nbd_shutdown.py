@@ -19,7 +19,7 @@ from stowkit.corelib.blockunstored import unstored_records
 from stowkit.corelib.errors import BackendUnavailable
 from stowkit.corelib.nbd import protocol as p
 from stowkit.corelib.nbd.workers import DaemonExecutor
-from tests.unit.nbd_fakes import MemoryBlockStore, RawClient, ServerThread, _string
+from tests.fakes.nbd import MemoryBlockStore, RawClient, ServerThread, _string
 
 OSIZE = 4096
 SIZE = 64 * OSIZE

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import http.server
 import os
 import threading
 import time
@@ -16,8 +15,8 @@ from stowkit.corelib.blockstore import LOCK_KEY, LeaseLost
 from stowkit.corelib.nbd import protocol as p
 from stowkit.corelib.nbd.cache import ObjectCache
 from stowkit.plugins.swift.store import Resendable, SwiftBlockStore
-from tests.unit.nbd_fakes import MemoryBlockStore, RawClient, ServerThread
-from tests.unit.swift_fakes import swift_store
+from tests.fakes.nbd import MemoryBlockStore, RawClient, ServerThread
+from tests.fakes.swift import FakeSwift, swift_store
 
 OSIZE = 4096
 
@@ -279,42 +278,8 @@ def test_a_write_during_a_lent_upload_copies_the_buffer_first():
     asyncio.run(main())
 
 
-class FakeSwift(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    bodies: list[tuple[bytes, str]] = []
-    fail_next = 0
-
-    def log_message(self, *args):
-        pass
-
-    def _answer(self, status, headers=None):
-        self.send_response(status)
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def do_GET(self):
-        url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/AUTH_t"
-        self._answer(200, {"X-Storage-Url": url, "X-Auth-Token": "tok"})
-
-    def do_HEAD(self):
-        meta = "X-Container-Meta-Stowkit-"
-        self._answer(204, {meta + "Format": "1", meta + "Size": str(4 * OSIZE),
-                           meta + "Object-Size": str(OSIZE)})  # fmt: skip
-
-    def do_PUT(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        cls = type(self)
-        cls.bodies.append((body, self.headers.get("Etag", "")))
-        if cls.fail_next:
-            cls.fail_next -= 1
-            return self._answer(503)
-        self._answer(201)
-
-
 def test_swift_sends_a_lent_buffer_whole_through_swiftclient_and_again_on_503():
-    FakeSwift.bodies, FakeSwift.fail_next = [], 1
+    FakeSwift.reset(fail_next_puts=1)
     with swift_store(FakeSwift) as store:
         data = bytearray(os.urandom(OSIZE))
         body = store.lend_body(data)
@@ -481,7 +446,7 @@ def test_a_payload_covering_one_object_becomes_that_object_without_a_copy():
 def test_swift_lets_go_of_a_lent_buffer_once_it_is_sent():
     # swiftclient keeps its last response (and the request body with it): the
     # cache's buffer would stay exported and could not be reused.
-    FakeSwift.bodies, FakeSwift.fail_next = [], 0
+    FakeSwift.reset()
     with swift_store(FakeSwift) as store:
         data = bytearray(os.urandom(OSIZE))
         body = store.lend_body(data)

@@ -13,7 +13,6 @@ import pathlib
 import socket
 import ssl
 import subprocess
-import time
 
 import pytest
 
@@ -21,45 +20,10 @@ from stowkit.corelib.errors import ConfigError
 from stowkit.corelib.nbd import protocol as p
 from stowkit.corelib.nbd import tls as nbd_tls
 from stowkit.corelib.nbd.tls import Mode, ServerTls, TlsConfig
-from tests.unit.nbd_fakes import MemoryBlockStore, RawClient, ServerThread, _string
+from tests.fakes.nbd import MemoryBlockStore, RawClient, ServerThread, _string
+from tests.fakes.tls import make_cert_dir, openssl
 
 OSIZE = 64 << 10
-
-
-# -- throwaway certificates ------------------------------------------------------------
-def _openssl(*args: str, cwd: pathlib.Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _signed(folder: pathlib.Path, name: str, cn: str, extensions: str) -> None:
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", "-subj", f"/CN={cn}",
-             cwd=folder)  # fmt: skip
-    (folder / f"{name}.ext").write_text(extensions)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca-cert.pem", "-CAkey", "ca-key.pem",
-             "-set_serial", str(int(time.time_ns() % 10**12)), "-days", "2",
-             "-extfile", f"{name}.ext", "-out", f"{name}-cert.pem", cwd=folder)  # fmt: skip
-    (folder / f"{name}.csr").unlink()
-    (folder / f"{name}.ext").unlink()
-
-
-def make_cert_dir(folder: pathlib.Path) -> pathlib.Path:
-    """A CA, a server certificate for 127.0.0.1/localhost and a client one, qemu's names.
-
-    The same directory is a server's (server-*.pem) and a libnbd or qemu
-    client's (client-*.pem, ca-cert.pem) ``tls-certificates`` directory.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", "ca-key.pem", "-out", "ca-cert.pem", "-days", "2",
-             "-subj", "/CN=stowkit test CA",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=folder)  # fmt: skip
-    usage = "keyUsage=critical,digitalSignature,keyEncipherment\n"
-    server = "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
-    _signed(folder, "server", "localhost", server + usage)
-    _signed(folder, "client", "stowkit test client", "extendedKeyUsage=clientAuth\n" + usage)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -414,7 +378,7 @@ def test_a_key_of_another_certificate_is_named(certs):
 
 def test_an_encrypted_key_is_refused_without_a_prompt(certs, tmp_path):
     key = tmp_path / "locked.pem"
-    _openssl("pkey", "-in", str(certs / "server-key.pem"), "-aes256", "-passout", "pass:secret",
+    openssl("pkey", "-in", str(certs / "server-key.pem"), "-aes256", "-passout", "pass:secret",
              "-out", str(key), cwd=tmp_path)  # fmt: skip
     with pytest.raises(ConfigError, match=r"locked.pem: it is encrypted"):
         TlsConfig(Mode.ON, cert_file=str(certs / "server-cert.pem"), key_file=str(key)).server_tls()

@@ -16,6 +16,7 @@ import pytest
 
 from stowkit.corelib import notify
 from tests.commands import STOWKIT
+from tests.fakes.net import free_port
 
 UNITS = Path(__file__).resolve().parents[2] / "contrib" / "systemd"
 SERVICES = {
@@ -95,12 +96,6 @@ def _conf(tmp_path, extra=""):
     return str(path)
 
 
-def _free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_plugin_is_ready_once_its_socket_answers(tmp_path, listener):
     conf = _conf(tmp_path)
     plugin_socket = str(tmp_path / "stowkit.sock")
@@ -133,7 +128,7 @@ def test_nbd_server_is_ready_once_its_port_answers(tmp_path, listener):
         timeout=60,
     )
     assert setup.returncode == 0, setup.stderr
-    port = _free_port()
+    port = free_port()
 
     def answer():
         with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
@@ -151,7 +146,7 @@ def test_nbd_server_is_ready_once_its_port_answers(tmp_path, listener):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_catalog_is_ready_once_every_worker_listens(tmp_path, listener, workers):
     conf = _conf(tmp_path, "[catalog_api]\ndefault_project = proj\n")
-    port = _free_port()
+    port = free_port()
 
     def answer():
         client = http.client.HTTPConnection("127.0.0.1", port, timeout=30)

@@ -22,7 +22,7 @@ from stowkit.cli.app import BUILTIN_MODULES, StowkitApp, main
 from stowkit.cli.common import Bytes, utc_time
 from stowkit.corelib import config, registry
 from stowkit.corelib.catalogapi.service import CatalogService, Identity
-from tests.unit.test_dockerplugin import FakeDriver
+from tests.fakes.volumes import FakeDriver
 
 NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")

@@ -13,7 +13,6 @@ import shutil
 import socket
 import threading
 import time
-import types
 
 import pytest
 
@@ -21,8 +20,8 @@ from stowkit.corelib import config, registry
 from stowkit.corelib.dockerplugin.app import PluginApp
 from stowkit.corelib.dockerplugin.server import BACKLOG, PluginServer
 from stowkit.corelib.errors import Conflict, NotFound
-from stowkit.corelib.volume import VolumeDriver
 from stowkit.plugins.btrfs import state, subvol
+from tests.fakes.docker_plugin import ProtocolDriver, exchange, raw_post, split_answer
 
 
 @pytest.fixture
@@ -156,104 +155,16 @@ def test_create_drops_a_stale_mount_record(driver):
 # -- the socket ---------------------------------------------------------------------
 
 
-class _Driver:
-    """Enough of a VolumeDriver for the protocol."""
-
-    def __init__(self):
-        self.volumes: dict[str, list[str]] = {}
-
-    def volume_path(self, name):
-        if name not in self.volumes:
-            raise NotFound(f"no such volume: {name}")
-        return f"/v/{name}"
-
-    def create_volume(self, name, options=None):
-        self.volumes.setdefault(name, [])
-
-    def delete_volume(self, name, force=False):
-        self.volume_path(name)
-        del self.volumes[name]
-
-    def mount(self, name, mount_id):
-        path = self.volume_path(name)
-        self.volumes[name].append(mount_id)
-        return path
-
-    def create_snapshot(self, name):
-        self.volume_path(name)
-        return types.SimpleNamespace(name=f"{name}@2026-12-01T10-00-00.000000")
-
-    def unmount(self, name, mount_id):
-        pass
-
-    def mounts(self, name):
-        return self.volumes.get(name, [])
-
-    def volume_created(self, name):
-        return None
-
-    def list_volumes(self):
-        return []
-
-    def volume_entries(self):
-        return [(name, f"/v/{name}", None) for name in sorted(self.volumes)]
-
-    def list_snapshots(self, volume=None):
-        return []
-
-    # the interface's own defaults, over the methods above
-    snapshot_entries = VolumeDriver.snapshot_entries
-    volume_status = VolumeDriver.volume_status
-
-    supports = staticmethod(lambda capability: True)
-
-
 @pytest.fixture
 def server(tmp_path):
-    srv = PluginServer(str(tmp_path / "p.sock"), PluginApp(_Driver()))
+    srv = PluginServer(str(tmp_path / "p.sock"), PluginApp(ProtocolDriver()))
     srv.start()
     yield srv
     srv.stop()
 
 
-def _exchange(path: str, raw: bytes, timeout: float = 10.0) -> bytes:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        sock.sendall(raw)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    return b"".join(chunks)
-
-
-def _split(answer: bytes) -> tuple[int, dict[str, str], bytes]:
-    head, sep, body = answer.partition(b"\r\n\r\n")
-    assert sep, answer[:200]
-    lines = head.decode("iso-8859-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        key, _, value = line.partition(":")
-        headers[key.strip().lower()] = value.strip()
-    if "content-length" in headers:
-        body = body[: int(headers["content-length"])]
-    return status, headers, body
-
-
-def _post(endpoint: str, body: bytes) -> bytes:
-    return (
-        f"POST {endpoint} HTTP/1.1\r\nHost: plugin\r\nConnection: close\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-
-
 def _err(answer: bytes) -> tuple[int, str]:
-    status, headers, body = _split(answer)
+    status, headers, body = split_answer(answer)
     assert headers.get("content-type", "").endswith("json"), headers
     payload = json.loads(body)
     assert isinstance(payload, dict) and isinstance(payload.get("Err"), str), payload
@@ -262,14 +173,14 @@ def _err(answer: bytes) -> tuple[int, str]:
 
 def test_deep_json_gets_an_answer(server):
     deep = b"[" * 100_000 + b"]" * 100_000
-    status, err = _err(_exchange(server.socket_path, _post("/VolumeDriver.Get", deep)))
+    status, err = _err(exchange(server.socket_path, raw_post("/VolumeDriver.Get", deep)))
     assert status == 200
     assert "nested too deeply" in err
 
 
 def test_deep_json_inside_a_field_gets_an_answer(server):
     body = b'{"Name": "v", "Opts": {"a": ' + b"[" * 900 + b"]" * 900 + b"}}"
-    status, err = _err(_exchange(server.socket_path, _post("/VolumeDriver.Create", body)))
+    status, err = _err(exchange(server.socket_path, raw_post("/VolumeDriver.Create", body)))
     assert status == 200 and err
 
 
@@ -290,7 +201,7 @@ def test_deep_json_inside_a_field_gets_an_answer(server):
     ],
 )
 def test_http_level_errors_are_json(server, raw, status):
-    got, err = _err(_exchange(server.socket_path, raw))
+    got, err = _err(exchange(server.socket_path, raw))
     assert got == status
     assert err and "\n" not in err and "<" not in err
 
@@ -300,14 +211,14 @@ def test_header_bound_is_the_servers_own(server, monkeypatch):
 
     monkeypatch.setattr(http.client, "_MAXHEADERS", 1000)  # as swiftclient does (256)
     raw = b"GET / HTTP/1.1\r\n" + b"X: a\r\n" * 300 + b"\r\n"
-    assert _err(_exchange(server.socket_path, raw))[0] == 431
+    assert _err(exchange(server.socket_path, raw))[0] == 431
 
 
 def test_backlog_fits_a_burst(tmp_path):
     assert BACKLOG >= 128
     # Not serving: nothing is accepted, so every connect has to wait in the
     # backlog; a unix socket refuses a non-blocking connect past it (EAGAIN).
-    srv = PluginServer(str(tmp_path / "q.sock"), PluginApp(_Driver()))
+    srv = PluginServer(str(tmp_path / "q.sock"), PluginApp(ProtocolDriver()))
     socks = []
     try:
         for _ in range(128):
@@ -327,7 +238,7 @@ def test_burst_of_clients_all_answered(server):
 
     def client():
         for _ in range(3):
-            answer = _exchange(server.socket_path, _post("/Plugin.Activate", b""))
+            answer = exchange(server.socket_path, raw_post("/Plugin.Activate", b""))
             with lock:
                 results.append(answer)
 
@@ -339,4 +250,4 @@ def test_burst_of_clients_all_answered(server):
         t.join(30)
     assert time.monotonic() - start < 30
     assert len(results) == 150
-    assert all(_split(a)[0] == 200 for a in results)
+    assert all(split_answer(a)[0] == 200 for a in results)

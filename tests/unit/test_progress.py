@@ -8,7 +8,6 @@ import threading
 
 from stowkit.cli.progress import ByteMeter, SyncProgress
 from stowkit.corelib.image import Image
-from tests.unit.test_imagesync_cli import env  # noqa: F401  (fixture)
 
 MiB = 1 << 20
 
@@ -89,7 +88,7 @@ def test_disabled_board_draws_nothing_and_costs_no_slot():
     assert out.getvalue() == ""
 
 
-def test_sync_to_two_regions_draws_both_on_each_line(env, capsys, tmp_path):  # noqa: F811
+def test_sync_to_two_regions_draws_both_on_each_line(env, capsys, tmp_path):
     (tmp_path / "big.img").write_bytes(b"z" * (3 * MiB))
     assert (
         env(

@@ -7,85 +7,16 @@ catalog's own schema, and the agent's engine reads them back as it would.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 
 from stowkit.cli.app import main
-from stowkit.corelib import catalogclient, config, schedule
+from stowkit.corelib import config, schedule
 from stowkit.corelib.agent import engine
 from stowkit.corelib.agent import options as agent_options
-from stowkit.corelib.catalogapi import server
-from stowkit.corelib.catalogclient import CatalogClient
 from stowkit.corelib.errors import InvalidArgument, NotFound
 from stowkit.corelib.schedule.catalogstore import CatalogScheduleStore
 from stowkit.corelib.schedule.filestore import ScheduleStore
-
-CLIENT = "demo_host-a"
-
-
-class WsgiCatalog(CatalogClient):
-    """The command client with its HTTP call answered by the app in process."""
-
-    def __init__(self, app: Any, project: str = "demo") -> None:
-        super().__init__(
-            "http://catalog.test",
-            project,
-            lambda: {"X-User-Id": "tester"},
-            hostname="host-a",
-            client_id=CLIENT,
-        )
-        self.app = app
-        self.requests: list[tuple[str, str]] = []
-
-    def _call(self, method, path, body=None, extra=None):
-        self.requests.append((method, path))
-        path, _, query = f"/v2/{self.project}/{path}".partition("?")
-        data = b"" if body is None else json.dumps(body).encode()
-        environ = {
-            "REQUEST_METHOD": method,
-            "PATH_INFO": path,
-            "QUERY_STRING": query,
-            "CONTENT_LENGTH": str(len(data)) if data else "",
-            "CONTENT_TYPE": "application/json",
-            "wsgi.input": io.BytesIO(data),
-            "wsgi.url_scheme": "http",
-            "HTTP_HOST": "catalog.test",
-        }
-        for key, value in {**self.headers(), **(extra or {})}.items():
-            environ["HTTP_" + key.upper().replace("-", "_")] = value
-        seen: list[tuple[str, list]] = []
-        payload = b"".join(self.app(environ, lambda status, hdrs: seen.append((status, hdrs))))
-        status, headers = seen[0]
-        return int(status.split()[0]), (json.loads(payload) if payload else None), dict(headers)
-
-
-@contextlib.contextmanager
-def served_catalog(state_dir, monkeypatch=None) -> Iterator[WsgiCatalog]:
-    """The real catalog app (SQLite under ``state_dir``), in process.
-
-    With ``monkeypatch``, commands reach it too: ``catalogclient.connect`` answers
-    with it, as host ``host-a`` of project ``demo``.
-    """
-    conf = config.load_conf(overrides=[(None, "state_dir", str(state_dir))])
-    server.register_opts(conf)
-    app = server.build_app(conf, auth="noauth")
-    app.service.catalog.sync()
-    wsgi = WsgiCatalog(app)
-
-    def connect(conf, login=None, **given):
-        return wsgi
-
-    if monkeypatch is not None:
-        monkeypatch.setattr(catalogclient, "connect", connect)
-    try:
-        yield wsgi
-    finally:
-        app.service.catalog.close()
+from tests.fakes.catalog import CLIENT, served_catalog
 
 
 @pytest.fixture()

@@ -17,7 +17,7 @@ from stowkit.corelib.schedule.filestore import ScheduleStore
 from stowkit.corelib.schedule.jobs import Job, job_rows
 from stowkit.corelib.schedule.runner import Scheduler
 from stowkit.corelib.volumejobs import parse_action
-from tests.unit.test_dockerplugin import FakeDriver
+from tests.fakes.volumes import FakeDriver
 
 
 class Clock:

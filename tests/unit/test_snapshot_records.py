@@ -11,8 +11,8 @@ import pytest
 from stowkit.cli.app import StowkitApp, main
 from stowkit.corelib import catalogclient, catalogdocs, config
 from stowkit.corelib.errors import BackendUnavailable
-from tests.unit.test_dockerplugin import FakeDriver
-from tests.unit.test_schedule_store_catalog import served_catalog
+from tests.fakes.catalog import served_catalog
+from tests.fakes.volumes import FakeDriver
 
 
 @pytest.fixture()

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import requests.sessions
 
-from tests.unit.test_swift_retry import FakeSwift, swift  # noqa: F401 (the fixture)
+from tests.fakes.swift import FakeSwift
 
 
-def test_the_environment_is_read_once_per_connection_not_per_request(swift, monkeypatch):  # noqa: F811
+def test_the_environment_is_read_once_per_connection_not_per_request(swift, monkeypatch):
     calls = []
     lookup = requests.sessions.get_environ_proxies
     monkeypatch.setattr(
@@ -23,7 +23,7 @@ def test_the_environment_is_read_once_per_connection_not_per_request(swift, monk
     assert len(calls) <= 2, calls
 
 
-def test_a_proxy_from_the_environment_is_still_used(swift, monkeypatch):  # noqa: F811
+def test_a_proxy_from_the_environment_is_still_used(swift, monkeypatch):
     # The fake Swift doubles as the proxy: requests sent through a proxy name
     # the whole URL in their request line.
     port = swift.opts.auth_url.split(":")[2].split("/")[0]

@@ -6,58 +6,10 @@ it give up at the first 503 (tests/functional/test_nbd_faults.py found it).
 
 from __future__ import annotations
 
-import http.server
-
 import pytest
 
 from stowkit.plugins.swift.store import SwiftBlockStore
-from tests.unit.swift_fakes import swift_store
-
-
-class FakeSwift(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    puts: list[tuple[str, int]] = []
-    fail_next_puts = 0
-
-    def log_message(self, *args):
-        pass
-
-    def _answer(self, status, headers=None, body=b""):
-        self.send_response(status)
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def do_GET(self):
-        if self.path.endswith("/auth/v1.0"):  # through a proxy: the whole URL
-            url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/AUTH_t"
-            return self._answer(200, {"X-Storage-Url": url, "X-Auth-Token": "tok"})
-        self._answer(404)
-
-    def do_HEAD(self):
-        meta = "X-Container-Meta-Stowkit-"
-        self._answer(204, {meta + "Format": "1", meta + "Size": "65536",
-                           meta + "Object-Size": "4096"})  # fmt: skip
-
-    def do_PUT(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        cls = type(self)
-        cls.puts.append((self.path, len(body)))
-        if cls.fail_next_puts:
-            cls.fail_next_puts -= 1
-            return self._answer(503, body=b"busy")
-        self._answer(201, {"Etag": self.headers.get("Etag", "")})
-
-
-@pytest.fixture
-def swift():
-    FakeSwift.puts, FakeSwift.fail_next_puts = [], 0
-    with swift_store(FakeSwift) as store:
-        yield store
+from tests.fakes.swift import FakeSwift
 
 
 def test_an_object_put_answered_503_is_sent_again(swift):

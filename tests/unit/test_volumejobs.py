@@ -13,7 +13,7 @@ from stowkit.corelib import volumejobs
 from stowkit.corelib.errors import BackendUnavailable, InvalidArgument, Locked
 from stowkit.corelib.volume import SendResult
 from stowkit.corelib.volumejobs import VolumeAction, VolumeJob, decode, parse_action
-from tests.unit.test_dockerplugin import FakeDriver
+from tests.fakes.volumes import FakeDriver
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 FREEZER_NAME = re.compile(r"stowkit-volume-[a-z]+")

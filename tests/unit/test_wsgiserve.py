@@ -10,6 +10,8 @@ import sys
 import textwrap
 import time
 
+from tests.fakes.net import free_port
+
 SERVER = textwrap.dedent(
     """
     import pathlib, sys, threading
@@ -30,14 +32,8 @@ SERVER = textwrap.dedent(
 )
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(tmp_path, stop_timeout: float):
-    port, entered = _port(), tmp_path / "entered"
+    port, entered = free_port(), tmp_path / "entered"
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVER, str(port), str(entered), str(stop_timeout)],
         stdout=subprocess.PIPE,
@@ -81,11 +77,11 @@ def test_the_catalog_stopping_right_after_a_request_never_hangs(tmp_path):
     # cheroot 11 alone left an idle pool thread without its shutdown request in
     # about one such stop in three (its join never returned): seen with the
     # catalog's app, not with the trivial one above.
-    from tests.unit.test_servicelog import _conf, _serve_and_stop
+    from tests.fakes.catalog_process import conf_file, serve_and_stop
 
-    conf = _conf(tmp_path)
+    conf = conf_file(tmp_path)
     for _ in range(10):
-        done = _serve_and_stop(conf)
+        done = serve_and_stop(conf)
         assert done.returncode == 0 and "still running" not in done.stderr, done.stderr
 
 

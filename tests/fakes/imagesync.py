@@ -1,4 +1,4 @@
-"""Helpers, not tests: a GlanceSync scenario on the local image store for the imagesync tests.
+"""A GlanceSync scenario on the local image store, for the imagesync tests.
 
 Master region ``Master`` and targets ``RegionA``/``RegionB`` (plus whatever a
 test adds).  Image bytes are tiny and distinct so checksums tell them apart.

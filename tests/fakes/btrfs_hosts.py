@@ -1,7 +1,8 @@
-"""Shared fixtures of the btrfs functional tests (no tests here).
+"""Two btrfs hosts on the harness's loop filesystems, as the btrfs functional tests use them.
 
-Each test gets fresh roots on the harness's two loop-image btrfs filesystems
-(``service("btrfs")["mounts"]``: host a and host b) and deletes them after.
+Each test gets fresh roots on the two loop-image btrfs filesystems
+(``service("btrfs")["mounts"]``: host a and host b) and deletes them after; the
+fixtures ``hosts`` and ``peers`` (tests/functional/conftest.py) build them.
 """
 
 from __future__ import annotations
@@ -11,17 +12,13 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import btrfsutil
-import pytest
 
 from stowkit.corelib import config, registry
 from stowkit.plugins.btrfs.driver import BtrfsVolumeDriver
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from tests.fakes.harness import REPO
 
 
 def wipe(root: pathlib.Path) -> None:
@@ -94,35 +91,10 @@ class Host:
         return self.root.joinpath(*parts)
 
 
-@pytest.fixture
-def hosts(service) -> Iterator[tuple[Host, Host]]:
-    """(a, b): a's peer root is b's root and the reverse; ssh settings when sshd runs."""
-    mounts = service("btrfs")["mounts"]
-    tag = f"stowkit-test-{uuid.uuid4().hex[:8]}"
-    root_a = pathlib.Path(mounts[0]) / tag
-    root_b = pathlib.Path(mounts[1]) / tag
-    a, b = Host(root_a, root_b, {}), Host(root_b, root_a, {})
-    try:
-        yield a, b
-    finally:
-        for h in (a, b):
-            wipe(h.root)
-            h.config_file.unlink(missing_ok=True)
-
-
-@pytest.fixture
-def peers(service) -> Iterator[tuple[Host, Host, str]]:
-    """Like ``hosts`` with ssh between them: (a, b, "host b as seen from a")."""
-    sshd = service("sshd")
-    mounts = service("btrfs")["mounts"]
-    tag = f"stowkit-test-{uuid.uuid4().hex[:8]}"
-    root_a = pathlib.Path(mounts[0]) / tag
-    root_b = pathlib.Path(mounts[1]) / tag
-    ssh = ssh_settings(sshd)
-    a, b = Host(root_a, root_b, ssh), Host(root_b, root_a, ssh)
-    try:
-        yield a, b, sshd["host"]
-    finally:
-        for h in (a, b):
-            wipe(h.root)
-            h.config_file.unlink(missing_ok=True)
+def received(host, volume=None):
+    """The snapshots ``host`` has received (of ``volume``), by name."""
+    return sorted(
+        n
+        for n in os.listdir(host.path("received"))
+        if not n.startswith(".") and (volume is None or n.startswith(volume + "@"))
+    )
