@@ -202,8 +202,8 @@ class LockDevice(ShowOne):
     def take_action(self, parsed_args):
         if parsed_args.lease is not None and parsed_args.lease <= 0:
             raise InvalidArgument("--lease must be a positive number of seconds")
-        lock = self.driver("blockstore").lock(
-            parsed_args.name, parsed_args.owner, parsed_args.lease
+        lock = blocklock.take(
+            self.driver("blockstore"), parsed_args.name, parsed_args.owner, parsed_args.lease
         )
         return _show({"name": parsed_args.name, **lock_fields(lock)})
 

@@ -28,6 +28,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from stowkit.corelib import blocklock
 from stowkit.corelib.blocklock import (
     DEFAULT_LEASE,
     RENEW_MARGIN,
@@ -79,7 +80,7 @@ class UnlockedWriter:
 class Lease:
     """The one answer to "may I write to this device now?".
 
-    Created from a store for a device and an owner (:meth:`BlockStore.lease`),
+    Made for a store, a device and an owner (``Lease(store, device, owner)``),
     a lease takes the device lock (:meth:`acquire`), confirms it
     (:meth:`confirm`), renews it from a thread of its own (:meth:`start`),
     and releases it (:meth:`release`).  It is also the only path by which
@@ -220,7 +221,9 @@ class Lease:
                 raise RuntimeError(f"lease of {self.device} is already {self.state}")
             self._started = time.monotonic()
             try:
-                info = self.store.lock_unconfirmed(self.device, self.owner, self.lease_seconds)
+                info = blocklock.take_unconfirmed(
+                    self.store, self.device, self.owner, self.lease_seconds
+                )
             except DeviceLocked as err:
                 holder = err.holder
                 if holder is None or not reclaim or not reclaimable(holder, self.owner, leftover):
@@ -231,8 +234,10 @@ class Lease:
                     holder.describe(),
                 )
                 # Names the dead holder: a lock taken meanwhile by anyone else stays.
-                self.store.unlock(self.device, expected=holder)
-                info = self.store.lock_unconfirmed(self.device, self.owner, self.lease_seconds)
+                blocklock.unlock(self.store, self.device, expected=holder)
+                info = blocklock.take_unconfirmed(
+                    self.store, self.device, self.owner, self.lease_seconds
+                )
             self.info = info
             self.state = "unconfirmed"
             _REGISTRY.add(self)
@@ -250,7 +255,7 @@ class Lease:
                 raise self.error() if self.state == "lost" else RuntimeError(self.state)
             assert self.info is not None
             try:
-                self.store.confirm_lock(self.device, self.info)
+                blocklock.confirm(self.store, self.device, self.info)
             except DeviceLocked as err:
                 self._lose(f"lost the lock race: {err}", err.holder)
                 raise self.error() from None
@@ -290,7 +295,7 @@ class Lease:
             assert self.info is not None
             since = time.monotonic()
             try:
-                self.info = self.store.renew(self.device, self.info, self.lease_seconds)
+                self.info = blocklock.renew(self.store, self.device, self.info, self.lease_seconds)
             except DeviceLocked as err:
                 self._lose(str(err), err.holder)
                 return False
@@ -319,7 +324,7 @@ class Lease:
             # Lost too: the lease may have run out here (a stall) while the lock
             # is still ours; unlock() names our token, so a rival's stays.
             try:
-                removed = self.store.unlock(self.device, self.info)
+                removed = blocklock.unlock(self.store, self.device, self.info)
             except DeviceLocked as err:
                 removed, rival = None, err.holder
             else:
@@ -453,7 +458,7 @@ class Lease:
         assert self.info is not None
         since = time.monotonic()
         try:
-            current = self.store.get_lock(self.device)
+            current = blocklock.read_lock(self.store, self.device)
         except Exception as err:
             self._verify_failed = (time.monotonic(), err)
             raise

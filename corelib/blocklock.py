@@ -226,7 +226,7 @@ def take(
     A lock whose lease expired is taken over: a warning is logged and the
     returned LockInfo's ``taken_over`` is the stale lock.
     """
-    return store.confirm_lock(device, store.lock_unconfirmed(device, owner, lease_seconds))
+    return confirm(store, device, take_unconfirmed(store, device, owner, lease_seconds))
 
 
 def take_unconfirmed(
@@ -241,7 +241,7 @@ def take_unconfirmed(
         if created:
             # confirm refuses it if the create was slow
             return dataclasses.replace(mine, create_seconds=seconds)
-        holder = store.get_lock(device)
+        holder = read_lock(store, device)
         if holder is None:
             continue  # released in between: try again
         if holder.token == mine.token:
@@ -267,7 +267,7 @@ def _take_over(store: BlockStore, device: str, stale: LockInfo, mine: LockInfo) 
             f"device {device}: someone else is taking over the stale lock of {stale.describe()}",
             stale,
         )
-    current = store.get_lock(device)
+    current = read_lock(store, device)
     if current is not None and (current.token, current.expires) != (stale.token, stale.expires):
         return None  # renewed, or released and re-taken meanwhile: start again
     store._control_delete(device, LOCK_KEY)
@@ -312,7 +312,7 @@ def confirm(store: BlockStore, device: str, mine: LockInfo) -> LockInfo:
 def _drop_own(store: BlockStore, device: str, mine: LockInfo) -> None:
     """Remove our own lock object, if it is still there (never anyone else's)."""
     try:
-        store.unlock(device, mine)
+        unlock(store, device, mine)
     except DeviceLocked:
         pass
     except Exception as err:
@@ -327,7 +327,7 @@ def renew(
     A holder that gets DeviceLocked here has lost its lock (broken by hand or
     taken over after its lease ran out) and must stop writing.
     """
-    current = store.get_lock(device)
+    current = read_lock(store, device)
     if current is None or current.token != lock.token:
         who = current.describe() if current else "nobody (it was unlocked)"
         raise DeviceLocked(f"device {device}: our lock is gone; it is now held by {who}", current)
@@ -362,7 +362,7 @@ def unlock(
     ``force`` without ``expected`` breaks whatever lock there is at this
     moment (tests, emergencies).
     """
-    current = store.get_lock(device)
+    current = read_lock(store, device)
     if current is None:
         store.get_device(device)  # NotFound beats "not locked"
         return None
@@ -433,7 +433,7 @@ def _release_until(store: BlockStore, device: str, lock: LockInfo, lease: float)
     deadline = time.monotonic() + lease  # then the lock is stale anyway
     while time.monotonic() < deadline:
         try:
-            store.unlock(device, lock)
+            unlock(store, device, lock)
         except DeviceLocked:
             return  # someone else's now
         except Exception as err:
@@ -453,13 +453,13 @@ def break_lock_read(
     break names it: a lock taken meanwhile by someone else is left alone
     (DeviceLocked says whose it is now).  NotFound when there is no device.
     """
-    holder = store.get_lock(device)
+    holder = read_lock(store, device)
     if holder is None:
         store.get_device(device)  # NotFound beats "not locked"
         return None
     if seen is not None:
         seen(holder)
-    return store.unlock(device, expected=holder)
+    return unlock(store, device, expected=holder)
 
 
 def lock_refusing_copy(device: BlockDevice) -> LockInfo | None:

@@ -22,8 +22,10 @@ This module is storage only.  The device lock (its record, protocol and
 rules) is :mod:`stowkit.corelib.blocklock`'s, the writer's side of it
 (:class:`~stowkit.corelib.blocklease.Lease`) :mod:`stowkit.corelib.blocklease`'s,
 and the record of what a writer could not store
-:mod:`stowkit.corelib.blockunstored`'s; the lock methods of :class:`BlockStore`
-only hand over to them.
+:mod:`stowkit.corelib.blockunstored`'s.  :class:`BlockStore` has no lock
+method: the lock layer sits above the storage interface and is called with the
+store as its first argument (``blocklock.take(store, device, owner)``,
+``blocklease.Lease(store, device, owner)``).
 
 Thread safety: every backend must allow ``read_object``, ``write_object``,
 ``delete_object`` and ``list_objects`` from many threads at once (the NBD
@@ -41,7 +43,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 
-from stowkit.corelib import blocklease, blocklock, names
+from stowkit.corelib import blocklock, names
 from stowkit.corelib.blocklease import Lease
 from stowkit.corelib.blocklock import DEFAULT_LEASE, LOCK_KEY, DeviceLocked, LeaseLost, LockInfo
 from stowkit.corelib.blockunstored import UNSTORED_KEY, UnstoredRecord, ranges
@@ -295,7 +297,7 @@ class BlockStore(Driver):
 
     @abc.abstractmethod
     def _get_device(self, name: str, details: bool) -> BlockDevice:
-        """The device with ``lock=self.get_lock(name)``; NotFound."""
+        """The device with ``lock=blocklock.read_lock(self, name)``; NotFound."""
 
     @abc.abstractmethod
     def list_devices(self, details: bool = False) -> Sequence[BlockDevice]:
@@ -319,7 +321,7 @@ class BlockStore(Driver):
         :raises BackendUnavailable: the backend failed.
         """
         self.get_device(name)
-        holder = self.get_lock(name)
+        holder = blocklock.read_lock(self, name)
         if holder is not None and not force:
             raise DeviceLocked(
                 f"device {name} is locked by {holder.describe()}; "
@@ -494,63 +496,6 @@ class BlockStore(Driver):
     def record_name(self, device: str) -> str:
         """What names ``device`` in this host's local state (a container, a directory)."""
         return device
-
-    # -- the lock: blocklock's protocol, reached from the store -----------------------
-
-    def get_lock(self, device: str) -> LockInfo | None:
-        """Who holds the lock now (possibly stale), or None: :func:`blocklock.read_lock`."""
-        return blocklock.read_lock(self, device)
-
-    def lock(
-        self, device: str, owner: str = "", lease_seconds: float | None = DEFAULT_LEASE
-    ) -> LockInfo:
-        """Take the device's lock: :func:`blocklock.take`.
-
-        :raises DeviceLocked: held by someone else (``holder`` says who), or a rival won.
-        :raises NotFound: there is no such device.
-        """
-        return blocklock.take(self, device, owner, lease_seconds)
-
-    def lock_unconfirmed(
-        self, device: str, owner: str = "", lease_seconds: float | None = DEFAULT_LEASE
-    ) -> LockInfo:
-        """Create the lock without its final check: :func:`blocklock.take_unconfirmed`."""
-        return blocklock.take_unconfirmed(self, device, owner, lease_seconds)
-
-    def confirm_lock(self, device: str, mine: LockInfo) -> LockInfo:
-        """``mine`` once sure it is ours; DeviceLocked if not: :func:`blocklock.confirm`."""
-        return blocklock.confirm(self, device, mine)
-
-    def renew(
-        self, device: str, lock: LockInfo, lease_seconds: float | None = DEFAULT_LEASE
-    ) -> LockInfo:
-        """Extend ``lock``'s lease; DeviceLocked when not ours: :func:`blocklock.renew`."""
-        return blocklock.renew(self, device, lock, lease_seconds)
-
-    def unlock(
-        self,
-        device: str,
-        lock: LockInfo | None = None,
-        force: bool = False,
-        expected: LockInfo | None = None,
-    ) -> LockInfo | None:
-        """Release ``lock`` or break ``expected``'s: :func:`blocklock.unlock`.
-
-        :returns: the lock removed, None when there was none.
-        :raises DeviceLocked: the lock is someone else's (left alone).
-        :raises NotFound: there is no such device.
-        """
-        return blocklock.unlock(self, device, lock, force, expected)
-
-    def lease(
-        self, device: str, owner: str = "", lease_seconds: float | None = DEFAULT_LEASE
-    ) -> Lease:
-        """A :class:`~stowkit.corelib.blocklease.Lease` on ``device`` for ``owner``, not taken."""
-        return Lease(self, device, owner, lease_seconds)
-
-    def held_lease(self, device: str) -> Lease | None:
-        """The lease this process holds on ``device`` through this store, if any."""
-        return blocklease.held_lease(self, device)
 
 
 __all__ = [

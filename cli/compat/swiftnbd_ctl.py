@@ -247,7 +247,7 @@ class Ctl:
         name = self.args.container
         store = self.store(name)
         # By hand, as swiftnbd did: no lease, held until `unlock`.
-        store.lock(name, LOCK_OWNER, lease_seconds=None)
+        blocklock.take(store, name, LOCK_OWNER, lease_seconds=None)
         LOG.info("Done, %s is locked", name)
         return 0
 

@@ -290,7 +290,7 @@ class Export:
         """Take the lock (writable) and make the cache; under ``_guard``."""
         lease = None
         if not self.read_only:
-            lease = self.store.lease(self.name, LOCK_OWNER, self.settings.lease)
+            lease = Lease(self.store, self.name, LOCK_OWNER, self.settings.lease)
             # A dead server of this host, or our own lock a failed release left
             # behind, is reclaimed (blocklock.reclaimable).
             await self._call(lease.acquire, False, True, self._leftover)

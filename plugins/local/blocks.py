@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 
 from oslo_config import cfg
 
-from stowkit.corelib import blockstore, names
+from stowkit.corelib import blocklock, blockstore, names
 from stowkit.corelib.blockstore import OBJECT_PREFIX, BlockDevice, object_index, object_name
 from stowkit.corelib.errors import AlreadyExists, BackendUnavailable, InvalidArgument, NotFound
 
@@ -163,7 +163,7 @@ class LocalBlockStore(blockstore.BlockStore):
             settings["size"],
             settings["object_size"],
             settings["format"],
-            lock=self.get_lock(name),
+            lock=blocklock.read_lock(self, name),
             objects_stored=sum(1 for _ in self.list_objects(name)) if details else None,
         )
 

@@ -322,7 +322,7 @@ class SwiftBlockStore(BlockStore):
             size,
             object_size,
             fmt,
-            lock=self.get_lock(name),
+            lock=blocklock.read_lock(self, name),
             objects_stored=sum(1 for _ in self.list_objects(name)) if details else None,
         )
 

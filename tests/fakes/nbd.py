@@ -5,12 +5,33 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from oslo_config import cfg
 
+from stowkit.corelib import blocklock
 from stowkit.corelib.blockstore import BlockDevice, BlockStore
 from stowkit.corelib.errors import AlreadyExists, NotFound
 from stowkit.corelib.nbd import protocol as p
+
+
+def intercept_lock(monkeypatch, store: BlockStore, name: str, hook: Callable[..., Any]) -> None:
+    """Route ``blocklock.<name>(store, ...)`` through ``hook(original, store, ...)``.
+
+    For ``store`` only: calls for any other store go straight through.  The
+    lock protocol is functions over the store, not store methods, so a test
+    injects a race (what a rival does between two steps) there.  Undone with
+    ``monkeypatch``.
+    """
+    original = getattr(blocklock, name)
+
+    def routed(target, *args, **kwargs):
+        if target is store:
+            return hook(original, target, *args, **kwargs)
+        return original(target, *args, **kwargs)
+
+    monkeypatch.setattr(blocklock, name, routed)
 
 
 class MemoryBlockStore(BlockStore):

@@ -16,7 +16,7 @@ import time
 import pytest
 from swiftclient import client as swift_client
 
-from stowkit.corelib import blockcopy, config, registry
+from stowkit.corelib import blockcopy, blocklock, config, registry
 from stowkit.corelib.blockstore import DeviceLocked, object_name
 from stowkit.corelib.errors import AlreadyExists, BackendUnavailable, InvalidName, NotFound
 from stowkit.plugins.swift.store import SwiftBlockStore
@@ -174,16 +174,16 @@ def test_lock_is_exclusive_between_clients(swift, store, prefix):
     store.create_device("d", SIZE, OS)
     other = make_store(swift, prefix)  # a second client, own connections
     try:
-        mine = store.lock("d", "server-one", lease_seconds=60)
+        mine = blocklock.take(store, "d", "server-one", lease_seconds=60)
         with pytest.raises(DeviceLocked) as err:
-            other.lock("d", "server-two")
+            blocklock.take(other, "d", "server-two")
         assert err.value.holder.token == mine.token
         assert "server-one" in str(err.value) and f"pid {os.getpid()}" in str(err.value)
         assert other.get_device("d").lock.owner == "server-one"
-        renewed = store.renew("d", mine, 120)
+        renewed = blocklock.renew(store, "d", mine, 120)
         assert renewed.expires > mine.expires
-        store.unlock("d", renewed)
-        assert other.lock("d", "server-two").owner == "server-two"
+        blocklock.unlock(store, "d", renewed)
+        assert blocklock.take(other, "d", "server-two").owner == "server-two"
     finally:
         other.close()
 
@@ -214,8 +214,8 @@ def race(swift, prefix, action, refusal):
 
 def test_concurrent_lockers_one_winner(swift, store, prefix):
     store.create_device("d", SIZE, OS)
-    winner = race(swift, prefix, lambda c, i: c.lock("d", f"c{i}"), DeviceLocked)
-    assert store.get_lock("d").token == winner.token
+    winner = race(swift, prefix, lambda c, i: blocklock.take(c, "d", f"c{i}"), DeviceLocked)
+    assert blocklock.read_lock(store, "d").token == winner.token
 
 
 def test_concurrent_setups_one_winner_whose_settings_stay(swift, store, prefix):
@@ -237,20 +237,20 @@ def test_setup_interrupted_before_its_metadata_still_reads_as_a_device(store, pr
 
 def test_stale_lock_taken_over_only_after_lease(swift, store, prefix):
     store.create_device("d", SIZE, OS)
-    crashed = store.lock("d", "crashed-server", lease_seconds=120)
+    crashed = blocklock.take(store, "d", "crashed-server", lease_seconds=120)
     other = make_store(swift, prefix)
     try:
         with pytest.raises(DeviceLocked, match="crashed-server"):
-            other.lock("d", "new-server")
+            blocklock.take(other, "d", "new-server")
         # Its last renewal asked for a short lease, then the server "died".
-        crashed = store.renew("d", crashed, lease_seconds=1.5)
-        while not other.get_lock("d").expired():
+        crashed = blocklock.renew(store, "d", crashed, lease_seconds=1.5)
+        while not blocklock.read_lock(other, "d").expired():
             time.sleep(0.2)
-        new = other.lock("d", "new-server")
+        new = blocklock.take(other, "d", "new-server")
         assert new.taken_over is not None and new.taken_over.token == crashed.token
-        assert store.get_lock("d").token == new.token
+        assert blocklock.read_lock(store, "d").token == new.token
         with pytest.raises(DeviceLocked, match="new-server"):
-            store.renew("d", crashed)
+            blocklock.renew(store, "d", crashed)
     finally:
         other.close()
 
@@ -258,7 +258,7 @@ def test_stale_lock_taken_over_only_after_lease(swift, store, prefix):
 def test_delete_refused_while_locked_then_objects_and_container_gone(store, prefix, raw):
     store.create_device("d", SIZE, OS)
     store.write_object("d", 1, os.urandom(OS))
-    store.lock("d", "server")
+    blocklock.take(store, "d", "server")
     with pytest.raises(DeviceLocked):
         store.delete_device("d")
     assert store.delete_device("d", force=True).owner == "server"
@@ -325,8 +325,8 @@ def test_keystone_v3(service, prefix):
         data = os.urandom(OS)
         store.write_object("k", 0, data)
         assert store.read_object("k", 0) == data
-        lock = store.lock("k", "ks")
-        store.unlock("k", lock)
+        lock = blocklock.take(store, "k", "ks")
+        blocklock.unlock(store, "k", lock)
         store.delete_device("k")
         assert store.list_devices() == []
     finally:
@@ -444,7 +444,7 @@ def test_swiftnbd_ctl(swift, store, prefix, tmp_path):
     listed = ctl("list", "-s")
     assert listed.stdout == f"{container} objects=16 size=65536 (version=1, unlocked)\n"
     assert ctl("lock", container).returncode == 0
-    assert store.get_lock("nbd0").owner == "swiftnbd-ctl"
+    assert blocklock.read_lock(store, "nbd0").owner == "swiftnbd-ctl"
     assert "locked by swiftnbd-ctl" in ctl("list", "-s").stdout
     assert ctl("delete", container).returncode != 0
     unlocked = ctl("unlock", container)

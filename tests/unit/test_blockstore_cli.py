@@ -8,6 +8,7 @@ import pytest
 from stowkit.cli import app
 from stowkit.cli.blockstore import ProgressLine, human
 from stowkit.cli.compat import swiftnbd_ctl
+from stowkit.corelib import blocklock
 from stowkit.plugins.swift.auth import auth_version
 from stowkit.plugins.swift.store import SwiftBlockStore
 
@@ -193,20 +194,18 @@ def test_swiftnbd_ctl_usage_errors(tmp_path, capsys):
 
 
 def test_unlock_breaks_only_the_lock_it_read(run, monkeypatch):
-    from stowkit.corelib.blockstore import BlockStore
-
     run("setup", "img", "--size", "128K", "--object-size", "64K")
     run("lock", "img", "--owner", "first")
-    real = BlockStore.get_lock
+    real = blocklock.read_lock
 
-    def rival_takes_over(self, device):
-        seen = real(self, device)
-        monkeypatch.setattr(BlockStore, "get_lock", real)
-        self.unlock(device, force=True)  # between the look and the break:
-        self.lock(device, "second", lease_seconds=None)  # someone else locks it
+    def rival_takes_over(store, device):
+        seen = real(store, device)
+        monkeypatch.setattr(blocklock, "read_lock", real)
+        blocklock.unlock(store, device, force=True)  # between the look and the break:
+        blocklock.take(store, device, "second", lease_seconds=None)  # someone else locks it
         return seen
 
-    monkeypatch.setattr(BlockStore, "get_lock", rival_takes_over)
+    monkeypatch.setattr(blocklock, "read_lock", rival_takes_over)
     _, err = run("unlock", "img", code=8)
     assert "second" in err
     out, _ = run("show", "img", "-f", "value", "-c", "lock_owner")

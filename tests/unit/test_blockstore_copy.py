@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from stowkit.corelib import blockcopy, config, registry
+from stowkit.corelib import blockcopy, blocklock, config, registry
 from stowkit.corelib.blockstore import DeviceLocked
 from stowkit.corelib.errors import InvalidArgument
 
@@ -96,21 +96,21 @@ def test_download_refuses_a_directory(store, tmp_path):
 
 def test_held_lock_renews_and_releases(store):
     with blockcopy.held_lock(store, "d", "copy", lease_seconds=3) as lease:
-        first = store.get_lock("d").expires
-        while store.get_lock("d").expires == first:
+        first = blocklock.read_lock(store, "d").expires
+        while blocklock.read_lock(store, "d").expires == first:
             threading.Event().wait(0.1)
-        assert store.get_lock("d").token == lease.info.token
+        assert blocklock.read_lock(store, "d").token == lease.info.token
         with pytest.raises(DeviceLocked):
-            store.lock("d", "other")
-    assert store.get_lock("d") is None
+            blocklock.take(store, "d", "other")
+    assert blocklock.read_lock(store, "d") is None
 
 
 def test_held_lock_reports_a_broken_lock(store):
     with pytest.raises(DeviceLocked, match="lost|gone"):
         with blockcopy.held_lock(store, "d", "copy", lease_seconds=60):
-            store.unlock("d", force=True)
+            blocklock.unlock(store, "d", force=True)
     with pytest.raises(DeviceLocked, match="now held by thief"):
         with blockcopy.held_lock(store, "d", "copy", lease_seconds=60):
-            store.unlock("d", force=True)
-            store.lock("d", "thief")
-    assert store.get_lock("d").owner == "thief"
+            blocklock.unlock(store, "d", force=True)
+            blocklock.take(store, "d", "thief")
+    assert blocklock.read_lock(store, "d").owner == "thief"

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from stowkit.corelib import config, registry
+from stowkit.corelib import blocklock, config, registry
 from stowkit.corelib.blockstore import (
     DEFAULT_OBJECT_SIZE,
     LOCK_KEY,
@@ -125,7 +125,7 @@ def test_hostile_names_refused_before_any_io(store, tmp_path, name):
     with pytest.raises(InvalidName):
         store.read_object(name, 0)
     with pytest.raises(InvalidName):
-        store.lock(name)
+        blocklock.take(store, name)
     assert not (tmp_path / "blocks").exists() or os.listdir(tmp_path / "blocks") == []
 
 
@@ -209,84 +209,86 @@ def test_recreated_device_gets_new_geometry(store, dev):
 
 
 def test_lock_is_exclusive_and_names_the_holder(store, dev):
-    mine = store.lock("disk0", "server-a", lease_seconds=60)
+    mine = blocklock.take(store, "disk0", "server-a", lease_seconds=60)
     assert mine.owner == "server-a" and mine.pid == os.getpid() and mine.taken_over is None
     with pytest.raises(DeviceLocked) as err:
-        store.lock("disk0", "server-b")
+        blocklock.take(store, "disk0", "server-b")
     assert isinstance(err.value, Locked)
     assert err.value.holder.token == mine.token
     assert "server-a" in str(err.value) and f"pid {os.getpid()}" in str(err.value)
     assert store.get_device("disk0").lock.token == mine.token
-    store.unlock("disk0", mine)
-    assert store.get_lock("disk0") is None
-    store.lock("disk0", "server-b")
+    blocklock.unlock(store, "disk0", mine)
+    assert blocklock.read_lock(store, "disk0") is None
+    blocklock.take(store, "disk0", "server-b")
 
 
 def test_lock_missing_device(store):
     with pytest.raises(NotFound):
-        store.lock("nodisk")
+        blocklock.take(store, "nodisk")
     with pytest.raises(NotFound):
-        store.unlock("nodisk", force=True)
+        blocklock.unlock(store, "nodisk", force=True)
 
 
 def test_renew_extends_and_detects_loss(store, dev):
-    mine = store.lock("disk0", "server-a", lease_seconds=5)
-    renewed = store.renew("disk0", mine, lease_seconds=100)
+    mine = blocklock.take(store, "disk0", "server-a", lease_seconds=5)
+    renewed = blocklock.renew(store, "disk0", mine, lease_seconds=100)
     assert renewed.token == mine.token and renewed.expires > mine.expires
-    assert store.get_lock("disk0").expires == renewed.expires
-    broken = store.unlock("disk0", force=True)
+    assert blocklock.read_lock(store, "disk0").expires == renewed.expires
+    broken = blocklock.unlock(store, "disk0", force=True)
     assert broken.token == mine.token
     with pytest.raises(DeviceLocked, match="gone"):
-        store.renew("disk0", renewed)
+        blocklock.renew(store, "disk0", renewed)
 
 
 def test_unlock_someone_elses_lock_needs_force(store, dev):
-    theirs = store.lock("disk0", "server-a")
+    theirs = blocklock.take(store, "disk0", "server-a")
     fake_mine = LockInfo.new("me", 10)
     with pytest.raises(DeviceLocked):
-        store.unlock("disk0", fake_mine)
+        blocklock.unlock(store, "disk0", fake_mine)
     with pytest.raises(DeviceLocked):
-        store.unlock("disk0")
-    broken = store.unlock("disk0", force=True)
+        blocklock.unlock(store, "disk0")
+    broken = blocklock.unlock(store, "disk0", force=True)
     assert broken.token == theirs.token and broken.owner == "server-a"
-    assert store.unlock("disk0", force=True) is None
+    assert blocklock.unlock(store, "disk0", force=True) is None
 
 
 def test_lock_without_lease_never_goes_stale(store, dev):
-    manual = store.lock("disk0", "by hand", lease_seconds=None)
+    manual = blocklock.take(store, "disk0", "by hand", lease_seconds=None)
     assert manual.expires is None and not manual.expired(now=time.time() + 10**9)
     with pytest.raises(DeviceLocked):
-        store.lock("disk0", "server")
+        blocklock.take(store, "disk0", "server")
 
 
 def test_stale_lock_taken_over_only_after_lease(store, dev, caplog):
-    old = store.lock("disk0", "crashed-server", lease_seconds=120)
+    old = blocklock.take(store, "disk0", "crashed-server", lease_seconds=120)
     with pytest.raises(DeviceLocked):
-        store.lock("disk0", "new-server")
-    old = store.renew("disk0", old, lease_seconds=1.1)  # its last renewal, then it "died"
-    while not store.get_lock("disk0").expired():
+        blocklock.take(store, "disk0", "new-server")
+    old = blocklock.renew(
+        store, "disk0", old, lease_seconds=1.1
+    )  # its last renewal, then it "died"
+    while not blocklock.read_lock(store, "disk0").expired():
         time.sleep(0.05)
-    new = store.lock("disk0", "new-server")
+    new = blocklock.take(store, "disk0", "new-server")
     assert new.taken_over is not None and new.taken_over.token == old.token
     assert "took over the stale lock of crashed-server" in caplog.text
-    assert store.get_lock("disk0").token == new.token
+    assert blocklock.read_lock(store, "disk0").token == new.token
     # the crashed server, coming back, learns it lost the lock
     with pytest.raises(DeviceLocked, match="new-server"):
-        store.renew("disk0", old)
+        blocklock.renew(store, "disk0", old)
 
 
 def test_renew_refuses_an_expired_lease(store, dev):
-    mine = store.lock("disk0", "slow", lease_seconds=0.2)
+    mine = blocklock.take(store, "disk0", "slow", lease_seconds=0.2)
     time.sleep(0.3)
     with pytest.raises(DeviceLocked, match="expired"):
-        store.renew("disk0", mine)
+        blocklock.renew(store, "disk0", mine)
     # ... but lock() takes our own stale lock back properly
-    again = store.lock("disk0", "slow")
+    again = blocklock.take(store, "disk0", "slow")
     assert again.taken_over.token == mine.token
 
 
 def test_concurrent_takeover_has_one_winner(store, dev):
-    store.lock("disk0", "crashed", lease_seconds=0.1)
+    blocklock.take(store, "disk0", "crashed", lease_seconds=0.1)
     time.sleep(0.2)
     winners, losers = [], []
     barrier = threading.Barrier(8)
@@ -294,7 +296,7 @@ def test_concurrent_takeover_has_one_winner(store, dev):
     def contend(i):
         barrier.wait()
         try:
-            winners.append(store.lock("disk0", f"taker-{i}"))
+            winners.append(blocklock.take(store, "disk0", f"taker-{i}"))
         except DeviceLocked as exc:
             losers.append(exc)
 
@@ -304,7 +306,7 @@ def test_concurrent_takeover_has_one_winner(store, dev):
     for t in threads:
         t.join()
     assert len(winners) == 1 and len(losers) == 7
-    assert store.get_lock("disk0").token == winners[0].token
+    assert blocklock.read_lock(store, "disk0").token == winners[0].token
 
 
 def test_concurrent_fresh_lock_has_one_winner(store, dev):
@@ -314,7 +316,7 @@ def test_concurrent_fresh_lock_has_one_winner(store, dev):
     def contend(i):
         barrier.wait()
         try:
-            winners.append(store.lock("disk0", f"locker-{i}"))
+            winners.append(blocklock.take(store, "disk0", f"locker-{i}"))
         except DeviceLocked:
             pass
 
@@ -328,16 +330,16 @@ def test_concurrent_fresh_lock_has_one_winner(store, dev):
 
 def test_unreadable_lock_is_held_by_unknown_and_never_stale(store, dev, tmp_path):
     (tmp_path / "blocks" / "disk0" / LOCK_KEY).write_text("garbage")
-    holder = store.get_lock("disk0")
+    holder = blocklock.read_lock(store, "disk0")
     assert holder.owner == "unreadable lock object" and not holder.expired()
     with pytest.raises(DeviceLocked):
-        store.lock("disk0")
-    assert store.unlock("disk0", force=True).owner == "unreadable lock object"
+        blocklock.take(store, "disk0")
+    assert blocklock.unlock(store, "disk0", force=True).owner == "unreadable lock object"
 
 
 def test_delete_refused_while_locked(store, dev):
     store.write_object("disk0", 0, b"\x01" * OS)
-    store.lock("disk0", "server")
+    blocklock.take(store, "disk0", "server")
     with pytest.raises(DeviceLocked, match="server"):
         store.delete_device("disk0")
     assert store.read_object("disk0", 0) == b"\x01" * OS

@@ -16,9 +16,12 @@ import pytest
 from stowkit.corelib import blockcopy, blocklease, blocklock, config, registry
 from stowkit.corelib.blocklease import UnlockedWriter
 from stowkit.corelib.blocklock import DeviceLocked, LockInfo
+from stowkit.corelib.blockstore import BlockStore
 from stowkit.corelib.errors import NotFound
 from stowkit.corelib.nbd.cache import ObjectCache
-from tests.fakes.nbd import MemoryBlockStore, ServerThread
+from stowkit.plugins.local.blocks import LocalBlockStore
+from stowkit.plugins.swift.store import SwiftBlockStore
+from tests.fakes.nbd import MemoryBlockStore, ServerThread, intercept_lock
 
 OSIZE = 4096
 
@@ -56,7 +59,7 @@ def test_a_lease_and_a_served_device_take_their_renewal_timing_from_the_one_rule
 
     monkeypatch.setattr(blocklease, "renew_every", rule)
     store = new_store()
-    with store.lease("one", "me", 45):
+    with blocklease.Lease(store, "one", "me", 45):
         pass
     assert asked == [45]
     server = ServerThread(store, ["one"], lease=30)  # lock_scope server: leased at start
@@ -102,10 +105,10 @@ def test_a_lease_reclaiming_breaks_a_dead_holders_lock_and_takes_it():
     dead = lock_of("srv", host=socket.gethostname(), pid=dead_pid())
     store.control["one"][blocklock.LOCK_KEY] = dead.to_json()
     with pytest.raises(DeviceLocked):
-        store.lease("one", "srv").acquire()  # without reclaim: refused
-    lease = store.lease("one", "srv").acquire(reclaim=True)
+        blocklease.Lease(store, "one", "srv").acquire()  # without reclaim: refused
+    lease = blocklease.Lease(store, "one", "srv").acquire(reclaim=True)
     try:
-        assert store.get_lock("one").token == lease.info.token
+        assert blocklock.read_lock(store, "one").token == lease.info.token
     finally:
         lease.release()
 
@@ -119,38 +122,40 @@ class _FlakyUnlock(MemoryBlockStore):
         self.failures = failures
         self.attempts = 0
 
-    def unlock(self, device, lock=None, force=False, expected=None):
+    def flaky_unlock(self, unlock, store, device, lock=None, force=False, expected=None):
         self.attempts += 1
         if self.attempts <= self.failures:
             raise OSError("backend down")
-        return super().unlock(device, lock, force, expected)
+        return unlock(store, device, lock, force, expected)
 
 
 def test_a_release_that_failed_is_retried_until_the_lock_is_gone(monkeypatch):
     monkeypatch.setattr(blocklock, "RELEASE_RETRY_INTERVAL", 0.01)
     store = _FlakyUnlock(failures=3)
+    intercept_lock(monkeypatch, store, "unlock", store.flaky_unlock)
     store.create_device("one", 8 * OSIZE, OSIZE)
-    mine = store.lock("one", "me")
+    mine = blocklock.take(store, "one", "me")
     blocklock.release_later(store, "one", mine, 30).join(10)
-    assert store.attempts == 4 and store.get_lock("one") is None
+    assert store.attempts == 4 and blocklock.read_lock(store, "one") is None
 
 
 def test_a_release_retried_later_leaves_a_lock_taken_meanwhile(monkeypatch):
     monkeypatch.setattr(blocklock, "RELEASE_RETRY_INTERVAL", 0.01)
     store = _FlakyUnlock(failures=1)
+    intercept_lock(monkeypatch, store, "unlock", store.flaky_unlock)
     store.create_device("one", 8 * OSIZE, OSIZE)
-    mine = store.lock("one", "me")
+    mine = blocklock.take(store, "one", "me")
     del store.control["one"][blocklock.LOCK_KEY]  # broken by hand meanwhile
-    rival = store.lock("one", "rival")
+    rival = blocklock.take(store, "one", "rival")
     blocklock.release_later(store, "one", mine, 30).join(10)
-    assert store.attempts == 2 and store.get_lock("one").token == rival.token
+    assert store.attempts == 2 and blocklock.read_lock(store, "one").token == rival.token
 
 
 def test_a_lease_whose_release_failed_hands_back_its_lock_for_reclaim(monkeypatch):
     started = []
     monkeypatch.setattr(blocklease, "release_later", lambda *args: started.append(args))
     store = new_store()
-    lease = store.lease("one", "me", 30).acquire()
+    lease = blocklease.Lease(store, "one", "me", 30).acquire()
     assert lease.retry_release_later() == lease.info
     assert started == [(store, "one", lease.info, 30)]
 
@@ -160,22 +165,22 @@ def test_a_lease_whose_release_failed_hands_back_its_lock_for_reclaim(monkeypatc
 
 def test_breaking_the_lock_read_removes_that_lock_and_names_it():
     store = new_store()
-    held = store.lock("one", "someone", None)
+    held = blocklock.take(store, "one", "someone", None)
     seen = []
     assert blocklock.break_lock_read(store, "one", seen.append).token == held.token
-    assert [s.token for s in seen] == [held.token] and store.get_lock("one") is None
+    assert [s.token for s in seen] == [held.token] and blocklock.read_lock(store, "one") is None
 
 
 def test_breaking_the_lock_read_leaves_one_taken_after_the_read():
     store = new_store()
-    store.lock("one", "someone", None)
+    blocklock.take(store, "one", "someone", None)
 
     def meanwhile(_holder):
         store.control["one"][blocklock.LOCK_KEY] = LockInfo.new("rival", None).to_json()
 
     with pytest.raises(DeviceLocked) as err:
         blocklock.break_lock_read(store, "one", meanwhile)
-    assert err.value.holder.owner == "rival" and store.get_lock("one").owner == "rival"
+    assert err.value.holder.owner == "rival" and blocklock.read_lock(store, "one").owner == "rival"
 
 
 def test_breaking_an_unlocked_device_is_nothing_and_a_missing_one_not_found(tmp_path):
@@ -192,8 +197,8 @@ def test_breaking_an_unlocked_device_is_nothing_and_a_missing_one_not_found(tmp_
 
 def test_a_device_held_by_a_live_lease_may_not_be_copied():
     store = new_store()
-    held = store.lock("one", "writer", 60)
-    dev = dataclasses.replace(store.get_device("one"), lock=store.get_lock("one"))
+    held = blocklock.take(store, "one", "writer", 60)
+    dev = dataclasses.replace(store.get_device("one"), lock=blocklock.read_lock(store, "one"))
     assert blocklock.lock_refusing_copy(dev).token == held.token
 
 
@@ -247,7 +252,7 @@ def test_a_create_slower_than_the_settle_time_is_untrusted():
 
 def test_a_held_lock_logs_a_takeover_once(caplog):
     store = new_store()
-    store.lock("one", "gone", 60)
+    blocklock.take(store, "one", "gone", 60)
     stale = LockInfo.from_json(store.control["one"][blocklock.LOCK_KEY])
     store.control["one"][blocklock.LOCK_KEY] = dataclasses.replace(
         stale, expires=time.time() - 5
@@ -264,7 +269,7 @@ def test_an_upload_inside_a_held_lock_stores_through_that_lease(tmp_path):
     with blockcopy.held_lock(store, "one", "copy") as lease:
         assert blocklease.lease_for(store, "one") is lease
         blockcopy.upload(store, "one", str(src))
-        assert store.get_lock("one").token == lease.info.token  # not locked twice
+        assert blocklock.read_lock(store, "one").token == lease.info.token  # not locked twice
     assert store.objects["one"][0] == b"\x01" * OSIZE
 
 
@@ -302,3 +307,28 @@ def test_the_cache_stores_and_deletes_only_through_its_writer():
 
     assert sorted(asyncio.run(main())) == [("delete", 1), ("write", 0)]
     # (the store itself saw neither: only the writer stores)
+
+
+# -- the layering ----------------------------------------------------------------------
+
+#: The lock methods BlockStore once carried: the lock layer now takes the store
+#: as its first argument (blocklock.take(store, ...), blocklease.Lease(store, ...)).
+FORMER_LOCK_METHODS = (
+    "get_lock",
+    "lock",
+    "lock_unconfirmed",
+    "confirm_lock",
+    "renew",
+    "unlock",
+    "lease",
+    "held_lease",
+)
+
+
+@pytest.mark.parametrize(
+    "store_class", [BlockStore, SwiftBlockStore, LocalBlockStore], ids=lambda c: c.__name__
+)
+def test_a_block_store_is_storage_only_with_no_lock_method(store_class):
+    public = {name for name in dir(store_class) if not name.startswith("_")}
+    assert sorted(public.intersection(FORMER_LOCK_METHODS)) == []
+    assert sorted(n for n in public if "lock" in n.lower() or "lease" in n.lower()) == []

@@ -6,7 +6,7 @@ import json
 import logging
 
 from stowkit.cli import app
-from stowkit.corelib import config
+from stowkit.corelib import blocklease, config
 from stowkit.corelib.blockstore import UnstoredRecord
 from stowkit.corelib.blockunstored import write_local_record
 from stowkit.plugins.local.blocks import LocalBlockStore
@@ -30,7 +30,7 @@ def test_show_prints_the_newest_record_of_what_was_not_stored(tmp_path, capsys):
     store.create_device("disk", 1 << 20, 64 << 10)
     shown = show(conf_file, capsys)
     assert shown["unstored_objects"] is None and shown["unstored_recorded_in"] is None
-    with store.lease("disk", "a server", 60) as lease:
+    with blocklease.Lease(store, "disk", "a server", 60) as lease:
         assert lease.record_unstored([0, 1], 128 << 10, "old") == "device"
     path = write_local_record(
         store,

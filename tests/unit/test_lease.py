@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from stowkit.corelib import blockcopy
+from stowkit.corelib import blockcopy, blocklease, blocklock
 from stowkit.corelib.blockstore import DeviceLocked, LeaseLost, LockInfo
-from tests.fakes.nbd import MemoryBlockStore
+from tests.fakes.nbd import MemoryBlockStore, intercept_lock
 
 OSIZE = 4096
 
@@ -23,12 +23,12 @@ def store():
 
 def steal(store, device="d", owner="rival"):
     """Break the lock by hand and let a rival take it."""
-    store.unlock(device, force=True)
-    return store.lock(device, owner)
+    blocklock.unlock(store, device, force=True)
+    return blocklock.take(store, device, owner)
 
 
 def test_a_lost_lease_refuses_every_write_and_names_the_rival(store, caplog):
-    lease = store.lease("d", "me").acquire()
+    lease = blocklease.Lease(store, "d", "me").acquire()
     lease.write_object(0, b"a" * OSIZE)
     rival = steal(store)
     assert not lease.renew()
@@ -41,26 +41,26 @@ def test_a_lost_lease_refuses_every_write_and_names_the_rival(store, caplog):
     assert lease.refused == {0, 1}
     assert "rival" in caplog.text
     lease.release()
-    assert store.get_lock("d").token == rival.token  # the rival's lock is left alone
+    assert blocklock.read_lock(store, "d").token == rival.token  # the rival's lock is left alone
 
 
 def test_an_unconfirmed_lease_stores_nothing(store):
-    lease = store.lease("d", "me").acquire(confirm=False)
+    lease = blocklease.Lease(store, "d", "me").acquire(confirm=False)
     with pytest.raises(DeviceLocked, match="not confirmed"):
         lease.write_object(0, b"a" * OSIZE)
     lease.confirm()
     lease.write_object(0, b"a" * OSIZE)
     lease.release()
-    assert store.get_lock("d") is None
+    assert blocklock.read_lock(store, "d") is None
 
 
 def test_a_lease_whose_renewals_keep_failing_runs_out(store, monkeypatch):
-    lease = store.lease("d", "me", lease_seconds=2.0).acquire()
+    lease = blocklease.Lease(store, "d", "me", lease_seconds=2.0).acquire()
 
     def down(*args):
         raise OSError("backend down")
 
-    monkeypatch.setattr(store, "renew", down)
+    intercept_lock(monkeypatch, store, "renew", down)
     assert not lease.renew() and lease.valid  # one failure: still within the lease
     threading.Event().wait(1.1)  # 2 s lease - 1 s margin
     assert lease.lost
@@ -87,7 +87,7 @@ class _SlowRenewStore(MemoryBlockStore):
 def test_release_waits_for_a_renewal_in_flight():
     store = _SlowRenewStore()
     store.create_device("d", 32 * OSIZE, OSIZE)
-    lease = store.lease("d", "me", lease_seconds=30).acquire()
+    lease = blocklease.Lease(store, "d", "me", lease_seconds=30).acquire()
     store.hold = True
     renewer = threading.Thread(target=lease.renew)
     renewer.start()
@@ -99,18 +99,18 @@ def test_release_waits_for_a_renewal_in_flight():
     store.proceed.set()
     renewer.join(5)
     releaser.join(5)
-    assert store.get_lock("d") is None  # the renewal did not bring it back
+    assert blocklock.read_lock(store, "d") is None  # the renewal did not bring it back
 
 
 def test_unlock_naming_a_holder_leaves_another_holders_lock(store):
     dead = LockInfo.new("old", 60)
-    rival = store.lock("d", "rival")
+    rival = blocklock.take(store, "d", "rival")
     with pytest.raises(DeviceLocked, match="rival") as err:
-        store.unlock("d", expected=dead)
+        blocklock.unlock(store, "d", expected=dead)
     assert err.value.holder.token == rival.token
-    assert store.get_lock("d").token == rival.token
-    assert store.unlock("d", expected=rival).token == rival.token
-    assert store.get_lock("d") is None
+    assert blocklock.read_lock(store, "d").token == rival.token
+    assert blocklock.unlock(store, "d", expected=rival).token == rival.token
+    assert blocklock.read_lock(store, "d") is None
 
 
 class _StealingStore(MemoryBlockStore):
@@ -124,7 +124,7 @@ class _StealingStore(MemoryBlockStore):
         super().write_object(device, index, data)
         if len(self.writes) == self.after:
             steal(self, device)
-            lease = self.held_lease(device)
+            lease = blocklease.held_lease(self, device)
             lease.renew()  # what the renewal thread would find next
 
 
@@ -137,14 +137,14 @@ def test_upload_stops_as_soon_as_its_lock_is_lost(tmp_path):
         with blockcopy.held_lock(store, "d", "upload"):
             blockcopy.upload(store, "d", str(src), threads=1)
     assert len(store.writes) == 3  # nothing stored after the loss
-    assert store.get_lock("d").owner == "rival"
+    assert blocklock.read_lock(store, "d").owner == "rival"
 
 
 def test_upload_without_a_held_lock_takes_its_own(store, tmp_path):
     src = tmp_path / "img"
     src.write_bytes(os.urandom(2 * OSIZE))
     stats = blockcopy.upload(store, "d", str(src), threads=2)
-    assert stats.stored == 2 and store.get_lock("d") is None
-    store.lock("d", "someone")
+    assert stats.stored == 2 and blocklock.read_lock(store, "d") is None
+    blocklock.take(store, "d", "someone")
     with pytest.raises(DeviceLocked, match="someone"):
         blockcopy.upload(store, "d", str(src))

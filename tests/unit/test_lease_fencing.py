@@ -10,7 +10,7 @@ import time
 import pytest
 from oslo_config import cfg
 
-from stowkit.corelib import blockcopy, config
+from stowkit.corelib import blockcopy, blocklease, blocklock, config
 from stowkit.corelib.blockstore import (
     LOCK_KEY,
     UNSTORED_KEY,
@@ -38,13 +38,13 @@ def new_store(cls=MemoryBlockStore, state_dir=None):
 
 def steal(store, device="one"):
     """What a second stowkit does: break the lock and take it."""
-    store.unlock(device, force=True)
-    return store.lock(device, "rival")
+    blocklock.unlock(store, device, force=True)
+    return blocklock.take(store, device, "rival")
 
 
 def test_a_stolen_lock_stops_writes_before_the_next_renewal():
     store = new_store()
-    lease = store.lease("one", "me", 600).acquire()  # next renewal: 200 s away
+    lease = blocklease.Lease(store, "one", "me", 600).acquire()  # next renewal: 200 s away
     lease.write_object(0, b"a" * OSIZE)
     rival = steal(store)
     with pytest.raises(LeaseLost):
@@ -71,7 +71,7 @@ def test_the_lock_is_reread_at_most_half_the_settle_time_before_a_write():
     reads = []
     get = store._control_get
     store._control_get = lambda d, k: (reads.append(k), get(d, k))[1]
-    lease = store.lease("one", "me", 600).acquire()
+    lease = blocklease.Lease(store, "one", "me", 600).acquire()
     reads.clear()
     for i in range(8):  # back to back: one re-read serves them all
         lease.write_object(i, b"x" * OSIZE)
@@ -87,10 +87,10 @@ def test_a_lock_create_slower_than_the_settle_time_is_not_trusted():
     store = new_store(SettlingStore)
     store.create_delay = 0.1  # twice the settle time
     with pytest.raises(DeviceLocked, match="longer than the settle time"):
-        store.lock("one", "slow")
-    assert store.get_lock("one") is None  # its own lock object went with it
+        blocklock.take(store, "one", "slow")
+    assert blocklock.read_lock(store, "one") is None  # its own lock object went with it
     store.create_delay = 0.0
-    assert store.lock("one", "fast").owner == "fast"
+    assert blocklock.take(store, "one", "fast").owner == "fast"
 
 
 def test_of_two_racing_takers_the_late_landing_one_never_stores():
@@ -120,7 +120,7 @@ def test_of_two_racing_takers_the_late_landing_one_never_stores():
 
     def taker(name: str, delay: float) -> None:
         time.sleep(delay)
-        lease = store.lease("one", name, 600)
+        lease = blocklease.Lease(store, "one", name, 600)
         try:
             lease.acquire()
             for _ in range(20):
@@ -149,7 +149,7 @@ def test_of_two_racing_takers_the_late_landing_one_never_stores():
 
 def test_the_unstored_record_goes_into_the_device_while_the_lease_is_ours(tmp_path):
     store = new_store(state_dir=tmp_path)
-    lease = store.lease("one", "me", 600).acquire()
+    lease = blocklease.Lease(store, "one", "me", 600).acquire()
     assert lease.record_unstored([3, 7, 8, 9], 4 * OSIZE, "backend down") == "device"
     (record,) = unstored_records(store, "one")
     assert record.objects == (3, 7, 8, 9) and record.bytes == 4 * OSIZE
@@ -159,7 +159,7 @@ def test_the_unstored_record_goes_into_the_device_while_the_lease_is_ours(tmp_pa
 
 def test_a_writer_that_lost_the_lease_records_locally_never_in_the_device(tmp_path):
     store = new_store(state_dir=tmp_path)
-    lease = store.lease("one", "me", 600).acquire()
+    lease = blocklease.Lease(store, "one", "me", 600).acquire()
     steal(store)
     where = lease.record_unstored([1], OSIZE, "lost")
     assert where.startswith(str(tmp_path)) and UNSTORED_KEY not in store.control["one"]
@@ -167,7 +167,7 @@ def test_a_writer_that_lost_the_lease_records_locally_never_in_the_device(tmp_pa
     assert record.where == where and record.objects == (1,)
     # The backend down: local as well, without trying the device.
     other = new_store(state_dir=tmp_path / "b")
-    lease = other.lease("one", "me", 600).acquire()
+    lease = blocklease.Lease(other, "one", "me", 600).acquire()
     assert lease.record_unstored([2], OSIZE, "down", local_only=True) != "device"
     assert UNSTORED_KEY not in other.control["one"]
 
@@ -195,7 +195,7 @@ def test_an_upload_that_loses_its_lease_records_what_it_did_not_store(tmp_path):
 
 def test_a_complete_upload_clears_the_records(tmp_path):
     store = new_store(state_dir=tmp_path)
-    with store.lease("one", "me", 600) as lease:
+    with blocklease.Lease(store, "one", "me", 600) as lease:
         lease.record_unstored([1], OSIZE, "earlier")
     write_local_record(store, UnstoredRecord("one", (2,), OSIZE, time.time(), "x", "older"))
     assert len(unstored_records(store, "one")) == 2
@@ -212,7 +212,7 @@ def test_records_survive_garbage():
 
 def test_writers_waiting_for_a_failing_reread_share_its_failure():
     store = new_store(SettlingStore)
-    lease = store.lease("one", "me", 600).acquire()
+    lease = blocklease.Lease(store, "one", "me", 600).acquire()
     time.sleep(store.settle_seconds)  # the next write re-reads the lock
     calls = []
 

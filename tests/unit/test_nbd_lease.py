@@ -7,10 +7,11 @@ import os
 import threading
 import time
 
+from stowkit.corelib import blocklock
 from stowkit.corelib.blockstore import LockInfo
 from stowkit.corelib.nbd import protocol as p
 from stowkit.corelib.nbd.export import LOCK_OWNER
-from tests.fakes.nbd import MemoryBlockStore, RawClient, ServerThread, _string
+from tests.fakes.nbd import MemoryBlockStore, RawClient, ServerThread, _string, intercept_lock
 
 OSIZE = 4096
 SIZE = 64 * OSIZE
@@ -31,8 +32,8 @@ def client(server, name: str = "one") -> RawClient:
 
 
 def steal(store, device="one"):
-    store.unlock(device, force=True)
-    return store.lock(device, "rival")
+    blocklock.unlock(store, device, force=True)
+    return blocklock.take(store, device, "rival")
 
 
 def new_store(cls=MemoryBlockStore):
@@ -64,11 +65,11 @@ def test_after_the_lock_is_lost_nothing_more_is_stored():
         assert c.closed()
         eventually(lambda: export.cache is None)  # detach ran (close -> flush)
         assert store.writes == writes  # not even detach stored the dirty object
-        assert store.get_lock("one").token == rival.token
+        assert blocklock.read_lock(store, "one").token == rival.token
     finally:
         t.stop()
     assert store.writes == writes  # nor did the shutdown
-    assert store.get_lock("one").token == rival.token
+    assert blocklock.read_lock(store, "one").token == rival.token
 
 
 def test_a_flush_pending_when_the_lock_is_lost_answers_eio_at_once():
@@ -96,9 +97,9 @@ class _SlowRenewStore(MemoryBlockStore):
         self.in_put = threading.Event()
         self.proceed = threading.Event()
 
-    def renew(self, device, lock, lease_seconds=60):
+    def slow_renew(self, renew, store, device, lock, lease_seconds=60):
         self.hold = True
-        return super().renew(device, lock, lease_seconds)
+        return renew(store, device, lock, lease_seconds)
 
     def _control_replace(self, device, key, data):
         if getattr(self, "hold", False):
@@ -108,8 +109,9 @@ class _SlowRenewStore(MemoryBlockStore):
         super()._control_replace(device, key, data)
 
 
-def test_a_renewal_in_flight_cannot_bring_the_lock_back_after_release():
+def test_a_renewal_in_flight_cannot_bring_the_lock_back_after_release(monkeypatch):
     store = new_store(_SlowRenewStore)
+    intercept_lock(monkeypatch, store, "renew", store.slow_renew)
     t = ServerThread(store, ["one"], lease=3, lock_scope="connection")
     try:
         c = client(t)
@@ -121,9 +123,9 @@ def test_a_renewal_in_flight_cannot_bring_the_lock_back_after_release():
         store.proceed.set()
         assert c.closed()
         eventually(lambda: t.server.exports["one"].cache is None)
-        eventually(lambda: store.get_lock("one") is None)
+        eventually(lambda: blocklock.read_lock(store, "one") is None)
         time.sleep(0.3)
-        assert store.get_lock("one") is None  # and it stays released
+        assert blocklock.read_lock(store, "one") is None  # and it stays released
     finally:
         store.proceed.set()
         t.stop()
@@ -132,9 +134,9 @@ def test_a_renewal_in_flight_cannot_bring_the_lock_back_after_release():
 class _TakenMeanwhileStore(MemoryBlockStore):
     """The dead server's lock is replaced by a live rival's right after it is read."""
 
-    def lock_unconfirmed(self, device, owner="", lease_seconds=60):
+    def swap_after_read(self, take_unconfirmed, store, device, owner="", lease_seconds=60):
         try:
-            return super().lock_unconfirmed(device, owner, lease_seconds)
+            return take_unconfirmed(store, device, owner, lease_seconds)
         except Exception:
             if not getattr(self, "swapped", False):
                 self.swapped = True
@@ -142,8 +144,9 @@ class _TakenMeanwhileStore(MemoryBlockStore):
             raise
 
 
-def test_breaking_a_dead_servers_lock_leaves_a_lock_taken_meanwhile():
+def test_breaking_a_dead_servers_lock_leaves_a_lock_taken_meanwhile(monkeypatch):
     store = new_store(_TakenMeanwhileStore)
+    intercept_lock(monkeypatch, store, "take_unconfirmed", store.swap_after_read)
     dead = dataclasses.replace(LockInfo.new(LOCK_OWNER, 600), pid=2**22 + 12345)
     store.control["one"]["stowkit.lock"] = dead.to_json()
     t = ServerThread(store, ["one"], lock_scope="connection")
@@ -153,8 +156,8 @@ def test_breaking_a_dead_servers_lock_leaves_a_lock_taken_meanwhile():
         c.option(p.OPT_GO, _string("one") + p.U16.pack(0))
         rtype, message = c.option_reply()[1:]
         assert rtype == p.REP_ERR_POLICY and b"rival" in message
-        assert store.get_lock("one").owner == "rival"
-        assert store.get_lock("one").pid == os.getpid()  # the rival's, untouched
+        assert blocklock.read_lock(store, "one").owner == "rival"
+        assert blocklock.read_lock(store, "one").pid == os.getpid()  # the rival's, untouched
     finally:
         t.stop()
 

@@ -8,9 +8,10 @@ import threading
 
 import pytest
 
+from stowkit.corelib import blocklock
 from stowkit.corelib.blockstore import DEFAULT_LEASE, DeviceLocked, LockInfo
 from stowkit.corelib.nbd import protocol as p
-from tests.fakes.nbd import MemoryBlockStore, RawClient, ServerThread, _string
+from tests.fakes.nbd import MemoryBlockStore, RawClient, ServerThread, _string, intercept_lock
 
 OSIZE = 4096
 SIZE = 64 * OSIZE
@@ -211,7 +212,7 @@ def test_read_only_export_refuses_writes_and_takes_no_lock(store):
         for cmd in (p.CMD_WRITE, p.CMD_TRIM, p.CMD_WRITE_ZEROES):
             c.request(cmd, 0, 1, data=b"x" if cmd == p.CMD_WRITE else b"")
             assert c.reply()[1] == p.EPERM
-        assert store.get_lock("one") is None
+        assert blocklock.read_lock(store, "one") is None
         c.sock.close()
     finally:
         t.stop()
@@ -289,14 +290,16 @@ def test_malformed_clients_do_not_disturb_a_good_one(server):
 def test_disconnect_writes_back_and_unlocks(store):
     server = ServerThread(store, ["one"], lock_scope="connection")
     try:
-        assert store.get_lock("one") is None  # nobody connected: not locked
+        assert blocklock.read_lock(store, "one") is None  # nobody connected: not locked
         c = client(server)
         c.request(p.CMD_WRITE, 0, 4, data=b"data")
         assert c.reply()[1] == 0
-        assert store.get_lock("one") is not None
+        assert blocklock.read_lock(store, "one") is not None
         c.request(p.CMD_DISC)
         assert c.closed()
-        eventually(lambda: store.get_lock("one") is None)  # unlocked after the write-back
+        eventually(
+            lambda: blocklock.read_lock(store, "one") is None
+        )  # unlocked after the write-back
         assert store.objects["one"][0][:4] == b"data"
     finally:
         server.stop()
@@ -305,7 +308,7 @@ def test_disconnect_writes_back_and_unlocks(store):
 def test_a_server_holds_its_writable_devices_from_start_to_stop(store):
     server = ServerThread(store, ["one"], lease=30)
     try:
-        lock = store.get_lock("one")
+        lock = blocklock.read_lock(store, "one")
         assert lock is not None  # before any client
         assert server.server.exports["one"].lease.state == "valid"  # confirmed already
         c = client(server)
@@ -315,7 +318,7 @@ def test_a_server_holds_its_writable_devices_from_start_to_stop(store):
         assert c.closed()
         # Written back at the disconnect, the lock kept (same token) for the next client.
         eventually(lambda: store.objects["one"].get(0, b"")[:4] == b"data")
-        assert store.get_lock("one").token == lock.token
+        assert blocklock.read_lock(store, "one").token == lock.token
         reads = len(store.reads)
         c = client(server)
         c.request(p.CMD_READ, 0, 4, cookie=9)
@@ -325,28 +328,28 @@ def test_a_server_holds_its_writable_devices_from_start_to_stop(store):
         assert c.closed()
     finally:
         server.stop()
-    assert store.get_lock("one") is None
+    assert blocklock.read_lock(store, "one") is None
 
 
 def test_a_server_does_not_start_on_a_device_locked_elsewhere(store):
-    store.lock("one", "someone else", 600)
+    blocklock.take(store, "one", "someone else", 600)
     with pytest.raises(DeviceLocked, match="someone else"):
         ServerThread(store, ["one", "two"], lease=30)
-    assert store.get_lock("two") is None  # the lock it had taken is given back
-    assert store.get_lock("one").owner == "someone else"
+    assert blocklock.read_lock(store, "two") is None  # the lock it had taken is given back
+    assert blocklock.read_lock(store, "one").owner == "someone else"
 
 
 def test_a_held_lock_broken_unnoticed_is_re_read_when_the_next_client_connects(store):
     server = ServerThread(store, ["one"], lease=30)
     try:
-        token = store.get_lock("one").token
-        store.unlock("one", force=True)  # broken by hand; no renewal has seen it yet
+        token = blocklock.read_lock(store, "one").token
+        blocklock.unlock(store, "one", force=True)  # broken by hand; no renewal has seen it yet
         c = client(server)  # the lock is re-read, found gone, and taken again
         c.request(p.CMD_WRITE, 0, 4, data=b"anew", cookie=1)
         c.request(p.CMD_FLUSH, cookie=2)
         assert c.reply()[:2] == (1, 0) and c.reply()[:2] == (2, 0)
         assert store.objects["one"][0][:4] == b"anew"
-        assert store.get_lock("one").token != token
+        assert blocklock.read_lock(store, "one").token != token
     finally:
         server.stop()
 
@@ -355,8 +358,8 @@ def test_a_lock_lost_while_no_client_is_connected_is_taken_again_by_the_next(sto
     server = ServerThread(store, ["one"], lease=30)
     try:
         export = server.server.exports["one"]
-        store.unlock("one", force=True)  # broken by hand, then taken by a rival
-        rival = store.lock("one", "rival", 600)
+        blocklock.unlock(store, "one", force=True)  # broken by hand, then taken by a rival
+        rival = blocklock.take(store, "one", "rival", 600)
         export.lease.renew()  # the renewal finds the rival's lock
         assert export.lease.lost
         c = RawClient(server.port)
@@ -364,13 +367,13 @@ def test_a_lock_lost_while_no_client_is_connected_is_taken_again_by_the_next(sto
         c.option(p.OPT_GO, _string("one") + p.U16.pack(0))
         rtype, message = c.option_reply()[1:]
         assert rtype == p.REP_ERR_POLICY and b"rival" in message  # refused, naming it
-        store.unlock("one", expected=rival)
+        blocklock.unlock(store, "one", expected=rival)
         c = client(server)  # free again: locked anew for the server
         c.request(p.CMD_WRITE, 0, 4, data=b"next")
         c.request(p.CMD_FLUSH)
         assert c.reply()[1] == 0 and c.reply()[1] == 0
         assert store.objects["one"][0][:4] == b"next"
-        assert store.get_lock("one").owner == export.lease.info.owner
+        assert blocklock.read_lock(store, "one").owner == export.lease.info.owner
     finally:
         server.stop()
 
@@ -402,7 +405,7 @@ def test_second_server_refused_while_first_connected(store):
         c1.request(p.CMD_DISC)
         c3.request(p.CMD_DISC)
         assert c1.closed() and c3.closed()
-        eventually(lambda: store.get_lock("one") is None)
+        eventually(lambda: blocklock.read_lock(store, "one") is None)
         assert client(second).go is not None
     finally:
         first.stop()
@@ -422,7 +425,7 @@ def test_lock_of_a_dead_server_on_this_host_is_broken(store):
         c = client(t)
         c.request(p.CMD_READ, 0, 1)
         assert c.reply()[1] == 0
-        assert store.get_lock("one").pid == os.getpid()
+        assert blocklock.read_lock(store, "one").pid == os.getpid()
     finally:
         t.stop()
 
@@ -434,7 +437,7 @@ def test_shutdown_writes_back_dirty_data(store):
     assert c.reply()[1] == 0
     t.stop()
     assert store.objects["one"][1][:3] == b"bye"
-    assert store.get_lock("one") is None
+    assert blocklock.read_lock(store, "one") is None
 
 
 class _SlowConfirmStore(MemoryBlockStore):
@@ -445,16 +448,17 @@ class _SlowConfirmStore(MemoryBlockStore):
         self.confirm_gate = threading.Event()
         self.rival_wins = False
 
-    def confirm_lock(self, device, mine):
+    def slow_confirm(self, confirm, store, device, mine):
         self.confirm_gate.wait(20)
         if self.rival_wins:  # what a concurrent create that landed later leaves
             rival = LockInfo.new("rival server", 600)
             self.control[device]["stowkit.lock"] = rival.to_json()
-        return super().confirm_lock(device, mine)
+        return confirm(store, device, mine)
 
 
-def test_nothing_is_stored_before_the_lock_is_confirmed():
+def test_nothing_is_stored_before_the_lock_is_confirmed(monkeypatch):
     store = _SlowConfirmStore()
+    intercept_lock(monkeypatch, store, "confirm", store.slow_confirm)
     store.create_device("one", SIZE, OSIZE)
     t = ServerThread(store, ["one"], lock_scope="connection")
     try:
@@ -475,8 +479,9 @@ def test_nothing_is_stored_before_the_lock_is_confirmed():
         t.stop()
 
 
-def test_a_lock_a_rival_won_stores_nothing_and_refuses_writes():
+def test_a_lock_a_rival_won_stores_nothing_and_refuses_writes(monkeypatch):
     store = _SlowConfirmStore()
+    intercept_lock(monkeypatch, store, "confirm", store.slow_confirm)
     store.create_device("one", SIZE, OSIZE)
     store.rival_wins = True
     t = ServerThread(store, ["one"], lock_scope="connection")
@@ -492,7 +497,9 @@ def test_a_lock_a_rival_won_stores_nothing_and_refuses_writes():
         c.request(p.CMD_DISC)
         assert c.closed()
         eventually(lambda: t.server.exports["one"].cache is None)  # detached
-        assert store.get_lock("one").owner == "rival server"  # not unlocked by the loser
+        assert (
+            blocklock.read_lock(store, "one").owner == "rival server"
+        )  # not unlocked by the loser
         assert store.writes == [] and store.objects["one"] == {}
     finally:
         store.confirm_gate.set()
@@ -524,6 +531,6 @@ def test_a_server_confirms_the_locks_of_its_devices_together():
     server = ServerThread(store, ["a", "b", "c", "d"], lease=30)
     try:
         assert store.most > 1
-        assert all(store.get_lock(n) is not None for n in ("a", "b", "c", "d"))
+        assert all(blocklock.read_lock(store, n) is not None for n in ("a", "b", "c", "d"))
     finally:
         server.stop()

@@ -13,7 +13,7 @@ import time
 
 from oslo_config import cfg
 
-from stowkit.corelib import config
+from stowkit.corelib import blocklock, config
 from stowkit.corelib.blockstore import UNSTORED_KEY
 from stowkit.corelib.blockunstored import unstored_records
 from stowkit.corelib.errors import BackendUnavailable
@@ -147,15 +147,15 @@ def test_our_lock_left_behind_by_a_failed_release_does_not_lock_us_out():
     try:
         c = client(t)
         eventually(lambda: t.server.exports["one"].lease.valid)
-        first = store.get_lock("one")
+        first = blocklock.read_lock(store, "one")
         store.down = True
         c.request(p.CMD_DISC)
         assert c.closed()
         eventually(lambda: t.server.exports["one"].lease is None)
-        assert store.get_lock("one").token == first.token  # left behind
+        assert blocklock.read_lock(store, "one").token == first.token  # left behind
         store.down = False
         c = client(t)  # not refused: our own leftover is broken, naming it
-        assert store.get_lock("one").token != first.token
+        assert blocklock.read_lock(store, "one").token != first.token
         c.request(p.CMD_WRITE, 0, 2, data=b"ok", cookie=2)
         c.request(p.CMD_FLUSH, cookie=3)
         assert c.reply()[:2] == (2, 0) and c.reply()[:2] == (3, 0)

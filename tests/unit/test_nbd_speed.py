@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from stowkit.corelib import blocklease, blocklock
 from stowkit.corelib.blockstore import LOCK_KEY, LeaseLost
 from stowkit.corelib.nbd import protocol as p
 from stowkit.corelib.nbd.cache import ObjectCache
@@ -94,7 +95,7 @@ def lease_with_reads():
     reads = []
     get = store._control_get
     store._control_get = lambda d, k: (reads.append(k), get(d, k))[1]
-    lease = store.lease("one", "me", 600).acquire()
+    lease = blocklease.Lease(store, "one", "me", 600).acquire()
     reads.clear()
     return store, lease, reads
 
@@ -141,8 +142,8 @@ def test_a_failing_read_ahead_does_not_fail_a_covered_write():
 def test_a_read_ahead_that_finds_a_rival_stops_the_write():
     store, lease, reads = lease_with_reads()
     lease._seen = time.monotonic() - lease.verify_every * 0.75
-    store.unlock("one", force=True)
-    store.lock("one", "rival")
+    blocklock.unlock(store, "one", force=True)
+    blocklock.take(store, "one", "rival")
     with pytest.raises(LeaseLost):
         lease.write_object(4, b"w" * OSIZE)
     assert 4 not in store.objects["one"] and lease.lost
