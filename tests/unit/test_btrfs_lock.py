@@ -96,19 +96,28 @@ def test_another_thread_without_waiting_gets_locked_with_the_jobs_message(driver
         assert _in_thread(lambda: _try(driver, "w")) == {"result": "got it"}  # per volume
 
 
-def test_another_thread_that_waits_gets_it_when_the_holder_leaves(driver):
-    entered = threading.Event()
+def _waits_for_the_holder(driver, fn) -> None:
+    """``fn`` in another thread does not finish while this thread holds v's lock, then does."""
+    done = threading.Event()
 
     def other():
-        with driver.volume_lock("v"):
-            entered.set()
+        fn()
+        done.set()
 
     with driver.volume_lock("v"):
         thread = threading.Thread(target=other, daemon=True)
         thread.start()
-        assert not entered.wait(0.3)
-    assert entered.wait(10)
+        assert not done.wait(0.3)
+    assert done.wait(10)
     thread.join(10)
+
+
+def test_another_thread_that_waits_gets_it_when_the_holder_leaves(driver):
+    def other():
+        with driver.volume_lock("v"):
+            pass
+
+    _waits_for_the_holder(driver, other)
 
 
 def test_a_second_driver_in_the_same_thread_shares_the_holders_count(driver, tmp_path):
@@ -172,15 +181,4 @@ def test_a_mount_does_not_wait_for_a_job_holding_the_volumes_lock(driver):
 def test_a_purge_waits_for_the_job_holding_the_volumes_lock(driver):
     # The job may be sending a snapshot a purge would condemn as the parent.
     os.makedirs(os.path.join(driver.volumes_dir, "v"))
-    done = threading.Event()
-
-    def purge():
-        driver.purge("v", "1h:1d")
-        done.set()
-
-    with driver.volume_lock("v"):
-        thread = threading.Thread(target=purge, daemon=True)
-        thread.start()
-        assert not done.wait(0.3)
-    assert done.wait(10)
-    thread.join(10)
+    _waits_for_the_holder(driver, lambda: driver.purge("v", "1h:1d"))
