@@ -122,6 +122,11 @@ class Agent:
                 LOG.debug("job %s changed while deciding; next poll", job_id)
             except StowkitError as err:
                 LOG.error("job %s: %s", job_id, err)
+            except Exception:
+                # A bug, or a job the rules above did not foresee: say so, with the
+                # traceback, and go on to the host's other jobs.  One job must never
+                # stop the loop that runs them all.
+                LOG.exception("job %s could not be handled; the other jobs go on", job_id)
 
     def _note_wake(self, when: float | None) -> None:
         if when is not None and (self._wake is None or when < self._wake):

@@ -65,7 +65,12 @@ def parse_time(text: str) -> int:
         raise InvalidArgument(f"{text!r} is not an ISO-8601 date") from None
     # Naive: local time, as APScheduler.  Whole seconds: every slot is an
     # integer, so a slot written back to the catalog compares equal to itself.
-    return math.floor(when.timestamp())
+    try:
+        return math.floor(when.timestamp())
+    except (OverflowError, ValueError, OSError):
+        # A naive year 1 is year 0 once moved to UTC: a job's date must never
+        # reach the poll loop as anything but a schedule the job cannot use.
+        raise InvalidArgument(f"{text!r} is out of the range of dates a schedule can use") from None
 
 
 def parse_interval(text: str) -> int:

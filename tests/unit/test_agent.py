@@ -219,6 +219,45 @@ def test_unparsable_schedule_stops_the_job_with_a_failure():
     assert cat.schedule("j")["status"] == "stop" and cat.schedule("j")["result"] == "fail"
 
 
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {"schedule_date": "0001-01-01T00:00:00"},
+        {"schedule_start_date": "0001-01-01T00:00:00", "schedule_interval": "1 hours"},
+    ],
+    ids=["date", "start-date"],
+)
+def test_a_year_one_schedule_fails_its_job_and_the_next_job_still_runs(schedule):
+    cat, clock, rec = FakeCatalog(), Clock(), Recorder()
+    cat.add("bad", schedule)
+    cat.add("good", {"schedule_interval": "5 seconds"})
+    agent = make_agent(cat, clock, rec)
+    tick(agent)
+    assert cat.schedule("bad")["status"] == "stop" and cat.schedule("bad")["result"] == "fail"
+    clock.now += 5
+    tick(agent)
+    assert len(rec.calls) == 1 and cat.schedule("good")["status"] == "scheduled"
+
+
+def test_a_job_that_breaks_the_agent_is_passed_over_and_the_others_run(monkeypatch):
+    cat, clock, rec = FakeCatalog(), Clock(), Recorder()
+    cat.add("bad", {"schedule_interval": "5 seconds"})
+    cat.add("good", {"schedule_interval": "5 seconds"})
+    agent = make_agent(cat, clock, rec)
+    real = agent._look
+
+    def look(catalog, job_id, job):
+        if job_id == "bad":
+            raise OverflowError("a bug a job found")
+        return real(catalog, job_id, job)
+
+    monkeypatch.setattr(agent, "_look", look)
+    tick(agent)
+    clock.now += 5
+    tick(agent)
+    assert len(rec.calls) == 1 and cat.schedule("good")["status"] == "scheduled"
+
+
 # -- events --------------------------------------------------------------------------------
 
 
