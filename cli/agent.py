@@ -106,7 +106,7 @@ class Agent(Command):
                 hostname=hostname,
                 volumes=lambda: self.driver("volume"),
                 blockstore=lambda: self.driver("blockstore"),
-                image_sync=self._image_sync,
+                image_sync=lambda: self._image_sync,
                 find_backups=lambda match: catalog.find_backups(match, limit=100),
                 forget_backup=catalog.delete_backup,
                 freezer_agent=opts.freezer_agent,

@@ -59,8 +59,9 @@ class Context:
     hostname: str
     volumes: Callable[[], Any] | None = None
     blockstore: Callable[[], Any] | None = None
-    #: regions -> the ``SyncReport`` of ``image sync`` over them
-    image_sync: Callable[[list[str]], Any] | None = None
+    #: makes the function regions -> the ``SyncReport`` of ``image sync`` over them
+    #: (a factory, as every field here: :meth:`need` calls it with no argument)
+    image_sync: Callable[[], Callable[[list[str]], Any]] | None = None
     #: the catalog's backups of a volume/device: for a parent's level
     find_backups: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = lambda match: []
     #: removes a backup's record from the catalog (None: the catalog cannot)
