@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from stowkit.cli.common import Bytes, Command, Lister, ShowOne, human, parse_size, utc_time
-from stowkit.corelib import blockcopy, blocklock, blockunstored
+from stowkit.corelib import blockcopy, blocklease, blocklock, blockunstored
 from stowkit.corelib.blocklock import DeviceLocked, LockInfo
 from stowkit.corelib.blockstore import DEFAULT_OBJECT_SIZE, BlockDevice, default_object_size
 from stowkit.corelib.blockunstored import UnstoredRecord, ranges
@@ -362,7 +362,7 @@ class Upload(_Copy):
             store.create_device(parsed_args.name, size, object_size)
         progress = ProgressLine(f"upload {parsed_args.name}", self.app.stderr, parsed_args.progress)
         start = time.monotonic()
-        with blockcopy.held_lock(store, parsed_args.name, UPLOAD_OWNER):
+        with blocklease.held(store, parsed_args.name, UPLOAD_OWNER):
             try:
                 stats = blockcopy.upload(store, parsed_args.name, path, threads, progress)
             finally:

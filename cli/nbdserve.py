@@ -9,7 +9,7 @@ import sys
 
 from stowkit.cli.common import Command, parse_size, port_type
 from stowkit.corelib import names, notify
-from stowkit.corelib.blockstore import DEFAULT_LEASE
+from stowkit.corelib.blocklock import DEFAULT_LEASE
 from stowkit.corelib.errors import BackendUnavailable, InvalidArgument
 from stowkit.corelib.nbd import protocol
 from stowkit.corelib.nbd.export import ExportSettings

@@ -1,4 +1,4 @@
-"""Whole-device copies between a BlockStore and a local file, and a held lock.
+"""Whole-device copies between a BlockStore and a local file.
 
 Both directions move objects in parallel from a thread pool (each worker
 reads or writes its own slice of the file with pread/pwrite) and are sparse
@@ -105,7 +105,7 @@ def upload(
 
     Every object goes through the device's :class:`Lease`: the one given as
     ``store``, else the one this process holds on the device through
-    ``store`` (see held_lock), else one taken for the copy
+    ``store`` (see :func:`stowkit.corelib.blocklease.held`), else one taken for the copy
     (:func:`~stowkit.corelib.blocklease.lease_for`).  Once the lease is lost
     nothing more is stored and LeaseLost is raised.
     """
@@ -274,7 +274,3 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-#: Hold a Lease for a ``with`` block: :func:`stowkit.corelib.blocklease.held`.
-held_lock = held

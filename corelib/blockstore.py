@@ -44,9 +44,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 
 from stowkit.corelib import blocklock, names
-from stowkit.corelib.blocklease import Lease
-from stowkit.corelib.blocklock import DEFAULT_LEASE, LOCK_KEY, DeviceLocked, LeaseLost, LockInfo
-from stowkit.corelib.blockunstored import UNSTORED_KEY, UnstoredRecord, ranges
+from stowkit.corelib.blocklock import DeviceLocked, LockInfo
 from stowkit.corelib.driver import Driver
 from stowkit.corelib.errors import BackendUnavailable, InvalidArgument
 
@@ -502,22 +500,13 @@ __all__ = [
     "BlockDevice",
     "BlockStore",
     "BlockStoreCapability",
-    "DEFAULT_LEASE",
     "DEFAULT_OBJECT_SIZE",
-    "DeviceLocked",
     "FORMAT_VERSION",
-    "LOCK_KEY",
-    "Lease",
-    "LeaseLost",
-    "LockInfo",
     "StorageDenied",
     "StorageFull",
-    "UNSTORED_KEY",
-    "UnstoredRecord",
     "check_geometry",
     "is_zeros",
     "object_index",
     "object_name",
-    "ranges",
     "zeros",
 ]

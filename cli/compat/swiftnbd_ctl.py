@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from stowkit.cli.common import one_line_errors
-from stowkit.corelib import blockcopy, blocklock, config, names
+from stowkit.corelib import blockcopy, blocklease, blocklock, config, names
 from stowkit.corelib.blockstore import BlockStore
 from stowkit.corelib.errors import AlreadyExists, InvalidArgument, NotFound, StowkitError
 
@@ -270,7 +270,7 @@ class Ctl:
                 sys.stdout.flush()
 
         # Held for the copy, as swiftnbd did, so no server writes meanwhile.
-        with blockcopy.held_lock(store, name, f"{LOCK_OWNER} download"):
+        with blocklease.held(store, name, f"{LOCK_OWNER} download"):
             stats = blockcopy.download(store, name, self.args.image, progress=progress)
         if show:
             sys.stdout.write("\r")

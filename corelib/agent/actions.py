@@ -225,12 +225,12 @@ def image_sync(ctx: Context, action: Mapping[str, Any]) -> Outcome:
 
 
 def _copy(ctx: Context, action: Mapping[str, Any], upload: bool) -> Outcome:
-    from stowkit.corelib import blockcopy  # late: only device copies need it
+    from stowkit.corelib import blockcopy, blocklease  # late: only device copies need them
 
     device, path = _field(action, "device"), _field(action, "file")
     store = ctx.need("blockstore")
     if upload:
-        with blockcopy.held_lock(store, device, UPLOAD_OWNER):
+        with blocklease.held(store, device, UPLOAD_OWNER):
             stats = blockcopy.upload(store, device, path)
     else:
         stats = blockcopy.download(store, device, path)

@@ -17,7 +17,8 @@ import logging
 import signal
 from collections.abc import Callable, Iterable
 
-from stowkit.corelib.blockstore import BlockStore, DeviceLocked, StorageDenied, StorageFull
+from stowkit.corelib.blocklock import DeviceLocked
+from stowkit.corelib.blockstore import BlockStore, StorageDenied, StorageFull
 from stowkit.corelib.errors import InvalidArgument, StowkitError
 from stowkit.corelib.nbd import protocol as p
 from stowkit.corelib.nbd.cache import BackendFailing, ObjectCache

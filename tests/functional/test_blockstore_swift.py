@@ -16,8 +16,9 @@ import time
 import pytest
 from swiftclient import client as swift_client
 
-from stowkit.corelib import blockcopy, blocklock, config, registry
-from stowkit.corelib.blockstore import DeviceLocked, object_name
+from stowkit.corelib import blockcopy, blocklease, blocklock, config, registry
+from stowkit.corelib.blocklock import DeviceLocked
+from stowkit.corelib.blockstore import object_name
 from stowkit.corelib.errors import AlreadyExists, BackendUnavailable, InvalidName, NotFound
 from stowkit.plugins.swift.store import SwiftBlockStore
 from tests.fakes.harness import missing
@@ -148,7 +149,7 @@ def test_upload_download_round_trip_sparse(store, prefix, raw, tmp_path):
         f.seek(10 * OS + 100)
         f.write(b"tail")  # object 10
         f.truncate(20 * OS)  # shorter than the device: the rest reads as zeros
-    with blockcopy.held_lock(store, "d", "test upload"):
+    with blocklease.held(store, "d", "test upload"):
         stats = blockcopy.upload(store, "d", str(src), threads=4)
     assert (stats.stored, stats.holes, stats.deleted) == (4, 28, 0)
     _, objs = raw.get_container(prefix + "d", full_listing=True)
@@ -164,7 +165,7 @@ def test_upload_download_round_trip_sparse(store, prefix, raw, tmp_path):
     # Zeros uploaded over data delete the objects instead of storing zeros.
     zero = tmp_path / "zero.img"
     zero.write_bytes(bytes(SIZE))
-    with blockcopy.held_lock(store, "d", "test upload"):
+    with blocklease.held(store, "d", "test upload"):
         stats = blockcopy.upload(store, "d", str(zero))
     assert stats.deleted == 4 and stats.stored == 0
     assert list(store.list_objects("d")) == []

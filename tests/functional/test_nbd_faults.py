@@ -23,7 +23,9 @@ import time
 import pytest
 from swiftclient import client as swift_client
 
-from stowkit.corelib.blockstore import LOCK_KEY, UNSTORED_KEY, LockInfo, object_name
+from stowkit.corelib.blocklock import LOCK_KEY, LockInfo
+from stowkit.corelib.blockstore import object_name
+from stowkit.corelib.blockunstored import UNSTORED_KEY
 from tests.commands import STOWKIT
 from tests.fakes.nbd_clients import Backend, run, sha256
 from tools.stack.faultproxy import FaultProxy

@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from stowkit.corelib import blockcopy, blocklock, config, registry
-from stowkit.corelib.blockstore import DeviceLocked
+from stowkit.corelib import blockcopy, blocklease, blocklock, config, registry
+from stowkit.corelib.blocklock import DeviceLocked
 from stowkit.corelib.errors import InvalidArgument
 
 OS = 64 << 10
@@ -95,7 +95,7 @@ def test_download_refuses_a_directory(store, tmp_path):
 
 
 def test_held_lock_renews_and_releases(store):
-    with blockcopy.held_lock(store, "d", "copy", lease_seconds=3) as lease:
+    with blocklease.held(store, "d", "copy", lease_seconds=3) as lease:
         first = blocklock.read_lock(store, "d").expires
         while blocklock.read_lock(store, "d").expires == first:
             threading.Event().wait(0.1)
@@ -107,10 +107,10 @@ def test_held_lock_renews_and_releases(store):
 
 def test_held_lock_reports_a_broken_lock(store):
     with pytest.raises(DeviceLocked, match="lost|gone"):
-        with blockcopy.held_lock(store, "d", "copy", lease_seconds=60):
+        with blocklease.held(store, "d", "copy", lease_seconds=60):
             blocklock.unlock(store, "d", force=True)
     with pytest.raises(DeviceLocked, match="now held by thief"):
-        with blockcopy.held_lock(store, "d", "copy", lease_seconds=60):
+        with blocklease.held(store, "d", "copy", lease_seconds=60):
             blocklock.unlock(store, "d", force=True)
             blocklock.take(store, "d", "thief")
     assert blocklock.read_lock(store, "d").owner == "thief"

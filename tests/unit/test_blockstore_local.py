@@ -7,13 +7,11 @@ import time
 import pytest
 
 from stowkit.corelib import blocklock, config, registry
+from stowkit.corelib.blocklock import LOCK_KEY, DeviceLocked, LockInfo
 from stowkit.corelib.blockstore import (
     DEFAULT_OBJECT_SIZE,
-    LOCK_KEY,
     BlockStore,
     BlockStoreCapability,
-    DeviceLocked,
-    LockInfo,
     check_geometry,
     is_zeros,
     object_index,

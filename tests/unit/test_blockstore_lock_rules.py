@@ -257,7 +257,7 @@ def test_a_held_lock_logs_a_takeover_once(caplog):
     store.control["one"][blocklock.LOCK_KEY] = dataclasses.replace(
         stale, expires=time.time() - 5
     ).to_json()
-    with caplog.at_level(logging.WARNING), blockcopy.held_lock(store, "one", "copy") as lease:
+    with caplog.at_level(logging.WARNING), blocklease.held(store, "one", "copy") as lease:
         assert lease.info.taken_over is not None
     assert sum("took over the stale lock" in r.getMessage() for r in caplog.records) == 1
 
@@ -266,7 +266,7 @@ def test_an_upload_inside_a_held_lock_stores_through_that_lease(tmp_path):
     store = new_store()
     src = tmp_path / "img"
     src.write_bytes(b"\x01" * OSIZE)
-    with blockcopy.held_lock(store, "one", "copy") as lease:
+    with blocklease.held(store, "one", "copy") as lease:
         assert blocklease.lease_for(store, "one") is lease
         blockcopy.upload(store, "one", str(src))
         assert blocklock.read_lock(store, "one").token == lease.info.token  # not locked twice

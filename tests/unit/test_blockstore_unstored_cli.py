@@ -7,8 +7,7 @@ import logging
 
 from stowkit.cli import app
 from stowkit.corelib import blocklease, config
-from stowkit.corelib.blockstore import UnstoredRecord
-from stowkit.corelib.blockunstored import write_local_record
+from stowkit.corelib.blockunstored import UnstoredRecord, write_local_record
 from stowkit.plugins.local.blocks import LocalBlockStore
 
 

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from stowkit.corelib import blockcopy, blocklease, blocklock
-from stowkit.corelib.blockstore import DeviceLocked, LeaseLost, LockInfo
+from stowkit.corelib.blocklock import DeviceLocked, LeaseLost, LockInfo
 from tests.fakes.nbd import MemoryBlockStore, intercept_lock
 
 OSIZE = 4096
@@ -134,7 +134,7 @@ def test_upload_stops_as_soon_as_its_lock_is_lost(tmp_path):
     src = tmp_path / "img"
     src.write_bytes(os.urandom(32 * OSIZE))
     with pytest.raises(LeaseLost, match="rival.*stopped after 3 objects stored"):
-        with blockcopy.held_lock(store, "d", "upload"):
+        with blocklease.held(store, "d", "upload"):
             blockcopy.upload(store, "d", str(src), threads=1)
     assert len(store.writes) == 3  # nothing stored after the loss
     assert blocklock.read_lock(store, "d").owner == "rival"

@@ -11,14 +11,13 @@ import pytest
 from oslo_config import cfg
 
 from stowkit.corelib import blockcopy, blocklease, blocklock, config
-from stowkit.corelib.blockstore import (
-    LOCK_KEY,
+from stowkit.corelib.blocklock import LOCK_KEY, DeviceLocked, LeaseLost
+from stowkit.corelib.blockunstored import (
     UNSTORED_KEY,
-    DeviceLocked,
-    LeaseLost,
     UnstoredRecord,
+    unstored_records,
+    write_local_record,
 )
-from stowkit.corelib.blockunstored import unstored_records, write_local_record
 from tests.fakes.nbd import MemoryBlockStore
 
 OSIZE = 4096

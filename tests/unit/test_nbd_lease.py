@@ -8,7 +8,7 @@ import threading
 import time
 
 from stowkit.corelib import blocklock
-from stowkit.corelib.blockstore import LockInfo
+from stowkit.corelib.blocklock import LockInfo
 from stowkit.corelib.nbd import protocol as p
 from stowkit.corelib.nbd.export import LOCK_OWNER
 from tests.fakes.nbd import MemoryBlockStore, RawClient, ServerThread, _string, intercept_lock

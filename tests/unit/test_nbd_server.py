@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from stowkit.corelib import blocklock
-from stowkit.corelib.blockstore import DEFAULT_LEASE, DeviceLocked, LockInfo
+from stowkit.corelib.blocklock import DEFAULT_LEASE, DeviceLocked, LockInfo
 from stowkit.corelib.nbd import protocol as p
 from tests.fakes.nbd import MemoryBlockStore, RawClient, ServerThread, _string, intercept_lock
 
@@ -415,7 +415,7 @@ def test_second_server_refused_while_first_connected(store):
 def test_lock_of_a_dead_server_on_this_host_is_broken(store):
     import dataclasses
 
-    from stowkit.corelib.blockstore import LockInfo
+    from stowkit.corelib.blocklock import LockInfo
     from stowkit.corelib.nbd.export import LOCK_OWNER
 
     dead = dataclasses.replace(LockInfo.new(LOCK_OWNER, 600), pid=2**22 + 12345)

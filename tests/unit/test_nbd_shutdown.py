@@ -14,8 +14,7 @@ import time
 from oslo_config import cfg
 
 from stowkit.corelib import blocklock, config
-from stowkit.corelib.blockstore import UNSTORED_KEY
-from stowkit.corelib.blockunstored import unstored_records
+from stowkit.corelib.blockunstored import UNSTORED_KEY, unstored_records
 from stowkit.corelib.errors import BackendUnavailable
 from stowkit.corelib.nbd import protocol as p
 from stowkit.corelib.nbd.workers import DaemonExecutor

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from stowkit.corelib import blocklease, blocklock
-from stowkit.corelib.blockstore import LOCK_KEY, LeaseLost
+from stowkit.corelib.blocklock import LOCK_KEY, LeaseLost
 from stowkit.corelib.nbd import protocol as p
 from stowkit.corelib.nbd.cache import ObjectCache
 from stowkit.plugins.swift.store import Resendable, SwiftBlockStore
